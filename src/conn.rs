@@ -1,0 +1,237 @@
+//! One connection's request/response loop: wait for a request, read its head (async-h1's
+//! decoder), call the handler, write the response in as few writes as possible (async-h1's
+//! encoder into a reused buffer), and decide whether the connection stays open.
+//!
+//! Draining changes two things: the next response carries `Connection: close` (and the
+//! connection is closed after it), and a connection idle at a request boundary is closed after
+//! a short grace, long enough for a request the client already sent to arrive.
+
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use http_types::{Method, Request, Response, StatusCode};
+use smol::future::FutureExt as _;
+use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::drain::Drain;
+
+/// Most bytes of a response gathered before one write; smaller responses go out in one write.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Most unread request body discarded to keep a connection alive; beyond it, the connection closes.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Per-connection settings, copied from the server's builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) header_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+}
+
+/// The connection as async-h1's decoder wants it: cheap to clone, shared by head and body readers.
+#[derive(Debug, Clone)]
+struct Io(Arc<Async<TcpStream>>);
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_close(cx)
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve<F, Fut>(
+    stream: Async<TcpStream>,
+    handler: Rc<F>,
+    drain: Rc<Drain>,
+    options: Options,
+) where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = http_types::Result<Response>>,
+{
+    let _connection = drain.connection();
+    // Responses are written whole; Nagle would only delay them.
+    let _ = stream.get_ref().set_nodelay(true);
+    let io = Io(Arc::new(stream));
+    let mut buffer = Vec::new();
+    loop {
+        if !wait_for_request(&io, &drain, &options).await {
+            break;
+        }
+        let head = async { Head::Decoded(async_h1::server::decode(io.clone()).await) };
+        let timeout = async {
+            Timer::after(options.header_timeout).await;
+            Head::TimedOut
+        };
+        let (request, mut body) = match head.or(timeout).await {
+            Head::Decoded(Ok(Some(decoded))) => decoded,
+            Head::Decoded(Ok(None)) => break,
+            Head::Decoded(Err(error)) => {
+                let response = rejection(error);
+                let _ = write_response(&io, response, Method::Get, &mut buffer).await;
+                close(&io).await;
+                break;
+            }
+            Head::TimedOut => {
+                let mut response = Response::new(StatusCode::RequestTimeout);
+                response.insert_header("Connection", "close");
+                let _ = write_response(&io, response, Method::Get, &mut buffer).await;
+                close(&io).await;
+                break;
+            }
+        };
+        let in_flight = drain.request();
+        let method = request.method();
+        let mut close_after = wants_close(request.header("Connection"));
+        let mut response = match handler(request).await {
+            Ok(response) => response,
+            Err(error) => error_response(error),
+        };
+        close_after |= wants_close(response.header("Connection")) || drain.is_draining();
+        if close_after {
+            response.insert_header("Connection", "close");
+        }
+        let written = write_response(&io, response, method, &mut buffer).await;
+        drop(in_flight);
+        if written.is_err() {
+            break;
+        }
+        // Whatever of the body the handler left unread must go before the next request.
+        match smol::io::copy((&mut body).take(DISCARD_LIMIT + 1), &mut smol::io::sink()).await {
+            Ok(n) if n <= DISCARD_LIMIT => {}
+            _ => close_after = true,
+        }
+        if close_after {
+            close(&io).await;
+            break;
+        }
+    }
+}
+
+enum Head<T> {
+    Decoded(http_types::Result<T>),
+    TimedOut,
+}
+
+/// Waits until the client sends something (or closes). Returns `false` if the connection should
+/// be closed instead: idle past the keep-alive timeout, or idle through the grace of a drain.
+async fn wait_for_request(io: &Io, drain: &Drain, options: &Options) -> bool {
+    let readable = async { io.0.readable().await.is_ok() };
+    let grace = async {
+        drain.started().await;
+        Timer::after(options.idle_grace).await;
+        false
+    };
+    let idle = async {
+        Timer::after(options.keep_alive_timeout).await;
+        false
+    };
+    readable.or(grace).or(idle).await
+}
+
+fn wants_close(header: Option<&http_types::headers::HeaderValues>) -> bool {
+    header.is_some_and(|values| {
+        values.iter().any(|v| {
+            v.as_str()
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    })
+}
+
+/// The answer to a request whose head could not be read: 400 with the reason, then close.
+fn rejection(error: http_types::Error) -> Response {
+    let mut response = Response::new(StatusCode::BadRequest);
+    response.set_body(format!("bad request: {error}\n"));
+    response.insert_header("Connection", "close");
+    response
+}
+
+/// A handler's error as a response. Server errors do not show their message to the client.
+fn error_response(error: http_types::Error) -> Response {
+    let status = error.status();
+    let mut response = Response::new(status);
+    if status.is_client_error() {
+        response.set_body(format!("{error}\n"));
+    } else {
+        response.set_body(format!("{}\n", status.canonical_reason()));
+    }
+    response
+}
+
+/// Encodes the response into `buffer` and writes it: one write unless it is larger than
+/// [`WRITE_BUFFER`].
+async fn write_response(
+    io: &Io,
+    response: Response,
+    method: Method,
+    buffer: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut encoder = async_h1::server::Encoder::new(response, method);
+    buffer.resize(WRITE_BUFFER, 0);
+    loop {
+        let mut filled = 0;
+        let mut finished = false;
+        while filled < buffer.len() {
+            let n = encoder.read(&mut buffer[filled..]).await?;
+            if n == 0 {
+                finished = true;
+                break;
+            }
+            filled += n;
+        }
+        (&*io.0).write_all(&buffer[..filled]).await?;
+        if finished {
+            return Ok(());
+        }
+    }
+}
+
+/// Closes without resetting: send FIN, then read and discard until the client closes too (or
+/// [`LINGER`] passes), so that unread input cannot turn the close into a reset that destroys the
+/// response on its way.
+async fn close(io: &Io) {
+    let _ = io.0.get_ref().shutdown(Shutdown::Write);
+    let mut scratch = [0u8; 1024];
+    let until_eof = async {
+        while let Ok(n) = (&*io.0).read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let linger = async {
+        Timer::after(LINGER).await;
+    };
+    until_eof.or(linger).await;
+}

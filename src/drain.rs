@@ -1,0 +1,136 @@
+//! Draining: which connections are open, which are answering a request, and whether the
+//! process has stopped taking new work.
+//!
+//! One [`Drain`] is shared by the server loop and every connection task on the one executor
+//! thread, so plain `Cell`s suffice. Connections hold a [`ConnectionGuard`] for their whole
+//! life and a [`RequestGuard`] from the moment a request head is read until its response is
+//! written.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use smol::channel::{self, Receiver, Sender};
+
+#[derive(Debug)]
+pub(crate) struct Drain {
+    draining: Cell<bool>,
+    connections: Cell<usize>,
+    requests: Cell<usize>,
+    /// Closed when draining starts; every waiter wakes.
+    started: (Sender<()>, Receiver<()>),
+    /// Gets a message each time a connection ends while draining.
+    ended: (Sender<()>, Receiver<()>),
+}
+
+impl Drain {
+    pub(crate) fn new() -> Rc<Drain> {
+        Rc::new(Drain {
+            draining: Cell::new(false),
+            connections: Cell::new(0),
+            requests: Cell::new(0),
+            started: channel::bounded(1),
+            ended: channel::unbounded(),
+        })
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Open connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Requests between head read and response written.
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.get()
+    }
+
+    /// Marks the process as draining: connections answer with `Connection: close` from now on
+    /// and idle ones close after their grace.
+    pub(crate) fn start(&self) {
+        self.draining.set(true);
+        self.started.0.close();
+    }
+
+    /// Resolves once draining has started.
+    pub(crate) async fn started(&self) {
+        // The channel never carries a message: recv returns only when it is closed.
+        let _ = self.started.1.recv().await;
+    }
+
+    /// Resolves when no connection is left. Call after [`Drain::start`].
+    pub(crate) async fn finished(&self) {
+        while self.connections.get() > 0 {
+            let _ = self.ended.1.recv().await;
+        }
+    }
+
+    pub(crate) fn connection(self: &Rc<Self>) -> ConnectionGuard {
+        self.connections.set(self.connections.get() + 1);
+        ConnectionGuard(self.clone())
+    }
+
+    pub(crate) fn request(self: &Rc<Self>) -> RequestGuard {
+        self.requests.set(self.requests.get() + 1);
+        RequestGuard(self.clone())
+    }
+}
+
+/// Counts one open connection until dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard(Rc<Drain>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let drain = &self.0;
+        drain.connections.set(drain.connections.get() - 1);
+        if drain.is_draining() {
+            let _ = drain.ended.0.try_send(());
+        }
+    }
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct RequestGuard(Rc<Drain>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.requests.set(self.0.requests.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smol::future::FutureExt as _;
+
+    #[test]
+    fn finishes_when_the_last_connection_ends() {
+        smol::block_on(async {
+            let drain = Drain::new();
+            let a = drain.connection();
+            let b = drain.connection();
+            let request = drain.request();
+            assert_eq!((drain.connections(), drain.requests()), (2, 1));
+            drain.start();
+            drain.started().await;
+            drop(request);
+            drop(a);
+            let done = async {
+                drain.finished().await;
+                true
+            };
+            let not_yet = done.or(async {
+                smol::future::yield_now().await;
+                false
+            });
+            assert!(!not_yet.await, "finished while a connection was open");
+            drop(b);
+            drain.finished().await;
+            assert_eq!((drain.connections(), drain.requests()), (0, 0));
+        });
+    }
+}

@@ -1,0 +1,125 @@
+//! What the server reports as it goes: one [`Event`] per step of a restart or shutdown.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::process::ExitStatus;
+
+/// One thing that happened. Its `Display` is a one-line log message; the default sink writes it
+/// to stderr as `baton[<pid>]: <message>` (see [`crate::Server::on_event`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The listener is ready: created here, or inherited through `LISTENER`.
+    Listening {
+        /// Its local address.
+        addr: SocketAddr,
+        /// Its fd in this process.
+        fd: RawFd,
+        /// `true` if it came from the parent process.
+        inherited: bool,
+    },
+    /// A handled signal arrived.
+    Signal {
+        /// `SIGHUP`, `SIGUSR2`, `SIGINT`, `SIGQUIT` or `SIGTERM`.
+        name: &'static str,
+    },
+    /// A signal was not acted on.
+    Ignored {
+        /// The signal's name.
+        name: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A successor process was started.
+    Spawned {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The successor is serving.
+    Ready {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A successor could not be started or never became ready; this process keeps serving.
+    SpawnFailed {
+        /// Its pid, if it got as far as having one.
+        pid: Option<u32>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A child started by SIGUSR2 exited and was reaped.
+    ChildExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// `accept` failed; the server keeps serving.
+    AcceptFailed {
+        /// The error.
+        error: &'a io::Error,
+    },
+    /// Accepting stopped; open connections are being drained.
+    Draining {
+        /// Connections open when draining started.
+        connections: usize,
+        /// Requests in flight when draining started.
+        requests: usize,
+    },
+    /// Serving is over.
+    Exiting {
+        /// Requests cut short by the drain timeout or a second shutdown signal (normally 0).
+        cut: usize,
+        /// Connections still open at that point.
+        dropped: usize,
+    },
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Listening {
+                addr,
+                fd,
+                inherited: true,
+            } => {
+                write!(f, "listening on {addr} (fd {fd}, inherited)")
+            }
+            Event::Listening {
+                addr,
+                fd,
+                inherited: false,
+            } => {
+                write!(f, "listening on {addr} (fd {fd}, created)")
+            }
+            Event::Signal { name } => write!(f, "received {name}"),
+            Event::Ignored { name, reason } => write!(f, "ignored {name}: {reason}"),
+            Event::Spawned { pid } => write!(f, "spawned child {pid}"),
+            Event::Ready { pid } => write!(f, "child {pid} ready"),
+            Event::SpawnFailed {
+                pid: Some(pid),
+                reason,
+            } => {
+                write!(f, "child {pid} failed: {reason}; still serving")
+            }
+            Event::SpawnFailed { pid: None, reason } => {
+                write!(f, "child failed to start: {reason}; still serving")
+            }
+            Event::ChildExited { pid, status } => write!(f, "child {pid} exited ({status})"),
+            Event::AcceptFailed { error } => write!(f, "accept failed: {error}; still serving"),
+            Event::Draining {
+                connections,
+                requests,
+            } => write!(
+                f,
+                "draining {connections} connections ({requests} requests in flight)"
+            ),
+            Event::Exiting { cut, dropped } => write!(
+                f,
+                "exiting: {cut} requests cut by the drain timeout, {dropped} connections dropped"
+            ),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Spawning the successor and both sides of the readiness handshake.
+//!
+//! The child is the binary at the path this process was started from (resolved against the
+//! working directory at start-up, so a binary renamed into place is picked up), with the same
+//! argv, cwd and environment, plus `LISTENER`. In the child, the listener becomes fd 3 and the
+//! write end of a readiness pipe fd 4. The child writes one byte to it once it is serving; the
+//! parent waits for that byte with a timeout. EOF on the pipe means the child died first.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use smol::future::FutureExt as _;
+use smol::io::AsyncReadExt as _;
+
+use crate::listener::{LISTENER_ENV, Listener};
+
+/// The fd the listener has in the child; the readiness pipe follows it.
+const FIRST_FD: RawFd = 3;
+
+/// How this process was started, captured once at start-up so that a restart runs the same
+/// command even if the working directory changes later.
+#[derive(Debug, Clone)]
+pub(crate) struct Exec {
+    program: PathBuf,
+    argv0: OsString,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+}
+
+impl Exec {
+    pub(crate) fn capture() -> io::Result<Exec> {
+        let mut argv = std::env::args_os();
+        let argv0 = argv.next().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "argv[0] is empty: cannot re-execute this binary",
+            )
+        })?;
+        let cwd = std::env::current_dir()?;
+        let path = Path::new(&argv0);
+        // A bare name was found through PATH; anything with a slash is a path, made absolute here.
+        let program = if path.components().count() > 1 || path.is_absolute() {
+            cwd.join(path)
+        } else {
+            PathBuf::from(&argv0)
+        };
+        Ok(Exec {
+            program,
+            argv0,
+            args: argv.collect(),
+            cwd,
+        })
+    }
+
+    /// The binary a restart executes.
+    pub(crate) fn program(&self) -> &Path {
+        &self.program
+    }
+}
+
+/// A child that has been started and is not yet known to be serving.
+#[derive(Debug)]
+pub(crate) struct Successor {
+    /// `None` once handed out as ready; a successor dropped before that is killed and reaped.
+    child: Option<Child>,
+    ready: Async<std::io::PipeReader>,
+}
+
+/// Why a successor never became ready.
+#[derive(Debug)]
+pub(crate) enum NotReady {
+    /// It closed the readiness pipe (usually: it exited) without announcing.
+    Exited(Option<ExitStatus>),
+    /// It did not announce within the upgrade timeout and was killed.
+    Timeout(Duration),
+    /// Reading the pipe failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReady::Exited(Some(status)) => write!(f, "it exited ({status}) before it was ready"),
+            NotReady::Exited(None) => write!(f, "it closed the readiness pipe before it was ready"),
+            NotReady::Timeout(t) => write!(f, "it was not ready within {t:?} and was killed"),
+            NotReady::Io(e) => write!(f, "reading its readiness pipe failed: {e}"),
+        }
+    }
+}
+
+/// Starts the successor with `listener` as fd 3 and a readiness pipe as fd 4.
+pub(crate) fn spawn(exec: &Exec, listener: &Listener) -> io::Result<Successor> {
+    let (ready_reader, ready_writer) = std::io::pipe()?;
+    let description = listener.describe(FIRST_FD, Some(FIRST_FD + 1));
+    let mut command = Command::new(&exec.program);
+    command
+        .arg0(&exec.argv0)
+        .args(&exec.args)
+        .current_dir(&exec.cwd)
+        .env(LISTENER_ENV, description.to_json());
+    let moves = [
+        (listener.fd(), FIRST_FD),
+        (ready_writer.as_raw_fd(), FIRST_FD + 1),
+    ];
+    // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, fcntl, dup2,
+    // close) on fd numbers copied into it, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || place_fds(&moves));
+    }
+    let child = command.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot start {}: {e}", exec.program.display()),
+        )
+    })?;
+    // The child has its copy; dropping ours now means a child that dies before it is ready
+    // shows up at once as EOF on the reader.
+    drop(ready_writer);
+    Ok(Successor {
+        child: Some(child),
+        ready: Async::new(ready_reader)?,
+    })
+}
+
+/// In the forked child, before exec: reset the signal mask and put each `(from, to)` fd in
+/// place without CLOEXEC. Every source is first copied above all targets, so no `dup2` can
+/// clobber a source that is still needed, and no `dup2` is ever a same-fd no-op (which would
+/// leave CLOEXEC set).
+fn place_fds<const N: usize>(moves: &[(RawFd, RawFd); N]) -> io::Result<()> {
+    // SAFETY: sigemptyset writes the set we own; pthread_sigmask is async-signal-safe and only
+    // changes this (single-threaded, about to exec) child's mask.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    let floor = moves.iter().map(|&(_, to)| to).max().unwrap_or(FIRST_FD) + 1;
+    let mut copies: [Option<OwnedFd>; N] = [const { None }; N];
+    for (copy, &(from, _)) in copies.iter_mut().zip(moves) {
+        // SAFETY: `from` is an fd this process owns (the listener, the pipe) and stays open
+        // until the parent's spawn returns; the borrow ends within this statement.
+        let from = unsafe { std::os::fd::BorrowedFd::borrow_raw(from) };
+        *copy = Some(rustix::io::fcntl_dupfd_cloexec(from, floor)?);
+    }
+    for (copy, &(_, to)) in copies.iter().zip(moves) {
+        let Some(copy) = copy else { continue };
+        // SAFETY: `to` is only used as a dup2 target in this child about to exec; ManuallyDrop
+        // keeps it from being closed here; whatever the number held before is replaced on purpose.
+        let mut target = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
+        rustix::io::dup2(copy, &mut target)?;
+    }
+    // The CLOEXEC copies are closed on drop (or at exec at the latest).
+    Ok(())
+}
+
+impl Successor {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
+    /// failure the child is killed and reaped before this returns.
+    pub(crate) async fn ready(mut self, timeout: Duration) -> Result<Child, (u32, NotReady)> {
+        let mut byte = [0u8; 1];
+        let read = async { Some(self.ready.read(&mut byte).await) };
+        let outcome = read.or(async {
+            Timer::after(timeout).await;
+            None
+        });
+        let failure = match outcome.await {
+            Some(Ok(1)) => {
+                if let Some(child) = self.child.take() {
+                    return Ok(child);
+                }
+                NotReady::Exited(None)
+            }
+            Some(Ok(_)) => NotReady::Exited(None),
+            Some(Err(e)) => NotReady::Io(e),
+            None => NotReady::Timeout(timeout),
+        };
+        let pid = self.pid();
+        let failure = match failure {
+            // EOF: it is exiting or has exited; wait for its status, but never unbounded.
+            NotReady::Exited(None) => match self.exit_status(Duration::from_millis(500)).await {
+                Some(status) => NotReady::Exited(Some(status)),
+                None => NotReady::Exited(None),
+            },
+            other => other,
+        };
+        drop(self);
+        Err((pid, failure))
+    }
+
+    async fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            Timer::after(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                // Bounded: SIGKILL cannot be caught, so the child is gone promptly.
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Child side: tell the parent that this process is serving, then close the pipe.
+pub(crate) fn announce_ready(pipe: OwnedFd) -> io::Result<()> {
+    let mut pipe = std::fs::File::from(pipe);
+    pipe.write_all(b"1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_an_absolute_program_path() {
+        let exec = Exec::capture().unwrap();
+        assert!(exec.program().is_absolute(), "{}", exec.program().display());
+    }
+
+    #[test]
+    fn not_ready_explains_itself() {
+        let text = NotReady::Timeout(Duration::from_secs(10)).to_string();
+        assert!(text.contains("10s") && text.contains("killed"), "{text}");
+    }
+}

@@ -1,0 +1,397 @@
+//! The public [`Server`] builder and its one select loop: accept, signals, and the upgrade
+//! state machine `Serving -> Spawning(child) -> Serving | Draining -> Exit`.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::process::Child;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_io::Timer;
+use http_types::{Request, Response};
+use smol::future::FutureExt as _;
+use smol::{LocalExecutor, Task};
+
+use crate::conn;
+use crate::drain::Drain;
+use crate::event::Event;
+use crate::handoff::{self, Exec, NotReady};
+use crate::listener::{LISTENER_ENV, Listener};
+use crate::signals::{Command, Signals};
+
+/// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An HTTP/1.1 server that hands its listening socket to a new copy of itself on SIGHUP.
+///
+/// ```no_run
+/// use http_types::{Response, StatusCode};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let server = baton::Server::bind("127.0.0.1:8080")?;
+/// let report = smol::block_on(server.serve(|_req| async {
+///     Ok(Response::from("Hello!\n"))
+/// }))?;
+/// assert_eq!(report.cut, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    listener: Listener,
+    signals: Signals,
+    exec: Exec,
+    drain_timeout: Duration,
+    upgrade_timeout: Duration,
+    options: conn::Options,
+    on_event: Rc<dyn Fn(&Event<'_>)>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("program", &self.exec.program())
+            .field("drain_timeout", &self.drain_timeout)
+            .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Server::serve`] returned, and what the drain cut short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// What ended serving.
+    pub stop: Stop,
+    /// Requests still in flight when the drain ended early (timeout or a second shutdown
+    /// signal). 0 for a clean drain.
+    pub cut: usize,
+    /// Connections still open at that point.
+    pub dropped: usize,
+}
+
+impl Report {
+    /// `true` if every accepted request was answered.
+    pub fn is_clean(&self) -> bool {
+        self.cut == 0
+    }
+}
+
+/// What ended serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stop {
+    /// SIGHUP: the successor with this pid took over.
+    Restart {
+        /// The successor's pid.
+        successor: u32,
+    },
+    /// SIGINT, SIGQUIT or SIGTERM.
+    Shutdown {
+        /// The signal's name.
+        signal: &'static str,
+    },
+}
+
+impl Server {
+    /// Listens on `addr` (`host:port`; `:port` means every interface), or takes over the
+    /// listener the parent process passed for that address through `LISTENER`.
+    ///
+    /// Installs the signal handlers first, so a SIGHUP that arrives while this process is
+    /// still starting cannot kill it. A malformed `LISTENER`, or one whose fd is not a
+    /// listening socket on `addr`, is an error that says what is wrong.
+    pub fn bind(addr: &str) -> io::Result<Server> {
+        let signals = Signals::register()?;
+        let exec = Exec::capture()?;
+        let inherited = match std::env::var(LISTENER_ENV) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{LISTENER_ENV} is not valid UTF-8"),
+                ));
+            }
+        };
+        let listener = Listener::create_or_import(addr, inherited.as_deref())?;
+        let pid = std::process::id();
+        Ok(Server {
+            listener,
+            signals,
+            exec,
+            drain_timeout: Duration::from_secs(5),
+            upgrade_timeout: Duration::from_secs(10),
+            options: conn::Options {
+                header_timeout: Duration::from_secs(10),
+                keep_alive_timeout: Duration::from_secs(60),
+                idle_grace: Duration::from_millis(500),
+            },
+            on_event: Rc::new(move |event: &Event<'_>| eprintln!("baton[{pid}]: {event}")),
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local
+    }
+
+    /// `true` if the listener came from the parent process.
+    pub fn is_inherited(&self) -> bool {
+        self.listener.inherited
+    }
+
+    /// The longest a drain waits for in-flight requests before it drops them. Default: 5 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The longest a restart waits for the new process to report ready before it kills it
+    /// and keeps serving. Default: 10 s.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// The longest a client may take to send a request head once it started one. Default: 10 s.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.options.header_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may sit idle between requests. Default: 60 s.
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.options.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// How long a drain leaves an idle keep-alive connection open before closing it, so that a
+    /// request the client already sent is still answered. Default: 500 ms.
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.options.idle_grace = grace;
+        self
+    }
+
+    /// Where events go. Default: one line per event on stderr, `baton[<pid>]: <event>`.
+    pub fn on_event(mut self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
+        self.on_event = Rc::new(sink);
+        self
+    }
+
+    /// Serves until a restart hands over to a successor or a shutdown signal arrives, then
+    /// drains and returns what the drain cut short. Runs on one thread: every connection is a
+    /// task on a local executor inside this future.
+    pub async fn serve<F, Fut>(self, handler: F) -> io::Result<Report>
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = http_types::Result<Response>> + 'static,
+    {
+        let executor = LocalExecutor::new();
+        executor.run(self.run(&executor, Rc::new(handler))).await
+    }
+
+    async fn run<F, Fut>(
+        self,
+        executor: &LocalExecutor<'static>,
+        handler: Rc<F>,
+    ) -> io::Result<Report>
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = http_types::Result<Response>> + 'static,
+    {
+        let Server {
+            mut listener,
+            mut signals,
+            exec,
+            drain_timeout,
+            upgrade_timeout,
+            options,
+            on_event: emit,
+        } = self;
+        emit(&Event::Listening {
+            addr: listener.local,
+            fd: listener.fd(),
+            inherited: listener.inherited,
+        });
+        if let Some(pipe) = listener.ready.take() {
+            if let Err(error) = handoff::announce_ready(pipe) {
+                // The parent will time out and keep serving; this process serves too.
+                emit(&Event::AcceptFailed { error: &error });
+            }
+        }
+        let drain = Drain::new();
+        let mut upgrade: Option<Upgrade> = None;
+        let mut spawned: Vec<Child> = Vec::new();
+        let mut backoff = false;
+
+        let stop = loop {
+            let accept = async {
+                if backoff {
+                    Timer::after(ACCEPT_BACKOFF).await;
+                }
+                Wake::Accepted(listener.socket.accept().await)
+            };
+            let signal = async { Wake::Signal(signals.next().await) };
+            let upgraded = async {
+                match upgrade.as_mut() {
+                    Some(upgrade) => Wake::Upgraded((&mut upgrade.task).await),
+                    None => std::future::pending().await,
+                }
+            };
+            match signal.or(upgraded).or(accept).await {
+                Wake::Accepted(Ok((stream, _peer))) => {
+                    backoff = false;
+                    let task = conn::serve(stream, handler.clone(), drain.clone(), options);
+                    executor.spawn(task).detach();
+                }
+                Wake::Accepted(Err(error)) => {
+                    backoff = needs_backoff(&error);
+                    if backoff {
+                        emit(&Event::AcceptFailed { error: &error });
+                    }
+                }
+                Wake::Signal(signal) => {
+                    let (name, command) = signal?;
+                    if command != Command::Reap {
+                        emit(&Event::Signal { name });
+                    }
+                    match command {
+                        Command::Restart | Command::Spawn if upgrade.is_some() => {
+                            emit(&Event::Ignored {
+                                name,
+                                reason: "an upgrade is already in progress",
+                            });
+                        }
+                        Command::Restart | Command::Spawn => match handoff::spawn(&exec, &listener)
+                        {
+                            Ok(successor) => {
+                                emit(&Event::Spawned {
+                                    pid: successor.pid(),
+                                });
+                                let task = executor.spawn(successor.ready(upgrade_timeout));
+                                upgrade = Some(Upgrade {
+                                    restart: command == Command::Restart,
+                                    task,
+                                });
+                            }
+                            Err(error) => {
+                                emit(&Event::SpawnFailed {
+                                    pid: None,
+                                    reason: error.to_string(),
+                                });
+                            }
+                        },
+                        Command::Shutdown => break Stop::Shutdown { signal: name },
+                        Command::Reap => reap(&mut spawned, &*emit),
+                    }
+                }
+                Wake::Upgraded(outcome) => {
+                    let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
+                    match outcome {
+                        Ok(child) if restart => {
+                            emit(&Event::Ready { pid: child.id() });
+                            break Stop::Restart {
+                                successor: child.id(),
+                            };
+                        }
+                        Ok(child) => {
+                            emit(&Event::Ready { pid: child.id() });
+                            spawned.push(child);
+                        }
+                        Err((pid, why)) => emit(&Event::SpawnFailed {
+                            pid: Some(pid),
+                            reason: why.to_string(),
+                        }),
+                    }
+                }
+            }
+        };
+
+        // A successor still starting when a shutdown arrives is killed with its task.
+        drop(upgrade);
+        // Stop accepting and close this process's copy of the listener. The socket, and every
+        // connection waiting in its accept queue, lives on in the successor.
+        drop(listener);
+        drain.start();
+        emit(&Event::Draining {
+            connections: drain.connections(),
+            requests: drain.requests(),
+        });
+
+        let finished = async {
+            drain.finished().await;
+            true
+        };
+        let timeout = async {
+            Timer::after(drain_timeout).await;
+            false
+        };
+        let hammer = async {
+            loop {
+                match signals.next().await {
+                    Ok((name, Command::Shutdown)) => {
+                        emit(&Event::Signal { name });
+                        return false;
+                    }
+                    Ok((_, Command::Reap)) => reap(&mut spawned, &*emit),
+                    Ok((name, _)) => {
+                        emit(&Event::Signal { name });
+                        emit(&Event::Ignored {
+                            name,
+                            reason: "draining",
+                        });
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let clean = finished.or(hammer).or(timeout).await;
+        let (cut, dropped) = if clean {
+            (0, 0)
+        } else {
+            (drain.requests(), drain.connections())
+        };
+        emit(&Event::Exiting { cut, dropped });
+        Ok(Report { stop, cut, dropped })
+    }
+}
+
+/// A successor on its way up, and what to do once it is ready.
+struct Upgrade {
+    /// SIGHUP (drain once ready) rather than SIGUSR2 (keep serving beside it).
+    restart: bool,
+    task: Task<Result<Child, (u32, NotReady)>>,
+}
+
+enum Wake {
+    Accepted(io::Result<(async_io::Async<std::net::TcpStream>, SocketAddr)>),
+    Signal(io::Result<(&'static str, Command)>),
+    Upgraded(Result<Child, (u32, NotReady)>),
+}
+
+/// Out of fds or buffers: retrying at once would spin. Anything else (a connection aborted
+/// before it was accepted, say) concerns one connection only.
+fn needs_backoff(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Collects SIGUSR2 children that have exited, so none is left a zombie.
+fn reap(children: &mut Vec<Child>, emit: &dyn Fn(&Event<'_>)) {
+    children.retain_mut(|child| match child.try_wait() {
+        Ok(Some(status)) => {
+            emit(&Event::ChildExited {
+                pid: child.id(),
+                status,
+            });
+            false
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    });
+}
