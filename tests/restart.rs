@@ -1,0 +1,249 @@
+//! Restarts of the real `hello` example under load: nothing refused, reset or dropped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Client, DEADLINE, Load, Server, Signal, alive, fd_count, signal, wait_gone, zombie_children,
+};
+
+/// Restarts `server` `times` times under `load` and checks every generation handed over cleanly.
+fn restart_under_load(server: &Server, load: Load, times: usize) -> Vec<u32> {
+    let mut generations = vec![server.pid];
+    for _ in 0..times {
+        let old = *generations.last().unwrap();
+        let new = server.restart(old);
+        assert_ne!(new, old);
+        assert!(
+            wait_gone(old, DEADLINE),
+            "old process {old} still runs; log:\n{}",
+            server.dump()
+        );
+        let reply = common::get(server.addr, "/hello").expect("hello after restart");
+        assert_eq!(reply.pid(), Some(new), "{}", reply.body);
+        generations.push(new);
+    }
+    let stats = load.finish();
+    assert!(
+        stats.failures.is_empty(),
+        "{} failed requests: {:?}",
+        stats.failures.len(),
+        stats.failures
+    );
+    assert!(stats.ok > times, "only {} requests succeeded", stats.ok);
+    // Clients were served by several generations, not just the first or the last.
+    assert!(
+        stats.pids.len() > times / 2,
+        "served by {:?} of {generations:?}",
+        stats.pids
+    );
+    for old in &generations[..times] {
+        assert!(!alive(*old), "{old} is still alive");
+    }
+    generations
+}
+
+#[test]
+fn keep_alive_load_survives_ten_restarts() {
+    let server = Server::hello(&[]);
+    let load = Load::keep_alive(server.addr, 4);
+    let generations = restart_under_load(&server, load, 10);
+    assert_eq!(server.count("0 requests cut"), 10, "{}", server.dump());
+    let last = *generations.last().unwrap();
+    assert!(alive(last));
+}
+
+#[test]
+fn per_request_load_survives_ten_restarts() {
+    let server = Server::hello(&[]);
+    let load = Load::per_request(server.addr, 4);
+    restart_under_load(&server, load, 10);
+    assert_eq!(server.count("0 requests cut"), 10, "{}", server.dump());
+}
+
+/// Sends `/slow` on a connection the first process has already accepted (a `/hello` on it
+/// proves which process holds it), so the request is that process's however signals race.
+fn slow_request_on_first_process(server: &Server, ms: u64) -> Client {
+    let mut client = Client::new(server.addr);
+    let hello = client.get("/hello").expect("hello");
+    assert_eq!(hello.pid(), Some(server.pid));
+    client
+        .send_only(&format!(
+            "GET /slow?ms={ms} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.addr
+        ))
+        .expect("send /slow");
+    // Signals sent from here on find the request in flight, not still in the socket.
+    common::wait_until_read(server.addr, client.local_addr().expect("connected"));
+    client
+}
+
+#[test]
+fn slow_request_in_flight_completes_across_sighup() {
+    let server = Server::hello(&[]);
+    let mut client = slow_request_on_first_process(&server, 1500);
+    let new = server.restart(server.pid);
+    // The successor serves new connections while the old process finishes the slow request.
+    let reply = common::get(server.addr, "/hello").expect("hello from the successor");
+    assert_eq!(reply.pid(), Some(new));
+    let slow = client.receive().expect("slow reply from the old process");
+    assert_eq!(slow.status, 200);
+    assert_eq!(
+        slow.body,
+        format!("Slow hello from {} after 1500 ms\n", server.pid)
+    );
+    assert!(
+        slow.closes(),
+        "a draining process must answer Connection: close: {slow:?}"
+    );
+    assert!(wait_gone(server.pid, DEADLINE));
+}
+
+#[test]
+fn slow_request_in_flight_completes_across_sigint() {
+    let mut server = Server::hello(&[]);
+    let mut client = slow_request_on_first_process(&server, 1000);
+    signal(server.pid, Signal::INT);
+    server.wait_line("draining 1 connections (1 requests in flight)");
+    let slow = client.receive().expect("slow reply");
+    assert_eq!(
+        slow.body,
+        format!("Slow hello from {} after 1000 ms\n", server.pid)
+    );
+    assert!(slow.closes());
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    assert!(
+        common::get(server.addr, "/hello").is_err(),
+        "nothing should serve after SIGINT"
+    );
+}
+
+#[test]
+fn drain_timeout_cuts_a_long_request_and_exits_on_time() {
+    let mut server = Server::hello(&["--drain-timeout", "1s"]);
+    let mut client = slow_request_on_first_process(&server, 20_000);
+    signal(server.pid, Signal::TERM);
+    let started = std::time::Instant::now();
+    server.wait_line("draining 1 connections (1 requests in flight)");
+    let code = server.wait_exit(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(1),
+        "a drain that cut requests exits 1; log:\n{}",
+        server.dump()
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the timeout"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "exited after {took:?}, long after the 1 s timeout"
+    );
+    server.wait_line("exiting: 1 requests cut by the drain timeout, 1 connections dropped");
+    assert!(
+        client.receive().is_err(),
+        "the cut request must not get a response"
+    );
+}
+
+#[test]
+fn second_sigint_during_a_drain_exits_at_once() {
+    let mut server = Server::hello(&["--drain-timeout", "60s"]);
+    let _client = slow_request_on_first_process(&server, 30_000);
+    signal(server.pid, Signal::INT);
+    server.wait_line("draining 1 connections (1 requests in flight)");
+    let started = std::time::Instant::now();
+    signal(server.pid, Signal::INT);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(1),
+        "{}",
+        server.dump()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    server.wait_line("exiting: 1 requests cut");
+}
+
+#[test]
+fn sigusr2_child_keeps_serving_after_the_parent_stops() {
+    let mut server = Server::hello(&[]);
+    signal(server.pid, Signal::USR2);
+    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    assert!(line.ends_with(" ready"), "{line}\n{}", server.dump());
+    let child: u32 = line
+        .split("child ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Both processes accept on the same socket until the parent is told to stop.
+    assert!(alive(server.pid) && alive(child));
+    signal(server.pid, Signal::INT);
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    for _ in 0..20 {
+        let reply = common::get(server.addr, "/hello").expect("the SIGUSR2 child still serves");
+        assert_eq!(reply.pid(), Some(child));
+    }
+}
+
+#[test]
+fn sigusr2_child_that_exits_is_reaped() {
+    let server = Server::hello(&[]);
+    signal(server.pid, Signal::USR2);
+    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    let child: u32 = line
+        .split("child ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    signal(child, Signal::TERM);
+    server.wait_line(&format!("child {child} exited"));
+    assert!(
+        zombie_children(server.pid).is_empty(),
+        "zombies: {:?}",
+        zombie_children(server.pid)
+    );
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+}
+
+#[test]
+fn fd_count_is_flat_and_no_zombies_after_ten_restarts() {
+    let server = Server::hello(&[]);
+    let mut pid = server.restart(server.pid);
+    // The first successor is the baseline: it and every later one were started the same way.
+    let baseline = fd_count(pid);
+    for _ in 0..9 {
+        let next = server.restart(pid);
+        assert!(wait_gone(pid, DEADLINE));
+        pid = next;
+        assert!(common::get(server.addr, "/hello").unwrap().pid() == Some(pid));
+    }
+    // The last request's connection closes asynchronously: poll, with a deadline.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while fd_count(pid) != baseline && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fd_count(pid), baseline, "fds of {pid} after 10 restarts");
+    assert!(
+        zombie_children(pid).is_empty(),
+        "zombies of {pid}: {:?}",
+        zombie_children(pid)
+    );
+}
