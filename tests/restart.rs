@@ -25,6 +25,13 @@ fn restart_under_load(server: &Server, load: Load, times: usize) -> Vec<u32> {
         generations.push(new);
     }
     let stats = load.finish();
+    eprintln!(
+        "{times} restarts: {} requests ok, {} failed, {} connections, served by {} pids",
+        stats.ok,
+        stats.failures.len(),
+        stats.connects,
+        stats.pids.len()
+    );
     assert!(
         stats.failures.is_empty(),
         "{} failed requests: {:?}",

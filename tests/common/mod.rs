@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -502,7 +502,15 @@ impl Load {
 
     /// `clients` threads, each opening a new connection for every request.
     pub fn per_request(addr: SocketAddr, clients: usize) -> Load {
-        Load::run(clients, move |_: &mut Client| get(addr, "/hello"), addr)
+        let request = move |client: &mut Client| {
+            let mut fresh = Client::new(addr);
+            let request =
+                format!("GET /hello HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let reply = fresh.send(&request);
+            client.connects += fresh.connects;
+            reply
+        };
+        Load::run(clients, request, addr)
     }
 
     fn run(

@@ -1,0 +1,235 @@
+//! Start-up of the real `hello` example: routes, `LISTENER` validation, a successor that fails.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Server, example};
+
+#[test]
+fn serves_hello_slow_and_404() {
+    let server = Server::hello(&[]);
+    let hello = common::get(server.addr, "/hello").unwrap();
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.body, format!("Hello from {}!\n", server.pid));
+    let started = Instant::now();
+    let slow = common::get(server.addr, "/slow?ms=200").unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(
+        slow.body,
+        format!("Slow hello from {} after 200 ms\n", server.pid)
+    );
+    assert_eq!(common::get(server.addr, "/nope").unwrap().status, 404);
+    assert_eq!(common::get(server.addr, "/").unwrap().status, 404);
+}
+
+#[test]
+fn keep_alive_connection_serves_many_requests() {
+    let server = Server::hello(&[]);
+    let mut client = common::Client::new(server.addr);
+    for _ in 0..100 {
+        let reply = client.get("/hello").unwrap();
+        assert_eq!(reply.pid(), Some(server.pid));
+        assert!(!reply.closes());
+    }
+    assert_eq!(client.connects, 1);
+}
+
+#[test]
+fn garbage_gets_400_and_the_next_client_is_served() {
+    let server = Server::hello(&[]);
+    let reply = common::Client::new(server.addr)
+        .send("NOT HTTP AT ALL\r\n\r\n")
+        .unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(reply.closes());
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
+
+/// Runs the example with `LISTENER` set to `value` and returns its exit code and stderr.
+fn run_with_listener(value: &str, addr: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(example("hello"))
+        .args(["--addr", addr])
+        .env("LISTENER", value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hello kept running with LISTENER={value}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn malformed_listener_is_a_clear_error() {
+    let (code, stderr) = run_with_listener("{not json", "127.0.0.1:0");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("LISTENER is not valid JSON"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (code, stderr) = run_with_listener(r#"{"addr":"127.0.0.1:0"}"#, "127.0.0.1:0");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("LISTENER: \"fd\" is missing"), "{stderr}");
+}
+
+#[test]
+fn listener_fd_that_is_not_a_socket_is_a_clear_error() {
+    // fd 0 is /dev/null here.
+    let (code, stderr) = run_with_listener(
+        r#"{"addr":"127.0.0.1:0","fd":0,"filename":""}"#,
+        "127.0.0.1:0",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("LISTENER: fd 0 is not a socket (it is a character device)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn listener_fd_that_is_closed_is_a_clear_error() {
+    let (code, stderr) = run_with_listener(
+        r#"{"addr":"127.0.0.1:0","fd":900,"filename":""}"#,
+        "127.0.0.1:0",
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("LISTENER: fd 900 is not open"), "{stderr}");
+}
+
+#[test]
+fn listener_for_another_address_is_ignored() {
+    let mut command = Command::new(example("hello"));
+    command
+        .args(["--addr", "127.0.0.1:0"])
+        .env("LISTENER", r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#);
+    let server = Server::start(command);
+    assert!(server.wait_line("listening on").ends_with("created)"));
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+}
+
+/// A private copy of the example binary, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Puts `contents` at `name` atomically, as a deploy does: write beside it, then rename.
+    fn install(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let staged = self.0.join(format!(".{name}.new"));
+        std::fs::write(&staged, contents).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = self.0.join(name);
+        std::fs::rename(&staged, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn binary() -> Vec<u8> {
+    std::fs::read(example("hello")).unwrap()
+}
+
+#[test]
+fn failed_successor_leaves_the_old_process_serving() {
+    let scratch = Scratch::new("failing-successor");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0"]);
+    let server = Server::start(command);
+
+    // A deploy replaces the binary with one that cannot start.
+    scratch.install("hello", b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
+    common::signal(server.pid, common::Signal::HUP);
+    let failed = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    assert!(
+        failed.contains("failed: it exited (exit status: 1) before it was ready; still serving"),
+        "{failed}"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            common::get(server.addr, "/hello").unwrap().pid(),
+            Some(server.pid)
+        );
+    }
+    assert!(common::zombie_children(server.pid).is_empty());
+
+    // A good binary at the same path is picked up by the next restart.
+    scratch.install("hello", &binary());
+    let new = server.restart(server.pid);
+    assert!(common::wait_gone(server.pid, DEADLINE));
+    assert_eq!(common::get(server.addr, "/hello").unwrap().pid(), Some(new));
+}
+
+#[test]
+fn missing_binary_leaves_the_old_process_serving() {
+    let scratch = Scratch::new("missing-binary");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0"]);
+    let server = Server::start(command);
+    std::fs::remove_file(&path).unwrap();
+    common::signal(server.pid, common::Signal::HUP);
+    let failed = server.wait_line("child failed to start");
+    assert!(failed.contains(&path.display().to_string()), "{failed}");
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+    assert!(Path::new(&path).parent().unwrap().exists());
+}
+
+#[test]
+fn successor_that_never_gets_ready_is_killed_at_the_upgrade_timeout() {
+    let scratch = Scratch::new("hanging-successor");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0", "--upgrade-timeout", "500ms"]);
+    let server = Server::start(command);
+    scratch.install("hello", b"#!/bin/sh\nexec sleep 30\n");
+    let started = Instant::now();
+    common::signal(server.pid, common::Signal::HUP);
+    server.wait_line("spawned child");
+    // One upgrade at a time: a second SIGHUP meanwhile is ignored, not a second child.
+    common::signal(server.pid, common::Signal::HUP);
+    server.wait_line("ignored SIGHUP: an upgrade is already in progress");
+    let failed = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    assert!(
+        failed.contains("was not ready within 500ms and was killed"),
+        "{failed}"
+    );
+    assert_eq!(server.count("spawned child"), 1, "{}", server.dump());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(common::zombie_children(server.pid).is_empty());
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+}
