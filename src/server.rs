@@ -129,7 +129,11 @@ impl Server {
                 keep_alive_timeout: Duration::from_secs(60),
                 idle_grace: Duration::from_millis(500),
             },
-            on_event: Rc::new(move |event: &Event<'_>| eprintln!("baton[{pid}]: {event}")),
+            on_event: Rc::new(move |event: &Event<'_>| {
+                // One write per line: successors share stderr, and lines must not interleave.
+                let line = format!("baton[{pid}]: {event}\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            }),
         })
     }
 

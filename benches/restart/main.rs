@@ -1,0 +1,453 @@
+//! baton against a tokio + hyper + shellflip peer, side by side in one run.
+//!
+//! Run with: `cargo bench --bench restart` (`-- --quick` for a short smoke run).
+//!
+//! Builds both servers with the same release profile, then for each of 3 runs and each server
+//! (interleaved, so machine drift hits both): start-up time, idle RSS, steady keep-alive load,
+//! steady connection-per-request load, then 50 SIGHUPs under keep-alive load and 50 under
+//! connection-per-request load. Servers are pinned to CPU 0 and the load generator to CPU 1
+//! when the machine has two. Prints progress, then a table of medians with the ratio
+//! baton/peer, also written to `target/bench/report.md`, with an SVG of latency across one
+//! restart in `target/bench/restart.svg`.
+
+mod load;
+mod procs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use load::{Kind, Mode, Outcome};
+use procs::{Flavor, Running};
+
+struct Plan {
+    runs: usize,
+    steady: Duration,
+    restarts: usize,
+    keep_alive_clients: usize,
+    per_request_clients: usize,
+}
+
+/// Figures of one server in one run.
+#[derive(Debug, Default, Clone)]
+pub struct RunFigures {
+    pub values: BTreeMap<String, f64>,
+    pub failures: BTreeMap<(&'static str, Kind), usize>,
+    /// Failure offsets after the latest SIGHUP, ms.
+    pub failure_offsets_ms: Vec<f64>,
+    pub trace: Option<report::Trace>,
+}
+
+impl RunFigures {
+    fn set(&mut self, key: impl Into<String>, value: f64) {
+        self.values.insert(key.into(), value);
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan {
+            runs: 1,
+            steady: Duration::from_secs(2),
+            restarts: 10,
+            keep_alive_clients: 64,
+            per_request_clients: 16,
+        }
+    } else {
+        Plan {
+            runs: 3,
+            steady: Duration::from_secs(5),
+            restarts: 50,
+            keep_alive_clients: 64,
+            per_request_clients: 16,
+        }
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let flavors = build(&root);
+    // Read before pinning: afterwards this thread sees only its own CPU.
+    let machine = machine();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cores >= 2 && procs::pin_self(1);
+    let server_cpu = pinned.then_some(0);
+    eprintln!(
+        "[bench] {} run(s); {}",
+        plan.runs,
+        if pinned {
+            "servers pinned to CPU 0, load generator to CPU 1"
+        } else {
+            "no CPU pinning"
+        }
+    );
+    let started = Instant::now();
+    let mut results: Vec<Vec<RunFigures>> = vec![Vec::new(); flavors.len()];
+    for run in 0..plan.runs {
+        // A B, then B A: drift over the run hits both.
+        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        for index in order {
+            let flavor = &flavors[index];
+            eprintln!("[bench] run {}/{}: {}", run + 1, plan.runs, flavor.name);
+            results[index].push(measure(flavor, &plan, server_cpu, run == 0));
+        }
+    }
+    let statics: Vec<BTreeMap<&'static str, f64>> =
+        flavors.iter().map(|f| static_figures(f, &root)).collect();
+    let table = report::table(&flavors, &results, &statics, &machine, pinned, plan.runs);
+    println!("{table}");
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out).expect("create target/bench");
+    std::fs::write(out.join("report.md"), &table).expect("write report.md");
+    let traces: Vec<(&str, &report::Trace)> = flavors
+        .iter()
+        .zip(&results)
+        .filter_map(|(f, runs)| Some((f.name, runs.first()?.trace.as_ref()?)))
+        .collect();
+    std::fs::write(out.join("restart.svg"), report::svg(&traces)).expect("write restart.svg");
+    eprintln!(
+        "[bench] done in {:.0?}; wrote {}",
+        started.elapsed(),
+        out.join("report.md").display()
+    );
+}
+
+/// Builds the example and the peer with the same release profile.
+fn build(root: &Path) -> Vec<Flavor> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("[bench] building baton's hello example and the tokio peer (release)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--example", "hello"])
+        .current_dir(root)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the example failed");
+    let peer = root.join("benches/tokio-peer");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--manifest-path"])
+        .arg(peer.join("Cargo.toml"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the tokio peer failed");
+    vec![
+        Flavor {
+            name: "baton",
+            binary: root.join("target/release/examples/hello"),
+            prefix: "baton",
+        },
+        Flavor {
+            name: "tokio peer",
+            binary: peer.join("target/release/tokio-peer"),
+            prefix: "peer",
+        },
+    ]
+}
+
+fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -> RunFigures {
+    let mut figures = RunFigures::default();
+    let spawned = Instant::now();
+    let mut server = Running::start(flavor, cpu);
+    figures.set(
+        "startup_ms",
+        first_response(server.addr, spawned).as_secs_f64() * 1e3,
+    );
+    figures.set(
+        "idle_rss_mb",
+        procs::status(server.pid, "VmRSS") as f64 / 1e6,
+    );
+
+    // Steady keep-alive.
+    let cpu_before = procs::cpu(server.pid);
+    let outcome = load_for(
+        server.addr,
+        Mode::KeepAlive,
+        plan.keep_alive_clients,
+        plan.steady,
+        |_| {},
+    );
+    let server_cpu = procs::cpu(server.pid)
+        .saturating_sub(cpu_before)
+        .as_secs_f64();
+    let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
+    let requests = latencies.len() as f64;
+    figures.set("ka_rps", requests / outcome.elapsed.as_secs_f64());
+    figures.set(
+        "ka_per_cpu_s",
+        if server_cpu > 0.0 {
+            requests / server_cpu
+        } else {
+            0.0
+        },
+    );
+    figures.set("ka_server_cpu", server_cpu / outcome.elapsed.as_secs_f64());
+    figures.set("ka_p50_ms", report::percentile(&mut latencies, 50.0) / 1e3);
+    figures.set("ka_p99_ms", report::percentile(&mut latencies, 99.0) / 1e3);
+    figures.set("ka_max_ms", report::percentile(&mut latencies, 100.0) / 1e3);
+    figures.set(
+        "ka_loadgen_cpu",
+        outcome.cpu.as_secs_f64() / outcome.elapsed.as_secs_f64(),
+    );
+    figures.set("ka_failed", outcome.failures.len() as f64);
+    figures.set(
+        "load_rss_mb",
+        procs::status(server.pid, "VmHWM") as f64 / 1e6,
+    );
+    figures.set("threads", procs::status(server.pid, "Threads") as f64);
+    eprintln!(
+        "[bench]   keep-alive: {:.0} req/s",
+        figures.values["ka_rps"]
+    );
+
+    // Steady connection per request.
+    let outcome = load_for(
+        server.addr,
+        Mode::PerRequest,
+        plan.per_request_clients,
+        plan.steady,
+        |_| {},
+    );
+    let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
+    figures.set(
+        "pr_rps",
+        latencies.len() as f64 / outcome.elapsed.as_secs_f64(),
+    );
+    figures.set("pr_p99_ms", report::percentile(&mut latencies, 99.0) / 1e3);
+    figures.set(
+        "pr_loadgen_cpu",
+        outcome.cpu.as_secs_f64() / outcome.elapsed.as_secs_f64(),
+    );
+    figures.set("pr_failed", outcome.failures.len() as f64);
+    eprintln!(
+        "[bench]   per-request: {:.0} req/s",
+        figures.values["pr_rps"]
+    );
+
+    // The mechanism alone: restarts with no load, observed from an idle CPU.
+    let mut idle: Vec<u64> = (0..10)
+        .map(|_| {
+            let restart = server.restart();
+            (restart.ready_at - restart.signal_at).as_micros() as u64
+        })
+        .collect();
+    figures.set("idle_handoff_ms", report::percentile(&mut idle, 50.0) / 1e3);
+
+    for (mode, clients, tag) in [
+        (Mode::KeepAlive, plan.keep_alive_clients, "rka"),
+        (Mode::PerRequest, plan.per_request_clients, "rpr"),
+    ] {
+        restart_scenario(
+            &mut server,
+            &mut figures,
+            mode,
+            clients,
+            tag,
+            plan.restarts,
+            keep_trace,
+        );
+    }
+    figures
+}
+
+/// Polls until the server answers; the time since it was spawned.
+fn first_response(addr: SocketAddr, spawned: Instant) -> Duration {
+    use std::io::{Read, Write};
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ =
+                stream.write_all(b"GET /hello HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+            let mut reply = Vec::new();
+            let _ = stream.read_to_end(&mut reply);
+            if reply.starts_with(b"HTTP/1.1 200") {
+                return spawned.elapsed();
+            }
+        }
+        assert!(
+            spawned.elapsed() < Duration::from_secs(10),
+            "no response from {addr}"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Runs load on its own thread while `during` runs on this one, for at least `duration`.
+fn load_for(
+    addr: SocketAddr,
+    mode: Mode,
+    clients: usize,
+    duration: Duration,
+    during: impl FnOnce(Instant),
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || load::run(addr, mode, clients, start, flag));
+    during(start);
+    let left = duration.saturating_sub(start.elapsed());
+    std::thread::sleep(left);
+    stop.store(true, Ordering::Relaxed);
+    thread.join().expect("load generator panicked")
+}
+
+fn restart_scenario(
+    server: &mut Running,
+    figures: &mut RunFigures,
+    mode: Mode,
+    clients: usize,
+    tag: &'static str,
+    restarts: usize,
+    keep_trace: bool,
+) {
+    let mut timeline: Vec<procs::Restart> = Vec::new();
+    let mut start_at = None;
+    let outcome = load_for(server.addr, mode, clients, Duration::ZERO, |start| {
+        start_at = Some(start);
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..restarts {
+            timeline.push(server.restart());
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let start = start_at.expect("load started");
+    let us = |t: Instant| t.duration_since(start).as_micros() as u64;
+    let windows: Vec<(u64, u64)> = timeline
+        .iter()
+        .map(|r| (us(r.signal_at), us(r.gone_at) + 10_000))
+        .collect();
+    let in_window = |t: u64| windows.iter().any(|&(a, b)| t >= a && t <= b);
+    let (mut inside, mut outside): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    for sample in &outcome.samples {
+        if in_window(sample.start_us) {
+            &mut inside
+        } else {
+            &mut outside
+        }
+        .push(sample.latency_us);
+    }
+    let mut handoff: Vec<u64> = timeline
+        .iter()
+        .map(|r| (r.ready_at - r.signal_at).as_micros() as u64)
+        .collect();
+    let mut exit: Vec<u64> = timeline
+        .iter()
+        .map(|r| (r.gone_at - r.signal_at).as_micros() as u64)
+        .collect();
+    figures.set(key(tag, "failed"), outcome.failures.len() as f64);
+    figures.set(key(tag, "requests"), outcome.samples.len() as f64);
+    figures.set(
+        key(tag, "handoff_ms"),
+        report::percentile(&mut handoff, 50.0) / 1e3,
+    );
+    figures.set(
+        key(tag, "exit_ms"),
+        report::percentile(&mut exit, 50.0) / 1e3,
+    );
+    figures.set(
+        key(tag, "win_p999_ms"),
+        report::percentile(&mut inside, 99.9) / 1e3,
+    );
+    figures.set(
+        key(tag, "win_max_ms"),
+        report::percentile(&mut inside, 100.0) / 1e3,
+    );
+    figures.set(
+        key(tag, "steady_p999_ms"),
+        report::percentile(&mut outside, 99.9) / 1e3,
+    );
+    figures.set(
+        key(tag, "steady_max_ms"),
+        report::percentile(&mut outside, 100.0) / 1e3,
+    );
+    figures.set(
+        key(tag, "connects_per_restart"),
+        outcome.connects as f64 / restarts.max(1) as f64,
+    );
+    for failure in &outcome.failures {
+        *figures.failures.entry((tag, failure.kind)).or_default() += 1;
+        if let Some(signal) = windows.iter().rev().find(|w| w.0 <= failure.at_us) {
+            figures
+                .failure_offsets_ms
+                .push((failure.at_us - signal.0) as f64 / 1e3);
+        }
+    }
+    eprintln!(
+        "[bench]   {restarts} restarts ({}): {} failed of {} requests, handoff median {:.2} ms",
+        if mode == Mode::KeepAlive {
+            "keep-alive"
+        } else {
+            "per-request"
+        },
+        outcome.failures.len(),
+        outcome.samples.len() + outcome.failures.len(),
+        figures.values[&key(tag, "handoff_ms")]
+    );
+    if keep_trace && mode == Mode::KeepAlive {
+        if let Some(chosen) = timeline.get(timeline.len() / 2) {
+            figures.trace = Some(report::Trace::around(
+                &outcome,
+                us(chosen.signal_at),
+                us(chosen.ready_at),
+                us(chosen.gone_at),
+            ));
+        }
+    }
+}
+
+/// The key of a per-scenario figure.
+fn key(tag: &str, name: &str) -> String {
+    format!("{tag}_{name}")
+}
+
+/// Binary size and crate count.
+fn static_figures(flavor: &Flavor, root: &Path) -> BTreeMap<&'static str, f64> {
+    let mut values = BTreeMap::new();
+    let size = std::fs::metadata(&flavor.binary)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    values.insert("binary_kb", size as f64 / 1024.0);
+    let manifest = if flavor.prefix == "peer" {
+        root.join("benches/tokio-peer/Cargo.toml")
+    } else {
+        root.join("Cargo.toml")
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = Command::new(cargo)
+        .args([
+            "tree",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|l| !l.is_empty())
+        .collect();
+    crates.sort_unstable();
+    crates.dedup();
+    values.insert("crates", crates.len() as f64);
+    values
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} × {cpu}, Linux {}", kernel.trim())
+}
