@@ -18,18 +18,25 @@ struct Args {
     addr: String,
     drain_timeout: Duration,
     upgrade_timeout: Duration,
+    header_timeout: Duration,
+    keep_alive_timeout: Duration,
 }
 
 const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upgrade-timeout 10s]
-  --addr             where to listen (default 127.0.0.1:8080; :8080 means every interface)
-  --drain-timeout    how long a draining process waits for in-flight requests (default 5s)
-  --upgrade-timeout  how long a restart waits for the new process to be ready (default 10s)";
+             [--header-timeout 10s] [--keep-alive-timeout 60s]
+  --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface)
+  --drain-timeout       how long a draining process waits for in-flight requests (default 5s)
+  --upgrade-timeout     how long a restart waits for the new process to be ready (default 10s)
+  --header-timeout      how long a client may take to send a request head (default 10s)
+  --keep-alive-timeout  how long a connection may sit idle between requests (default 60s)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addr: "127.0.0.1:8080".into(),
         drain_timeout: Duration::from_secs(5),
         upgrade_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        keep_alive_timeout: Duration::from_secs(60),
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -48,6 +55,8 @@ fn parse_args() -> Result<Args, String> {
             "--addr" => args.addr = value,
             "--drain-timeout" => args.drain_timeout = parse_duration(&name, &value)?,
             "--upgrade-timeout" => args.upgrade_timeout = parse_duration(&name, &value)?,
+            "--header-timeout" => args.header_timeout = parse_duration(&name, &value)?,
+            "--keep-alive-timeout" => args.keep_alive_timeout = parse_duration(&name, &value)?,
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
     }
@@ -112,7 +121,9 @@ fn main() -> ExitCode {
     };
     let server = server
         .drain_timeout(args.drain_timeout)
-        .upgrade_timeout(args.upgrade_timeout);
+        .upgrade_timeout(args.upgrade_timeout)
+        .header_timeout(args.header_timeout)
+        .keep_alive_timeout(args.keep_alive_timeout);
     let pid = std::process::id();
     match smol::block_on(server.serve(move |req| route(req, pid))) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,

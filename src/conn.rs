@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use http_types::{Method, Request, Response, StatusCode};
@@ -84,8 +84,21 @@ pub(crate) async fn serve<F, Fut>(
     let _ = stream.get_ref().set_nodelay(true);
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
+    // Kept for the connection's life, so that waiting between requests registers nothing new:
+    // one listener for the start of a drain, one keep-alive timer re-armed only when it fires.
+    let mut drain_started = std::pin::pin!(drain.started());
+    let mut idle_timer = Timer::after(options.keep_alive_timeout);
+    let mut idle_since = Instant::now();
     loop {
-        if !wait_for_request(&io, &drain, &options).await {
+        let waited = wait_for_request(
+            &io,
+            &drain,
+            &options,
+            drain_started.as_mut(),
+            &mut idle_timer,
+            idle_since,
+        );
+        if !waited.await {
             break;
         }
         let head = async { Head::Decoded(async_h1::server::decode(io.clone()).await) };
@@ -135,6 +148,7 @@ pub(crate) async fn serve<F, Fut>(
             close(&io).await;
             break;
         }
+        idle_since = Instant::now();
     }
 }
 
@@ -145,16 +159,34 @@ enum Head<T> {
 
 /// Waits until the client sends something (or closes). Returns `false` if the connection should
 /// be closed instead: idle past the keep-alive timeout, or idle through the grace of a drain.
-async fn wait_for_request(io: &Io, drain: &Drain, options: &Options) -> bool {
+async fn wait_for_request(
+    io: &Io,
+    drain: &Drain,
+    options: &Options,
+    drain_started: Pin<&mut impl Future<Output = ()>>,
+    idle_timer: &mut Timer,
+    idle_since: Instant,
+) -> bool {
     let readable = async { io.0.readable().await.is_ok() };
     let grace = async {
-        drain.started().await;
+        // Once draining, the drain future has completed and must not be polled again.
+        if !drain.is_draining() {
+            drain_started.await;
+        }
         Timer::after(options.idle_grace).await;
         false
     };
     let idle = async {
-        Timer::after(options.keep_alive_timeout).await;
-        false
+        let deadline = idle_since + options.keep_alive_timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // The timer may still hold an earlier connection-idle deadline: re-arm it only
+            // when it fires, not on every request.
+            (&mut *idle_timer).await;
+            idle_timer.set_at(deadline);
+        }
     };
     readable.or(grace).or(idle).await
 }

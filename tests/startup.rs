@@ -233,3 +233,46 @@ fn successor_that_never_gets_ready_is_killed_at_the_upgrade_timeout() {
         Some(server.pid)
     );
 }
+
+#[test]
+fn idle_keep_alive_connection_is_closed_at_the_timeout() {
+    let server = Server::hello(&["--keep-alive-timeout", "300ms"]);
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let request = format!("GET /hello HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    // Activity keeps it open: requests 200 ms apart, past the 300 ms since the connection opened.
+    for _ in 0..3 {
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        let reply = common::read_reply(&mut std::io::BufReader::new(&stream)).unwrap();
+        assert_eq!(reply.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+    assert!(
+        read.is_ok() && rest.is_empty(),
+        "expected a clean close, got {read:?} {rest:?}"
+    );
+    let waited = idle.elapsed();
+    assert!(waited < Duration::from_secs(2), "closed after {waited:?}");
+}
+
+#[test]
+fn client_that_never_finishes_its_head_gets_408_at_the_header_timeout() {
+    let server = Server::hello(&["--header-timeout", "300ms"]);
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /hello HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    // Meanwhile other clients are served normally.
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+    let reply = common::read_reply(&mut std::io::BufReader::new(&slow)).unwrap();
+    assert_eq!(reply.status, 408);
+    assert!(reply.closes());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}

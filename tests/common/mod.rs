@@ -86,7 +86,26 @@ impl Server {
             pid,
             addr: "0.0.0.0:0".parse().unwrap(),
         };
-        let line = server.wait_line(&format!("baton[{pid}]: listening on "));
+        let needle = format!("baton[{pid}]: listening on ");
+        let deadline = Instant::now() + DEADLINE;
+        let line = loop {
+            if let Some(line) = server.try_wait_line(&needle, Duration::from_millis(50)) {
+                break line;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                // Give the reader a moment to collect what it printed on the way out.
+                server.try_wait_line("\u{0}", Duration::from_millis(100));
+                panic!(
+                    "the server exited ({status}) before listening; log:\n{}",
+                    server.dump()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never listened; log:\n{}",
+                server.dump()
+            );
+        };
         let addr = line
             .split("listening on ")
             .nth(1)
