@@ -24,6 +24,9 @@ use crate::drain::Drain;
 
 /// Most bytes of a response gathered before one write; smaller responses go out in one write.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// The response buffer a connection starts with, grown (doubling) only by larger responses,
+/// so that many connections with small responses stay small.
+const FIRST_WRITE_BUFFER: usize = 1024;
 /// Most unread request body discarded to keep a connection alive; beyond it, the connection closes.
 const DISCARD_LIMIT: u64 = 64 * 1024;
 /// How long a closing connection waits for the client to close its side.
@@ -230,11 +233,20 @@ async fn write_response(
     buffer: &mut Vec<u8>,
 ) -> io::Result<()> {
     let mut encoder = async_h1::server::Encoder::new(response, method);
-    buffer.resize(WRITE_BUFFER, 0);
+    if buffer.is_empty() {
+        buffer.resize(FIRST_WRITE_BUFFER, 0);
+    }
     loop {
         let mut filled = 0;
         let mut finished = false;
-        while filled < buffer.len() {
+        loop {
+            if filled == buffer.len() {
+                // Grow for a larger response, up to the cap; then write what is gathered.
+                if buffer.len() >= WRITE_BUFFER {
+                    break;
+                }
+                buffer.resize(buffer.len() * 2, 0);
+            }
             let n = encoder.read(&mut buffer[filled..]).await?;
             if n == 0 {
                 finished = true;
@@ -266,4 +278,54 @@ async fn close(io: &Io) {
         Timer::after(LINGER).await;
     };
     until_eof.or(linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    /// A response larger than the buffer cap arrives whole, and the buffer stops at the cap.
+    #[test]
+    fn writes_a_large_response_in_capped_chunks() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let io = Io(Arc::new(Async::new(server).unwrap()));
+        let body = "x".repeat(100_000);
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).unwrap();
+            received
+        });
+        let mut buffer = Vec::new();
+        smol::block_on(async {
+            let response = Response::from(body.as_str());
+            write_response(&io, response, Method::Get, &mut buffer)
+                .await
+                .unwrap();
+        });
+        assert_eq!(buffer.len(), WRITE_BUFFER);
+        drop(io);
+        let received = String::from_utf8(reader.join().unwrap()).unwrap();
+        let (head, received_body) = received.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-length: 100000"), "{head}");
+        assert_eq!(received_body, body);
+    }
+
+    #[test]
+    fn small_responses_keep_the_buffer_small() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let io = Io(Arc::new(Async::new(server).unwrap()));
+        let mut buffer = Vec::new();
+        smol::block_on(async {
+            let response = Response::from("Hello!\n");
+            write_response(&io, response, Method::Get, &mut buffer)
+                .await
+                .unwrap();
+        });
+        assert_eq!(buffer.len(), FIRST_WRITE_BUFFER);
+    }
 }

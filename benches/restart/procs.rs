@@ -44,6 +44,8 @@ pub struct Restart {
     pub signal_at: Instant,
     /// When the old process logged its successor ready (the successor is accepting by then).
     pub ready_at: Instant,
+    /// When the successor logged that it listens (its own view of being up).
+    pub listening_at: Instant,
     pub gone_at: Instant,
 }
 
@@ -146,6 +148,8 @@ impl Running {
             .and_then(|r| r.split(' ').next())
             .and_then(|p| p.parse().ok());
         self.pid = new.expect("pid in the ready line");
+        let (listening_at, _) =
+            self.wait_line(&format!("{}[{}]: listening on ", self.prefix, self.pid), 0);
         while alive(old) {
             assert!(
                 signal_at.elapsed() < DEADLINE,
@@ -156,6 +160,7 @@ impl Running {
         Restart {
             signal_at,
             ready_at,
+            listening_at,
             gone_at: Instant::now(),
         }
     }

@@ -100,18 +100,28 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("unique crates (cargo tree, normal deps)", "crates", "lower"),
     ("start-up to first response (ms)", "startup_ms", "lower"),
     (
+        "handoff without load, SIGHUP -> successor accepting (median ms)",
+        "idle_handoff_ms",
+        "lower",
+    ),
+    (
         "restarts, keep-alive: failed requests per run",
         "rka_failed",
         "lower",
     ),
     ("restarts, keep-alive: requests per run", "rka_requests", ""),
     (
-        "restarts, keep-alive: new connections per restart",
-        "rka_connects_per_restart",
+        "restarts, keep-alive: reconnects per restart",
+        "rka_reconnects_per_restart",
         "",
     ),
     (
-        "restarts, keep-alive: handoff, SIGHUP -> successor ready (median ms)",
+        "restarts, keep-alive: old process sees the successor ready (median ms)",
+        "rka_ready_ms",
+        "lower",
+    ),
+    (
+        "restarts, keep-alive: handoff, SIGHUP -> successor accepting (median ms)",
         "rka_handoff_ms",
         "lower",
     ),
@@ -151,7 +161,12 @@ const ROWS: &[(&str, &str, &str)] = &[
         "",
     ),
     (
-        "restarts, per request: handoff (median ms)",
+        "restarts, per request: old process sees the successor ready (median ms)",
+        "rpr_ready_ms",
+        "lower",
+    ),
+    (
+        "restarts, per request: handoff, SIGHUP -> successor accepting (median ms)",
         "rpr_handoff_ms",
         "lower",
     ),
