@@ -269,25 +269,19 @@ impl Server {
                                 reason: "an upgrade is already in progress",
                             });
                         }
-                        Command::Restart | Command::Spawn => match handoff::spawn(&exec, &listener)
-                        {
-                            Ok(successor) => {
-                                emit(&Event::Spawned {
-                                    pid: successor.pid(),
-                                });
-                                let task = executor.spawn(successor.ready(upgrade_timeout));
-                                upgrade = Some(Upgrade {
-                                    restart: command == Command::Restart,
-                                    task,
-                                });
-                            }
-                            Err(error) => {
-                                emit(&Event::SpawnFailed {
+                        Command::Restart | Command::Spawn => {
+                            match upgrade_task(&exec, &listener, upgrade_timeout, &emit) {
+                                Ok(task) => {
+                                    let task = executor.spawn(task);
+                                    let restart = command == Command::Restart;
+                                    upgrade = Some(Upgrade { restart, task });
+                                }
+                                Err(error) => emit(&Event::SpawnFailed {
                                     pid: None,
                                     reason: error.to_string(),
-                                });
+                                }),
                             }
-                        },
+                        }
                         Command::Shutdown => break Stop::Shutdown { signal: name },
                         Command::Reap => reap(&mut spawned, &*emit),
                     }
@@ -305,10 +299,7 @@ impl Server {
                             emit(&Event::Ready { pid: child.id() });
                             spawned.push(child);
                         }
-                        Err((pid, why)) => emit(&Event::SpawnFailed {
-                            pid: Some(pid),
-                            reason: why.to_string(),
-                        }),
+                        Err((pid, reason)) => emit(&Event::SpawnFailed { pid, reason }),
                     }
                 }
             }
@@ -367,13 +358,38 @@ impl Server {
 struct Upgrade {
     /// SIGHUP (drain once ready) rather than SIGUSR2 (keep serving beside it).
     restart: bool,
-    task: Task<Result<Child, (u32, NotReady)>>,
+    task: Task<Upgraded>,
+}
+
+/// The successor, serving; or its pid (if it got one) and why it is not.
+type Upgraded = Result<Child, (Option<u32>, String)>;
+
+/// Starts a successor and waits until it is ready: the part of an upgrade that runs beside
+/// the select loop.
+fn upgrade_task(
+    exec: &Exec,
+    listener: &Listener,
+    timeout: Duration,
+    emit: &Rc<dyn Fn(&Event<'_>)>,
+) -> io::Result<impl Future<Output = Upgraded> + 'static> {
+    let spawn = handoff::prepare(exec, listener)?;
+    let emit = emit.clone();
+    Ok(async move {
+        let successor = spawn.start().await.map_err(|e| (None, e.to_string()))?;
+        emit(&Event::Spawned {
+            pid: successor.pid(),
+        });
+        successor
+            .ready(timeout)
+            .await
+            .map_err(|(pid, why): (u32, NotReady)| (Some(pid), why.to_string()))
+    })
 }
 
 enum Wake {
     Accepted(io::Result<(async_io::Async<std::net::TcpStream>, SocketAddr)>),
     Signal(io::Result<(&'static str, Command)>),
-    Upgraded(Result<Child, (u32, NotReady)>),
+    Upgraded(Upgraded),
 }
 
 /// Out of fds or buffers: retrying at once would spin. Anything else (a connection aborted
