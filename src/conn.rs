@@ -1,33 +1,36 @@
-//! One connection's request/response loop: wait for a request, read its head (async-h1's
-//! decoder), call the handler, write the response in as few writes as possible (async-h1's
-//! encoder into a reused buffer), and decide whether the connection stays open.
+//! One connection's request/response loop: wait for a request, parse its head from the
+//! connection's own read buffer ([`crate::codec`]), call the handler, write the response in as
+//! few writes as possible, and decide whether the connection stays open.
 //!
-//! Draining changes two things: the next response carries `Connection: close` (and the
-//! connection is closed after it), and a connection idle at a request boundary is closed after
-//! a short grace, long enough for a request the client already sent to arrive.
+//! One read buffer per connection, reused across requests (pipelined requests stay in it and
+//! are answered in order), grown only for a large head and shrunk back after it. Draining
+//! changes two things: the next response carries `Connection: close` (and the connection is
+//! closed after it), and a connection idle at a request boundary is closed after a short grace,
+//! long enough for a request the client already sent to arrive.
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use http_types::{Method, Request, Response, StatusCode};
+use http_types::{Body, Method, Request, Response, StatusCode, Url, Version};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::codec::{self, Chunked, Framing, Reject};
 use crate::drain::Drain;
 
 /// Most bytes of a response gathered before one write; smaller responses go out in one write.
-const WRITE_BUFFER: usize = 16 * 1024;
-/// The response buffer a connection starts with, grown (doubling) only by larger responses,
-/// so that many connections with small responses stay small.
-const FIRST_WRITE_BUFFER: usize = 1024;
-/// Most unread request body discarded to keep a connection alive; beyond it, the connection closes.
+pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
+/// The read buffer a connection starts with; a larger head grows it, up to `max_head`.
+const FIRST_READ_BUFFER: usize = 2048;
+/// Most unread request body discarded to keep a connection alive; beyond it, it closes.
 const DISCARD_LIMIT: u64 = 64 * 1024;
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
@@ -38,43 +41,263 @@ pub(crate) struct Options {
     pub(crate) header_timeout: Duration,
     pub(crate) keep_alive_timeout: Duration,
     pub(crate) idle_grace: Duration,
+    pub(crate) max_head: usize,
+    pub(crate) max_body: u64,
 }
 
-/// The connection as async-h1's decoder wants it: cheap to clone, shared by head and body readers.
-#[derive(Debug, Clone)]
-struct Io(Arc<Async<TcpStream>>);
+/// Bytes read from the connection and not yet consumed: `data[start..end]`.
+#[derive(Debug, Default)]
+struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
 
-impl AsyncRead for Io {
+impl ReadBuf {
+    fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into: moves pending bytes to the front, and grows the buffer (doubling,
+    /// up to `max`) only if it is full.
+    fn room(&mut self, max: usize) -> &mut [u8] {
+        if self.data.is_empty() {
+            self.data.resize(FIRST_READ_BUFFER.min(max.max(1)), 0);
+        }
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.data.len() && self.data.len() < max {
+            let grown = (self.data.len() * 2).min(max);
+            self.data.resize(grown, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Back to the first size once a large head is done with, if what is pending fits.
+    fn shrink(&mut self) {
+        let pending = self.end - self.start;
+        if self.data.len() > FIRST_READ_BUFFER && pending <= FIRST_READ_BUFFER {
+            self.data.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = pending;
+            self.data.truncate(FIRST_READ_BUFFER);
+            self.data.shrink_to_fit();
+        }
+    }
+
+    /// One read from the socket into the buffer; `Ok(0)` at EOF.
+    async fn fill(&mut self, io: &Async<TcpStream>, max: usize) -> io::Result<usize> {
+        let room = self.room(max);
+        if room.is_empty() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let n = (&*io).read(room).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// What the connection loop and the request body reader share while a body is being read.
+#[derive(Debug)]
+struct Inbound {
+    buf: ReadBuf,
+    body: BodyState,
+    /// Bytes of body delivered so far, against `max_body`.
+    delivered: u64,
+    max_body: u64,
+    /// `Expect: 100-continue` not yet answered; answered on the first body read.
+    continue_pending: bool,
+    continue_written: usize,
+    /// The body broke framing or a limit: the connection cannot be reused.
+    failed: Option<Reject>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    Done,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The request body as the handler reads it, straight from the connection's buffer.
+#[derive(Debug)]
+struct BodyReader {
+    io: Arc<Async<TcpStream>>,
+    shared: Arc<Mutex<Inbound>>,
+    max_head: usize,
+}
+
+impl AsyncRead for BodyReader {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
+        out: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let mut inbound = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let inbound = &mut *inbound;
+        if let Some(reject) = inbound.failed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                reject.to_string(),
+            )));
+        }
+        while inbound.continue_pending {
+            let rest = &CONTINUE[inbound.continue_written..];
+            match Pin::new(&mut &*this.io).poll_write(cx, rest) {
+                Poll::Ready(Ok(n)) => {
+                    inbound.continue_written += n;
+                    inbound.continue_pending = inbound.continue_written < CONTINUE.len();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        loop {
+            let pending = inbound.buf.pending();
+            let (used, produced) = match &mut inbound.body {
+                BodyState::Done => return Poll::Ready(Ok(0)),
+                BodyState::Length(left) if !pending.is_empty() => {
+                    let n = (*left).min(pending.len() as u64).min(out.len() as u64) as usize;
+                    out[..n].copy_from_slice(&pending[..n]);
+                    *left -= n as u64;
+                    if *left == 0 {
+                        inbound.body = BodyState::Done;
+                    }
+                    (n, n)
+                }
+                BodyState::Chunked(state) if !pending.is_empty() => {
+                    match state.decode(pending, out) {
+                        Ok((used, produced)) => {
+                            if *state == Chunked::Done {
+                                inbound.body = BodyState::Done;
+                            }
+                            (used, produced)
+                        }
+                        Err(reject) => {
+                            inbound.failed = Some(reject);
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                reject.to_string(),
+                            )));
+                        }
+                    }
+                }
+                _ => (0, 0),
+            };
+            inbound.buf.consume(used);
+            if produced > 0 {
+                inbound.delivered += produced as u64;
+                if inbound.delivered > inbound.max_body {
+                    inbound.failed = Some(Reject::BodyTooLarge);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "request body too large",
+                    )));
+                }
+                return Poll::Ready(Ok(produced));
+            }
+            if inbound.body == BodyState::Done {
+                return Poll::Ready(Ok(0));
+            }
+            if used > 0 {
+                continue;
+            }
+            // Nothing buffered: read more from the socket.
+            let room = inbound.buf.room(this.max_head);
+            match Pin::new(&mut &*this.io).poll_read(cx, room) {
+                Poll::Ready(Ok(0)) => {
+                    inbound.failed = Some(Reject::BadRequest("connection closed inside the body"));
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Poll::Ready(Ok(n)) => inbound.buf.end += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
+/// Per-connection state for building requests cheaply: the `Url` of the last Host is reused
+/// (cloned, then path and query set) instead of parsing a formatted string each time.
+struct Requests {
+    base: Option<(Vec<u8>, Url)>,
+    peer: String,
+    local_text: String,
+}
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
+impl Requests {
+    fn build(&mut self, head: &codec::Head<'_, '_>) -> Result<Request, Reject> {
+        let method = Method::from_str(head.method).map_err(|_| Reject::NotImplemented("method"))?;
+        let host = head.host.unwrap_or(self.local_text.as_bytes());
+        let mut url = match &self.base {
+            Some((cached, url)) if cached == host => url.clone(),
+            _ => {
+                let text =
+                    std::str::from_utf8(host).map_err(|_| Reject::BadRequest("invalid Host"))?;
+                if text.contains(['/', '?', '#', '@']) {
+                    return Err(Reject::BadRequest("invalid Host"));
+                }
+                let url = Url::parse(&format!("http://{text}/"))
+                    .map_err(|_| Reject::BadRequest("invalid Host"))?;
+                self.base = Some((host.to_vec(), url.clone()));
+                url
+            }
+        };
+        let target = head.target;
+        if target.starts_with('/') {
+            let (path, query) = match target.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (target, None),
+            };
+            if path.contains('#') || query.is_some_and(|q| q.contains('#')) {
+                return Err(Reject::BadRequest("fragment in the request target"));
+            }
+            url.set_path(path);
+            url.set_query(query);
+        } else if target.starts_with("http://") || target.starts_with("https://") {
+            url = Url::parse(target).map_err(|_| Reject::BadRequest("invalid request target"))?;
+        } else if target == "*" && method == Method::Options {
+            // Asterisk-form: the server as a whole; the URL stays at "/".
+        } else {
+            return Err(Reject::BadRequest("invalid request target"));
+        }
+        let mut request = Request::new(method, url);
+        request.set_version(Some(if head.minor == 0 {
+            Version::Http1_0
+        } else {
+            Version::Http1_1
+        }));
+        request.set_peer_addr(Some(&self.peer));
+        request.set_local_addr(Some(&self.local_text));
+        for header in head.headers {
+            let value = std::str::from_utf8(header.value)
+                .ok()
+                .filter(|v| v.is_ascii())
+                .ok_or(Reject::BadRequest("non-ASCII header value"))?;
+            request.append_header(header.name, value);
+        }
+        Ok(request)
     }
 }
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<F, Fut>(
     stream: Async<TcpStream>,
+    peer: SocketAddr,
     handler: Rc<F>,
     drain: Rc<Drain>,
     options: Options,
@@ -85,67 +308,122 @@ pub(crate) async fn serve<F, Fut>(
     let _connection = drain.connection();
     // Responses are written whole; Nagle would only delay them.
     let _ = stream.get_ref().set_nodelay(true);
-    let io = Io(Arc::new(stream));
-    let mut buffer = Vec::new();
+    let local = stream.get_ref().local_addr().unwrap_or(peer);
+    let io = Arc::new(stream);
+    let mut requests = Requests {
+        base: None,
+        peer: peer.to_string(),
+        local_text: local.to_string(),
+    };
+    let mut buf = ReadBuf::default();
+    let mut out = Vec::new();
     // Kept for the connection's life, so that waiting between requests registers nothing new:
     // one listener for the start of a drain, one keep-alive timer re-armed only when it fires.
     let mut drain_started = std::pin::pin!(drain.started());
     let mut idle_timer = Timer::after(options.keep_alive_timeout);
     let mut idle_since = Instant::now();
     loop {
-        let waited = wait_for_request(
-            &io,
-            &drain,
-            &options,
-            drain_started.as_mut(),
-            &mut idle_timer,
-            idle_since,
-        );
-        if !waited.await {
-            break;
+        // A pipelined request may already be buffered; otherwise wait for one.
+        if buf.pending().is_empty() {
+            let waited = wait_for_request(
+                &io,
+                &drain,
+                &options,
+                drain_started.as_mut(),
+                &mut idle_timer,
+                idle_since,
+            );
+            if !waited.await {
+                break;
+            }
         }
-        let head = async { Head::Decoded(async_h1::server::decode(io.clone()).await) };
+        let next = next_request(&io, &mut buf, &mut requests, &options);
         let timeout = async {
             Timer::after(options.header_timeout).await;
-            Head::TimedOut
+            Err(HeadError::TimedOut)
         };
-        let (request, mut body) = match head.or(timeout).await {
-            Head::Decoded(Ok(Some(decoded))) => decoded,
-            Head::Decoded(Ok(None)) => break,
-            Head::Decoded(Err(error)) => {
-                let response = rejection(error);
-                let _ = write_response(&io, response, Method::Get, &mut buffer).await;
+        let next = match next.or(timeout).await {
+            Ok(next) => next,
+            Err(HeadError::Closed) => break,
+            Err(HeadError::TimedOut) => {
+                let _ = respond_error(
+                    &io,
+                    &mut out,
+                    StatusCode::RequestTimeout,
+                    "request head timed out",
+                )
+                .await;
                 close(&io).await;
                 break;
             }
-            Head::TimedOut => {
-                let mut response = Response::new(StatusCode::RequestTimeout);
-                response.insert_header("Connection", "close");
-                let _ = write_response(&io, response, Method::Get, &mut buffer).await;
+            Err(HeadError::Reject(reject)) => {
+                let status =
+                    StatusCode::try_from(reject.status()).unwrap_or(StatusCode::BadRequest);
+                let _ = respond_error(&io, &mut out, status, &reject.to_string()).await;
                 close(&io).await;
                 break;
             }
         };
+        let Next {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            minor,
+        } = next;
+        if let Framing::Length(n) = framing {
+            if n > options.max_body {
+                let _ = respond_error(
+                    &io,
+                    &mut out,
+                    StatusCode::PayloadTooLarge,
+                    "request body too large",
+                )
+                .await;
+                close(&io).await;
+                break;
+            }
+        }
         let in_flight = drain.request();
         let method = request.method();
-        let mut close_after = wants_close(request.header("Connection"));
+        let (request, inbound) =
+            attach_body(request, framing, expect_continue, &io, &mut buf, &options);
         let mut response = match handler(request).await {
             Ok(response) => response,
             Err(error) => error_response(error),
         };
-        close_after |= wants_close(response.header("Connection")) || drain.is_draining();
-        if close_after {
-            response.insert_header("Connection", "close");
+        // Take the read buffer back from the body reader, whatever the handler did with it.
+        let body_state = inbound.map(|shared| {
+            let mut inbound = shared.lock().unwrap_or_else(|e| e.into_inner());
+            buf = std::mem::take(&mut inbound.buf);
+            let state = (inbound.body, inbound.failed, inbound.continue_pending);
+            inbound.failed = Some(Reject::BadRequest("the request is over"));
+            state
+        });
+        let mut close_after = !keep_alive || drain.is_draining() || wants_close(&response);
+        let mut discard = None;
+        if let Some((body, failed, continue_pending)) = body_state {
+            match failed {
+                Some(Reject::BodyTooLarge) => {
+                    response = plain(StatusCode::PayloadTooLarge, "request body too large");
+                    close_after = true;
+                }
+                Some(_) => close_after = true,
+                // Never asked for: the client may not send it at all, so do not wait for it.
+                None if continue_pending && body != BodyState::Done => close_after = true,
+                None if body != BodyState::Done => discard = Some(body),
+                None => {}
+            }
         }
-        let written = write_response(&io, response, method, &mut buffer).await;
+        let written = write_response(&io, &mut out, response, method, minor, close_after).await;
         drop(in_flight);
         if written.is_err() {
             break;
         }
-        // Whatever of the body the handler left unread must go before the next request.
-        match smol::io::copy((&mut body).take(DISCARD_LIMIT + 1), &mut smol::io::sink()).await {
-            Ok(n) if n <= DISCARD_LIMIT => {}
-            _ => close_after = true,
+        if let Some(body) = discard {
+            if !discard_body(&io, &mut buf, body, &options).await {
+                close_after = true;
+            }
         }
         if close_after {
             close(&io).await;
@@ -155,22 +433,146 @@ pub(crate) async fn serve<F, Fut>(
     }
 }
 
-enum Head<T> {
-    Decoded(http_types::Result<T>),
+enum HeadError {
+    Closed,
     TimedOut,
+    Reject(Reject),
+}
+
+/// A request whose head has been read, and how its connection goes on.
+struct Next {
+    request: Request,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+    minor: u8,
+}
+
+/// Reads until `buf` holds a whole request head, then builds the request from it and consumes
+/// the head from the buffer (a pipelined request behind it stays there).
+async fn next_request(
+    io: &Async<TcpStream>,
+    buf: &mut ReadBuf,
+    requests: &mut Requests,
+    options: &Options,
+) -> Result<Next, HeadError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+        let next = match codec::parse_head(buf.pending(), &mut headers, options.max_head) {
+            Ok(Some(head)) => {
+                let request = requests.build(&head).map_err(HeadError::Reject)?;
+                let next = Next {
+                    request,
+                    framing: head.framing,
+                    keep_alive: head.keep_alive,
+                    expect_continue: head.expect_continue,
+                    minor: head.minor,
+                };
+                Some((next, head.len))
+            }
+            Ok(None) => None,
+            Err(reject) => return Err(HeadError::Reject(reject)),
+        };
+        if let Some((next, len)) = next {
+            buf.consume(len);
+            buf.shrink();
+            return Ok(next);
+        }
+        match buf.fill(io, options.max_head).await {
+            Ok(0) if buf.pending().is_empty() => return Err(HeadError::Closed),
+            Ok(0) => {
+                return Err(HeadError::Reject(Reject::BadRequest(
+                    "connection closed inside the head",
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+/// Gives the request its body: a reader over the connection's buffer and socket, sharing the
+/// buffer with this loop until the request is done.
+fn attach_body(
+    mut request: Request,
+    framing: Framing,
+    expect_continue: bool,
+    io: &Arc<Async<TcpStream>>,
+    buf: &mut ReadBuf,
+    options: &Options,
+) -> (Request, Option<Arc<Mutex<Inbound>>>) {
+    let (body, len) = match framing {
+        Framing::None => return (request, None),
+        Framing::Length(n) => (BodyState::Length(n), usize::try_from(n).ok()),
+        Framing::Chunked => (BodyState::Chunked(Chunked::new()), None),
+    };
+    let shared = Arc::new(Mutex::new(Inbound {
+        buf: std::mem::take(buf),
+        body,
+        delivered: 0,
+        max_body: options.max_body,
+        continue_pending: expect_continue,
+        continue_written: 0,
+        failed: None,
+    }));
+    let reader = BodyReader {
+        io: io.clone(),
+        shared: shared.clone(),
+        max_head: options.max_head,
+    };
+    request.set_body(Body::from_reader(
+        smol::io::BufReader::with_capacity(4096, reader),
+        len,
+    ));
+    (request, Some(shared))
+}
+
+/// Reads and drops what the handler left of the body, up to [`DISCARD_LIMIT`]. `false` if the
+/// connection cannot be reused (too much left, bad framing, or the client went away).
+async fn discard_body(
+    io: &Arc<Async<TcpStream>>,
+    buf: &mut ReadBuf,
+    body: BodyState,
+    options: &Options,
+) -> bool {
+    let shared = Arc::new(Mutex::new(Inbound {
+        buf: std::mem::take(buf),
+        body,
+        delivered: 0,
+        max_body: DISCARD_LIMIT,
+        continue_pending: false,
+        continue_written: 0,
+        failed: None,
+    }));
+    let mut reader = BodyReader {
+        io: io.clone(),
+        shared: shared.clone(),
+        max_head: options.max_head,
+    };
+    let mut scratch = [0u8; 1024];
+    let clean = loop {
+        match reader.read(&mut scratch).await {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(_) => break false,
+        }
+    };
+    let mut inbound = shared.lock().unwrap_or_else(|e| e.into_inner());
+    *buf = std::mem::take(&mut inbound.buf);
+    clean
 }
 
 /// Waits until the client sends something (or closes). Returns `false` if the connection should
 /// be closed instead: idle past the keep-alive timeout, or idle through the grace of a drain.
-async fn wait_for_request(
-    io: &Io,
+pub(crate) async fn wait_for_request(
+    io: &Async<TcpStream>,
     drain: &Drain,
     options: &Options,
     drain_started: Pin<&mut impl Future<Output = ()>>,
     idle_timer: &mut Timer,
     idle_since: Instant,
 ) -> bool {
-    let readable = async { io.0.readable().await.is_ok() };
+    let readable = async { io.readable().await.is_ok() };
     let grace = async {
         // Once draining, the drain future has completed and must not be polled again.
         if !drain.is_draining() {
@@ -185,8 +587,8 @@ async fn wait_for_request(
             if Instant::now() >= deadline {
                 return false;
             }
-            // The timer may still hold an earlier connection-idle deadline: re-arm it only
-            // when it fires, not on every request.
+            // The timer may still hold an earlier deadline: re-arm it only when it fires, not
+            // on every request.
             (&mut *idle_timer).await;
             idle_timer.set_at(deadline);
         }
@@ -194,81 +596,183 @@ async fn wait_for_request(
     readable.or(grace).or(idle).await
 }
 
-fn wants_close(header: Option<&http_types::headers::HeaderValues>) -> bool {
-    header.is_some_and(|values| {
-        values.iter().any(|v| {
-            v.as_str()
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"))
-        })
+/// Did the handler ask to close the connection?
+pub(crate) fn wants_close(response: &Response) -> bool {
+    response.iter().any(|(name, values)| {
+        name.as_str() == "connection"
+            && values.iter().any(|v| {
+                v.as_str()
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
     })
 }
 
-/// The answer to a request whose head could not be read: 400 with the reason, then close.
-fn rejection(error: http_types::Error) -> Response {
-    let mut response = Response::new(StatusCode::BadRequest);
-    response.set_body(format!("bad request: {error}\n"));
-    response.insert_header("Connection", "close");
+fn plain(status: StatusCode, message: &str) -> Response {
+    let mut response = Response::new(status);
+    response.set_body(format!("{message}\n"));
     response
 }
 
 /// A handler's error as a response. Server errors do not show their message to the client.
-fn error_response(error: http_types::Error) -> Response {
+pub(crate) fn error_response(error: http_types::Error) -> Response {
     let status = error.status();
-    let mut response = Response::new(status);
     if status.is_client_error() {
-        response.set_body(format!("{error}\n"));
+        plain(status, &error.to_string())
     } else {
-        response.set_body(format!("{}\n", status.canonical_reason()));
+        plain(status, status.canonical_reason())
     }
-    response
 }
 
-/// Encodes the response into `buffer` and writes it: one write unless it is larger than
-/// [`WRITE_BUFFER`].
-async fn write_response(
-    io: &Io,
-    response: Response,
-    method: Method,
-    buffer: &mut Vec<u8>,
+/// Answers a request that cannot be served, then the caller closes the connection.
+async fn respond_error(
+    io: &Async<TcpStream>,
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    message: &str,
 ) -> io::Result<()> {
-    let mut encoder = async_h1::server::Encoder::new(response, method);
-    if buffer.is_empty() {
-        buffer.resize(FIRST_WRITE_BUFFER, 0);
+    write_response(io, out, plain(status, message), Method::Get, 1, true).await
+}
+
+/// Encodes and writes a response: head and (small) body in one write; large or unknown-length
+/// bodies follow in chunks of up to [`WRITE_BUFFER`]. HEAD responses carry no body.
+pub(crate) async fn write_response(
+    io: &Async<TcpStream>,
+    out: &mut Vec<u8>,
+    mut response: Response,
+    method: Method,
+    minor: u8,
+    close: bool,
+) -> io::Result<()> {
+    let status = u16::from(response.status());
+    let mut body = response.take_body();
+    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+    let len = if bodyless {
+        Some(0)
+    } else {
+        body.len().map(|n| n as u64)
+    };
+    // Unknown length: chunked for HTTP/1.1; an HTTP/1.0 client reads until the close.
+    let chunked = len.is_none() && minor == 1;
+    let close = close || (len.is_none() && minor == 0);
+
+    out.clear();
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    codec::push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(response.status().canonical_reason().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, values) in response.iter() {
+        let name = name.as_str();
+        if matches!(name, "content-length" | "transfer-encoding" | "connection") {
+            continue;
+        }
+        has_date |= name == "date";
+        for value in values.iter() {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        codec::date::push_now(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match (len, bodyless) {
+        (_, true) if status != 304 => {}
+        (Some(n), _) => {
+            out.extend_from_slice(b"content-length: ");
+            codec::push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        (None, _) if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (None, _) => {}
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if method == Method::Head || bodyless {
+        return (&*io).write_all(out).await;
+    }
+    if chunked {
+        return write_chunked(io, out, &mut body).await;
+    }
+    // Gather the body behind the head; write whenever the buffer is full. Without a length
+    // (HTTP/1.0), the body runs until its end and the connection closes after it.
+    let mut remaining = len.unwrap_or(u64::MAX);
+    while remaining > 0 {
+        if out.len() >= WRITE_BUFFER {
+            (&*io).write_all(out).await?;
+            out.clear();
+        }
+        let at = out.len();
+        let room = (WRITE_BUFFER - at).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        out.resize(at + room, 0);
+        let n = match body.read(&mut out[at..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                out.truncate(at);
+                return Err(e);
+            }
+        };
+        out.truncate(at + n);
+        if n == 0 {
+            if len.is_some() {
+                // Shorter than its declared length: the framing is broken, the caller closes.
+                (&*io).write_all(out).await?;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response body shorter than its length",
+                ));
+            }
+            break;
+        }
+        remaining -= n as u64;
+    }
+    (&*io).write_all(out).await
+}
+
+/// Streams a body of unknown length as chunks, each gathered into one write with its framing.
+async fn write_chunked(
+    io: &Async<TcpStream>,
+    out: &mut Vec<u8>,
+    body: &mut Body,
+) -> io::Result<()> {
+    const PREFIX: usize = 18; // up to 16 hex digits + CRLF
+    let mut chunk = vec![0u8; WRITE_BUFFER];
     loop {
-        let mut filled = 0;
-        let mut finished = false;
-        loop {
-            if filled == buffer.len() {
-                // Grow for a larger response, up to the cap; then write what is gathered.
-                if buffer.len() >= WRITE_BUFFER {
-                    break;
-                }
-                buffer.resize(buffer.len() * 2, 0);
-            }
-            let n = encoder.read(&mut buffer[filled..]).await?;
-            if n == 0 {
-                finished = true;
-                break;
-            }
-            filled += n;
+        let n = body.read(&mut chunk[PREFIX..WRITE_BUFFER - 2]).await?;
+        if n == 0 {
+            out.extend_from_slice(b"0\r\n\r\n");
+            return (&*io).write_all(out).await;
         }
-        (&*io.0).write_all(&buffer[..filled]).await?;
-        if finished {
-            return Ok(());
-        }
+        codec::push_hex(out, n as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&chunk[PREFIX..PREFIX + n]);
+        out.extend_from_slice(b"\r\n");
+        (&*io).write_all(out).await?;
+        out.clear();
     }
 }
 
 /// Closes without resetting: send FIN, then read and discard until the client closes too (or
 /// [`LINGER`] passes), so that unread input cannot turn the close into a reset that destroys the
 /// response on its way.
-async fn close(io: &Io) {
-    let _ = io.0.get_ref().shutdown(Shutdown::Write);
+pub(crate) async fn close(io: &Async<TcpStream>) {
+    let _ = io.get_ref().shutdown(Shutdown::Write);
     let mut scratch = [0u8; 1024];
     let until_eof = async {
-        while let Ok(n) = (&*io.0).read(&mut scratch).await {
+        while let Ok(n) = (&*io).read(&mut scratch).await {
             if n == 0 {
                 break;
             }
@@ -278,54 +782,4 @@ async fn close(io: &Io) {
         Timer::after(LINGER).await;
     };
     until_eof.or(linger).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read as _;
-
-    /// A response larger than the buffer cap arrives whole, and the buffer stops at the cap.
-    #[test]
-    fn writes_a_large_response_in_capped_chunks() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Async::new(server).unwrap()));
-        let body = "x".repeat(100_000);
-        let reader = std::thread::spawn(move || {
-            let mut received = Vec::new();
-            client.read_to_end(&mut received).unwrap();
-            received
-        });
-        let mut buffer = Vec::new();
-        smol::block_on(async {
-            let response = Response::from(body.as_str());
-            write_response(&io, response, Method::Get, &mut buffer)
-                .await
-                .unwrap();
-        });
-        assert_eq!(buffer.len(), WRITE_BUFFER);
-        drop(io);
-        let received = String::from_utf8(reader.join().unwrap()).unwrap();
-        let (head, received_body) = received.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains("content-length: 100000"), "{head}");
-        assert_eq!(received_body, body);
-    }
-
-    #[test]
-    fn small_responses_keep_the_buffer_small() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Async::new(server).unwrap()));
-        let mut buffer = Vec::new();
-        smol::block_on(async {
-            let response = Response::from("Hello!\n");
-            write_response(&io, response, Method::Get, &mut buffer)
-                .await
-                .unwrap();
-        });
-        assert_eq!(buffer.len(), FIRST_WRITE_BUFFER);
-    }
 }

@@ -34,9 +34,12 @@ compile_error!(
     "baton hands sockets between processes with Unix fd semantics; it builds on Unix only"
 );
 
+mod codec;
 mod conn;
 mod drain;
 mod event;
+#[cfg(feature = "async-h1")]
+mod h1;
 mod handoff;
 mod listener;
 mod server;

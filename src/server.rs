@@ -46,6 +46,8 @@ pub struct Server {
     upgrade_timeout: Duration,
     options: conn::Options,
     on_event: Rc<dyn Fn(&Event<'_>)>,
+    #[cfg(feature = "async-h1")]
+    async_h1: bool,
 }
 
 impl fmt::Debug for Server {
@@ -128,7 +130,11 @@ impl Server {
                 header_timeout: Duration::from_secs(10),
                 keep_alive_timeout: Duration::from_secs(60),
                 idle_grace: Duration::from_millis(500),
+                max_head: 16 * 1024,
+                max_body: 16 * 1024 * 1024,
             },
+            #[cfg(feature = "async-h1")]
+            async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
                 // One write per line: successors share stderr, and lines must not interleave.
                 let line = format!("baton[{pid}]: {event}\n");
@@ -179,6 +185,27 @@ impl Server {
         self
     }
 
+    /// The largest request head (request line and header fields) accepted; larger ones are
+    /// answered 431. Default: 16 KiB.
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.options.max_head = bytes.max(64);
+        self
+    }
+
+    /// The largest request body accepted; larger ones are answered 413. Default: 16 MiB.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.options.max_body = bytes;
+        self
+    }
+
+    /// Serve connections with async-h1's decoder and encoder instead of baton's own codec
+    /// (for comparison; see the crate's `async-h1` feature). Default: `false`.
+    #[cfg(feature = "async-h1")]
+    pub fn async_h1(mut self, on: bool) -> Self {
+        self.async_h1 = on;
+        self
+    }
+
     /// Where events go. Default: one line per event on stderr, `baton[<pid>]: <event>`.
     pub fn on_event(mut self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
         self.on_event = Rc::new(sink);
@@ -214,6 +241,8 @@ impl Server {
             upgrade_timeout,
             options,
             on_event: emit,
+            #[cfg(feature = "async-h1")]
+            async_h1,
         } = self;
         emit(&Event::Listening {
             addr: listener.local,
@@ -246,9 +275,16 @@ impl Server {
                 }
             };
             match signal.or(upgraded).or(accept).await {
-                Wake::Accepted(Ok((stream, _peer))) => {
+                Wake::Accepted(Ok((stream, peer))) => {
                     backoff = false;
-                    let task = conn::serve(stream, handler.clone(), drain.clone(), options);
+                    #[cfg(feature = "async-h1")]
+                    if async_h1 {
+                        let task =
+                            crate::h1::serve(stream, handler.clone(), drain.clone(), options);
+                        executor.spawn(task).detach();
+                        continue;
+                    }
+                    let task = conn::serve(stream, peer, handler.clone(), drain.clone(), options);
                     executor.spawn(task).detach();
                 }
                 Wake::Accepted(Err(error)) => {

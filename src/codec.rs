@@ -1,0 +1,651 @@
+//! The HTTP/1.1 wire format, by RFC 9112, as pure functions over byte slices: request heads
+//! (on `httparse`), request body framing (Content-Length, chunked with trailers), and response
+//! heads. Nothing here does I/O; [`crate::conn`] feeds it from the connection's buffer.
+//!
+//! Strict where leniency enables request smuggling: Content-Length together with
+//! Transfer-Encoding, a duplicate or malformed Content-Length, bad chunk sizes, obs-fold, bare
+//! LF line endings and control characters in headers are all rejected.
+
+use std::fmt;
+
+/// Most header fields in one request head.
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// Why a request cannot be served; each maps to a status code and ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reject {
+    /// 400, with what was wrong.
+    BadRequest(&'static str),
+    /// 431: the head is larger than the limit, or has too many fields.
+    HeadTooLarge,
+    /// 413: the body is larger than the limit.
+    BodyTooLarge,
+    /// 501: a transfer coding or method this server does not implement.
+    NotImplemented(&'static str),
+}
+
+impl Reject {
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::HeadTooLarge => 431,
+            Reject::BodyTooLarge => 413,
+            Reject::NotImplemented(_) => 501,
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::BadRequest(why) => write!(f, "bad request: {why}"),
+            Reject::HeadTooLarge => f.write_str("request head too large"),
+            Reject::BodyTooLarge => f.write_str("request body too large"),
+            Reject::NotImplemented(what) => write!(f, "not implemented: {what}"),
+        }
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head, borrowing from the read buffer.
+#[derive(Debug)]
+pub(crate) struct Head<'b, 'h> {
+    pub(crate) method: &'b str,
+    pub(crate) target: &'b str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub(crate) minor: u8,
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    pub(crate) host: Option<&'b [u8]>,
+    pub(crate) framing: Framing,
+    /// The connection may stay open after this exchange (version default and `Connection`).
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    /// Length of the head in bytes, including the blank line.
+    pub(crate) len: usize,
+}
+
+/// Parses one request head from the start of `buf`. `Ok(None)`: incomplete, read more.
+pub(crate) fn parse_head<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    max_head: usize,
+) -> Result<Option<Head<'b, 'h>>, Reject> {
+    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
+    let mut request = httparse::Request::new(headers);
+    let status = match request.parse(buf) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(Reject::BadRequest("unsupported HTTP version"));
+        }
+        Err(httparse::Error::HeaderName) => {
+            return Err(Reject::BadRequest(
+                "invalid header name (obs-fold or a stray character?)",
+            ));
+        }
+        Err(httparse::Error::HeaderValue) => {
+            return Err(Reject::BadRequest(
+                "invalid header value (control character?)",
+            ));
+        }
+        Err(httparse::Error::NewLine) => return Err(Reject::BadRequest("invalid line ending")),
+        Err(httparse::Error::Token) => {
+            return Err(Reject::BadRequest("invalid token in the request line"));
+        }
+        Err(_) => return Err(Reject::BadRequest("malformed request head")),
+    };
+    let len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => {
+            return if buf.len() >= max_head {
+                Err(Reject::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+    };
+    if len > max_head {
+        return Err(Reject::HeadTooLarge);
+    }
+    // httparse accepts a bare LF as a line ending; a proxy in front may not. Refuse it.
+    if has_bare_lf(&buf[..len]) {
+        return Err(Reject::BadRequest("bare LF line ending"));
+    }
+    let method = request.method.ok_or(Reject::BadRequest("no method"))?;
+    let target = request
+        .path
+        .ok_or(Reject::BadRequest("no request target"))?;
+    let minor = request.version.ok_or(Reject::BadRequest("no version"))?;
+    let headers: &'h [httparse::Header<'b>] = request.headers;
+
+    let mut host = None;
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for header in headers {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(Reject::BadRequest("more than one Content-Length"));
+            }
+            content_length = Some(parse_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Codings accumulate over repeated fields; chunked must be the last one.
+            for coding in list(value) {
+                if chunked {
+                    return Err(Reject::BadRequest("a transfer coding after chunked"));
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else if coding.is_empty() {
+                    return Err(Reject::BadRequest("empty transfer coding"));
+                } else {
+                    return Err(Reject::NotImplemented(
+                        "transfer codings other than chunked",
+                    ));
+                }
+            }
+            transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err(Reject::BadRequest("more than one Host"));
+            }
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in list(value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(Reject::BadRequest("unsupported Expect"));
+            }
+        }
+    }
+    if transfer_encoding && content_length.is_some() {
+        return Err(Reject::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if transfer_encoding && !chunked {
+        return Err(Reject::BadRequest("Transfer-Encoding without chunked"));
+    }
+    if transfer_encoding && minor == 0 {
+        return Err(Reject::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    if minor == 1 && host.is_none() {
+        return Err(Reject::BadRequest("HTTP/1.1 request without Host"));
+    }
+    let framing = match (chunked, content_length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let keep_alive = if minor == 1 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
+    Ok(Some(Head {
+        method,
+        target,
+        minor,
+        headers,
+        host,
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && minor == 1 && framing != Framing::None,
+        len,
+    }))
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// Comma-separated list elements, trimmed of optional whitespace.
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(|item| item.trim_ascii())
+}
+
+/// Content-Length is 1*DIGIT: no sign, no spaces inside, no list, no overflow.
+fn parse_length(value: &[u8]) -> Result<u64, Reject> {
+    const BAD: Reject = Reject::BadRequest("invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(BAD);
+    }
+    value
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or(BAD)
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Reading hex digits of a chunk size; holds the size so far and the digit count.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: extensions up to CR (ignored, length-limited).
+    Extension {
+        size: u64,
+        len: u16,
+    },
+    /// Expecting the LF after the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// In the trailer section; `line` bytes into the current line, `total` bytes in all.
+    Trailer {
+        line: u16,
+        total: u16,
+        cr: bool,
+    },
+    Done,
+}
+
+/// Longest chunk extension or trailer section accepted.
+const MAX_EXTENSION: u16 = 1024;
+const MAX_TRAILERS: u16 = 8 * 1024;
+
+impl Chunked {
+    pub(crate) fn new() -> Chunked {
+        Chunked::Size { size: 0, digits: 0 }
+    }
+
+    /// Decodes from `input` into `out`. Returns (input consumed, output produced); stops when
+    /// `out` is full, `input` is used up, or the body ends ([`Chunked::Done`]).
+    pub(crate) fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), Reject> {
+        const BAD_SIZE: Reject = Reject::BadRequest("invalid chunk size");
+        const BAD_FRAMING: Reject = Reject::BadRequest("invalid chunked framing");
+        let (mut i, mut o) = (0, 0);
+        while i < input.len() {
+            let byte = input[i];
+            *self = match *self {
+                Chunked::Size { size, digits } => match hex(byte) {
+                    Some(d) => {
+                        if digits >= 16 {
+                            return Err(BAD_SIZE);
+                        }
+                        Chunked::Size {
+                            size: size << 4 | u64::from(d),
+                            digits: digits + 1,
+                        }
+                    }
+                    None if digits == 0 => return Err(BAD_SIZE),
+                    None if byte == b'\r' => Chunked::SizeLf { size },
+                    None if byte == b';' || byte == b' ' || byte == b'\t' => {
+                        Chunked::Extension { size, len: 0 }
+                    }
+                    None => return Err(BAD_SIZE),
+                },
+                Chunked::Extension { size, len } => match byte {
+                    b'\r' => Chunked::SizeLf { size },
+                    b'\n' => return Err(BAD_FRAMING),
+                    _ if len >= MAX_EXTENSION => {
+                        return Err(Reject::BadRequest("chunk extension too long"));
+                    }
+                    0..=8 | 10..=31 | 127 => return Err(BAD_FRAMING),
+                    _ => Chunked::Extension { size, len: len + 1 },
+                },
+                Chunked::SizeLf { size } => match byte {
+                    b'\n' if size == 0 => Chunked::Trailer {
+                        line: 0,
+                        total: 0,
+                        cr: false,
+                    },
+                    b'\n' => Chunked::Data { left: size },
+                    _ => return Err(BAD_FRAMING),
+                },
+                Chunked::Data { left } => {
+                    if o == out.len() {
+                        return Ok((i, o));
+                    }
+                    let n = (left.min((input.len() - i) as u64) as usize).min(out.len() - o);
+                    out[o..o + n].copy_from_slice(&input[i..i + n]);
+                    o += n;
+                    i += n;
+                    let left = left - n as u64;
+                    *self = if left == 0 {
+                        Chunked::DataCr
+                    } else {
+                        Chunked::Data { left }
+                    };
+                    continue;
+                }
+                Chunked::DataCr => match byte {
+                    b'\r' => Chunked::DataLf,
+                    _ => return Err(BAD_FRAMING),
+                },
+                Chunked::DataLf => match byte {
+                    b'\n' => Chunked::Size { size: 0, digits: 0 },
+                    _ => return Err(BAD_FRAMING),
+                },
+                Chunked::Trailer { line, total, cr } => {
+                    if total >= MAX_TRAILERS {
+                        return Err(Reject::HeadTooLarge);
+                    }
+                    match (byte, cr) {
+                        (b'\n', true) if line == 0 => Chunked::Done,
+                        (b'\n', true) => Chunked::Trailer {
+                            line: 0,
+                            total: total + 1,
+                            cr: false,
+                        },
+                        (b'\r', false) => Chunked::Trailer {
+                            line,
+                            total: total + 1,
+                            cr: true,
+                        },
+                        (b'\n', false) | (_, true) => return Err(BAD_FRAMING),
+                        (0..=8 | 10..=31 | 127, false) => return Err(BAD_FRAMING),
+                        (_, false) => Chunked::Trailer {
+                            line: line + 1,
+                            total: total + 1,
+                            cr: false,
+                        },
+                    }
+                }
+                Chunked::Done => return Ok((i, o)),
+            };
+            i += 1;
+            if *self == Chunked::Done {
+                return Ok((i, o));
+            }
+        }
+        Ok((i, o))
+    }
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Appends a decimal number without the formatting machinery.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends a lowercase hexadecimal number (chunk sizes).
+pub(crate) fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `Date` header values, formatted at most once a second.
+pub(crate) mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    /// Appends the current time as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+    pub(crate) fn push_now(out: &mut Vec<u8>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.0 != now {
+                *cache = (now, format(now));
+            }
+            out.extend_from_slice(&cache.1);
+        });
+    }
+
+    pub(crate) fn format(secs: u64) -> [u8; 29] {
+        const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+        const MONTHS: [&[u8; 3]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let mut out = [0u8; 29];
+        let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+        out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+        out[3..5].copy_from_slice(b", ");
+        out[5..7].copy_from_slice(&two(day as u64));
+        out[7] = b' ';
+        out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+        out[11] = b' ';
+        let year = year as u64;
+        out[12..14].copy_from_slice(&two(year / 100));
+        out[14..16].copy_from_slice(&two(year % 100));
+        out[16] = b' ';
+        out[17..19].copy_from_slice(&two(hour));
+        out[19] = b':';
+        out[20..22].copy_from_slice(&two(minute));
+        out[22] = b':';
+        out[23..25].copy_from_slice(&two(second));
+        out[25..29].copy_from_slice(b" GMT");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> Result<Option<(Framing, bool, bool, usize)>, Reject> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = parse_head(input, &mut headers, 8192)?;
+        Ok(head.map(|h| (h.framing, h.keep_alive, h.expect_continue, h.len)))
+    }
+
+    #[test]
+    fn parses_a_simple_get() {
+        let raw = b"GET /hello?x=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = parse_head(raw, &mut headers, 8192).unwrap().unwrap();
+        assert_eq!(
+            (head.method, head.target, head.minor),
+            ("GET", "/hello?x=1", 1)
+        );
+        assert_eq!(head.host, Some(&b"a"[..]));
+        assert_eq!(head.framing, Framing::None);
+        assert!(head.keep_alive);
+        assert_eq!(head.len, raw.len());
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(parse(b"GET / HT"), Ok(None));
+    }
+
+    #[test]
+    fn keep_alive_rules_by_version() {
+        let ka = |raw: &[u8]| parse(raw).unwrap().unwrap().1;
+        assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn rejects_smuggling_shapes() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX\0: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
+        ];
+        for (raw, status) in cases {
+            let got = parse(raw).map_err(Reject::status);
+            assert_eq!(
+                got,
+                Err(*status),
+                "{}",
+                String::from_utf8_lossy(raw).escape_debug()
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(parse(&raw), Err(Reject::HeadTooLarge));
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..70 {
+            many.extend(format!("X-{i}: y\r\n").bytes());
+        }
+        many.extend(b"\r\n");
+        assert_eq!(parse(&many), Err(Reject::HeadTooLarge));
+    }
+
+    #[test]
+    fn framing_and_expect() {
+        let raw =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(parse(raw).unwrap().unwrap().0, Framing::Length(12));
+        assert!(parse(raw).unwrap().unwrap().2);
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(parse(raw).unwrap().unwrap().0, Framing::Chunked);
+    }
+
+    fn dechunk(input: &[u8]) -> Result<(Vec<u8>, Chunked, usize), Reject> {
+        let mut state = Chunked::new();
+        let mut out = vec![0u8; input.len()];
+        let (used, produced) = state.decode(input, &mut out)?;
+        out.truncate(produced);
+        Ok((out, state, used))
+    }
+
+    #[test]
+    fn decodes_chunks_with_extensions_and_trailers() {
+        let body = b"5;name=v\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let (out, state, used) = dechunk(body).unwrap();
+        assert_eq!(out, b"hello 0123456789");
+        assert_eq!(state, Chunked::Done);
+        assert_eq!(&body[used..], b"NEXT");
+    }
+
+    #[test]
+    fn rejects_bad_chunks() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"-1\r\n",
+            b"5\r\nhelloX",
+            b"11111111111111111\r\n",
+            b"5\nhello\r\n",
+            b"\r\n",
+            b"0\r\nX: y\n\r\n",
+        ] {
+            assert!(
+                dechunk(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad).escape_debug()
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_without_fmt() {
+        let mut out = Vec::new();
+        push_decimal(&mut out, 0);
+        out.push(b' ');
+        push_decimal(&mut out, 18_446_744_073_709_551_615);
+        out.push(b' ');
+        push_hex(&mut out, 0x1f);
+        assert_eq!(out, b"0 18446744073709551615 1f");
+    }
+
+    #[test]
+    fn formats_http_dates() {
+        assert_eq!(&date::format(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&date::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &date::format(1_709_210_096),
+            b"Thu, 29 Feb 2024 12:34:56 GMT"
+        );
+    }
+}
