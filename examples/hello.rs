@@ -4,7 +4,8 @@
 //! Run with: `cargo run --example hello [-- --addr 127.0.0.1:8080 --drain-timeout 5s]`
 //!
 //! Routes: `GET /hello` answers `Hello from <pid>!`, `GET /slow?ms=N` answers after N ms
-//! (at most 60000), anything else is 404.
+//! (at most 60000), `POST /echo` answers with the request body, `GET /stream?lines=N` answers
+//! with a body of unknown length (sent chunked); anything else is 404.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,15 +21,22 @@ struct Args {
     upgrade_timeout: Duration,
     header_timeout: Duration,
     keep_alive_timeout: Duration,
+    max_head: Option<usize>,
+    max_body: Option<u64>,
+    async_h1: bool,
 }
 
 const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upgrade-timeout 10s]
-             [--header-timeout 10s] [--keep-alive-timeout 60s]
+             [--header-timeout 10s] [--keep-alive-timeout 60s] [--max-head-bytes N]
+             [--max-body-bytes N] [--codec baton|async-h1]
   --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface)
   --drain-timeout       how long a draining process waits for in-flight requests (default 5s)
   --upgrade-timeout     how long a restart waits for the new process to be ready (default 10s)
   --header-timeout      how long a client may take to send a request head (default 10s)
-  --keep-alive-timeout  how long a connection may sit idle between requests (default 60s)";
+  --keep-alive-timeout  how long a connection may sit idle between requests (default 60s)
+  --max-head-bytes      largest request head accepted (default 16384)
+  --max-body-bytes      largest request body accepted (default 16777216)
+  --codec               baton (default) or async-h1 (built with --features async-h1)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -37,6 +45,9 @@ fn parse_args() -> Result<Args, String> {
         upgrade_timeout: Duration::from_secs(10),
         header_timeout: Duration::from_secs(10),
         keep_alive_timeout: Duration::from_secs(60),
+        max_head: None,
+        max_body: None,
+        async_h1: false,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -57,10 +68,23 @@ fn parse_args() -> Result<Args, String> {
             "--upgrade-timeout" => args.upgrade_timeout = parse_duration(&name, &value)?,
             "--header-timeout" => args.header_timeout = parse_duration(&name, &value)?,
             "--keep-alive-timeout" => args.keep_alive_timeout = parse_duration(&name, &value)?,
+            "--max-head-bytes" => args.max_head = Some(parse_number(&name, &value)?),
+            "--max-body-bytes" => args.max_body = Some(parse_number(&name, &value)?),
+            "--codec" => match value.as_str() {
+                "baton" => args.async_h1 = false,
+                "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
+                "async-h1" => return Err("--codec async-h1 needs the async-h1 feature".into()),
+                _ => return Err(format!("--codec {value:?}: expected baton or async-h1")),
+            },
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
     }
     Ok(args)
+}
+
+fn parse_number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{flag} {text:?}: expected a whole number"))
 }
 
 /// `250ms`, `5s`, `2m`, or a bare number of seconds.
@@ -81,27 +105,45 @@ fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{flag} {text:?}: {e}"))
 }
 
-async fn route(req: Request, pid: u32) -> http_types::Result<Response> {
-    if req.method() != Method::Get {
-        return Ok(Response::new(StatusCode::MethodNotAllowed));
-    }
-    match req.url().path() {
-        "/hello" => Ok(Response::from(format!("Hello from {pid}!\n"))),
-        "/slow" => {
-            let ms = req
-                .url()
-                .query_pairs()
-                .find(|(key, _)| key == "ms")
-                .and_then(|(_, value)| value.parse::<u64>().ok())
-                .unwrap_or(1000)
-                .min(SLOW_CAP_MS);
+async fn route(mut req: Request, pid: u32) -> http_types::Result<Response> {
+    match (req.method(), req.url().path()) {
+        (Method::Get | Method::Head, "/hello") => {
+            Ok(Response::from(format!("Hello from {pid}!\n")))
+        }
+        (Method::Get, "/slow") => {
+            let ms = query(&req, "ms").unwrap_or(1000).min(SLOW_CAP_MS);
             async_io::Timer::after(Duration::from_millis(ms)).await;
             Ok(Response::from(format!(
                 "Slow hello from {pid} after {ms} ms\n"
             )))
         }
+        (Method::Post, "/echo") => {
+            let body = req.body_bytes().await?;
+            Ok(Response::from(body))
+        }
+        (Method::Get, "/stream") => {
+            // A body of unknown length: sent chunked.
+            let lines = query(&req, "lines").unwrap_or(3).min(10_000);
+            let text: String = (0..lines)
+                .map(|i| format!("line {i} from {pid}\n"))
+                .collect();
+            let reader = smol::io::BufReader::new(smol::io::Cursor::new(text.into_bytes()));
+            let mut response = Response::new(StatusCode::Ok);
+            response.set_body(http_types::Body::from_reader(reader, None));
+            Ok(response)
+        }
+        (_, "/hello" | "/slow" | "/echo" | "/stream") => {
+            Ok(Response::new(StatusCode::MethodNotAllowed))
+        }
         _ => Ok(Response::new(StatusCode::NotFound)),
     }
+}
+
+fn query(req: &Request, key: &str) -> Option<u64> {
+    req.url()
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn main() -> ExitCode {
@@ -124,6 +166,17 @@ fn main() -> ExitCode {
         .upgrade_timeout(args.upgrade_timeout)
         .header_timeout(args.header_timeout)
         .keep_alive_timeout(args.keep_alive_timeout);
+    let server = match args.max_head {
+        Some(bytes) => server.max_head_bytes(bytes),
+        None => server,
+    };
+    let server = match args.max_body {
+        Some(bytes) => server.max_body_bytes(bytes),
+        None => server,
+    };
+    #[cfg(feature = "async-h1")]
+    let server = server.async_h1(args.async_h1);
+    let _ = args.async_h1;
     let pid = std::process::id();
     match smol::block_on(server.serve(move |req| route(req, pid))) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,

@@ -404,11 +404,14 @@ pub(crate) async fn serve<F, Fut>(
         let mut discard = None;
         if let Some((body, failed, continue_pending)) = body_state {
             match failed {
-                Some(Reject::BodyTooLarge) => {
-                    response = plain(StatusCode::PayloadTooLarge, "request body too large");
+                // The body broke its framing or a limit: whatever the handler made of that, the
+                // client learns what was wrong, and the connection cannot be trusted further.
+                Some(reject) => {
+                    let status =
+                        StatusCode::try_from(reject.status()).unwrap_or(StatusCode::BadRequest);
+                    response = plain(status, &reject.to_string());
                     close_after = true;
                 }
-                Some(_) => close_after = true,
                 // Never asked for: the client may not send it at all, so do not wait for it.
                 None if continue_pending && body != BodyState::Done => close_after = true,
                 None if body != BodyState::Done => discard = Some(body),

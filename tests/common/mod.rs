@@ -262,6 +262,17 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
     true
 }
 
+/// A numeric field of `/proc/<pid>/status`, e.g. `Threads`.
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/<pid>/fd")
@@ -479,19 +490,44 @@ pub fn read_reply(stream: &mut impl BufRead) -> Result<Reply, Failure> {
             .ok_or_else(|| Failure::Other(format!("bad header {trimmed:?}")))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let length = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-        .ok_or_else(|| Failure::Other("response without content-length".into()))?;
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body)?;
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        read_chunked(stream)?
+    } else {
+        let length = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .ok_or_else(|| Failure::Other("response without content-length".into()))?;
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body)?;
+        body
+    };
     let body = String::from_utf8(body).map_err(|e| Failure::Other(e.to_string()))?;
     Ok(Reply {
         status,
         headers,
         body,
     })
+}
+
+fn read_chunked(stream: &mut impl BufRead) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim_end(), 16)
+            .map_err(|_| Failure::Other(format!("bad chunk size {line:?}")))?;
+        let mut chunk = vec![0; size + 2];
+        stream.read_exact(&mut chunk)?;
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// Results of a load run.

@@ -1,0 +1,284 @@
+//! HTTP/1.1 conformance of the real `hello` example, as raw bytes over a real socket: framing,
+//! keep-alive rules, pipelining, 100-continue, and the shapes request smuggling relies on.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+
+use common::{DEADLINE, Server, read_reply};
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Sends `request` and returns everything the server sends until it closes the connection.
+fn until_close(server: &Server, request: &[u8]) -> String {
+    let mut stream = connect(server);
+    stream.write_all(request).unwrap();
+    let mut all = Vec::new();
+    stream
+        .read_to_end(&mut all)
+        .expect("the server closes the connection");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    let host = server.addr;
+    let batch = format!(
+        "GET /slow?ms=50 HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nfirst\
+         GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n"
+    );
+    stream.write_all(batch.as_bytes()).unwrap();
+    let mut reader = BufReader::new(&stream);
+    let bodies: Vec<String> = (0..4)
+        .map(|_| read_reply(&mut reader).unwrap().body)
+        .collect();
+    let pid = server.pid;
+    assert_eq!(
+        bodies,
+        [
+            format!("Slow hello from {pid} after 50 ms\n"),
+            "first".into(),
+            format!("Hello from {pid}!\n"),
+            "second".into()
+        ]
+    );
+}
+
+#[test]
+fn a_request_split_into_single_bytes_is_served() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        server.addr
+    );
+    for byte in request.as_bytes() {
+        stream.write_all(std::slice::from_ref(byte)).unwrap();
+    }
+    let reply = read_reply(&mut BufReader::new(&stream)).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "abcde"));
+}
+
+#[test]
+fn http_1_0_closes_unless_keep_alive_is_asked_for() {
+    let server = Server::hello(&[]);
+    let all = until_close(&server, b"GET /hello HTTP/1.0\r\n\r\n");
+    assert!(all.starts_with("HTTP/1.0 200 OK\r\n"), "{all}");
+    assert!(
+        all.ends_with(&format!("Hello from {}!\n", server.pid)),
+        "{all}"
+    );
+
+    let mut stream = connect(&server);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let reply = read_reply(&mut reader).unwrap();
+        assert_eq!(reply.header("connection"), Some("keep-alive"));
+    }
+}
+
+#[test]
+fn head_has_the_length_but_no_body() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    let host = server.addr;
+    stream
+        .write_all(format!("HEAD /hello HTTP/1.1\r\nHost: {host}\r\n\r\nGET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(&stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let expected = format!("Hello from {}!\n", server.pid).len();
+    assert!(
+        head.contains(&format!("content-length: {expected}\r\n")),
+        "{head}"
+    );
+    // The next bytes are the second response, not a body.
+    let next = read_reply(&mut reader).unwrap();
+    assert_eq!(next.body, format!("Hello from {}!\n", server.pid));
+}
+
+#[test]
+fn expect_continue_is_answered_by_the_connection_itself() {
+    let server = Server::hello(&[]);
+    let threads = || common::status_field(server.pid, "Threads");
+    let before = threads();
+    let mut stream = connect(&server);
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"ping").unwrap();
+    let reply = read_reply(&mut BufReader::new(&stream)).unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ping"));
+    assert_eq!(
+        threads(),
+        before,
+        "answering 100-continue must not start threads"
+    );
+}
+
+#[test]
+fn unknown_length_responses_are_chunked() {
+    let server = Server::hello(&[]);
+    let mut client = common::Client::new(server.addr);
+    let reply = client.get("/stream?lines=2000").unwrap();
+    assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(reply.body.lines().count(), 2000);
+    assert!(
+        reply
+            .body
+            .ends_with(&format!("line 1999 from {}\n", server.pid))
+    );
+    // The connection is still usable.
+    assert_eq!(client.get("/hello").unwrap().status, 200);
+    assert_eq!(client.connects, 1);
+}
+
+/// Each of these is refused with `status` and the connection closed; the next client is served.
+#[test]
+fn smuggling_shapes_are_refused_and_the_connection_closed() {
+    let server = Server::hello(&[]);
+    let cases: &[(&str, &str)] = &[
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: -4\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0x4\r\n\r\nabcd",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "501",
+        ),
+        (
+            "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET /hello HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n  b\r\n\r\n",
+            "400",
+        ),
+        ("GET /hello HTTP/1.1\nHost: a\n\n", "400"),
+        ("GET /hello HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", "400"),
+        ("GET /hello HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", "400"),
+        ("GET /hello HTTP/1.1\r\n\r\n", "400"),
+        ("BREW /hello HTTP/1.1\r\nHost: a\r\n\r\n", "501"),
+    ];
+    for (request, status) in cases {
+        let all = until_close(&server, request.as_bytes());
+        let expected = format!("HTTP/1.1 {status} ");
+        assert!(all.starts_with(&expected), "{request:?} got {all:?}");
+        // One response only: nothing smuggled behind it was answered.
+        assert_eq!(
+            all.lines().filter(|l| l.starts_with("HTTP/1.")).count(),
+            1,
+            "{request:?} got {all:?}"
+        );
+        assert!(all.contains("connection: close"), "{all}");
+    }
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
+
+#[test]
+fn oversized_head_is_431_and_oversized_body_is_413() {
+    let server = Server::hello(&["--max-head-bytes", "1024", "--max-body-bytes", "100"]);
+    let big_header = format!(
+        "GET /hello HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    assert!(until_close(&server, big_header.as_bytes()).starts_with("HTTP/1.1 431 "));
+    // Declared too large: refused before reading it.
+    let declared = "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n";
+    assert!(until_close(&server, declared.as_bytes()).starts_with("HTTP/1.1 413 "));
+    // Chunked past the limit: refused once the limit is crossed.
+    let chunk = "a".repeat(80);
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n{chunk}\r\n50\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    assert!(until_close(&server, chunked.as_bytes()).starts_with("HTTP/1.1 413 "));
+    // Within the limits, all is well.
+    let fine = "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
+        .to_owned()
+        + &"b".repeat(100);
+    let all = until_close(&server, fine.as_bytes());
+    assert!(
+        all.starts_with("HTTP/1.1 200 ") && all.ends_with(&"b".repeat(100)),
+        "{all}"
+    );
+}
+
+#[test]
+fn an_unread_body_is_skipped_and_the_connection_reused() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    let host = server.addr;
+    // /hello does not read the body; the connection must skip it to find the next request.
+    let batch = format!(
+        "GET /hello HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n0123456789\
+         GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    );
+    stream.write_all(batch.as_bytes()).unwrap();
+    let mut reader = BufReader::new(&stream);
+    for _ in 0..2 {
+        let reply = read_reply(&mut reader).unwrap();
+        assert_eq!(reply.body, format!("Hello from {}!\n", server.pid));
+    }
+    // And a garbage line after a complete exchange closes only this connection.
+    (&stream)
+        .write_all(b"\x16\x03\x01 not http\r\n\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
