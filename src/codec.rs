@@ -648,4 +648,156 @@ mod tests {
             b"Thu, 29 Feb 2024 12:34:56 GMT"
         );
     }
+
+    /// A small deterministic generator: the property tests below repeat exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Valid requests: head plus (chunked) body, with what they must parse to.
+    const VALID: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a/b?c=d&e HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nX-Empty:\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"\r\nGET /leading-crlf HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+
+    /// What a whole request parses to, as owned data.
+    fn digest(input: &[u8]) -> (String, String, u8, Framing, bool, usize, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = parse_head(input, &mut headers, 8192).unwrap().unwrap();
+        let body = match head.framing {
+            Framing::None => Vec::new(),
+            Framing::Length(n) => input[head.len..head.len + n as usize].to_vec(),
+            Framing::Chunked => dechunk(&input[head.len..]).unwrap().0,
+        };
+        (
+            head.method.into(),
+            head.target.into(),
+            head.minor,
+            head.framing,
+            head.keep_alive,
+            head.len,
+            body,
+        )
+    }
+
+    /// Feeds `input` to the head parser and chunk decoder the way a connection would, with
+    /// reads ending at the given `cuts`, and a random-sized output buffer for the body.
+    fn incremental(
+        input: &[u8],
+        cuts: &[usize],
+        rng: &mut Rng,
+    ) -> (String, String, u8, Framing, bool, usize, Vec<u8>) {
+        let mut ends = cuts.iter().copied().chain(std::iter::once(input.len()));
+        let head_len = loop {
+            let end = ends
+                .next()
+                .expect("the head completes by the end of the input");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse_head(&input[..end], &mut headers, 8192).unwrap() {
+                Some(head) => break head.len,
+                None => assert!(end < input.len(), "complete input reported partial"),
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = parse_head(input, &mut headers, 8192).unwrap().unwrap();
+        let mut body = Vec::new();
+        match head.framing {
+            Framing::None => {}
+            Framing::Length(n) => body.extend_from_slice(&input[head_len..head_len + n as usize]),
+            Framing::Chunked => {
+                let mut state = Chunked::new();
+                let mut at = head_len;
+                let mut out = [0u8; 16];
+                while state != Chunked::Done {
+                    let end = (at + 1 + rng.below(8)).min(input.len());
+                    let room = 1 + rng.below(out.len());
+                    let (used, produced) = state.decode(&input[at..end], &mut out[..room]).unwrap();
+                    body.extend_from_slice(&out[..produced]);
+                    at += used;
+                    assert!(
+                        at < input.len() || state == Chunked::Done,
+                        "ran out of input"
+                    );
+                }
+            }
+        }
+        (
+            head.method.into(),
+            head.target.into(),
+            head.minor,
+            head.framing,
+            head.keep_alive,
+            head_len,
+            body,
+        )
+    }
+
+    #[test]
+    fn every_split_parses_the_same() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for input in VALID {
+            let whole = digest(input);
+            for cut in 1..input.len() {
+                assert_eq!(incremental(input, &[cut], &mut rng), whole, "cut at {cut}");
+            }
+            for _ in 0..200 {
+                let mut cuts: Vec<usize> =
+                    (0..rng.below(6)).map(|_| rng.below(input.len())).collect();
+                cuts.sort_unstable();
+                assert_eq!(incremental(input, &cuts, &mut rng), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        const ALPHABET: &[u8] = b"GET POST/ HTTP/1.01\r\n:;,=-+0123456789abcdefABCDEF\0\x7f\xff \t";
+        for round in 0..20_000 {
+            let len = rng.below(200);
+            let mut input: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        rng.next() as u8
+                    } else {
+                        ALPHABET[rng.below(ALPHABET.len())]
+                    }
+                })
+                .collect();
+            if round % 2 == 0 {
+                // Mutate a valid request instead of starting from nothing.
+                input = VALID[rng.below(VALID.len())].to_vec();
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(input.len());
+                    input[at] = ALPHABET[rng.below(ALPHABET.len())];
+                }
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let _ = parse_head(&input, &mut headers, 8192);
+            let mut state = Chunked::new();
+            let mut out = [0u8; 64];
+            let mut at = 0;
+            while at < input.len() && state != Chunked::Done {
+                match state.decode(&input[at..], &mut out) {
+                    Ok((0, 0)) | Err(_) => break,
+                    Ok((used, _)) => at += used,
+                }
+            }
+        }
+    }
 }
