@@ -45,6 +45,59 @@ mod listener;
 mod server;
 mod signals;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    //! The request decoder, for the fuzz target in `fuzz/`. Not a public API.
+
+    /// Decodes `data` as a request head and chunked body, whole and split in two at a point
+    /// `data` chooses, and panics if the two ways disagree.
+    pub fn request(data: &[u8]) {
+        let Some((&split, data)) = data.split_first() else {
+            return;
+        };
+        let mut headers = [httparse::EMPTY_HEADER; crate::codec::MAX_HEADERS];
+        let whole = crate::codec::parse_head(data, &mut headers, 8192).map(|h| h.map(|h| h.len));
+        let cut = usize::from(split) % (data.len() + 1);
+        let mut headers = [httparse::EMPTY_HEADER; crate::codec::MAX_HEADERS];
+        let prefix =
+            crate::codec::parse_head(&data[..cut], &mut headers, 8192).map(|h| h.map(|h| h.len));
+        // A prefix can only be partial, an error, or the same complete head.
+        if let (Ok(Some(a)), Ok(Some(b))) = (prefix, whole) {
+            assert_eq!(a, b, "a prefix parsed to a different head");
+        }
+        let body = match whole {
+            Ok(Some(len)) => &data[len..],
+            _ => data,
+        };
+        let decode = |chunk: usize| {
+            let mut state = crate::codec::Chunked::new();
+            let mut out = vec![0u8; 64];
+            let mut decoded = Vec::new();
+            let mut at = 0;
+            while at < body.len() {
+                let end = (at + chunk).min(body.len());
+                match state.decode(&body[at..end], &mut out) {
+                    Ok((0, 0)) => break,
+                    Ok((used, produced)) => {
+                        decoded.extend_from_slice(&out[..produced]);
+                        at += used;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            Some((decoded, state))
+        };
+        let (a, b) = (
+            decode(body.len().max(1)),
+            decode(1 + usize::from(split) % 7),
+        );
+        if let (Some(a), Some(b)) = (&a, &b) {
+            assert_eq!(a, b, "chunked decoding depends on how the input is split");
+        }
+    }
+}
+
 pub use event::Event;
 pub use listener::LISTENER_ENV;
 pub use server::{Report, Server, Stop};
