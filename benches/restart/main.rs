@@ -87,8 +87,11 @@ fn main() {
     let started = Instant::now();
     let mut results: Vec<Vec<RunFigures>> = vec![Vec::new(); flavors.len()];
     for run in 0..plan.runs {
-        // A B, then B A: drift over the run hits both.
-        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        // A B C, then C B A: drift over the run hits all.
+        let mut order: Vec<usize> = (0..flavors.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
         for index in order {
             let flavor = &flavors[index];
             eprintln!("[bench] run {}/{}: {}", run + 1, plan.runs, flavor.name);
@@ -132,16 +135,47 @@ fn build(root: &Path) -> Vec<Flavor> {
         .status()
         .expect("run cargo");
     assert!(status.success(), "building the tokio peer failed");
+    // The same example with async-h1's codec, built into its own target directory.
+    let h1_target = root.join("target/bench-async-h1");
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--example",
+            "hello",
+            "--features",
+            "async-h1",
+            "--target-dir",
+        ])
+        .arg(&h1_target)
+        .current_dir(root)
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building the example with async-h1 failed"
+    );
     vec![
         Flavor {
             name: "baton",
             binary: root.join("target/release/examples/hello"),
             prefix: "baton",
+            args: &[],
+            features: "",
+        },
+        Flavor {
+            name: "baton on async-h1",
+            binary: h1_target.join("release/examples/hello"),
+            prefix: "baton",
+            args: &["--codec", "async-h1"],
+            features: "async-h1",
         },
         Flavor {
             name: "tokio peer",
             binary: peer.join("target/release/tokio-peer"),
             prefix: "peer",
+            args: &[],
+            features: "",
         },
     ]
 }
@@ -434,6 +468,7 @@ fn static_figures(flavor: &Flavor, root: &Path) -> BTreeMap<&'static str, f64> {
             "--manifest-path",
         ])
         .arg(manifest)
+        .args(["--features", flavor.features])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();

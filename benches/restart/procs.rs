@@ -20,6 +20,10 @@ pub struct Flavor {
     pub binary: PathBuf,
     /// Log prefix: `baton[pid]: ` or `peer[pid]: `.
     pub prefix: &'static str,
+    /// Extra arguments, e.g. the codec to use.
+    pub args: &'static [&'static str],
+    /// Cargo features its crate tree is counted with.
+    pub features: &'static str,
 }
 
 #[derive(Default)]
@@ -56,6 +60,7 @@ impl Running {
         let mut command = Command::new(&flavor.binary);
         command
             .args(["--addr", "127.0.0.1:0", "--drain-timeout", "5s"])
+            .args(flavor.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -220,21 +220,21 @@ pub fn table(
     let _ = writeln!(out, "## baton vs tokio + hyper + shellflip\n");
     let _ = writeln!(
         out,
-        "Machine: {machine}. {}. Median of {runs} interleaved run(s). Ratio = baton / peer.\n",
+        "Machine: {machine}. {}. Median of {runs} interleaved run(s). Ratio = baton (own codec) / tokio peer.\n",
         if pinned {
             "Servers pinned to CPU 0, load generator to CPU 1"
         } else {
             "No CPU pinning"
         }
     );
-    let _ = writeln!(
-        out,
-        "| figure | {} | {} | ratio |",
-        flavors[0].name, flavors[1].name
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|");
+    // The first flavor is baton, the last the peer; the ratio compares those two.
+    let peer = flavors.len() - 1;
+    let names: Vec<&str> = flavors.iter().map(|f| f.name).collect();
+    let _ = writeln!(out, "| figure | {} | baton / peer |", names.join(" | "));
+    let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(flavors.len()));
     for (label, key, better) in ROWS {
-        let (a, b) = (value(0, key), value(1, key));
+        let values: Vec<f64> = (0..flavors.len()).map(|i| value(i, key)).collect();
+        let (a, b) = (values[0], values[peer]);
         let ratio = if b != 0.0 && a.is_finite() && b.is_finite() {
             format!("{:.2}", a / b)
         } else {
@@ -245,7 +245,8 @@ pub fn table(
             "lower" => " ↓",
             _ => "",
         };
-        let _ = writeln!(out, "| {label}{note} | {} | {} | {ratio} |", fmt(a), fmt(b));
+        let cells: Vec<String> = values.iter().map(|v| fmt(*v)).collect();
+        let _ = writeln!(out, "| {label}{note} | {} | {ratio} |", cells.join(" | "));
     }
     let _ = writeln!(out, "\n↑ higher is better, ↓ lower is better.\n");
     for (index, flavor) in flavors.iter().enumerate() {
