@@ -358,11 +358,15 @@ pub fn svg(traces: &[(&str, &Trace)]) -> String {
                 y_of(ms, base)
             );
         }
-        for (at, color, label) in [
+        // Labels on separate rows: the three lines are often a few pixels apart.
+        for (row, (at, color, label)) in [
             (0.0, "#000", "SIGHUP"),
             (trace.ready, "#1a9850", "ready"),
             (trace.gone, "#d73027", "old gone"),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let x = x_of(at.clamp(-BEFORE_MS, AFTER_MS));
             let _ = writeln!(
                 s,
@@ -372,7 +376,7 @@ pub fn svg(traces: &[(&str, &Trace)]) -> String {
                 s,
                 r#"<text x="{:.1}" y="{}" fill="{color}">{label}</text>"#,
                 x + 3.0,
-                y0 + 12.0 + if label == "ready" { 14.0 } else { 0.0 }
+                y0 + 12.0 + 14.0 * row as f64
             );
         }
         for &t in &trace.failures {
