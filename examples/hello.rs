@@ -16,7 +16,7 @@ use http_types::{Method, Request, Response, StatusCode};
 const SLOW_CAP_MS: u64 = 60_000;
 
 struct Args {
-    addr: String,
+    addrs: Vec<String>,
     drain_timeout: Duration,
     upgrade_timeout: Duration,
     header_timeout: Duration,
@@ -29,7 +29,8 @@ struct Args {
 const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upgrade-timeout 10s]
              [--header-timeout 10s] [--keep-alive-timeout 60s] [--max-head-bytes N]
              [--max-body-bytes N] [--codec baton|async-h1]
-  --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface)
+  --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface,
+                        unix:/path a Unix socket); repeat it for several listeners
   --drain-timeout       how long a draining process waits for in-flight requests (default 5s)
   --upgrade-timeout     how long a restart waits for the new process to be ready (default 10s)
   --header-timeout      how long a client may take to send a request head (default 10s)
@@ -40,7 +41,7 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        addr: "127.0.0.1:8080".into(),
+        addrs: Vec::new(),
         drain_timeout: Duration::from_secs(5),
         upgrade_timeout: Duration::from_secs(10),
         header_timeout: Duration::from_secs(10),
@@ -63,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
             None => return Err(format!("{name} needs a value\n{USAGE}")),
         };
         match name.as_str() {
-            "--addr" => args.addr = value,
+            "--addr" => args.addrs.push(value),
             "--drain-timeout" => args.drain_timeout = parse_duration(&name, &value)?,
             "--upgrade-timeout" => args.upgrade_timeout = parse_duration(&name, &value)?,
             "--header-timeout" => args.header_timeout = parse_duration(&name, &value)?,
@@ -78,6 +79,9 @@ fn parse_args() -> Result<Args, String> {
             },
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
+    }
+    if args.addrs.is_empty() {
+        args.addrs.push("127.0.0.1:8080".into());
     }
     Ok(args)
 }
@@ -154,7 +158,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match baton::Server::bind(&args.addr) {
+    let server = match baton::Server::bind_all(&args.addrs) {
         Ok(server) => server,
         Err(error) => {
             eprintln!("hello: {error}");

@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -18,13 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_io::{Async, Timer};
+use async_io::Timer;
 use http_types::{Body, Method, Request, Response, StatusCode, Url, Version};
 use smol::future::FutureExt as _;
-use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use smol::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::codec::{self, Chunked, Framing, Reject};
 use crate::drain::Drain;
+use crate::stream::Stream;
 
 /// Most bytes of a response gathered before one write; smaller responses go out in one write.
 pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
@@ -97,12 +97,12 @@ impl ReadBuf {
     }
 
     /// One read from the socket into the buffer; `Ok(0)` at EOF.
-    async fn fill(&mut self, io: &Async<TcpStream>, max: usize) -> io::Result<usize> {
+    async fn fill(&mut self, io: &Stream, max: usize) -> io::Result<usize> {
         let room = self.room(max);
         if room.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
-        let n = (&*io).read(room).await?;
+        let n = io.read(room).await?;
         self.end += n;
         Ok(n)
     }
@@ -135,7 +135,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The request body as the handler reads it, straight from the connection's buffer.
 #[derive(Debug)]
 struct BodyReader {
-    io: Arc<Async<TcpStream>>,
+    io: Arc<Stream>,
     shared: Arc<Mutex<Inbound>>,
     max_head: usize,
 }
@@ -157,7 +157,7 @@ impl AsyncRead for BodyReader {
         }
         while inbound.continue_pending {
             let rest = &CONTINUE[inbound.continue_written..];
-            match Pin::new(&mut &*this.io).poll_write(cx, rest) {
+            match this.io.poll_write(cx, rest) {
                 Poll::Ready(Ok(n)) => {
                     inbound.continue_written += n;
                     inbound.continue_pending = inbound.continue_written < CONTINUE.len();
@@ -218,7 +218,7 @@ impl AsyncRead for BodyReader {
             }
             // Nothing buffered: read more from the socket.
             let room = inbound.buf.room(this.max_head);
-            match Pin::new(&mut &*this.io).poll_read(cx, room) {
+            match this.io.poll_read(cx, room) {
                 Poll::Ready(Ok(0)) => {
                     inbound.failed = Some(Reject::BadRequest("connection closed inside the body"));
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -296,8 +296,9 @@ impl Requests {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<F, Fut>(
-    stream: Async<TcpStream>,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: String,
+    local: String,
     handler: Rc<F>,
     drain: Rc<Drain>,
     options: Options,
@@ -306,14 +307,11 @@ pub(crate) async fn serve<F, Fut>(
     Fut: Future<Output = http_types::Result<Response>>,
 {
     let _connection = drain.connection();
-    // Responses are written whole; Nagle would only delay them.
-    let _ = stream.get_ref().set_nodelay(true);
-    let local = stream.get_ref().local_addr().unwrap_or(peer);
     let io = Arc::new(stream);
     let mut requests = Requests {
         base: None,
-        peer: peer.to_string(),
-        local_text: local.to_string(),
+        peer,
+        local_text: local,
     };
     let mut buf = ReadBuf::default();
     let mut out = Vec::new();
@@ -454,7 +452,7 @@ struct Next {
 /// Reads until `buf` holds a whole request head, then builds the request from it and consumes
 /// the head from the buffer (a pipelined request behind it stays there).
 async fn next_request(
-    io: &Async<TcpStream>,
+    io: &Stream,
     buf: &mut ReadBuf,
     requests: &mut Requests,
     options: &Options,
@@ -500,7 +498,7 @@ fn attach_body(
     mut request: Request,
     framing: Framing,
     expect_continue: bool,
-    io: &Arc<Async<TcpStream>>,
+    io: &Arc<Stream>,
     buf: &mut ReadBuf,
     options: &Options,
 ) -> (Request, Option<Arc<Mutex<Inbound>>>) {
@@ -533,7 +531,7 @@ fn attach_body(
 /// Reads and drops what the handler left of the body, up to [`DISCARD_LIMIT`]. `false` if the
 /// connection cannot be reused (too much left, bad framing, or the client went away).
 async fn discard_body(
-    io: &Arc<Async<TcpStream>>,
+    io: &Arc<Stream>,
     buf: &mut ReadBuf,
     body: BodyState,
     options: &Options,
@@ -568,7 +566,7 @@ async fn discard_body(
 /// Waits until the client sends something (or closes). Returns `false` if the connection should
 /// be closed instead: idle past the keep-alive timeout, or idle through the grace of a drain.
 pub(crate) async fn wait_for_request(
-    io: &Async<TcpStream>,
+    io: &Stream,
     drain: &Drain,
     options: &Options,
     drain_started: Pin<&mut impl Future<Output = ()>>,
@@ -629,7 +627,7 @@ pub(crate) fn error_response(error: http_types::Error) -> Response {
 
 /// Answers a request that cannot be served, then the caller closes the connection.
 async fn respond_error(
-    io: &Async<TcpStream>,
+    io: &Stream,
     out: &mut Vec<u8>,
     status: StatusCode,
     message: &str,
@@ -640,7 +638,7 @@ async fn respond_error(
 /// Encodes and writes a response: head and (small) body in one write; large or unknown-length
 /// bodies follow in chunks of up to [`WRITE_BUFFER`]. HEAD responses carry no body.
 pub(crate) async fn write_response(
-    io: &Async<TcpStream>,
+    io: &Stream,
     out: &mut Vec<u8>,
     mut response: Response,
     method: Method,
@@ -705,7 +703,7 @@ pub(crate) async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if method == Method::Head || bodyless {
-        return (&*io).write_all(out).await;
+        return io.write_all(out).await;
     }
     if chunked {
         return write_chunked(io, out, &mut body).await;
@@ -715,7 +713,7 @@ pub(crate) async fn write_response(
     let mut remaining = len.unwrap_or(u64::MAX);
     while remaining > 0 {
         if out.len() >= WRITE_BUFFER {
-            (&*io).write_all(out).await?;
+            io.write_all(out).await?;
             out.clear();
         }
         let at = out.len();
@@ -732,7 +730,7 @@ pub(crate) async fn write_response(
         if n == 0 {
             if len.is_some() {
                 // Shorter than its declared length: the framing is broken, the caller closes.
-                (&*io).write_all(out).await?;
+                io.write_all(out).await?;
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "response body shorter than its length",
@@ -742,28 +740,24 @@ pub(crate) async fn write_response(
         }
         remaining -= n as u64;
     }
-    (&*io).write_all(out).await
+    io.write_all(out).await
 }
 
 /// Streams a body of unknown length as chunks, each gathered into one write with its framing.
-async fn write_chunked(
-    io: &Async<TcpStream>,
-    out: &mut Vec<u8>,
-    body: &mut Body,
-) -> io::Result<()> {
+async fn write_chunked(io: &Stream, out: &mut Vec<u8>, body: &mut Body) -> io::Result<()> {
     const PREFIX: usize = 18; // up to 16 hex digits + CRLF
     let mut chunk = vec![0u8; WRITE_BUFFER];
     loop {
         let n = body.read(&mut chunk[PREFIX..WRITE_BUFFER - 2]).await?;
         if n == 0 {
             out.extend_from_slice(b"0\r\n\r\n");
-            return (&*io).write_all(out).await;
+            return io.write_all(out).await;
         }
         codec::push_hex(out, n as u64);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&chunk[PREFIX..PREFIX + n]);
         out.extend_from_slice(b"\r\n");
-        (&*io).write_all(out).await?;
+        io.write_all(out).await?;
         out.clear();
     }
 }
@@ -771,11 +765,11 @@ async fn write_chunked(
 /// Closes without resetting: send FIN, then read and discard until the client closes too (or
 /// [`LINGER`] passes), so that unread input cannot turn the close into a reset that destroys the
 /// response on its way.
-pub(crate) async fn close(io: &Async<TcpStream>) {
-    let _ = io.get_ref().shutdown(Shutdown::Write);
+pub(crate) async fn close(io: &Stream) {
+    io.shutdown_write();
     let mut scratch = [0u8; 1024];
     let until_eof = async {
-        while let Ok(n) = (&*io).read(&mut scratch).await {
+        while let Ok(n) = io.read(&mut scratch).await {
             if n == 0 {
                 break;
             }

@@ -2,23 +2,24 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::process::ExitStatus;
+
+use crate::listener::Address;
 
 /// One thing that happened. Its `Display` is a one-line log message; the default sink writes it
 /// to stderr as `baton[<pid>]: <message>` (see [`crate::Server::on_event`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// The listener is ready: created here, or inherited through `LISTENER`.
+    /// A listener is ready: created here, inherited through `LISTENER`, or socket-activated.
     Listening {
         /// Its local address.
-        addr: SocketAddr,
+        addr: &'a Address,
         /// Its fd in this process.
         fd: RawFd,
-        /// `true` if it came from the parent process.
-        inherited: bool,
+        /// `"created"`, `"inherited"` or `"socket-activated"`.
+        origin: &'static str,
     },
     /// A handled signal arrived.
     Signal {
@@ -80,19 +81,8 @@ pub enum Event<'a> {
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Listening {
-                addr,
-                fd,
-                inherited: true,
-            } => {
-                write!(f, "listening on {addr} (fd {fd}, inherited)")
-            }
-            Event::Listening {
-                addr,
-                fd,
-                inherited: false,
-            } => {
-                write!(f, "listening on {addr} (fd {fd}, created)")
+            Event::Listening { addr, fd, origin } => {
+                write!(f, "listening on {addr} (fd {fd}, {origin})")
             }
             Event::Signal { name } => write!(f, "received {name}"),
             Event::Ignored { name, reason } => write!(f, "ignored {name}: {reason}"),

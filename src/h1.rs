@@ -7,20 +7,20 @@
 
 use std::future::Future;
 use std::io;
-use std::net::TcpStream;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_io::{Async, Timer};
+use async_io::Timer;
 use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
-use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use crate::conn::{Options, WRITE_BUFFER, close, error_response, wait_for_request};
 use crate::drain::Drain;
+use crate::stream::Stream;
 
 /// The response buffer a connection starts with, grown (doubling) only by larger responses.
 const FIRST_WRITE_BUFFER: usize = 1024;
@@ -29,7 +29,7 @@ const DISCARD_LIMIT: u64 = 64 * 1024;
 
 /// The connection as async-h1's decoder wants it: cheap to clone, shared by head and body readers.
 #[derive(Debug, Clone)]
-struct Io(Arc<Async<TcpStream>>);
+struct Io(Arc<Stream>);
 
 impl AsyncRead for Io {
     fn poll_read(
@@ -37,7 +37,7 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        self.0.poll_read(cx, buf)
     }
 }
 
@@ -47,21 +47,22 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
+        self.0.poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.shutdown_write();
+        Poll::Ready(Ok(()))
     }
 }
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<F, Fut>(
-    stream: Async<TcpStream>,
+    stream: Stream,
     handler: Rc<F>,
     drain: Rc<Drain>,
     options: Options,
@@ -70,8 +71,6 @@ pub(crate) async fn serve<F, Fut>(
     Fut: Future<Output = http_types::Result<Response>>,
 {
     let _connection = drain.connection();
-    // Responses are written whole; Nagle would only delay them.
-    let _ = stream.get_ref().set_nodelay(true);
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
     // Kept for the connection's life, so that waiting between requests registers nothing new:
@@ -195,7 +194,7 @@ async fn write_response(
             }
             filled += n;
         }
-        (&*io.0).write_all(&buffer[..filled]).await?;
+        io.0.write_all(&buffer[..filled]).await?;
         if finished {
             return Ok(());
         }
@@ -213,7 +212,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Async::new(server).unwrap()));
+        let io = Io(Arc::new(Stream::Tcp(async_io::Async::new(server).unwrap())));
         let body = "x".repeat(100_000);
         let reader = std::thread::spawn(move || {
             let mut received = Vec::new();
@@ -240,7 +239,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Async::new(server).unwrap()));
+        let io = Io(Arc::new(Stream::Tcp(async_io::Async::new(server).unwrap())));
         let mut buffer = Vec::new();
         smol::block_on(async {
             let response = Response::from("Hello!\n");

@@ -20,10 +20,9 @@ use async_io::{Async, Timer};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
-use crate::listener::{LISTENER_ENV, Listener};
-
-/// The fd the listener has in the child; the readiness pipe follows it.
-const FIRST_FD: RawFd = 3;
+use crate::listener::{
+    ACTIVATION_ENV, Description, FIRST_FD, LISTENER_ENV, Listener, MAX_LISTENERS,
+};
 
 /// How this process was started, captured once at start-up so that a restart runs the same
 /// command even if the working directory changes later.
@@ -102,29 +101,43 @@ impl fmt::Display for NotReady {
 /// has exec'd, and on a busy core that wait (measured: ~2 ms) would stall every connection of
 /// this process. The thread owns its own copies of the fds it hands over, so a shutdown that
 /// closes the listener meanwhile cannot pull an fd from under the fork.
-pub(crate) fn prepare(exec: &Exec, listener: &Listener) -> io::Result<Spawn> {
+pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> {
     let (ready_reader, ready_writer) = std::io::pipe()?;
-    let socket = listener.socket.get_ref().try_clone()?;
-    let description = listener.describe(FIRST_FD, Some(FIRST_FD + 1));
+    let ready_fd = FIRST_FD + listeners.len() as RawFd;
+    let sockets = listeners
+        .iter()
+        .map(Listener::duplicate)
+        .collect::<io::Result<Vec<OwnedFd>>>()?;
+    let descriptions: Vec<Description> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, listener)| listener.describe(FIRST_FD + i as RawFd, Some(ready_fd)))
+        .collect();
     let mut command = Command::new(&exec.program);
     command
         .arg0(&exec.argv0)
         .args(&exec.args)
         .current_dir(&exec.cwd)
-        .env(LISTENER_ENV, description.to_json());
-    let moves = [
-        (socket.as_raw_fd(), FIRST_FD),
-        (ready_writer.as_raw_fd(), FIRST_FD + 1),
-    ];
+        .env(LISTENER_ENV, Description::to_json_all(&descriptions));
+    // Socket activation is for this process only; the successor gets the sockets by LISTENER.
+    for name in ACTIVATION_ENV {
+        command.env_remove(name);
+    }
+    let mut moves: Vec<(RawFd, RawFd)> = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, socket)| (socket.as_raw_fd(), FIRST_FD + i as RawFd))
+        .collect();
+    moves.push((ready_writer.as_raw_fd(), ready_fd));
     // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, fcntl, dup2,
-    // close) on fd numbers copied into it, and allocates nothing. Both fds stay open until
-    // `spawn` returns: the thread below owns them.
+    // close) on fd numbers copied into it, and allocates nothing (`moves` is built here, before
+    // the fork). All the fds stay open until `spawn` returns: the spawning thread owns them.
     unsafe {
         command.pre_exec(move || place_fds(&moves));
     }
     Ok(Spawn {
         command,
-        fds: (socket, ready_writer),
+        fds: (sockets, ready_writer),
         ready_reader,
         program: exec.program.clone(),
     })
@@ -134,7 +147,7 @@ pub(crate) fn prepare(exec: &Exec, listener: &Listener) -> io::Result<Spawn> {
 #[derive(Debug)]
 pub(crate) struct Spawn {
     command: Command,
-    fds: (std::net::TcpListener, std::io::PipeWriter),
+    fds: (Vec<OwnedFd>, std::io::PipeWriter),
     ready_reader: std::io::PipeReader,
     program: PathBuf,
 }
@@ -176,7 +189,7 @@ impl Spawn {
 /// place without CLOEXEC. Every source is first copied above all targets, so no `dup2` can
 /// clobber a source that is still needed, and no `dup2` is ever a same-fd no-op (which would
 /// leave CLOEXEC set).
-fn place_fds<const N: usize>(moves: &[(RawFd, RawFd); N]) -> io::Result<()> {
+fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
     // SAFETY: sigemptyset writes the set we own; pthread_sigmask is async-signal-safe and only
     // changes this (single-threaded, about to exec) child's mask.
     unsafe {
@@ -185,10 +198,14 @@ fn place_fds<const N: usize>(moves: &[(RawFd, RawFd); N]) -> io::Result<()> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
     let floor = moves.iter().map(|&(_, to)| to).max().unwrap_or(FIRST_FD) + 1;
-    let mut copies: [Option<OwnedFd>; N] = [const { None }; N];
+    // No allocation between fork and exec: a fixed array of copies, one per listener + the pipe.
+    let mut copies: [Option<OwnedFd>; MAX_LISTENERS + 1] = [const { None }; MAX_LISTENERS + 1];
+    if moves.len() > copies.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
     for (copy, &(from, _)) in copies.iter_mut().zip(moves) {
-        // SAFETY: `from` is an fd this process owns (the listener, the pipe) and stays open
-        // until the parent's spawn returns; the borrow ends within this statement.
+        // SAFETY: `from` is an fd the spawning thread owns (a listener copy, the pipe) and keeps
+        // open until the spawn returns; the borrow ends within this statement.
         let from = unsafe { std::os::fd::BorrowedFd::borrow_raw(from) };
         *copy = Some(rustix::io::fcntl_dupfd_cloexec(from, floor)?);
     }

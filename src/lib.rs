@@ -44,6 +44,7 @@ mod handoff;
 mod listener;
 mod server;
 mod signals;
+mod stream;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -99,5 +100,5 @@ pub mod fuzzing {
 }
 
 pub use event::Event;
-pub use listener::LISTENER_ENV;
+pub use listener::{Address, LISTENER_ENV};
 pub use server::{Report, Server, Stop};

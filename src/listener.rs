@@ -1,31 +1,69 @@
-//! Listening sockets: created fresh, or inherited from the process that started this one.
+//! Listening sockets: created fresh, inherited from the process that started this one
+//! (`LISTENER`), or handed over by systemd socket activation (`LISTEN_FDS`).
 //!
 //! The inheritance protocol is the one of the Go original: the parent sets `LISTENER` to
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}` and passes the socket
-//! as that fd. baton adds `"ready_fd"`, the write end of the readiness pipe (see [`crate::handoff`]);
-//! Go ignores unknown keys, so either side can read the other's variable.
+//! as that fd; with several listeners, `LISTENER` is a JSON array of such objects, fds 3, 4, ...
+//! baton adds `"ready_fd"`, the write end of the readiness pipe (see [`crate::handoff`]); Go
+//! ignores unknown keys, so either side can read the other's variable.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 
 use async_io::Async;
 use rustix::fs::FileType;
 use rustix::io::FdFlags;
-use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
-/// The environment variable that carries an inherited listener's description.
+use crate::stream::Stream;
+
+/// The environment variable that carries inherited listeners' descriptions.
 pub const LISTENER_ENV: &str = "LISTENER";
+/// systemd socket activation's variables; never passed on to a successor.
+pub(crate) const ACTIVATION_ENV: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+/// Where inherited and activated fds start.
+pub(crate) const FIRST_FD: RawFd = 3;
+/// Most listeners one server takes (and hands over).
+pub(crate) const MAX_LISTENERS: usize = 32;
 
 /// Backlog asked of `listen(2)`; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
 
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A requested address, parsed.
+#[derive(Debug, Clone)]
+enum Spec {
+    Tcp(Vec<SocketAddr>),
+    Unix(PathBuf),
+}
+
 /// One listener as `LISTENER` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Description {
-    /// The address the listener was requested with (`:8080`, `127.0.0.1:0`, ...).
+    /// The address the listener was requested with (`:8080`, `127.0.0.1:0`, `unix:/run/x`).
     pub(crate) addr: String,
     /// The fd the socket arrives as.
     pub(crate) fd: RawFd,
@@ -36,15 +74,29 @@ pub(crate) struct Description {
 }
 
 impl Description {
-    /// Parses the value of `LISTENER`.
-    pub(crate) fn parse(value: &str) -> io::Result<Description> {
-        const SHAPE: &str = r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."}"#;
+    /// Parses the value of `LISTENER`: one object, or an array of them.
+    pub(crate) fn parse_all(value: &str) -> io::Result<Vec<Description>> {
+        const SHAPE: &str =
+            r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."} or an array of them"#;
         let json: serde_json::Value = serde_json::from_str(value).map_err(|e| {
             invalid(
                 format!("{LISTENER_ENV} is not valid JSON (expected {SHAPE})"),
                 e,
             )
         })?;
+        match &json {
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                items.iter().map(Description::from_json).collect()
+            }
+            serde_json::Value::Object(_) => Ok(vec![Description::from_json(&json)?]),
+            _ => Err(invalid_msg(format!(
+                "{LISTENER_ENV} must be a JSON object like {SHAPE}"
+            ))),
+        }
+    }
+
+    fn from_json(json: &serde_json::Value) -> io::Result<Description> {
+        const SHAPE: &str = r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."}"#;
         let Some(object) = json.as_object() else {
             return Err(invalid_msg(format!(
                 "{LISTENER_ENV} must be a JSON object like {SHAPE}"
@@ -92,8 +144,7 @@ impl Description {
         })
     }
 
-    /// The JSON text for `LISTENER`.
-    pub(crate) fn to_json(&self) -> String {
+    fn to_value(&self) -> serde_json::Value {
         let mut object = serde_json::Map::new();
         object.insert("addr".into(), self.addr.clone().into());
         object.insert("fd".into(), self.fd.into());
@@ -101,7 +152,17 @@ impl Description {
         if let Some(ready_fd) = self.ready_fd {
             object.insert("ready_fd".into(), ready_fd.into());
         }
-        serde_json::Value::Object(object).to_string()
+        serde_json::Value::Object(object)
+    }
+
+    /// The JSON text for `LISTENER`: the single object the Go original reads when there is one
+    /// listener, an array otherwise.
+    pub(crate) fn to_json_all(all: &[Description]) -> String {
+        match all {
+            [one] => one.to_value().to_string(),
+            many => serde_json::Value::Array(many.iter().map(Description::to_value).collect())
+                .to_string(),
+        }
     }
 }
 
@@ -117,119 +178,304 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
         })
 }
 
-/// A listening TCP socket, ready to serve, and where it came from.
-#[derive(Debug)]
-pub(crate) struct Listener {
-    /// The address it was requested with; children are told this one.
-    pub(crate) requested: String,
-    pub(crate) socket: Async<TcpListener>,
-    pub(crate) local: SocketAddr,
-    /// `true` if it came from `LISTENER`.
-    pub(crate) inherited: bool,
-    /// The write end of the parent's readiness pipe, to be written once serving.
-    pub(crate) ready: Option<OwnedFd>,
+/// What the environment hands this process: `LISTENER` descriptions, socket-activated fds.
+#[derive(Debug, Default)]
+pub(crate) struct Inheritance {
+    descriptions: Vec<Description>,
+    /// fd and name (`LISTEN_FDNAMES`) of each socket-activated fd.
+    activated: Vec<(RawFd, Option<String>)>,
 }
 
+impl Inheritance {
+    /// Reads `LISTENER` and, if `LISTEN_PID` names this process, `LISTEN_FDS`/`LISTEN_FDNAMES`.
+    pub(crate) fn from_env() -> io::Result<Inheritance> {
+        let var = |name: &str| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name} is not valid UTF-8"),
+            )),
+        };
+        let descriptions = match var(LISTENER_ENV)? {
+            Some(value) => Description::parse_all(&value)?,
+            None => Vec::new(),
+        };
+        let mut activated = Vec::new();
+        let ours =
+            var("LISTEN_PID")?.is_some_and(|pid| pid.trim() == std::process::id().to_string());
+        if let (true, Some(count)) = (ours, var("LISTEN_FDS")?) {
+            let count: usize = count
+                .trim()
+                .parse()
+                .map_err(|e| invalid(format!("LISTEN_FDS={count:?} is not a number of fds"), e))?;
+            if count > MAX_LISTENERS * 4 {
+                return Err(invalid_msg(format!(
+                    "LISTEN_FDS={count} is more fds than baton takes"
+                )));
+            }
+            let names = var("LISTEN_FDNAMES")?.unwrap_or_default();
+            let mut names = names.split(':').map(str::to_owned);
+            for i in 0..count {
+                let name = names.next().filter(|n| !n.is_empty());
+                activated.push((FIRST_FD + i as RawFd, name));
+            }
+        }
+        Ok(Inheritance {
+            descriptions,
+            activated,
+        })
+    }
+
+    #[cfg(test)]
+    fn from_listener(value: &str) -> io::Result<Inheritance> {
+        Ok(Inheritance {
+            descriptions: Description::parse_all(value)?,
+            activated: Vec::new(),
+        })
+    }
+}
+
+/// A listening socket of either kind.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(Async<TcpListener>),
+    Unix(Async<UnixListener>),
+}
+
+/// An accepted connection and its peer's address as text.
+pub(crate) type Accepted = (Stream, String);
+
+impl Socket {
+    /// Accepts one connection if one is waiting; otherwise registers for the next.
+    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
+        loop {
+            let accepted = match self {
+                Socket::Tcp(l) => l.get_ref().accept().and_then(|(s, peer)| {
+                    // Responses are written whole; Nagle would only delay them.
+                    s.set_nodelay(true)?;
+                    Ok((Stream::Tcp(Async::new(s)?), peer.to_string()))
+                }),
+                Socket::Unix(l) => l
+                    .get_ref()
+                    .accept()
+                    .and_then(|(s, _)| Ok((Stream::Unix(Async::new(s)?), "unix".to_owned()))),
+            };
+            match accepted {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+            let readable = match self {
+                Socket::Tcp(l) => l.poll_readable(cx),
+                Socket::Unix(l) => l.poll_readable(cx),
+            };
+            match readable {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// How a listener came to this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Created,
+    Inherited,
+    Activated,
+}
+
+impl Origin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::Created => "created",
+            Origin::Inherited => "inherited",
+            Origin::Activated => "socket-activated",
+        }
+    }
+}
+
+/// A listening socket, ready to serve, and where it came from.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The address it was requested with; successors are told this one.
+    pub(crate) requested: String,
+    pub(crate) socket: Socket,
+    pub(crate) local: Address,
+    /// `local` as text, handed to every request as its local address.
+    pub(crate) local_text: String,
+    pub(crate) origin: Origin,
+}
+
+/// Where one requested address's listener comes from: an fd handed to this process (validated,
+/// with its bound address), or nothing (create it).
+type Source = Option<(RawFd, Address, Origin)>;
+
 impl Listener {
-    /// The Go original's createOrImportListener: import the listener for `addr` from `LISTENER`
-    /// (the variable's value is passed in) if it describes this address, else create it.
-    pub(crate) fn create_or_import(addr: &str, inherited: Option<&str>) -> io::Result<Listener> {
-        let candidates = resolve(addr)?;
-        if let Some(value) = inherited {
-            let description = Description::parse(value)?;
-            if description.addr == addr {
-                return Listener::import(description, &candidates);
-            }
+    /// For each requested address: the listener `LISTENER` describes for it, else a
+    /// socket-activated one bound to it (or named like it), else a new one. Also returns the
+    /// readiness pipe a parent passed, if any.
+    pub(crate) fn bind_all(
+        addrs: &[String],
+        inheritance: &Inheritance,
+    ) -> io::Result<(Vec<Listener>, Option<OwnedFd>)> {
+        if addrs.is_empty() {
+            return Err(invalid_msg("no address to listen on".into()));
         }
-        Listener::create(addr, &candidates)
-    }
-
-    /// What a child is told about this listener when it arrives as `fd`.
-    pub(crate) fn describe(&self, fd: RawFd, ready_fd: Option<RawFd>) -> Description {
-        Description {
-            addr: self.requested.clone(),
-            fd,
-            filename: format!("tcp:{}->", self.local),
-            ready_fd,
-        }
-    }
-
-    fn create(addr: &str, candidates: &[SocketAddr]) -> io::Result<Listener> {
-        let mut last_error = None;
-        for &candidate in candidates {
-            match bind(candidate) {
-                Ok(socket) => {
-                    let local = socket.local_addr()?;
-                    return Ok(Listener {
-                        requested: addr.to_owned(),
-                        socket: Async::new(socket)?,
-                        local,
-                        inherited: false,
-                        ready: None,
-                    });
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        let source = last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into());
-        Err(io::Error::new(
-            source.kind(),
-            Cause(format!("cannot listen on {addr}"), Box::new(source)),
-        ))
-    }
-
-    fn import(description: Description, candidates: &[SocketAddr]) -> io::Result<Listener> {
-        let Description {
-            addr, fd, ready_fd, ..
-        } = description;
-        // SAFETY: `LISTENER` hands this fd number to this process to own, and nothing else in
-        // the process has claimed it. It is only borrowed for the checks below, which are
-        // plain syscalls: a number that is not open makes them fail with EBADF, nothing more.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let local = validate_listener(borrowed, fd)?;
-        if !candidates.iter().any(|&wanted| same_address(wanted, local)) {
+        if addrs.len() > MAX_LISTENERS {
             return Err(invalid_msg(format!(
-                "{LISTENER_ENV}: fd {fd} listens on {local}, not on {addr} as \"addr\" says"
+                "at most {MAX_LISTENERS} listeners, {} requested",
+                addrs.len()
             )));
         }
-        let ready = match ready_fd {
-            Some(ready_fd) => {
-                // SAFETY: as above, the number comes from `LISTENER` and is ours to check.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(ready_fd) };
-                validate_pipe(borrowed, ready_fd)?;
-                Some(ready_fd)
+        // Check every handed-over fd before taking ownership of any.
+        let mut plan: Vec<(&String, Spec, Source)> = Vec::with_capacity(addrs.len());
+        let mut used: Vec<RawFd> = Vec::new();
+        for addr in addrs {
+            let spec = spec(addr)?;
+            let source = match inheritance.descriptions.iter().find(|d| &d.addr == addr) {
+                Some(description) => {
+                    let what = format!("{LISTENER_ENV}: fd {}", description.fd);
+                    let local = validate(description.fd, &what)?;
+                    if !spec.matches(&local) {
+                        return Err(invalid_msg(format!(
+                            "{what} listens on {local}, not on {addr} as \"addr\" says"
+                        )));
+                    }
+                    Some((description.fd, local, Origin::Inherited))
+                }
+                None => activated_for(addr, &spec, &inheritance.activated, &used)?,
+            };
+            if let Some((fd, ..)) = &source {
+                if used.contains(fd) {
+                    return Err(invalid_msg(format!(
+                        "{addr}: fd {fd} already serves another address"
+                    )));
+                }
+                used.push(*fd);
             }
-            None => None,
-        };
-        // Both checks passed: take ownership, once, and keep both out of later children.
-        // SAFETY: fd is open (fstat succeeded), a listening socket, and handed to this process
-        // by `LISTENER`; no other owner exists in this process.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
-        let ready = match ready {
-            Some(ready_fd) => {
-                // SAFETY: validated above as an open pipe handed to us by `LISTENER`.
-                let owned = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+            plan.push((addr, spec, source));
+        }
+        let ready = match inheritance.descriptions.iter().find_map(|d| d.ready_fd) {
+            Some(fd) => {
+                // SAFETY: the number comes from `LISTENER`, which hands it to this process; it is
+                // only borrowed for fstat, which fails with EBADF if it is not open.
+                validate_pipe(unsafe { BorrowedFd::borrow_raw(fd) }, fd)?;
+                // SAFETY: validated as an open pipe handed to this process; no other owner.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
                 rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
                 Some(owned)
             }
             None => None,
         };
-        Ok(Listener {
-            requested: addr,
-            socket: Async::new(TcpListener::from(owned))?,
-            local,
-            inherited: true,
-            ready,
-        })
+        // Activated fds are never passed on as such: keep them out of later children.
+        for (fd, _) in &inheritance.activated {
+            // SAFETY: systemd handed these numbers to this process; setting CLOEXEC touches only
+            // the fd's flags and fails harmlessly (EBADF) if one is not open.
+            let _ =
+                rustix::io::fcntl_setfd(unsafe { BorrowedFd::borrow_raw(*fd) }, FdFlags::CLOEXEC);
+        }
+        let mut listeners = Vec::with_capacity(plan.len());
+        for (addr, spec, source) in plan {
+            let listener = match source {
+                Some((fd, local, origin)) => adopt(addr, fd, local, origin)?,
+                None => create(addr, &spec)?,
+            };
+            listeners.push(listener);
+        }
+        Ok((listeners, ready))
+    }
+
+    /// What a successor is told about this listener when it arrives as `fd`.
+    pub(crate) fn describe(&self, fd: RawFd, ready_fd: Option<RawFd>) -> Description {
+        let filename = match &self.local {
+            Address::Tcp(addr) => format!("tcp:{addr}->"),
+            Address::Unix(path) => format!("unix:{}->", path.display()),
+        };
+        Description {
+            addr: self.requested.clone(),
+            fd,
+            filename,
+            ready_fd,
+        }
     }
 
     pub(crate) fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+        self.socket.as_fd().as_raw_fd()
+    }
+
+    /// A duplicate of the socket's fd (CLOEXEC), for handing over.
+    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::io::fcntl_dupfd_cloexec(self.socket.as_fd(), 0)?)
+    }
+
+    /// The path of a Unix listener, to remove at final shutdown.
+    pub(crate) fn unix_path(&self) -> Option<&Path> {
+        match &self.local {
+            Address::Unix(path) => Some(path),
+            Address::Tcp(_) => None,
+        }
     }
 }
 
-/// Turns `addr` into socket addresses. `:8080` means every interface, as in Go.
+/// The socket-activated fd for `addr`: the one named like it (`LISTEN_FDNAMES`), else the
+/// first unused one bound to it. Every activated fd must be a listening stream socket.
+fn activated_for(
+    addr: &str,
+    spec: &Spec,
+    activated: &[(RawFd, Option<String>)],
+    used: &[RawFd],
+) -> io::Result<Source> {
+    let mut bound = None;
+    for (fd, name) in activated {
+        let local = validate(*fd, &format!("LISTEN_FDS: fd {fd}"))?;
+        if used.contains(fd) {
+            continue;
+        }
+        if name.as_deref() == Some(addr) {
+            return Ok(Some((*fd, local, Origin::Activated)));
+        }
+        if bound.is_none() && spec.matches(&local) {
+            bound = Some((*fd, local, Origin::Activated));
+        }
+    }
+    Ok(bound)
+}
+
+/// Parses `addr`: `unix:/path`, `host:port`, or `:port` (every interface, as in Go).
+fn spec(addr: &str) -> io::Result<Spec> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(invalid_msg(format!(
+                "address {addr:?}: the socket path after unix: is empty"
+            )));
+        }
+        return Ok(Spec::Unix(PathBuf::from(path)));
+    }
+    resolve(addr).map(Spec::Tcp)
+}
+
+impl Spec {
+    fn matches(&self, local: &Address) -> bool {
+        match (self, local) {
+            (Spec::Tcp(candidates), Address::Tcp(local)) => {
+                candidates.iter().any(|&c| same_address(c, *local))
+            }
+            (Spec::Unix(path), Address::Unix(local)) => path == local,
+            _ => false,
+        }
+    }
+}
+
+/// Turns `host:port` into socket addresses. `:8080` means every interface, as in Go.
 pub(crate) fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
     let resolved = if let Some(port) = addr.strip_prefix(':') {
         let port: u16 = port.parse().map_err(|e| {
@@ -249,24 +495,82 @@ pub(crate) fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
         Ok(list) if !list.is_empty() => Ok(list),
         Ok(_) => Err(invalid_msg(format!("address {addr:?} resolves to nothing"))),
         Err(e) => Err(invalid(
-            format!("address {addr:?} is not host:port (try 127.0.0.1:8080, [::1]:8080 or :8080)"),
+            format!(
+                "address {addr:?} is not host:port (try 127.0.0.1:8080, [::1]:8080, :8080 or unix:/path)"
+            ),
             e,
         )),
     }
 }
 
+fn create(addr: &str, spec: &Spec) -> io::Result<Listener> {
+    let failed = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            Cause(format!("cannot listen on {addr}"), Box::new(e)),
+        )
+    };
+    match spec {
+        Spec::Tcp(candidates) => {
+            let mut last_error = None;
+            for &candidate in candidates {
+                match bind_tcp(candidate) {
+                    Ok(socket) => {
+                        let local = Address::Tcp(socket.local_addr()?);
+                        let socket = Socket::Tcp(Async::new(socket)?);
+                        return Ok(listener(addr, socket, local, Origin::Created));
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            Err(failed(
+                last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
+            ))
+        }
+        Spec::Unix(path) => {
+            let socket = Socket::Unix(Async::new(bind_unix(path).map_err(failed)?)?);
+            Ok(listener(
+                addr,
+                socket,
+                Address::Unix(path.clone()),
+                Origin::Created,
+            ))
+        }
+    }
+}
+
+fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> Listener {
+    let local_text = local.to_string();
+    Listener {
+        requested: requested.to_owned(),
+        socket,
+        local,
+        local_text,
+        origin,
+    }
+}
+
+/// Takes ownership of a validated fd.
+fn adopt(addr: &str, fd: RawFd, local: Address, origin: Origin) -> io::Result<Listener> {
+    // SAFETY: fd was validated as an open listening socket that `LISTENER` or `LISTEN_FDS`
+    // hands to this process; nothing else in the process owns it, and it is adopted once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+    let socket = match local {
+        Address::Tcp(_) => Socket::Tcp(Async::new(TcpListener::from(owned))?),
+        Address::Unix(_) => Socket::Unix(Async::new(UnixListener::from(owned))?),
+    };
+    Ok(listener(addr, socket, local, origin))
+}
+
 /// A non-blocking, CLOEXEC listening socket with SO_REUSEADDR; `[::]` accepts IPv4 too.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,
     };
-    let socket = rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
     sockopt::set_socket_reuseaddr(&socket, true)?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         sockopt::set_ipv6_v6only(&socket, false)?;
@@ -276,9 +580,39 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from(socket))
 }
 
-/// Checks that `fd` is an open, listening stream socket and returns its local address.
-fn validate_listener(fd: BorrowedFd<'_>, number: RawFd) -> io::Result<SocketAddr> {
-    let what = format!("{LISTENER_ENV}: fd {number}");
+/// A Unix listening socket at `path`. A stale socket file (nobody accepting) is replaced; a
+/// live one, or a path that is not a socket, is an error.
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            let message = format!("{} exists and is not a socket", path.display());
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, message));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                let message = format!("{} is in use: a server is accepting on it", path.display());
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, message));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => return Err(e),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let socket = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+    rustix::net::bind(&socket, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&socket, BACKLOG)?;
+    Ok(UnixListener::from(socket))
+}
+
+/// Checks that `fd` is an open, listening stream socket (TCP or Unix) and returns its address.
+fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
+    // SAFETY: the number was handed to this process by `LISTENER` or `LISTEN_FDS`, and nothing
+    // in the process has claimed it. It is only borrowed for the checks below, plain syscalls:
+    // a number that is not open makes them fail with EBADF, nothing more.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let stat = rustix::fs::fstat(fd).map_err(|e| {
         let e = io::Error::from(e);
         if e.raw_os_error() == Some(libc::EBADF) {
@@ -300,7 +634,9 @@ fn validate_listener(fd: BorrowedFd<'_>, number: RawFd) -> io::Result<SocketAddr
     let socket_type =
         sockopt::socket_type(fd).map_err(|e| invalid(format!("{what}: SO_TYPE"), e))?;
     if socket_type != SocketType::STREAM {
-        return Err(invalid_msg(format!("{what} is not a stream (TCP) socket")));
+        return Err(invalid_msg(format!(
+            "{what} is not a stream socket (a datagram socket?)"
+        )));
     }
     let listening =
         sockopt::socket_acceptconn(fd).map_err(|e| invalid(format!("{what}: SO_ACCEPTCONN"), e))?;
@@ -311,8 +647,23 @@ fn validate_listener(fd: BorrowedFd<'_>, number: RawFd) -> io::Result<SocketAddr
     }
     let local =
         rustix::net::getsockname(fd).map_err(|e| invalid(format!("{what}: getsockname"), e))?;
-    SocketAddr::try_from(local)
-        .map_err(|_| invalid_msg(format!("{what} is not an IPv4 or IPv6 socket")))
+    if let Ok(addr) = SocketAddr::try_from(local.clone()) {
+        return Ok(Address::Tcp(addr));
+    }
+    match SocketAddrUnix::try_from(local) {
+        Ok(unix) => match unix.path_bytes() {
+            Some(path) if !path.is_empty() => {
+                use std::os::unix::ffi::OsStrExt;
+                Ok(Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(
+                    path,
+                ))))
+            }
+            _ => Err(invalid_msg(format!(
+                "{what} is an unnamed or abstract Unix socket"
+            ))),
+        },
+        Err(_) => Err(invalid_msg(format!("{what} is not a TCP or Unix socket"))),
+    }
 }
 
 fn validate_pipe(fd: BorrowedFd<'_>, number: RawFd) -> io::Result<()> {
@@ -373,22 +724,18 @@ fn invalid_msg(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
-impl AsFd for Listener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(value: &str) -> io::Result<Description> {
+        Description::parse_all(value).map(|mut all| all.remove(0))
+    }
+
     #[test]
     fn parses_the_go_format() {
-        let d = Description::parse(
-            r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}"#,
-        )
-        .unwrap();
+        let d =
+            parse(r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}"#).unwrap();
         assert_eq!(d.addr, "127.0.0.1:8080");
         assert_eq!(d.fd, 3);
         assert_eq!(d.filename, "tcp:127.0.0.1:8080->");
@@ -396,19 +743,30 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_with_ready_fd() {
-        let d = Description {
+    fn one_listener_is_an_object_several_an_array() {
+        let one = Description {
             addr: ":8080".into(),
             fd: 3,
             filename: "tcp:[::]:8080->".into(),
             ready_fd: Some(4),
         };
-        assert_eq!(Description::parse(&d.to_json()).unwrap(), d);
+        let json = Description::to_json_all(std::slice::from_ref(&one));
+        assert!(json.starts_with('{'), "{json}");
+        assert_eq!(Description::parse_all(&json).unwrap(), vec![one.clone()]);
+        let two = Description {
+            addr: "unix:/tmp/x".into(),
+            fd: 4,
+            filename: "unix:/tmp/x->".into(),
+            ready_fd: Some(5),
+        };
+        let json = Description::to_json_all(&[one.clone(), two.clone()]);
+        assert!(json.starts_with('['), "{json}");
+        assert_eq!(Description::parse_all(&json).unwrap(), vec![one, two]);
     }
 
     #[test]
     fn ignores_unknown_keys() {
-        let d = Description::parse(r#"{"addr":":1","fd":3,"filename":"x","extra":[1]}"#).unwrap();
+        let d = parse(r#"{"addr":":1","fd":3,"filename":"x","extra":[1]}"#).unwrap();
         assert_eq!(d.fd, 3);
     }
 
@@ -416,7 +774,9 @@ mod tests {
     fn names_what_is_wrong() {
         let cases = [
             ("not json", "not valid JSON"),
+            ("[]", "must be a JSON object"),
             ("[1,2]", "must be a JSON object"),
+            ("7", "must be a JSON object"),
             (r#"{"fd":3}"#, "\"addr\" is missing"),
             (r#"{"addr":1,"fd":3}"#, "\"addr\" must be a string"),
             (r#"{"addr":":1"}"#, "\"fd\" is missing"),
@@ -426,7 +786,7 @@ mod tests {
             (r#"{"addr":":1","fd":3,"ready_fd":1.5}"#, "\"ready_fd\""),
         ];
         for (input, expected) in cases {
-            let message = Description::parse(input).unwrap_err().to_string();
+            let message = Description::parse_all(input).unwrap_err().to_string();
             assert!(message.contains("LISTENER"), "{input}: {message}");
             assert!(message.contains(expected), "{input}: {message}");
         }
@@ -443,6 +803,10 @@ mod tests {
             "[::]:4000".parse().unwrap(),
             "0.0.0.0:4000".parse().unwrap()
         ));
+        let unix = spec("unix:/run/a.sock").unwrap();
+        assert!(unix.matches(&Address::Unix("/run/a.sock".into())));
+        assert!(!unix.matches(&Address::Unix("/run/b.sock".into())));
+        assert!(!unix.matches(&Address::Tcp(local)));
     }
 
     #[test]
@@ -459,17 +823,20 @@ mod tests {
                 .to_string()
                 .contains("host:port")
         );
+        assert!(spec("unix:").unwrap_err().to_string().contains("empty"));
     }
 
     #[test]
-    fn imports_a_listener_it_created() {
-        let created = Listener::create_or_import("127.0.0.1:0", None).unwrap();
-        assert!(!created.inherited);
-        // A LISTENER for another address is ignored: a new socket is created.
-        let other = r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#;
-        let fresh = Listener::create_or_import("127.0.0.1:0", Some(other)).unwrap();
-        assert!(!fresh.inherited);
-        assert_ne!(fresh.local, created.local);
+    fn a_listener_env_for_another_address_is_ignored() {
+        let (created, _) =
+            Listener::bind_all(&["127.0.0.1:0".into()], &Inheritance::default()).unwrap();
+        assert_eq!(created[0].origin, Origin::Created);
+        let other =
+            Inheritance::from_listener(r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#).unwrap();
+        let (fresh, ready) = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
+        assert_eq!(fresh[0].origin, Origin::Created);
+        assert_ne!(fresh[0].local, created[0].local);
+        assert!(ready.is_none());
     }
 
     #[test]
@@ -478,9 +845,39 @@ mod tests {
         let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let fd = stream.as_raw_fd();
         let value = format!(r#"{{"addr":"127.0.0.1:0","fd":{fd},"filename":""}}"#);
-        let message = Listener::create_or_import("127.0.0.1:0", Some(&value)).unwrap_err();
+        let inheritance = Inheritance::from_listener(&value).unwrap();
+        let message = Listener::bind_all(&["127.0.0.1:0".into()], &inheritance).unwrap_err();
         assert!(message.to_string().contains("not listening"), "{message}");
         // The fd was left alone.
         assert!(stream.peer_addr().is_ok());
+    }
+
+    #[test]
+    fn unix_sockets_replace_stale_files_and_refuse_live_ones() {
+        let dir = std::env::temp_dir().join(format!("baton-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let addr = format!("unix:{}", path.display());
+        // A stale socket file: bound once, nobody accepting any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let (live, _) =
+            Listener::bind_all(std::slice::from_ref(&addr), &Inheritance::default()).unwrap();
+        assert_eq!(live[0].local, Address::Unix(path.clone()));
+        // Now someone is accepting: a second server must not steal the path.
+        let error =
+            Listener::bind_all(std::slice::from_ref(&addr), &Inheritance::default()).unwrap_err();
+        assert!(error.to_string().contains("in use"), "{error}");
+        // Not a socket at all.
+        let file = dir.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let error = Listener::bind_all(
+            &[format!("unix:{}", file.display())],
+            &Inheritance::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("not a socket"), "{error}");
+        drop(live);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

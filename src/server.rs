@@ -18,8 +18,9 @@ use crate::conn;
 use crate::drain::Drain;
 use crate::event::Event;
 use crate::handoff::{self, Exec, NotReady};
-use crate::listener::{LISTENER_ENV, Listener};
+use crate::listener::{Address, Inheritance, Listener, Origin, Socket};
 use crate::signals::{Command, Signals};
+use crate::stream::Stream;
 
 /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -39,7 +40,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// # }
 /// ```
 pub struct Server {
-    listener: Listener,
+    listeners: Vec<Listener>,
+    /// The parent's readiness pipe, written once this process serves.
+    ready: Option<std::os::fd::OwnedFd>,
     signals: Signals,
     exec: Exec,
     drain_timeout: Duration,
@@ -53,7 +56,7 @@ pub struct Server {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("listener", &self.listener)
+            .field("listeners", &self.listeners)
             .field("program", &self.exec.program())
             .field("drain_timeout", &self.drain_timeout)
             .field("upgrade_timeout", &self.upgrade_timeout)
@@ -99,29 +102,33 @@ pub enum Stop {
 }
 
 impl Server {
-    /// Listens on `addr` (`host:port`; `:port` means every interface), or takes over the
-    /// listener the parent process passed for that address through `LISTENER`.
+    /// Listens on `addr` (`host:port`, `:port` for every interface, or `unix:/path`), or takes
+    /// over the listener for that address that the parent process passed through `LISTENER`
+    /// or systemd passed through `LISTEN_FDS`.
     ///
     /// Installs the signal handlers first, so a SIGHUP that arrives while this process is
     /// still starting cannot kill it. A malformed `LISTENER`, or one whose fd is not a
     /// listening socket on `addr`, is an error that says what is wrong.
     pub fn bind(addr: &str) -> io::Result<Server> {
+        Server::bind_all([addr])
+    }
+
+    /// Like [`Server::bind`], for several addresses at once; a restart hands all of them over
+    /// (as fds 3, 4, ... in the order given).
+    pub fn bind_all<I, S>(addrs: I) -> io::Result<Server>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let signals = Signals::register()?;
         let exec = Exec::capture()?;
-        let inherited = match std::env::var(LISTENER_ENV) {
-            Ok(value) => Some(value),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{LISTENER_ENV} is not valid UTF-8"),
-                ));
-            }
-        };
-        let listener = Listener::create_or_import(addr, inherited.as_deref())?;
+        let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let inheritance = Inheritance::from_env()?;
+        let (listeners, ready) = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
         Ok(Server {
-            listener,
+            listeners,
+            ready,
             signals,
             exec,
             drain_timeout: Duration::from_secs(5),
@@ -143,14 +150,22 @@ impl Server {
         })
     }
 
-    /// The address the listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local
+    /// The first TCP listener's address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners.iter().find_map(|l| match l.local {
+            Address::Tcp(addr) => Some(addr),
+            Address::Unix(_) => None,
+        })
     }
 
-    /// `true` if the listener came from the parent process.
+    /// Every listener's address, in the order requested.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.listeners.iter().map(|l| l.local.clone()).collect()
+    }
+
+    /// `true` if the listeners came from the parent process.
     pub fn is_inherited(&self) -> bool {
-        self.listener.inherited
+        self.listeners.iter().any(|l| l.origin == Origin::Inherited)
     }
 
     /// The longest a drain waits for in-flight requests before it drops them. Default: 5 s.
@@ -234,7 +249,8 @@ impl Server {
         Fut: Future<Output = http_types::Result<Response>> + 'static,
     {
         let Server {
-            mut listener,
+            listeners,
+            ready,
             mut signals,
             exec,
             drain_timeout,
@@ -244,12 +260,14 @@ impl Server {
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
-        emit(&Event::Listening {
-            addr: listener.local,
-            fd: listener.fd(),
-            inherited: listener.inherited,
-        });
-        if let Some(pipe) = listener.ready.take() {
+        for listener in &listeners {
+            emit(&Event::Listening {
+                addr: &listener.local,
+                fd: listener.fd(),
+                origin: listener.origin.as_str(),
+            });
+        }
+        if let Some(pipe) = ready {
             if let Err(error) = handoff::announce_ready(pipe) {
                 // The parent will time out and keep serving; this process serves too.
                 emit(&Event::AcceptFailed { error: &error });
@@ -259,13 +277,17 @@ impl Server {
         let mut upgrade: Option<Upgrade> = None;
         let mut spawned: Vec<Child> = Vec::new();
         let mut backoff = false;
+        // Where the next accept starts looking, so that no listener starves the others.
+        let mut next_listener = 0;
 
         let stop = loop {
             let accept = async {
                 if backoff {
                     Timer::after(ACCEPT_BACKOFF).await;
                 }
-                Wake::Accepted(listener.socket.accept().await)
+                let accepted =
+                    std::future::poll_fn(|cx| accept_any(&listeners, &mut next_listener, cx)).await;
+                Wake::Accepted(accepted)
             };
             let signal = async { Wake::Signal(signals.next().await) };
             let upgraded = async {
@@ -275,8 +297,9 @@ impl Server {
                 }
             };
             match signal.or(upgraded).or(accept).await {
-                Wake::Accepted(Ok((stream, peer))) => {
+                Wake::Accepted(Ok((index, (stream, peer)))) => {
                     backoff = false;
+                    let local = listeners[index].local_text.clone();
                     #[cfg(feature = "async-h1")]
                     if async_h1 {
                         let task =
@@ -284,7 +307,8 @@ impl Server {
                         executor.spawn(task).detach();
                         continue;
                     }
-                    let task = conn::serve(stream, peer, handler.clone(), drain.clone(), options);
+                    let task =
+                        conn::serve(stream, peer, local, handler.clone(), drain.clone(), options);
                     executor.spawn(task).detach();
                 }
                 Wake::Accepted(Err(error)) => {
@@ -306,7 +330,7 @@ impl Server {
                             });
                         }
                         Command::Restart | Command::Spawn => {
-                            match upgrade_task(&exec, &listener, upgrade_timeout, &emit) {
+                            match upgrade_task(&exec, &listeners, upgrade_timeout, &emit) {
                                 Ok(task) => {
                                     let task = executor.spawn(task);
                                     let restart = command == Command::Restart;
@@ -345,7 +369,19 @@ impl Server {
         drop(upgrade);
         // Stop accepting and close this process's copy of the listener. The socket, and every
         // connection waiting in its accept queue, lives on in the successor.
-        drop(listener);
+        let unix_paths: Vec<std::path::PathBuf> = listeners
+            .iter()
+            .filter_map(|l| l.unix_path().map(Into::into))
+            .collect();
+        drop(listeners);
+        // A Unix socket's file goes only when serving ends for good: never in a restart (the
+        // successor serves on it), nor while a SIGUSR2 child still does.
+        reap(&mut spawned, &*emit);
+        if matches!(stop, Stop::Shutdown { .. }) && spawned.is_empty() {
+            for path in &unix_paths {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         drain.start();
         emit(&Event::Draining {
             connections: drain.connections(),
@@ -404,11 +440,11 @@ type Upgraded = Result<Child, (Option<u32>, String)>;
 /// the select loop.
 fn upgrade_task(
     exec: &Exec,
-    listener: &Listener,
+    listeners: &[Listener],
     timeout: Duration,
     emit: &Rc<dyn Fn(&Event<'_>)>,
 ) -> io::Result<impl Future<Output = Upgraded> + 'static> {
-    let spawn = handoff::prepare(exec, listener)?;
+    let spawn = handoff::prepare(exec, listeners)?;
     let emit = emit.clone();
     Ok(async move {
         let successor = spawn.start().await.map_err(|e| (None, e.to_string()))?;
@@ -423,9 +459,27 @@ fn upgrade_task(
 }
 
 enum Wake {
-    Accepted(io::Result<(async_io::Async<std::net::TcpStream>, SocketAddr)>),
+    /// The index of the listener, and the connection.
+    Accepted(io::Result<(usize, (Stream, String))>),
     Signal(io::Result<(&'static str, Command)>),
     Upgraded(Upgraded),
+}
+
+/// Accepts from whichever listener has a connection waiting, starting after the last one used.
+fn accept_any(
+    listeners: &[Listener],
+    next: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<(usize, (Stream, String))>> {
+    for offset in 0..listeners.len() {
+        let index = (*next + offset) % listeners.len();
+        let socket: &Socket = &listeners[index].socket;
+        if let std::task::Poll::Ready(accepted) = socket.poll_accept(cx) {
+            *next = index + 1;
+            return std::task::Poll::Ready(accepted.map(|connection| (index, connection)));
+        }
+    }
+    std::task::Poll::Pending
 }
 
 /// Out of fds or buffers: retrying at once would spin. Anything else (a connection aborted

@@ -52,7 +52,9 @@ fn allocations_per_keep_alive_request_are_few_and_flat() {
         let server = baton::Server::bind("127.0.0.1:0")
             .expect("bind")
             .on_event(|_| {});
-        sender.send(server.local_addr()).unwrap();
+        sender
+            .send(server.local_addr().expect("a TCP listener"))
+            .unwrap();
         let pid = std::process::id();
         let served = smol::block_on(server.serve(move |_req| async move {
             Ok(http_types::Response::from(format!("Hello from {pid}!\n")))

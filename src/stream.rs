@@ -1,0 +1,67 @@
+//! A connected client, over TCP or a Unix socket: the one type the connection loop reads from
+//! and writes to, whichever kind of listener accepted it.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_io::Async;
+use smol::io::{AsyncRead, AsyncWrite};
+
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(Async<TcpStream>),
+    Unix(Async<UnixStream>),
+}
+
+impl Stream {
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(s) => Pin::new(&mut &*s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(&mut &*s).poll_read(cx, buf),
+        }
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(s) => Pin::new(&mut &*s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(&mut &*s).poll_write(cx, buf),
+        }
+    }
+
+    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read(cx, buf)).await
+    }
+
+    pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match poll_fn(|cx| self.poll_write(cx, buf)).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => buf = &buf[n..],
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves once there is something to read (or the peer closed).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+
+    pub(crate) fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.get_ref().shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.get_ref().shutdown(Shutdown::Write),
+        };
+    }
+}
