@@ -337,29 +337,34 @@ impl Listener {
             )));
         }
         // Check every handed-over fd before taking ownership of any.
-        let mut plan: Vec<(&String, Spec, Source)> = Vec::with_capacity(addrs.len());
+        let mut plan: Vec<(&String, Option<Spec>, Source)> = Vec::with_capacity(addrs.len());
         let mut used: Vec<RawFd> = Vec::new();
         for addr in addrs {
-            let spec = spec(addr)?;
-            let source = match inheritance.descriptions.iter().find(|d| &d.addr == addr) {
+            // A name (LISTEN_FDNAMES) need not parse as an address; anything else must.
+            let spec = spec(addr);
+            let described = inheritance
+                .descriptions
+                .iter()
+                .find(|d| &d.addr == addr && !used.contains(&d.fd));
+            let source = match described {
                 Some(description) => {
                     let what = format!("{LISTENER_ENV}: fd {}", description.fd);
                     let local = validate(description.fd, &what)?;
-                    if !spec.matches(&local) {
+                    if spec.as_ref().is_ok_and(|spec| !spec.matches(&local)) {
                         return Err(invalid_msg(format!(
                             "{what} listens on {local}, not on {addr} as \"addr\" says"
                         )));
                     }
                     Some((description.fd, local, Origin::Inherited))
                 }
-                None => activated_for(addr, &spec, &inheritance.activated, &used)?,
+                None => activated_for(addr, spec.as_ref().ok(), &inheritance.activated, &used)?,
+            };
+            let spec = match (&source, spec) {
+                (_, Ok(spec)) => Some(spec),
+                (Some(_), Err(_)) => None,
+                (None, Err(e)) => return Err(e),
             };
             if let Some((fd, ..)) = &source {
-                if used.contains(fd) {
-                    return Err(invalid_msg(format!(
-                        "{addr}: fd {fd} already serves another address"
-                    )));
-                }
                 used.push(*fd);
             }
             plan.push((addr, spec, source));
@@ -385,9 +390,10 @@ impl Listener {
         }
         let mut listeners = Vec::with_capacity(plan.len());
         for (addr, spec, source) in plan {
-            let listener = match source {
-                Some((fd, local, origin)) => adopt(addr, fd, local, origin)?,
-                None => create(addr, &spec)?,
+            let listener = match (source, spec) {
+                (Some((fd, local, origin)), _) => adopt(addr, fd, local, origin)?,
+                (None, Some(spec)) => create(addr, &spec)?,
+                (None, None) => unreachable!("an address without a source was parsed above"),
             };
             listeners.push(listener);
         }
@@ -430,7 +436,7 @@ impl Listener {
 /// first unused one bound to it. Every activated fd must be a listening stream socket.
 fn activated_for(
     addr: &str,
-    spec: &Spec,
+    spec: Option<&Spec>,
     activated: &[(RawFd, Option<String>)],
     used: &[RawFd],
 ) -> io::Result<Source> {
@@ -443,7 +449,7 @@ fn activated_for(
         if name.as_deref() == Some(addr) {
             return Ok(Some((*fd, local, Origin::Activated)));
         }
-        if bound.is_none() && spec.matches(&local) {
+        if bound.is_none() && spec.is_some_and(|spec| spec.matches(&local)) {
             bound = Some((*fd, local, Origin::Activated));
         }
     }

@@ -116,6 +116,25 @@ impl Server {
         server
     }
 
+    /// The `n` addresses the first process listens on, in order (`unix:/path` for Unix
+    /// sockets), once it has logged them all.
+    pub fn addresses(&self, n: usize) -> Vec<String> {
+        let needle = format!("baton[{}]: listening on ", self.pid);
+        self.wait_for("every listening line", |lines| {
+            let found: Vec<String> = lines
+                .iter()
+                .filter_map(|l| {
+                    l.split_once(&needle)?
+                        .1
+                        .split(' ')
+                        .next()
+                        .map(str::to_owned)
+                })
+                .collect();
+            (found.len() >= n).then_some(found)
+        })
+    }
+
     /// All lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.lines.lock().unwrap().clone()
@@ -304,6 +323,16 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
         }
     }
     zombies
+}
+
+/// One request over a Unix socket, on a connection that asks to be closed afterwards.
+pub fn get_unix(path: &std::path::Path, target: &str) -> Result<Reply, Failure> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: unix\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    read_reply(&mut BufReader::new(stream))
 }
 
 /// Waits until the server has read everything the client at `client` sent it: the server's
