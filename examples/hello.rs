@@ -23,6 +23,7 @@ struct Args {
     keep_alive_timeout: Duration,
     max_head: Option<usize>,
     max_body: Option<u64>,
+    pid_file: Option<String>,
     async_h1: bool,
 }
 
@@ -37,6 +38,7 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
   --keep-alive-timeout  how long a connection may sit idle between requests (default 60s)
   --max-head-bytes      largest request head accepted (default 16384)
   --max-body-bytes      largest request body accepted (default 16777216)
+  --pid-file            keep the serving process's pid in this file
   --codec               baton (default) or async-h1 (built with --features async-h1)";
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         keep_alive_timeout: Duration::from_secs(60),
         max_head: None,
         max_body: None,
+        pid_file: None,
         async_h1: false,
     };
     let mut argv = std::env::args().skip(1);
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--keep-alive-timeout" => args.keep_alive_timeout = parse_duration(&name, &value)?,
             "--max-head-bytes" => args.max_head = Some(parse_number(&name, &value)?),
             "--max-body-bytes" => args.max_body = Some(parse_number(&name, &value)?),
+            "--pid-file" => args.pid_file = Some(value),
             "--codec" => match value.as_str() {
                 "baton" => args.async_h1 = false,
                 "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
@@ -176,6 +180,10 @@ fn main() -> ExitCode {
     };
     let server = match args.max_body {
         Some(bytes) => server.max_body_bytes(bytes),
+        None => server,
+    };
+    let server = match args.pid_file {
+        Some(path) => server.pid_file(path),
         None => server,
     };
     #[cfg(feature = "async-h1")]

@@ -45,6 +45,7 @@ mod listener;
 mod server;
 mod signals;
 mod stream;
+mod supervisor;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -21,6 +21,7 @@ use crate::handoff::{self, Exec, NotReady};
 use crate::listener::{Address, Inheritance, Listener, Origin, Socket};
 use crate::signals::{Command, Signals};
 use crate::stream::Stream;
+use crate::supervisor::Supervisor;
 
 /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -49,6 +50,7 @@ pub struct Server {
     upgrade_timeout: Duration,
     options: conn::Options,
     on_event: Rc<dyn Fn(&Event<'_>)>,
+    pid_file: Option<std::path::PathBuf>,
     #[cfg(feature = "async-h1")]
     async_h1: bool,
 }
@@ -140,6 +142,7 @@ impl Server {
                 max_head: 16 * 1024,
                 max_body: 16 * 1024 * 1024,
             },
+            pid_file: None,
             #[cfg(feature = "async-h1")]
             async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
@@ -221,6 +224,14 @@ impl Server {
         self
     }
 
+    /// Keep a PID file at `path`: written (atomically) by whichever process serves, rewritten
+    /// by each successor before it reports ready, removed at the final shutdown if it still
+    /// names this process. Default: none.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
     /// Where events go. Default: one line per event on stderr, `baton[<pid>]: <event>`.
     pub fn on_event(mut self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
         self.on_event = Rc::new(sink);
@@ -257,9 +268,13 @@ impl Server {
             upgrade_timeout,
             options,
             on_event: emit,
+            pid_file,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
+        // The PID file names this process before its parent hears that it is ready.
+        let supervisor = Supervisor::new(pid_file);
+        supervisor.serving(ready.is_some())?;
         for listener in &listeners {
             emit(&Event::Listening {
                 addr: &listener.local,
@@ -330,16 +345,22 @@ impl Server {
                             });
                         }
                         Command::Restart | Command::Spawn => {
+                            let restart = command == Command::Restart;
+                            if restart {
+                                supervisor.reloading();
+                            }
                             match upgrade_task(&exec, &listeners, upgrade_timeout, &emit) {
                                 Ok(task) => {
                                     let task = executor.spawn(task);
-                                    let restart = command == Command::Restart;
                                     upgrade = Some(Upgrade { restart, task });
                                 }
-                                Err(error) => emit(&Event::SpawnFailed {
-                                    pid: None,
-                                    reason: error.to_string(),
-                                }),
+                                Err(error) => {
+                                    let reason = error.to_string();
+                                    if restart {
+                                        supervisor.upgrade_failed(&reason);
+                                    }
+                                    emit(&Event::SpawnFailed { pid: None, reason });
+                                }
                             }
                         }
                         Command::Shutdown => break Stop::Shutdown { signal: name },
@@ -351,6 +372,7 @@ impl Server {
                     match outcome {
                         Ok(child) if restart => {
                             emit(&Event::Ready { pid: child.id() });
+                            supervisor.successor_ready(child.id());
                             break Stop::Restart {
                                 successor: child.id(),
                             };
@@ -359,7 +381,12 @@ impl Server {
                             emit(&Event::Ready { pid: child.id() });
                             spawned.push(child);
                         }
-                        Err((pid, reason)) => emit(&Event::SpawnFailed { pid, reason }),
+                        Err((pid, reason)) => {
+                            if restart {
+                                supervisor.upgrade_failed(&reason);
+                            }
+                            emit(&Event::SpawnFailed { pid, reason });
+                        }
                     }
                 }
             }
@@ -377,7 +404,9 @@ impl Server {
         // A Unix socket's file goes only when serving ends for good: never in a restart (the
         // successor serves on it), nor while a SIGUSR2 child still does.
         reap(&mut spawned, &*emit);
-        if matches!(stop, Stop::Shutdown { .. }) && spawned.is_empty() {
+        let last = matches!(stop, Stop::Shutdown { .. }) && spawned.is_empty();
+        if last {
+            supervisor.stopping();
             for path in &unix_paths {
                 let _ = std::fs::remove_file(path);
             }
@@ -422,6 +451,9 @@ impl Server {
             (drain.requests(), drain.connections())
         };
         emit(&Event::Exiting { cut, dropped });
+        if last {
+            supervisor.exited();
+        }
         Ok(Report { stop, cut, dropped })
     }
 }

@@ -90,7 +90,10 @@ fn two_tcp_listeners_and_a_unix_socket_survive_restarts_without_failures() {
             "{line}"
         );
     }
-    assert_eq!(common::get_unix(&socket, "/hello").unwrap().pid(), Some(pid));
+    assert_eq!(
+        common::get_unix(&socket, "/hello").unwrap().pid(),
+        Some(pid)
+    );
     assert_eq!(common::get(second, "/hello").unwrap().pid(), Some(pid));
     // A final shutdown removes the socket file.
     signal(pid, Signal::TERM);

@@ -1,0 +1,161 @@
+//! Telling a process supervisor what is going on: systemd's `NOTIFY_SOCKET` protocol (a plain
+//! Unix datagram, no libsystemd) and a PID file. Both follow the serving process: the successor
+//! rewrites the PID file once it serves, and the old process names it as `MAINPID`.
+//!
+//! | moment | `NOTIFY_SOCKET` | PID file |
+//! |---|---|---|
+//! | first process serving | `READY=1` | written |
+//! | SIGHUP | `RELOADING=1` | |
+//! | successor serving | | rewritten by the successor |
+//! | successor ready (old process) | `MAINPID=<successor>`, `READY=1` | |
+//! | upgrade failed | `READY=1`, `STATUS=...` | |
+//! | final shutdown | `STOPPING=1` | removed if it still holds this pid |
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+
+/// The systemd notification socket and the PID file, whichever are configured.
+#[derive(Debug, Default)]
+pub(crate) struct Supervisor {
+    notify: Option<(UnixDatagram, String)>,
+    pid_file: Option<PathBuf>,
+}
+
+impl Supervisor {
+    /// Reads `NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
+    pub(crate) fn new(pid_file: Option<PathBuf>) -> Supervisor {
+        let notify = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|target| !target.is_empty())
+            .and_then(|target| Some((UnixDatagram::unbound().ok()?, target)));
+        Supervisor { notify, pid_file }
+    }
+
+    /// This process serves. `restarted`: it was started by a restart, so the old process
+    /// reports it ready (under systemd only the main process may).
+    pub(crate) fn serving(&self, restarted: bool) -> io::Result<()> {
+        if let Some(path) = &self.pid_file {
+            write_pid_file(path, std::process::id())?;
+        }
+        if !restarted {
+            self.notify("READY=1\n");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reloading(&self) {
+        let usec = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let usec = usec.tv_sec as u64 * 1_000_000 + usec.tv_nsec as u64 / 1000;
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\n"));
+    }
+
+    pub(crate) fn successor_ready(&self, pid: u32) {
+        self.notify(&format!("MAINPID={pid}\nREADY=1\n"));
+    }
+
+    /// Back to serving after a restart that did not happen.
+    pub(crate) fn upgrade_failed(&self, why: &str) {
+        let why: String = why
+            .chars()
+            .map(|c| if c == '\n' { ' ' } else { c })
+            .collect();
+        self.notify(&format!("READY=1\nSTATUS=restart failed: {why}\n"));
+    }
+
+    pub(crate) fn stopping(&self) {
+        self.notify("STOPPING=1\n");
+    }
+
+    /// Serving is over for good: removes the PID file if it still names this process.
+    pub(crate) fn exited(&self) {
+        if let Some(path) = &self.pid_file {
+            let ours = std::fs::read_to_string(path)
+                .is_ok_and(|text| text.trim() == std::process::id().to_string());
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn notify(&self, message: &str) {
+        let Some((socket, target)) = &self.notify else {
+            return;
+        };
+        // Best effort, as sd_notify: a supervisor that is gone must not stop the server.
+        let _ = match target.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                std::os::unix::net::SocketAddr::from_abstract_name(name)
+                    .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
+            }
+            None => socket.send_to(message.as_bytes(), target),
+        };
+    }
+}
+
+/// Writes `pid` to `path` atomically: a temporary file beside it, then a rename.
+fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(format!(".{pid}.tmp"));
+    let staged = PathBuf::from(staged);
+    std::fs::write(&staged, format!("{pid}\n"))
+        .and_then(|()| std::fs::rename(&staged, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&staged);
+            io::Error::new(
+                e.kind(),
+                format!("cannot write the PID file {}: {e}", path.display()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_is_written_and_removed_only_if_ours() {
+        let dir = std::env::temp_dir().join(format!("baton-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.pid");
+        let supervisor = Supervisor {
+            notify: None,
+            pid_file: Some(path.clone()),
+        };
+        supervisor.serving(false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        std::fs::write(&path, "1\n").unwrap();
+        supervisor.exited();
+        assert!(path.exists(), "removed a PID file naming another process");
+        supervisor.serving(false).unwrap();
+        supervisor.exited();
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "a temporary file was left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn notifications_reach_the_socket() {
+        let dir = std::env::temp_dir().join(format!("baton-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let supervisor = Supervisor {
+            notify: Some((UnixDatagram::unbound().unwrap(), path.display().to_string())),
+            pid_file: None,
+        };
+        supervisor.successor_ready(42);
+        let mut buf = [0u8; 256];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"MAINPID=42\nREADY=1\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,140 @@
+//! Running under a supervisor: the PID file and systemd's NOTIFY_SOCKET across restarts.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Server, Signal, example, signal, wait_gone};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pid_in(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn pid_file_follows_the_serving_process_and_goes_at_shutdown() {
+    let scratch = Scratch::new("pid-file");
+    let pid_file = scratch.0.join("hello.pid");
+    let server = Server::hello(&["--pid-file", pid_file.to_str().unwrap()]);
+    assert_eq!(pid_in(&pid_file), Some(server.pid));
+    let mut pid = server.pid;
+    for _ in 0..3 {
+        let next = server.restart(pid);
+        // The successor wrote it before it reported ready, so it is already there.
+        assert_eq!(pid_in(&pid_file), Some(next));
+        assert!(wait_gone(pid, DEADLINE));
+        // The old process's exit left it alone.
+        assert_eq!(pid_in(&pid_file), Some(next));
+        pid = next;
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&scratch.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+    signal(pid, Signal::TERM);
+    assert!(wait_gone(pid, DEADLINE));
+    assert!(!pid_file.exists(), "the final shutdown left the PID file");
+}
+
+#[test]
+fn pid_file_naming_another_process_is_not_removed() {
+    let scratch = Scratch::new("pid-file-other");
+    let pid_file = scratch.0.join("hello.pid");
+    let mut server = Server::hello(&["--pid-file", pid_file.to_str().unwrap()]);
+    std::fs::write(&pid_file, "1\n").unwrap();
+    signal(server.pid, Signal::TERM);
+    assert_eq!(server.wait_exit(DEADLINE), Some(0));
+    assert_eq!(pid_in(&pid_file), Some(1));
+}
+
+/// Reads notifications until `want` arrives (each a whole datagram); returns all seen.
+fn until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 512];
+    while !seen.iter().any(|m| m.contains(want)) {
+        assert!(Instant::now() < deadline, "no {want:?} among {seen:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn notify_socket_gets_ready_reloading_mainpid_and_stopping() {
+    let scratch = Scratch::new("notify");
+    let path = scratch.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut command = Command::new(example("hello"));
+    command
+        .args(["--addr", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &path);
+    let server = Server::start(command);
+    let mut seen = Vec::new();
+    until(&socket, "READY=1", &mut seen);
+    assert_eq!(seen, ["READY=1\n"]);
+
+    let next = server.restart(server.pid);
+    until(&socket, "MAINPID=", &mut seen);
+    assert!(
+        seen[1].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], format!("MAINPID={next}\nREADY=1\n"));
+    assert!(wait_gone(server.pid, DEADLINE));
+
+    signal(next, Signal::TERM);
+    until(&socket, "STOPPING=1", &mut seen);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(wait_gone(next, DEADLINE));
+}
+
+#[test]
+fn a_failed_restart_reports_ready_again() {
+    let scratch = Scratch::new("notify-failed");
+    let path = scratch.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let binary = scratch.0.join("hello");
+    std::fs::copy(example("hello"), &binary).unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .args(["--addr", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &path);
+    let server = Server::start(command);
+    let mut seen = Vec::new();
+    until(&socket, "READY=1", &mut seen);
+    std::fs::remove_file(&binary).unwrap();
+    signal(server.pid, Signal::HUP);
+    until(&socket, "STATUS=restart failed", &mut seen);
+    assert!(seen[1].starts_with("RELOADING=1"), "{seen:?}");
+    assert!(
+        seen[2].starts_with("READY=1\nSTATUS=restart failed: cannot start"),
+        "{seen:?}"
+    );
+}
