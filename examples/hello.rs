@@ -24,6 +24,8 @@ struct Args {
     max_head: Option<usize>,
     max_body: Option<u64>,
     pid_file: Option<String>,
+    max_connections: Option<usize>,
+    write_timeout: Option<Duration>,
     async_h1: bool,
 }
 
@@ -39,6 +41,8 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
   --max-head-bytes      largest request head accepted (default 16384)
   --max-body-bytes      largest request body accepted (default 16777216)
   --pid-file            keep the serving process's pid in this file
+  --max-connections     most connections served at once (default 10000)
+  --write-timeout       how long a client may stall a response write (default 30s)
   --codec               baton (default) or async-h1 (built with --features async-h1)";
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +55,8 @@ fn parse_args() -> Result<Args, String> {
         max_head: None,
         max_body: None,
         pid_file: None,
+        max_connections: None,
+        write_timeout: None,
         async_h1: false,
     };
     let mut argv = std::env::args().skip(1);
@@ -75,6 +81,8 @@ fn parse_args() -> Result<Args, String> {
             "--max-head-bytes" => args.max_head = Some(parse_number(&name, &value)?),
             "--max-body-bytes" => args.max_body = Some(parse_number(&name, &value)?),
             "--pid-file" => args.pid_file = Some(value),
+            "--max-connections" => args.max_connections = Some(parse_number(&name, &value)?),
+            "--write-timeout" => args.write_timeout = Some(parse_duration(&name, &value)?),
             "--codec" => match value.as_str() {
                 "baton" => args.async_h1 = false,
                 "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
@@ -180,6 +188,14 @@ fn main() -> ExitCode {
     };
     let server = match args.max_body {
         Some(bytes) => server.max_body_bytes(bytes),
+        None => server,
+    };
+    let server = match args.max_connections {
+        Some(limit) => server.max_connections(limit),
+        None => server,
+    };
+    let server = match args.write_timeout {
+        Some(timeout) => server.write_timeout(timeout),
         None => server,
     };
     let server = match args.pid_file {

@@ -23,7 +23,7 @@ use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::codec::{self, Chunked, Framing, Reject};
-use crate::drain::Drain;
+use crate::drain::{ConnectionGuard, Drain};
 use crate::stream::Stream;
 
 /// Most bytes of a response gathered before one write; smaller responses go out in one write.
@@ -32,6 +32,8 @@ pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
 const FIRST_READ_BUFFER: usize = 2048;
 /// Most unread request body discarded to keep a connection alive; beyond it, it closes.
 const DISCARD_LIMIT: u64 = 64 * 1024;
+/// How long an error response may take to write before the connection is dropped.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -43,6 +45,7 @@ pub(crate) struct Options {
     pub(crate) idle_grace: Duration,
     pub(crate) max_head: usize,
     pub(crate) max_body: u64,
+    pub(crate) write_timeout: Duration,
 }
 
 /// Bytes read from the connection and not yet consumed: `data[start..end]`.
@@ -301,12 +304,12 @@ pub(crate) async fn serve<F, Fut>(
     local: String,
     handler: Rc<F>,
     drain: Rc<Drain>,
+    _connection: ConnectionGuard,
     options: Options,
 ) where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = http_types::Result<Response>>,
 {
-    let _connection = drain.connection();
     let io = Arc::new(stream);
     let mut requests = Requests {
         base: None,
@@ -416,9 +419,15 @@ pub(crate) async fn serve<F, Fut>(
                 None => {}
             }
         }
-        let written = write_response(&io, &mut out, response, method, minor, close_after).await;
+        let timeout = options.write_timeout;
+        let written =
+            write_response(&io, &mut out, response, method, minor, close_after, timeout).await;
         drop(in_flight);
-        if written.is_err() {
+        if let Err(error) = written {
+            if error.kind() == io::ErrorKind::TimedOut {
+                // Unsent data would keep the socket (and its buffers) alive: reset instead.
+                io.abort();
+            }
             break;
         }
         if let Some(body) = discard {
@@ -632,7 +641,8 @@ async fn respond_error(
     status: StatusCode,
     message: &str,
 ) -> io::Result<()> {
-    write_response(io, out, plain(status, message), Method::Get, 1, true).await
+    let response = plain(status, message);
+    write_response(io, out, response, Method::Get, 1, true, ERROR_WRITE_TIMEOUT).await
 }
 
 /// Encodes and writes a response: head and (small) body in one write; large or unknown-length
@@ -644,6 +654,7 @@ pub(crate) async fn write_response(
     method: Method,
     minor: u8,
     close: bool,
+    timeout: Duration,
 ) -> io::Result<()> {
     let status = u16::from(response.status());
     let mut body = response.take_body();
@@ -703,17 +714,17 @@ pub(crate) async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if method == Method::Head || bodyless {
-        return io.write_all(out).await;
+        return send(io, out, timeout).await;
     }
     if chunked {
-        return write_chunked(io, out, &mut body).await;
+        return write_chunked(io, out, &mut body, timeout).await;
     }
     // Gather the body behind the head; write whenever the buffer is full. Without a length
     // (HTTP/1.0), the body runs until its end and the connection closes after it.
     let mut remaining = len.unwrap_or(u64::MAX);
     while remaining > 0 {
         if out.len() >= WRITE_BUFFER {
-            io.write_all(out).await?;
+            send(io, out, timeout).await?;
             out.clear();
         }
         let at = out.len();
@@ -730,7 +741,7 @@ pub(crate) async fn write_response(
         if n == 0 {
             if len.is_some() {
                 // Shorter than its declared length: the framing is broken, the caller closes.
-                io.write_all(out).await?;
+                send(io, out, timeout).await?;
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "response body shorter than its length",
@@ -740,24 +751,42 @@ pub(crate) async fn write_response(
         }
         remaining -= n as u64;
     }
-    io.write_all(out).await
+    send(io, out, timeout).await
+}
+
+/// Writes all of `buf`, failing with `TimedOut` if the client takes longer than `timeout` to
+/// accept it (a client that stopped reading). The timer is armed only if the write has to wait.
+async fn send(io: &Stream, buf: &[u8], timeout: Duration) -> io::Result<()> {
+    let stalled = async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        ))
+    };
+    io.write_all(buf).or(stalled).await
 }
 
 /// Streams a body of unknown length as chunks, each gathered into one write with its framing.
-async fn write_chunked(io: &Stream, out: &mut Vec<u8>, body: &mut Body) -> io::Result<()> {
+async fn write_chunked(
+    io: &Stream,
+    out: &mut Vec<u8>,
+    body: &mut Body,
+    timeout: Duration,
+) -> io::Result<()> {
     const PREFIX: usize = 18; // up to 16 hex digits + CRLF
     let mut chunk = vec![0u8; WRITE_BUFFER];
     loop {
         let n = body.read(&mut chunk[PREFIX..WRITE_BUFFER - 2]).await?;
         if n == 0 {
             out.extend_from_slice(b"0\r\n\r\n");
-            return io.write_all(out).await;
+            return send(io, out, timeout).await;
         }
         codec::push_hex(out, n as u64);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&chunk[PREFIX..PREFIX + n]);
         out.extend_from_slice(b"\r\n");
-        io.write_all(out).await?;
+        send(io, out, timeout).await?;
         out.clear();
     }
 }

@@ -18,7 +18,7 @@ pub(crate) struct Drain {
     requests: Cell<usize>,
     /// Closed when draining starts; every waiter wakes.
     started: (Sender<()>, Receiver<()>),
-    /// Gets a message each time a connection ends while draining.
+    /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
     ended: (Sender<()>, Receiver<()>),
 }
 
@@ -29,7 +29,7 @@ impl Drain {
             connections: Cell::new(0),
             requests: Cell::new(0),
             started: channel::bounded(1),
-            ended: channel::unbounded(),
+            ended: channel::bounded(1),
         })
     }
 
@@ -62,7 +62,12 @@ impl Drain {
 
     /// Resolves when no connection is left. Call after [`Drain::start`].
     pub(crate) async fn finished(&self) {
-        while self.connections.get() > 0 {
+        self.below(1).await;
+    }
+
+    /// Resolves once fewer than `limit` connections are open.
+    pub(crate) async fn below(&self, limit: usize) {
+        while self.connections.get() >= limit {
             let _ = self.ended.1.recv().await;
         }
     }
@@ -86,9 +91,7 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let drain = &self.0;
         drain.connections.set(drain.connections.get() - 1);
-        if drain.is_draining() {
-            let _ = drain.ended.0.try_send(());
-        }
+        let _ = drain.ended.0.try_send(());
     }
 }
 

@@ -19,7 +19,7 @@ use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use crate::conn::{Options, WRITE_BUFFER, close, error_response, wait_for_request};
-use crate::drain::Drain;
+use crate::drain::{ConnectionGuard, Drain};
 use crate::stream::Stream;
 
 /// The response buffer a connection starts with, grown (doubling) only by larger responses.
@@ -65,12 +65,12 @@ pub(crate) async fn serve<F, Fut>(
     stream: Stream,
     handler: Rc<F>,
     drain: Rc<Drain>,
+    _connection: ConnectionGuard,
     options: Options,
 ) where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = http_types::Result<Response>>,
 {
-    let _connection = drain.connection();
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
     // Kept for the connection's life, so that waiting between requests registers nothing new:

@@ -51,6 +51,7 @@ pub struct Server {
     options: conn::Options,
     on_event: Rc<dyn Fn(&Event<'_>)>,
     pid_file: Option<std::path::PathBuf>,
+    max_connections: usize,
     #[cfg(feature = "async-h1")]
     async_h1: bool,
 }
@@ -141,7 +142,9 @@ impl Server {
                 idle_grace: Duration::from_millis(500),
                 max_head: 16 * 1024,
                 max_body: 16 * 1024 * 1024,
+                write_timeout: Duration::from_secs(30),
             },
+            max_connections: 10_000,
             pid_file: None,
             #[cfg(feature = "async-h1")]
             async_h1: false,
@@ -224,6 +227,20 @@ impl Server {
         self
     }
 
+    /// The most connections served at once; at the limit, new ones wait in the kernel's
+    /// accept queue until one closes. Default: 10 000.
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.max_connections = limit.max(1);
+        self
+    }
+
+    /// How long a client may keep a response write waiting (it stopped reading) before the
+    /// connection is reset. Default: 30 s.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.options.write_timeout = timeout;
+        self
+    }
+
     /// Keep a PID file at `path`: written (atomically) by whichever process serves, rewritten
     /// by each successor before it reports ready, removed at the final shutdown if it still
     /// names this process. Default: none.
@@ -269,6 +286,7 @@ impl Server {
             options,
             on_event: emit,
             pid_file,
+            max_connections,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
@@ -300,6 +318,8 @@ impl Server {
                 if backoff {
                     Timer::after(ACCEPT_BACKOFF).await;
                 }
+                // At the limit, leave new connections in the kernel's queue until one ends.
+                drain.below(max_connections).await;
                 let accepted =
                     std::future::poll_fn(|cx| accept_any(&listeners, &mut next_listener, cx)).await;
                 Wake::Accepted(accepted)
@@ -315,15 +335,29 @@ impl Server {
                 Wake::Accepted(Ok((index, (stream, peer)))) => {
                     backoff = false;
                     let local = listeners[index].local_text.clone();
+                    // Counted from the accept on, so the connection limit holds exactly.
+                    let counted = drain.connection();
                     #[cfg(feature = "async-h1")]
                     if async_h1 {
-                        let task =
-                            crate::h1::serve(stream, handler.clone(), drain.clone(), options);
+                        let task = crate::h1::serve(
+                            stream,
+                            handler.clone(),
+                            drain.clone(),
+                            counted,
+                            options,
+                        );
                         executor.spawn(task).detach();
                         continue;
                     }
-                    let task =
-                        conn::serve(stream, peer, local, handler.clone(), drain.clone(), options);
+                    let task = conn::serve(
+                        stream,
+                        peer,
+                        local,
+                        handler.clone(),
+                        drain.clone(),
+                        counted,
+                        options,
+                    );
                     executor.spawn(task).detach();
                 }
                 Wake::Accepted(Err(error)) => {

@@ -4,6 +4,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -56,6 +57,16 @@ impl Stream {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
         }
+    }
+
+    /// Makes the coming close a reset (SO_LINGER 0): for a client that stopped reading, whose
+    /// unsent data would otherwise hold the socket open.
+    pub(crate) fn abort(&self) {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(_) => return,
+        };
+        let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
     }
 
     pub(crate) fn shutdown_write(&self) {

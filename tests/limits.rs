@@ -1,0 +1,127 @@
+//! Limits that keep a misbehaving client (or too many) from hurting the others.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Server, example, read_reply};
+
+fn hello_on(stream: &mut TcpStream) -> common::Reply {
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_reply(&mut BufReader::new(&*stream)).unwrap()
+}
+
+#[test]
+fn at_max_connections_new_ones_wait_until_one_closes() {
+    let server = Server::hello(&["--max-connections", "2"]);
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    assert_eq!(hello_on(&mut first).status, 200);
+    assert_eq!(hello_on(&mut second).status, 200);
+    // The third is accepted by the kernel but not served while two are open.
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = third.read(&mut byte);
+    assert!(early.is_err(), "served beyond the limit: {early:?}");
+    // One closes; the waiting one is served.
+    drop(first);
+    third.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(&third);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    assert_eq!(hello_on(&mut second).status, 200);
+}
+
+/// The server-side socket of the connection from `client` is gone from `/proc/net/tcp`.
+fn server_side_closed(server: std::net::SocketAddr, client: std::net::SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let hex = |port: u16| format!(":{port:04X}");
+    !table.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.len() > 2
+            && fields[1].ends_with(&hex(server.port()))
+            && fields[2].ends_with(&hex(client.port()))
+    })
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    let server = Server::hello(&["--write-timeout", "300ms", "--max-body-bytes", "33554432"]);
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    let client = stalled.local_addr().unwrap();
+    // An echo larger than the socket buffers on both sides, never read.
+    let body = vec![b'x'; 24 << 20];
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(&body).unwrap();
+    let started = Instant::now();
+    while !server_side_closed(server.addr, client) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the stalled connection was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Meanwhile and afterwards, others are served.
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
+
+#[test]
+fn out_of_fds_the_server_backs_off_and_recovers() {
+    let mut command = Command::new(example("hello"));
+    command.args(["--addr", "127.0.0.1:0"]);
+    // SAFETY: setrlimit is a plain syscall on the forked child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = rustix::process::Rlimit {
+                current: Some(40),
+                maximum: Some(40),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+            Ok(())
+        });
+    }
+    let server = Server::start(command);
+    let open_fds = common::fd_count(server.pid);
+    // More idle connections than fds are left: accept hits EMFILE.
+    let mut held: Vec<TcpStream> = (0..(40 - open_fds + 10))
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    server.wait_line("accept failed: Too many open files");
+    // Backing off, not spinning: CPU over half a second stays low.
+    let cpu = || common::status_cpu_ticks(server.pid);
+    let before = cpu();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = cpu() - before;
+    assert!(used <= 15, "{used} ticks of CPU in 0.5 s while out of fds");
+    // Load drops: connections close, and the server serves again (the queued ones too).
+    held.truncate(5);
+    let mut reply = common::get(server.addr, "/hello");
+    let deadline = Instant::now() + DEADLINE;
+    while reply.is_err() && Instant::now() < deadline {
+        reply = common::get(server.addr, "/hello");
+    }
+    assert_eq!(reply.unwrap().pid(), Some(server.pid));
+    for stream in &mut held {
+        assert_eq!(hello_on(stream).status, 200);
+    }
+}
