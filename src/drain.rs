@@ -11,6 +11,16 @@ use std::rc::Rc;
 
 use smol::channel::{self, Receiver, Sender};
 
+thread_local! {
+    /// Whether the server on this thread is draining, for handlers: see [`crate::is_draining`].
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `true` once the server running on this thread has started draining.
+pub(crate) fn is_draining() -> bool {
+    DRAINING.with(Cell::get)
+}
+
 #[derive(Debug)]
 pub(crate) struct Drain {
     draining: Cell<bool>,
@@ -51,6 +61,7 @@ impl Drain {
     /// and idle ones close after their grace.
     pub(crate) fn start(&self) {
         self.draining.set(true);
+        DRAINING.with(|flag| flag.set(true));
         self.started.0.close();
     }
 

@@ -24,6 +24,10 @@
 //! | SIGUSR2 | start a successor and keep serving beside it |
 //! | SIGINT, SIGQUIT, SIGTERM | drain and return; a second one returns at once |
 //!
+//! Hooks (`on_spawn`, `on_ready`, `on_drain`, `on_exit`) run the application's code at those
+//! turning points; they are async and run on the server's thread (for synchronous work, do it
+//! and return `async {}`). Handlers can ask [`is_draining`] (a health check, say).
+//!
 //! The successor learns about the socket from the `LISTENER` environment variable,
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}`, the format of the Go
 //! original, so Go and Rust servers can hand over to each other.
@@ -41,6 +45,7 @@ mod event;
 #[cfg(feature = "async-h1")]
 mod h1;
 mod handoff;
+mod hooks;
 mod listener;
 mod server;
 mod signals;
@@ -101,5 +106,11 @@ pub mod fuzzing {
 }
 
 pub use event::Event;
+
+/// `true` once the server serving on this thread has started draining (after a restart handed
+/// over, or a shutdown signal). Handlers run on that thread, so a health check can report it.
+pub fn is_draining() -> bool {
+    drain::is_draining()
+}
 pub use listener::{Address, LISTENER_ENV};
 pub use server::{Report, Server, Stop};

@@ -18,6 +18,7 @@ use crate::conn;
 use crate::drain::Drain;
 use crate::event::Event;
 use crate::handoff::{self, Exec, NotReady};
+use crate::hooks::Hooks;
 use crate::listener::{Address, Inheritance, Listener, Origin, Socket};
 use crate::signals::{Command, Signals};
 use crate::stream::Stream;
@@ -52,6 +53,7 @@ pub struct Server {
     on_event: Rc<dyn Fn(&Event<'_>)>,
     pid_file: Option<std::path::PathBuf>,
     max_connections: usize,
+    hooks: Hooks,
     #[cfg(feature = "async-h1")]
     async_h1: bool,
 }
@@ -146,6 +148,7 @@ impl Server {
             },
             max_connections: 10_000,
             pid_file: None,
+            hooks: Hooks::default(),
             #[cfg(feature = "async-h1")]
             async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
@@ -241,6 +244,49 @@ impl Server {
         self
     }
 
+    /// Runs `hook` before each successor is spawned (SIGHUP or SIGUSR2); connections go on
+    /// being served meanwhile. Hooks are async and run on the server's thread; for synchronous
+    /// work, do it and return `async {}`.
+    pub fn on_spawn<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.hooks.set_spawn(hook);
+        self
+    }
+
+    /// Runs `hook` with the successor's pid once it is ready, before this process drains.
+    pub fn on_ready<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(u32) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.hooks.set_ready(hook);
+        self
+    }
+
+    /// Runs `hook` when draining starts (after a restart or a shutdown signal), while the
+    /// drain timer runs: close a database pool, flush logs.
+    pub fn on_drain<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.hooks.set_drain(hook);
+        self
+    }
+
+    /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns.
+    pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Report) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.hooks.set_exit(hook);
+        self
+    }
+
     /// Keep a PID file at `path`: written (atomically) by whichever process serves, rewritten
     /// by each successor before it reports ready, removed at the final shutdown if it still
     /// names this process. Default: none.
@@ -287,6 +333,7 @@ impl Server {
             on_event: emit,
             pid_file,
             max_connections,
+            hooks,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
@@ -383,7 +430,7 @@ impl Server {
                             if restart {
                                 supervisor.reloading();
                             }
-                            match upgrade_task(&exec, &listeners, upgrade_timeout, &emit) {
+                            match upgrade_task(&exec, &listeners, upgrade_timeout, &emit, &hooks) {
                                 Ok(task) => {
                                     let task = executor.spawn(task);
                                     upgrade = Some(Upgrade { restart, task });
@@ -407,12 +454,14 @@ impl Server {
                         Ok(child) if restart => {
                             emit(&Event::Ready { pid: child.id() });
                             supervisor.successor_ready(child.id());
+                            hooks.ready(child.id()).await;
                             break Stop::Restart {
                                 successor: child.id(),
                             };
                         }
                         Ok(child) => {
                             emit(&Event::Ready { pid: child.id() });
+                            hooks.ready(child.id()).await;
                             spawned.push(child);
                         }
                         Err((pid, reason)) => {
@@ -450,13 +499,15 @@ impl Server {
             connections: drain.connections(),
             requests: drain.requests(),
         });
+        let deadline = Timer::after(drain_timeout);
+        hooks.draining().await;
 
         let finished = async {
             drain.finished().await;
             true
         };
         let timeout = async {
-            Timer::after(drain_timeout).await;
+            deadline.await;
             false
         };
         let hammer = async {
@@ -488,7 +539,9 @@ impl Server {
         if last {
             supervisor.exited();
         }
-        Ok(Report { stop, cut, dropped })
+        let report = Report { stop, cut, dropped };
+        hooks.exiting(&report).await;
+        Ok(report)
     }
 }
 
@@ -509,10 +562,13 @@ fn upgrade_task(
     listeners: &[Listener],
     timeout: Duration,
     emit: &Rc<dyn Fn(&Event<'_>)>,
+    hooks: &Hooks,
 ) -> io::Result<impl Future<Output = Upgraded> + 'static> {
     let spawn = handoff::prepare(exec, listeners)?;
     let emit = emit.clone();
+    let hooks = hooks.clone();
     Ok(async move {
+        hooks.spawning().await;
         let successor = spawn.start().await.map_err(|e| (None, e.to_string()))?;
         emit(&Event::Spawned {
             pid: successor.pid(),

@@ -1,0 +1,102 @@
+//! The user's code at the turning points of a restart: before a successor is spawned, when it
+//! is ready, when draining starts, and when serving is over.
+//!
+//! Hooks are async (`Fn(..) -> impl Future<Output = ()>`) and run on the server's thread; for
+//! synchronous work, do it and return a ready future: `|| { flush(); async {} }`. A hook is
+//! awaited where it stands: `on_spawn` before the fork (while connections go on being served),
+//! `on_ready` and `on_drain` in the server loop, `on_exit` before [`crate::Server::serve`]
+//! returns. Keep them short; the drain timer is running during `on_drain`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use crate::server::Report;
+
+type Hook<A> = Rc<dyn Fn(A) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+fn boxed<A, F, Fut>(hook: F) -> Hook<A>
+where
+    F: Fn(A) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    Rc::new(move |arg| Box::pin(hook(arg)))
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    spawn: Option<Hook<()>>,
+    ready: Option<Hook<u32>>,
+    drain: Option<Hook<()>>,
+    exit: Option<Hook<Report>>,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("spawn", &self.spawn.is_some())
+            .field("ready", &self.ready.is_some())
+            .field("drain", &self.drain.is_some())
+            .field("exit", &self.exit.is_some())
+            .finish()
+    }
+}
+
+impl Hooks {
+    pub(crate) fn set_spawn<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.spawn = Some(boxed(move |()| hook()));
+    }
+
+    pub(crate) fn set_ready<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn(u32) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.ready = Some(boxed(hook));
+    }
+
+    pub(crate) fn set_drain<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.drain = Some(boxed(move |()| hook()));
+    }
+
+    pub(crate) fn set_exit<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn(Report) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.exit = Some(boxed(hook));
+    }
+
+    pub(crate) async fn spawning(&self) {
+        if let Some(hook) = &self.spawn {
+            hook(()).await;
+        }
+    }
+
+    pub(crate) async fn ready(&self, pid: u32) {
+        if let Some(hook) = &self.ready {
+            hook(pid).await;
+        }
+    }
+
+    pub(crate) async fn draining(&self) {
+        if let Some(hook) = &self.drain {
+            hook(()).await;
+        }
+    }
+
+    pub(crate) async fn exiting(&self, report: &Report) {
+        if let Some(hook) = &self.exit {
+            hook(report.clone()).await;
+        }
+    }
+}
