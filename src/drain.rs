@@ -16,6 +16,11 @@ thread_local! {
     static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Serving again after a drain was given up (the successor died during it).
+pub(crate) fn resume() {
+    DRAINING.with(|flag| flag.set(false));
+}
+
 /// `true` once the server running on this thread has started draining.
 pub(crate) fn is_draining() -> bool {
     DRAINING.with(Cell::get)

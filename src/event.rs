@@ -62,6 +62,13 @@ pub enum Event<'a> {
         /// The error.
         error: &'a io::Error,
     },
+    /// The successor exited while this process was draining; this process serves again.
+    SuccessorExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
     /// Accepting stopped; open connections are being drained.
     Draining {
         /// Connections open when draining started.
@@ -98,6 +105,10 @@ impl fmt::Display for Event<'_> {
                 write!(f, "child failed to start: {reason}; still serving")
             }
             Event::ChildExited { pid, status } => write!(f, "child {pid} exited ({status})"),
+            Event::SuccessorExited { pid, status } => write!(
+                f,
+                "successor {pid} exited ({status}) during the drain; serving again"
+            ),
             Event::AcceptFailed { error } => write!(f, "accept failed: {error}; still serving"),
             Event::Draining {
                 connections,

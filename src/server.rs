@@ -353,193 +353,222 @@ impl Server {
                 emit(&Event::AcceptFailed { error: &error });
             }
         }
-        let drain = Drain::new();
+        let mut drain = Drain::new();
+        // Drains given up when a successor died during them; their connections still count.
+        let mut earlier: Vec<Rc<Drain>> = Vec::new();
         let mut upgrade: Option<Upgrade> = None;
         let mut spawned: Vec<Child> = Vec::new();
         let mut backoff = false;
         // Where the next accept starts looking, so that no listener starves the others.
         let mut next_listener = 0;
 
-        let stop = loop {
-            let accept = async {
-                if backoff {
-                    Timer::after(ACCEPT_BACKOFF).await;
-                }
-                // At the limit, leave new connections in the kernel's queue until one ends.
-                drain.below(max_connections).await;
-                let accepted =
-                    std::future::poll_fn(|cx| accept_any(&listeners, &mut next_listener, cx)).await;
-                Wake::Accepted(accepted)
-            };
-            let signal = async { Wake::Signal(signals.next().await) };
-            let upgraded = async {
-                match upgrade.as_mut() {
-                    Some(upgrade) => Wake::Upgraded((&mut upgrade.task).await),
-                    None => std::future::pending().await,
-                }
-            };
-            match signal.or(upgraded).or(accept).await {
-                Wake::Accepted(Ok((index, (stream, peer)))) => {
-                    backoff = false;
-                    let local = listeners[index].local_text.clone();
-                    // Counted from the accept on, so the connection limit holds exactly.
-                    let counted = drain.connection();
-                    #[cfg(feature = "async-h1")]
-                    if async_h1 {
-                        let task = crate::h1::serve(
+        let report = loop {
+            let mut successor: Option<Child> = None;
+            let stop = loop {
+                let accept = async {
+                    if backoff {
+                        Timer::after(ACCEPT_BACKOFF).await;
+                    }
+                    // At the limit, leave new connections in the kernel's queue until one ends.
+                    drain.below(max_connections).await;
+                    let accepted =
+                        std::future::poll_fn(|cx| accept_any(&listeners, &mut next_listener, cx))
+                            .await;
+                    Wake::Accepted(accepted)
+                };
+                let signal = async { Wake::Signal(signals.next().await) };
+                let upgraded = async {
+                    match upgrade.as_mut() {
+                        Some(upgrade) => Wake::Upgraded((&mut upgrade.task).await),
+                        None => std::future::pending().await,
+                    }
+                };
+                match signal.or(upgraded).or(accept).await {
+                    Wake::Accepted(Ok((index, (stream, peer)))) => {
+                        backoff = false;
+                        let local = listeners[index].local_text.clone();
+                        // Counted from the accept on, so the connection limit holds exactly.
+                        let counted = drain.connection();
+                        #[cfg(feature = "async-h1")]
+                        if async_h1 {
+                            let task = crate::h1::serve(
+                                stream,
+                                handler.clone(),
+                                drain.clone(),
+                                counted,
+                                options,
+                            );
+                            executor.spawn(task).detach();
+                            continue;
+                        }
+                        let task = conn::serve(
                             stream,
+                            peer,
+                            local,
                             handler.clone(),
                             drain.clone(),
                             counted,
                             options,
                         );
                         executor.spawn(task).detach();
-                        continue;
                     }
-                    let task = conn::serve(
-                        stream,
-                        peer,
-                        local,
-                        handler.clone(),
-                        drain.clone(),
-                        counted,
-                        options,
-                    );
-                    executor.spawn(task).detach();
+                    Wake::Accepted(Err(error)) => {
+                        backoff = needs_backoff(&error);
+                        if backoff {
+                            emit(&Event::AcceptFailed { error: &error });
+                        }
+                    }
+                    Wake::Signal(signal) => {
+                        let (name, command) = signal?;
+                        if command != Command::Reap {
+                            emit(&Event::Signal { name });
+                        }
+                        match command {
+                            Command::Restart | Command::Spawn if upgrade.is_some() => {
+                                emit(&Event::Ignored {
+                                    name,
+                                    reason: "an upgrade is already in progress",
+                                });
+                            }
+                            Command::Restart | Command::Spawn => {
+                                let restart = command == Command::Restart;
+                                if restart {
+                                    supervisor.reloading();
+                                }
+                                match upgrade_task(
+                                    &exec,
+                                    &listeners,
+                                    upgrade_timeout,
+                                    &emit,
+                                    &hooks,
+                                ) {
+                                    Ok(task) => {
+                                        let task = executor.spawn(task);
+                                        upgrade = Some(Upgrade { restart, task });
+                                    }
+                                    Err(error) => {
+                                        let reason = error.to_string();
+                                        if restart {
+                                            supervisor.upgrade_failed(&reason);
+                                        }
+                                        emit(&Event::SpawnFailed { pid: None, reason });
+                                    }
+                                }
+                            }
+                            Command::Shutdown => break Stop::Shutdown { signal: name },
+                            Command::Reap => reap(&mut spawned, &*emit),
+                        }
+                    }
+                    Wake::Upgraded(outcome) => {
+                        let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
+                        match outcome {
+                            Ok(child) if restart => {
+                                emit(&Event::Ready { pid: child.id() });
+                                supervisor.successor_ready(child.id());
+                                hooks.ready(child.id()).await;
+                                let pid = child.id();
+                                successor = Some(child);
+                                break Stop::Restart { successor: pid };
+                            }
+                            Ok(child) => {
+                                emit(&Event::Ready { pid: child.id() });
+                                hooks.ready(child.id()).await;
+                                spawned.push(child);
+                            }
+                            Err((pid, reason)) => {
+                                if restart {
+                                    supervisor.upgrade_failed(&reason);
+                                }
+                                emit(&Event::SpawnFailed { pid, reason });
+                            }
+                        }
+                    }
                 }
-                Wake::Accepted(Err(error)) => {
-                    backoff = needs_backoff(&error);
-                    if backoff {
-                        emit(&Event::AcceptFailed { error: &error });
-                    }
+            };
+
+            // A successor still starting when a shutdown arrives is killed with its task.
+            upgrade = None;
+            // Stop accepting. After a restart this process keeps its copy of the listeners, unused,
+            // until it exits: should the successor die during the drain, it serves again. The
+            // sockets, and every connection waiting in their accept queues, live on in the
+            // successor either way.
+            reap(&mut spawned, &*emit);
+            let last = matches!(stop, Stop::Shutdown { .. }) && spawned.is_empty();
+            if last {
+                supervisor.stopping();
+                // A Unix socket's file goes only when serving ends for good: never in a restart
+                // (the successor serves on it), nor while a SIGUSR2 child still does.
+                for path in listeners.iter().filter_map(Listener::unix_path) {
+                    let _ = std::fs::remove_file(path);
                 }
-                Wake::Signal(signal) => {
-                    let (name, command) = signal?;
-                    if command != Command::Reap {
-                        emit(&Event::Signal { name });
-                    }
-                    match command {
-                        Command::Restart | Command::Spawn if upgrade.is_some() => {
+            }
+            drain.start();
+            emit(&Event::Draining {
+                connections: drain.connections()
+                    + earlier.iter().map(|d| d.connections()).sum::<usize>(),
+                requests: drain.requests() + earlier.iter().map(|d| d.requests()).sum::<usize>(),
+            });
+            let deadline = Timer::after(drain_timeout);
+            hooks.draining().await;
+
+            let finished = async {
+                for drain in earlier.iter().chain(std::iter::once(&drain)) {
+                    drain.finished().await;
+                }
+                Ending::Drained
+            };
+            let timeout = async {
+                deadline.await;
+                Ending::Cut
+            };
+            let signalled = async {
+                loop {
+                    match signals.next().await {
+                        Ok((name, Command::Shutdown)) => {
+                            emit(&Event::Signal { name });
+                            return Ending::Cut;
+                        }
+                        Ok((_, Command::Reap)) => {
+                            reap(&mut spawned, &*emit);
+                            if let Some(child) = successor.as_mut() {
+                                if let Ok(Some(status)) = child.try_wait() {
+                                    return Ending::SuccessorExited(child.id(), status);
+                                }
+                            }
+                        }
+                        Ok((name, _)) => {
+                            emit(&Event::Signal { name });
                             emit(&Event::Ignored {
                                 name,
-                                reason: "an upgrade is already in progress",
+                                reason: "draining",
                             });
                         }
-                        Command::Restart | Command::Spawn => {
-                            let restart = command == Command::Restart;
-                            if restart {
-                                supervisor.reloading();
-                            }
-                            match upgrade_task(&exec, &listeners, upgrade_timeout, &emit, &hooks) {
-                                Ok(task) => {
-                                    let task = executor.spawn(task);
-                                    upgrade = Some(Upgrade { restart, task });
-                                }
-                                Err(error) => {
-                                    let reason = error.to_string();
-                                    if restart {
-                                        supervisor.upgrade_failed(&reason);
-                                    }
-                                    emit(&Event::SpawnFailed { pid: None, reason });
-                                }
-                            }
-                        }
-                        Command::Shutdown => break Stop::Shutdown { signal: name },
-                        Command::Reap => reap(&mut spawned, &*emit),
+                        Err(_) => std::future::pending::<()>().await,
                     }
                 }
-                Wake::Upgraded(outcome) => {
-                    let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
-                    match outcome {
-                        Ok(child) if restart => {
-                            emit(&Event::Ready { pid: child.id() });
-                            supervisor.successor_ready(child.id());
-                            hooks.ready(child.id()).await;
-                            break Stop::Restart {
-                                successor: child.id(),
-                            };
-                        }
-                        Ok(child) => {
-                            emit(&Event::Ready { pid: child.id() });
-                            hooks.ready(child.id()).await;
-                            spawned.push(child);
-                        }
-                        Err((pid, reason)) => {
-                            if restart {
-                                supervisor.upgrade_failed(&reason);
-                            }
-                            emit(&Event::SpawnFailed { pid, reason });
-                        }
-                    }
+            };
+            let (cut, dropped) = match finished.or(signalled).or(timeout).await {
+                Ending::Drained => (0, 0),
+                Ending::Cut => {
+                    let all = earlier.iter().chain(std::iter::once(&drain));
+                    all.fold((0, 0), |(r, c), d| (r + d.requests(), c + d.connections()))
                 }
-            }
-        };
-
-        // A successor still starting when a shutdown arrives is killed with its task.
-        drop(upgrade);
-        // Stop accepting and close this process's copy of the listener. The socket, and every
-        // connection waiting in its accept queue, lives on in the successor.
-        let unix_paths: Vec<std::path::PathBuf> = listeners
-            .iter()
-            .filter_map(|l| l.unix_path().map(Into::into))
-            .collect();
-        drop(listeners);
-        // A Unix socket's file goes only when serving ends for good: never in a restart (the
-        // successor serves on it), nor while a SIGUSR2 child still does.
-        reap(&mut spawned, &*emit);
-        let last = matches!(stop, Stop::Shutdown { .. }) && spawned.is_empty();
-        if last {
-            supervisor.stopping();
-            for path in &unix_paths {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        drain.start();
-        emit(&Event::Draining {
-            connections: drain.connections(),
-            requests: drain.requests(),
-        });
-        let deadline = Timer::after(drain_timeout);
-        hooks.draining().await;
-
-        let finished = async {
-            drain.finished().await;
-            true
-        };
-        let timeout = async {
-            deadline.await;
-            false
-        };
-        let hammer = async {
-            loop {
-                match signals.next().await {
-                    Ok((name, Command::Shutdown)) => {
-                        emit(&Event::Signal { name });
-                        return false;
-                    }
-                    Ok((_, Command::Reap)) => reap(&mut spawned, &*emit),
-                    Ok((name, _)) => {
-                        emit(&Event::Signal { name });
-                        emit(&Event::Ignored {
-                            name,
-                            reason: "draining",
-                        });
-                    }
-                    Err(_) => std::future::pending::<()>().await,
+                Ending::SuccessorExited(pid, status) => {
+                    // The successor is gone and this process still holds the sockets: serve again.
+                    emit(&Event::SuccessorExited { pid, status });
+                    supervisor.resumed(pid, status);
+                    crate::drain::resume();
+                    earlier.push(std::mem::replace(&mut drain, Drain::new()));
+                    continue;
                 }
+            };
+            drop(listeners);
+            emit(&Event::Exiting { cut, dropped });
+            if last {
+                supervisor.exited();
             }
+            break Report { stop, cut, dropped };
         };
-        let clean = finished.or(hammer).or(timeout).await;
-        let (cut, dropped) = if clean {
-            (0, 0)
-        } else {
-            (drain.requests(), drain.connections())
-        };
-        emit(&Event::Exiting { cut, dropped });
-        if last {
-            supervisor.exited();
-        }
-        let report = Report { stop, cut, dropped };
         hooks.exiting(&report).await;
         Ok(report)
     }
@@ -578,6 +607,15 @@ fn upgrade_task(
             .await
             .map_err(|(pid, why): (u32, NotReady)| (Some(pid), why.to_string()))
     })
+}
+
+/// How a drain ended.
+enum Ending {
+    Drained,
+    /// The drain timeout, or a second shutdown signal.
+    Cut,
+    /// The successor this process handed over to exited during the drain.
+    SuccessorExited(u32, std::process::ExitStatus),
 }
 
 enum Wake {

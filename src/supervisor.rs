@@ -63,6 +63,17 @@ impl Supervisor {
         self.notify(&format!("READY=1\nSTATUS=restart failed: {why}\n"));
     }
 
+    /// The successor died during the drain and this process serves again.
+    pub(crate) fn resumed(&self, successor: u32, status: std::process::ExitStatus) {
+        if let Some(path) = &self.pid_file {
+            let _ = write_pid_file(path, std::process::id());
+        }
+        let pid = std::process::id();
+        self.notify(&format!(
+            "MAINPID={pid}\nREADY=1\nSTATUS=successor {successor} exited ({status}); serving again\n"
+        ));
+    }
+
     pub(crate) fn stopping(&self) {
         self.notify("STOPPING=1\n");
     }

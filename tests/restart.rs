@@ -268,3 +268,78 @@ fn fd_count_is_flat_and_no_zombies_after_ten_restarts() {
         zombie_children(pid)
     );
 }
+
+#[test]
+fn a_successor_that_dies_during_the_drain_hands_serving_back() {
+    let server = Server::hello(&["--drain-timeout", "10s"]);
+    // A slow request keeps the old process draining long enough to notice.
+    let mut client = slow_request_on_first_process(&server, 3000);
+    let successor = server.restart(server.pid);
+    signal(successor, Signal::KILL);
+    server.wait_line(&format!(
+        "successor {successor} exited (signal: 9 (SIGKILL)) during the drain; serving again"
+    ));
+    // The old process serves again, new connections included, and finishes its slow request.
+    for _ in 0..10 {
+        assert_eq!(
+            common::get(server.addr, "/hello").unwrap().pid(),
+            Some(server.pid)
+        );
+    }
+    let slow = client.receive().expect("the slow request still completes");
+    assert_eq!(
+        slow.body,
+        format!("Slow hello from {} after 3000 ms\n", server.pid)
+    );
+    // And it can restart again, for real this time.
+    let next = server.restart(server.pid);
+    assert!(wait_gone(server.pid, DEADLINE));
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(next)
+    );
+}
+
+#[test]
+fn sighup_storm_ends_with_one_serving_process_and_no_failures() {
+    let server = Server::hello(&[]);
+    let load = Load::keep_alive(server.addr, 4);
+    // 50 SIGHUPs within about 100 ms, to whichever process serves at the time.
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        let serving = common::serving_pid(server.addr);
+        let _ = common::kill(serving, Signal::HUP);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Let every upgrade in flight settle: one process serves, the rest are gone.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let survivor = loop {
+        let alive: Vec<u32> = server.pids().into_iter().filter(|&p| alive(p)).collect();
+        if alive.len() == 1 {
+            break alive[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still alive: {alive:?}\n{}",
+            server.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stats = load.finish();
+    assert!(
+        stats.failures.is_empty(),
+        "{} failed: {:?}",
+        stats.failures.len(),
+        stats.failures
+    );
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(survivor)
+    );
+    let ignored = server.count("ignored SIGHUP");
+    eprintln!(
+        "storm: {} restarts, {ignored} SIGHUPs ignored, survivor {survivor}",
+        server.pids().len() - 1
+    );
+}

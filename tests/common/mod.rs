@@ -499,6 +499,14 @@ impl Client {
     }
 }
 
+/// The pid that answers `/hello` on a fresh connection now.
+pub fn serving_pid(addr: SocketAddr) -> u32 {
+    get(addr, "/hello")
+        .expect("hello")
+        .pid()
+        .expect("pid in the body")
+}
+
 /// One request on a fresh connection that asks to be closed afterwards.
 pub fn get(addr: SocketAddr, path: &str) -> Result<Reply, Failure> {
     Client::new(addr).send(&format!(
