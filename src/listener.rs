@@ -886,4 +886,72 @@ mod tests {
         drop(live);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn wrong_kinds_of_fd_are_named() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let cases: [(RawFd, &str); 4] = [
+            (udp.as_raw_fd(), "is not a stream socket"),
+            (reader.as_raw_fd(), "is not a socket (it is a pipe)"),
+            (dir.as_raw_fd(), "is not a socket (it is a directory)"),
+            (1_000_000, "is not open in this process"),
+        ];
+        for (fd, expected) in cases {
+            let value = format!(r#"{{"addr":"127.0.0.1:0","fd":{fd},"filename":""}}"#);
+            let inheritance = Inheritance::from_listener(&value).unwrap();
+            let error = Listener::bind_all(&["127.0.0.1:0".into()], &inheritance).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("LISTENER: fd {fd} {expected}")),
+                "{message}"
+            );
+        }
+        // None of them was taken over (closed) by the failed attempt.
+        assert!(udp.local_addr().is_ok());
+        assert!(dir.metadata().is_ok());
+    }
+
+    /// Random and mutated `LISTENER` values: never a panic, and every error names LISTENER.
+    #[test]
+    fn listener_values_never_panic() {
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const PIECES: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"addr\"",
+            "\"fd\"",
+            "\"filename\"",
+            "\"ready_fd\"",
+            "\"127.0.0.1:0\"",
+            "3",
+            "-1",
+            "1e9",
+            "null",
+            "true",
+            "\"x\"",
+            " ",
+            "99999999999",
+        ];
+        for _ in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let value: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            if let Err(error) = Description::parse_all(&value) {
+                assert!(error.to_string().contains("LISTENER"), "{value}: {error}");
+            }
+        }
+    }
 }

@@ -125,3 +125,48 @@ fn out_of_fds_the_server_backs_off_and_recovers() {
         assert_eq!(hello_on(stream).status, 200);
     }
 }
+
+#[test]
+fn slowloris_connections_are_cut_at_the_header_timeout_while_others_are_served() {
+    let server = Server::hello(&["--header-timeout", "1s"]);
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    for stream in &mut slow {
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+    }
+    let started = Instant::now();
+    // Trickle a header line to each every 200 ms, for longer than the timeout; meanwhile a
+    // normal client's requests keep their normal latency.
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for stream in &mut slow {
+            let _ = stream.write_all(b"X-Slow: 1\r\n");
+        }
+        for _ in 0..5 {
+            let sent = Instant::now();
+            assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+            worst = worst.max(sent.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        worst < Duration::from_millis(250),
+        "a normal request took {worst:?}"
+    );
+    // Every trickling connection got 408 and was closed.
+    for stream in &mut slow {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}

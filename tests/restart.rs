@@ -343,3 +343,29 @@ fn sighup_storm_ends_with_one_serving_process_and_no_failures() {
         server.pids().len() - 1
     );
 }
+
+#[test]
+fn parent_killed_mid_drain_loses_only_its_own_in_flight_request() {
+    let server = Server::hello(&["--drain-timeout", "10s"]);
+    let mut client = slow_request_on_first_process(&server, 3000);
+    let successor = server.restart(server.pid);
+    server.wait_line(&format!("baton[{}]: draining", server.pid));
+    // From here on the old process accepts nothing: its one in-flight request is the slow one.
+    let load = Load::keep_alive(server.addr, 2);
+    signal(server.pid, Signal::KILL);
+    assert!(wait_gone(server.pid, DEADLINE));
+    // Exactly the killed process's in-flight request fails...
+    assert!(
+        client.receive().is_err(),
+        "the killed process's request cannot complete"
+    );
+    // ...while the successor serves everything else.
+    for _ in 0..10 {
+        assert_eq!(
+            common::get(server.addr, "/hello").unwrap().pid(),
+            Some(successor)
+        );
+    }
+    let stats = load.finish();
+    assert!(stats.failures.is_empty(), "{:?}", stats.failures);
+}

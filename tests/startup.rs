@@ -276,3 +276,71 @@ fn client_that_never_finishes_its_head_gets_408_at_the_header_timeout() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn a_binary_that_cannot_be_executed_leaves_the_old_process_serving() {
+    let scratch = Scratch::new("unexecutable");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0"]);
+    let server = Server::start(command);
+    // Not executable: exec fails with EACCES, and spawning reports it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    common::signal(server.pid, common::Signal::HUP);
+    let failed = server.wait_line("child failed to start");
+    assert!(
+        failed.contains("Permission denied") && failed.contains(&path.display().to_string()),
+        "{failed}"
+    );
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+    // Executable but not a binary: exec fails with ENOEXEC, or (execvp's fallback) a shell
+    // tries it as a script and exits 127. Either way the old process serves on.
+    let staged = scratch.0.join(".staged");
+    std::fs::write(&staged, b"\x00\x01\x02\x03 garbage").unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    common::signal(server.pid, common::Signal::HUP);
+    let failed = server.wait_for("a second failure", |lines| {
+        lines
+            .iter()
+            .filter(|l| l.contains(" failed"))
+            .nth(1)
+            .cloned()
+    });
+    assert!(
+        failed.contains("Exec format error") || failed.contains("exit status: 127"),
+        "{failed}"
+    );
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+    assert!(common::zombie_children(server.pid).is_empty());
+}
+
+#[test]
+fn a_successor_killed_during_the_handshake_leaves_the_old_process_serving() {
+    let scratch = Scratch::new("killed-successor");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0"]);
+    let server = Server::start(command);
+    // A successor that never gets ready on its own, killed from outside mid-handshake.
+    scratch.install("hello", b"#!/bin/sh\nexec sleep 30\n");
+    common::signal(server.pid, common::Signal::HUP);
+    let spawned = server.wait_line("spawned child");
+    let child: u32 = spawned.rsplit(' ').next().unwrap().parse().unwrap();
+    common::signal(child, common::Signal::KILL);
+    let failed = server.wait_line(&format!("child {child} failed"));
+    assert!(failed.contains("signal: 9"), "{failed}");
+    assert!(common::zombie_children(server.pid).is_empty());
+    for _ in 0..10 {
+        assert_eq!(
+            common::get(server.addr, "/hello").unwrap().pid(),
+            Some(server.pid)
+        );
+    }
+}
