@@ -314,17 +314,29 @@ fn sighup_storm_ends_with_one_serving_process_and_no_failures() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // Let every upgrade in flight settle: one process serves, the rest are gone.
     let deadline = std::time::Instant::now() + DEADLINE;
+    // Settled: the same single process alive over three polls 100 ms apart (an upgrade takes
+    // a few ms, so one still under way shows up as a second process).
+    let mut settled = (0, 0);
     let survivor = loop {
         let alive: Vec<u32> = server.pids().into_iter().filter(|&p| alive(p)).collect();
         if alive.len() == 1 {
-            break alive[0];
+            settled = if settled.0 == alive[0] {
+                (alive[0], settled.1 + 1)
+            } else {
+                (alive[0], 1)
+            };
+            if settled.1 == 3 {
+                break alive[0];
+            }
+        } else {
+            settled = (0, 0);
         }
         assert!(
             std::time::Instant::now() < deadline,
             "still alive: {alive:?}\n{}",
             server.dump()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(100));
     };
     let stats = load.finish();
     assert!(

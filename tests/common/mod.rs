@@ -214,8 +214,17 @@ impl Server {
     }
 
     /// Every pid that ever logged.
+    /// Every pid that logged, or was logged as a spawned child (it may not have logged yet).
     pub fn pids(&self) -> HashSet<u32> {
-        self.lines().iter().filter_map(|l| log_pid(l)).collect()
+        let lines = self.lines();
+        let spawned = lines
+            .iter()
+            .filter_map(|l| l.split_once("spawned child ")?.1.trim().parse().ok());
+        lines
+            .iter()
+            .filter_map(|l| log_pid(l))
+            .chain(spawned)
+            .collect()
     }
 
     /// Waits for the first process to exit and returns its exit code.
