@@ -21,6 +21,29 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Mode {
     KeepAlive,
     PerRequest,
+    /// Clients in turn: keep-alive `/hello`, a connection per `/hello`, keep-alive
+    /// `/slow?ms=50`, keep-alive `POST /echo` with a 1 KiB body.
+    Mixed,
+}
+
+/// What client number `i` of a run in `mode` sends, and whether it opens a connection per request.
+fn role(mode: Mode, i: usize) -> (Vec<u8>, bool) {
+    const HELLO: &[u8] = b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n";
+    const HELLO_CLOSE: &[u8] = b"GET /hello HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    match (mode, i % 4) {
+        (Mode::KeepAlive, _) | (Mode::Mixed, 0) => (HELLO.to_vec(), false),
+        (Mode::PerRequest, _) | (Mode::Mixed, 1) => (HELLO_CLOSE.to_vec(), true),
+        (Mode::Mixed, 2) => (
+            b"GET /slow?ms=50 HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+            false,
+        ),
+        (Mode::Mixed, _) => {
+            let mut post =
+                b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: 1024\r\n\r\n".to_vec();
+            post.extend(std::iter::repeat_n(b'p', 1024));
+            (post, false)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,7 +92,17 @@ pub fn run(
     let outcome = Rc::new(RefCell::new(Outcome::default()));
     let executor = smol::LocalExecutor::new();
     let tasks: Vec<_> = (0..clients)
-        .map(|_| executor.spawn(client(addr, mode, start, stop.clone(), outcome.clone())))
+        .map(|i| {
+            let (request, per_request) = role(mode, i);
+            executor.spawn(client(
+                addr,
+                request,
+                per_request,
+                start,
+                stop.clone(),
+                outcome.clone(),
+            ))
+        })
         .collect();
     smol::block_on(executor.run(async {
         for task in tasks {
@@ -86,15 +119,13 @@ pub fn run(
 
 async fn client(
     addr: SocketAddr,
-    mode: Mode,
+    request: Vec<u8>,
+    per_request: bool,
     start: Instant,
     stop: Arc<AtomicBool>,
     out: Rc<RefCell<Outcome>>,
 ) {
-    let request: &[u8] = match mode {
-        Mode::KeepAlive => b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n",
-        Mode::PerRequest => b"GET /hello HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
-    };
+    let request = request.as_slice();
     let mut connection: Option<Async<TcpStream>> = None;
     let mut buffer = vec![0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
@@ -123,7 +154,7 @@ async fn client(
                     start_us,
                     latency_us,
                 });
-                if !keep || mode == Mode::PerRequest {
+                if !keep || per_request {
                     if let Some(stream) = connection.take() {
                         // Let the server close first, as a polite client does: read to EOF.
                         let mut sink = [0u8; 64];
