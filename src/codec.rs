@@ -25,12 +25,13 @@ pub(crate) enum Reject {
 }
 
 impl Reject {
-    pub(crate) fn status(self) -> u16 {
+    pub(crate) fn status(self) -> http_types::StatusCode {
+        use http_types::StatusCode;
         match self {
-            Reject::BadRequest(_) => 400,
-            Reject::HeadTooLarge => 431,
-            Reject::BodyTooLarge => 413,
-            Reject::NotImplemented(_) => 501,
+            Reject::BadRequest(_) => StatusCode::BadRequest,
+            Reject::HeadTooLarge => StatusCode::RequestHeaderFieldsTooLarge,
+            Reject::BodyTooLarge => StatusCode::PayloadTooLarge,
+            Reject::NotImplemented(_) => StatusCode::NotImplemented,
         }
     }
 }
@@ -559,7 +560,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
-            let got = parse(raw).map_err(Reject::status);
+            let got = parse(raw).map_err(|r| u16::from(r.status()));
             assert_eq!(
                 got,
                 Err(*status),

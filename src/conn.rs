@@ -347,21 +347,17 @@ pub(crate) async fn serve<F, Fut>(
             Ok(next) => next,
             Err(HeadError::Closed) => break,
             Err(HeadError::TimedOut) => {
-                let _ = respond_error(
+                refuse(
                     &io,
                     &mut out,
                     StatusCode::RequestTimeout,
                     "request head timed out",
                 )
                 .await;
-                close(&io).await;
                 break;
             }
             Err(HeadError::Reject(reject)) => {
-                let status =
-                    StatusCode::try_from(reject.status()).unwrap_or(StatusCode::BadRequest);
-                let _ = respond_error(&io, &mut out, status, &reject.to_string()).await;
-                close(&io).await;
+                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
                 break;
             }
         };
@@ -374,14 +370,8 @@ pub(crate) async fn serve<F, Fut>(
         } = next;
         if let Framing::Length(n) = framing {
             if n > options.max_body {
-                let _ = respond_error(
-                    &io,
-                    &mut out,
-                    StatusCode::PayloadTooLarge,
-                    "request body too large",
-                )
-                .await;
-                close(&io).await;
+                let reject = Reject::BodyTooLarge;
+                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
                 break;
             }
         }
@@ -408,9 +398,7 @@ pub(crate) async fn serve<F, Fut>(
                 // The body broke its framing or a limit: whatever the handler made of that, the
                 // client learns what was wrong, and the connection cannot be trusted further.
                 Some(reject) => {
-                    let status =
-                        StatusCode::try_from(reject.status()).unwrap_or(StatusCode::BadRequest);
-                    response = plain(status, &reject.to_string());
+                    response = plain(reject.status(), &reject.to_string());
                     close_after = true;
                 }
                 // Never asked for: the client may not send it at all, so do not wait for it.
@@ -634,15 +622,14 @@ pub(crate) fn error_response(error: http_types::Error) -> Response {
     }
 }
 
-/// Answers a request that cannot be served, then the caller closes the connection.
-async fn respond_error(
-    io: &Stream,
-    out: &mut Vec<u8>,
-    status: StatusCode,
-    message: &str,
-) -> io::Result<()> {
+/// Answers a request that cannot be served, and closes the connection.
+async fn refuse(io: &Stream, out: &mut Vec<u8>, status: StatusCode, message: &str) {
     let response = plain(status, message);
-    write_response(io, out, response, Method::Get, 1, true, ERROR_WRITE_TIMEOUT).await
+    let written =
+        write_response(io, out, response, Method::Get, 1, true, ERROR_WRITE_TIMEOUT).await;
+    if written.is_ok() {
+        close(io).await;
+    }
 }
 
 /// Encodes and writes a response: head and (small) body in one write; large or unknown-length

@@ -184,15 +184,7 @@ fn sigusr2_child_keeps_serving_after_the_parent_stops() {
     signal(server.pid, Signal::USR2);
     let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
     assert!(line.ends_with(" ready"), "{line}\n{}", server.dump());
-    let child: u32 = line
-        .split("child ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let child = common::child_pid(&line);
     // Both processes accept on the same socket until the parent is told to stop.
     assert!(alive(server.pid) && alive(child));
     signal(server.pid, Signal::INT);
@@ -208,15 +200,7 @@ fn sigusr2_child_that_exits_is_reaped() {
     let server = Server::hello(&[]);
     signal(server.pid, Signal::USR2);
     let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
-    let child: u32 = line
-        .split("child ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let child = common::child_pid(&line);
     signal(child, Signal::TERM);
     server.wait_line(&format!("child {child} exited"));
     assert!(

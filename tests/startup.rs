@@ -3,11 +3,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server, example};
+use common::{DEADLINE, Scratch, Server, example};
 
 #[test]
 fn serves_hello_slow_and_404() {
@@ -123,34 +123,6 @@ fn listener_for_another_address_is_ignored() {
         common::get(server.addr, "/hello").unwrap().pid(),
         Some(server.pid)
     );
-}
-
-/// A private copy of the example binary, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// Puts `contents` at `name` atomically, as a deploy does: write beside it, then rename.
-    fn install(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let staged = self.0.join(format!(".{name}.new"));
-        std::fs::write(&staged, contents).unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = self.0.join(name);
-        std::fs::rename(&staged, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn binary() -> Vec<u8> {

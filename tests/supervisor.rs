@@ -3,28 +3,10 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server, Signal, example, signal, wait_gone};
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{DEADLINE, Scratch, Server, Signal, example, signal, wait_gone};
 
 fn pid_in(path: &std::path::Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -68,6 +50,16 @@ fn pid_file_naming_another_process_is_not_removed() {
     assert_eq!(pid_in(&pid_file), Some(1));
 }
 
+/// A datagram socket in `scratch` playing systemd's notification socket.
+fn notify_socket(scratch: &Scratch) -> (UnixDatagram, std::path::PathBuf) {
+    let path = scratch.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    (socket, path)
+}
+
 /// Reads notifications until `want` arrives (each a whole datagram); returns all seen.
 fn until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + DEADLINE;
@@ -83,11 +75,7 @@ fn until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
 #[test]
 fn notify_socket_gets_ready_reloading_mainpid_and_stopping() {
     let scratch = Scratch::new("notify");
-    let path = scratch.0.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, path) = notify_socket(&scratch);
     let mut command = Command::new(example("hello"));
     command
         .args(["--addr", "127.0.0.1:0"])
@@ -115,11 +103,7 @@ fn notify_socket_gets_ready_reloading_mainpid_and_stopping() {
 #[test]
 fn a_failed_restart_reports_ready_again() {
     let scratch = Scratch::new("notify-failed");
-    let path = scratch.0.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    let (socket, path) = notify_socket(&scratch);
     let binary = scratch.0.join("hello");
     std::fs::copy(example("hello"), &binary).unwrap();
     let mut command = Command::new(&binary);

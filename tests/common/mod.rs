@@ -35,6 +35,44 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// A private directory for one test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Puts `contents` at `name` atomically, as a deploy does: write beside it, then rename.
+    pub fn install(&self, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let staged = self.0.join(format!(".{name}.new"));
+        std::fs::write(&staged, contents).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = self.0.join(name);
+        std::fs::rename(&staged, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The pid in a `... child <pid> ready` (or `failed`, `exited`) line.
+pub fn child_pid(line: &str) -> u32 {
+    line.split("child ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a child pid in the line")
+}
+
 /// Every stderr line of a server and all its successors (they inherit the pipe).
 #[derive(Default)]
 struct Log {
