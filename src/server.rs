@@ -348,10 +348,13 @@ impl Server {
             });
         }
         if let Some(pipe) = ready {
-            if let Err(error) = handoff::announce_ready(pipe) {
-                // The parent will time out and keep serving; this process serves too.
-                emit(&Event::AcceptFailed { error: &error });
-            }
+            // Unannounced, the parent would kill this process at its upgrade timeout anyway.
+            handoff::announce_ready(pipe).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot tell the parent process this one is ready: {e}"),
+                )
+            })?;
         }
         let mut drain = Drain::new();
         // Drains given up when a successor died during them; their connections still count.
