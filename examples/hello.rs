@@ -24,6 +24,8 @@ struct Args {
     max_head: Option<usize>,
     max_body: Option<u64>,
     pid_file: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     max_connections: Option<usize>,
     write_timeout: Option<Duration>,
     async_h1: bool,
@@ -41,6 +43,8 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
   --max-head-bytes      largest request head accepted (default 16384)
   --max-body-bytes      largest request body accepted (default 16777216)
   --pid-file            keep the serving process's pid in this file
+  --tls-cert, --tls-key PEM certificate chain and key for tls:HOST:PORT addresses
+                        (built with --features tls)
   --max-connections     most connections served at once (default 10000)
   --write-timeout       how long a client may stall a response write (default 30s)
   --codec               baton (default) or async-h1 (built with --features async-h1)";
@@ -55,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
         max_head: None,
         max_body: None,
         pid_file: None,
+        tls_cert: None,
+        tls_key: None,
         max_connections: None,
         write_timeout: None,
         async_h1: false,
@@ -81,6 +87,8 @@ fn parse_args() -> Result<Args, String> {
             "--max-head-bytes" => args.max_head = Some(parse_number(&name, &value)?),
             "--max-body-bytes" => args.max_body = Some(parse_number(&name, &value)?),
             "--pid-file" => args.pid_file = Some(value),
+            "--tls-cert" => args.tls_cert = Some(value),
+            "--tls-key" => args.tls_key = Some(value),
             "--max-connections" => args.max_connections = Some(parse_number(&name, &value)?),
             "--write-timeout" => args.write_timeout = Some(parse_duration(&name, &value)?),
             "--codec" => match value.as_str() {
@@ -202,6 +210,18 @@ fn main() -> ExitCode {
         Some(path) => server.pid_file(path),
         None => server,
     };
+    #[cfg(feature = "tls")]
+    let server = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => server.tls_files(cert, key),
+        _ => server,
+    };
+    #[cfg(not(feature = "tls"))]
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        eprintln!(
+            "hello: --tls-cert and --tls-key need the tls feature (cargo run --features tls)"
+        );
+        return ExitCode::from(2);
+    }
     #[cfg(feature = "async-h1")]
     let server = server.async_h1(args.async_h1);
     let _ = args.async_h1;

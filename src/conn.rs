@@ -169,6 +169,13 @@ impl AsyncRead for BodyReader {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        if inbound.continue_written > 0 {
+            match this.io.poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         loop {
             let pending = inbound.buf.pending();
             let (used, produced) = match &mut inbound.body {
@@ -299,9 +306,7 @@ impl Requests {
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<F, Fut>(
-    stream: Stream,
-    peer: String,
-    local: String,
+    incoming: Incoming,
     handler: Rc<F>,
     drain: Rc<Drain>,
     _connection: ConnectionGuard,
@@ -310,6 +315,15 @@ pub(crate) async fn serve<F, Fut>(
     F: Fn(Request) -> Fut,
     Fut: Future<Output = http_types::Result<Response>>,
 {
+    let Incoming {
+        stream,
+        peer,
+        local,
+        tls,
+    } = incoming;
+    let Some(stream) = handshake(stream, tls, options.header_timeout).await else {
+        return;
+    };
     let io = Arc::new(stream);
     let mut requests = Requests {
         base: None,
@@ -428,6 +442,54 @@ pub(crate) async fn serve<F, Fut>(
             break;
         }
         idle_since = Instant::now();
+    }
+}
+
+/// A connection just accepted, with what the loop needs to know about it.
+pub(crate) struct Incoming {
+    pub(crate) stream: Stream,
+    /// The client's address, as requests report it.
+    pub(crate) peer: String,
+    /// The listener's address, as requests report it.
+    pub(crate) local: String,
+    /// The listener's TLS acceptor, for a `tls:` listener.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(crate) type Tls = futures_rustls::TlsAcceptor;
+/// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = std::convert::Infallible;
+
+/// Runs the TLS handshake for a `tls:` listener's connection, bounded by `timeout`: a client
+/// that never finishes it is dropped like one that never finishes its head. `None`: dropped.
+async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Option<Stream> {
+    let Some(acceptor) = tls else {
+        return Some(stream);
+    };
+    #[cfg(feature = "tls")]
+    {
+        let Stream::Tcp(tcp) = stream else {
+            return Some(stream);
+        };
+        let tcp = Arc::new(tcp);
+        let accepted = async { acceptor.accept(crate::tls::Tcp(tcp.clone())).await.ok() };
+        let expired = async {
+            Timer::after(timeout).await;
+            None
+        };
+        let session = accepted.or(expired).await?;
+        Some(Stream::Tls(Box::new(crate::tls::Session {
+            tcp,
+            tls: std::sync::Mutex::new(session),
+        })))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = timeout;
+        match acceptor {}
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Event<'a> {
         fd: RawFd,
         /// `"created"`, `"inherited"` or `"socket-activated"`.
         origin: &'static str,
+        /// Connections start with a TLS handshake.
+        tls: bool,
     },
     /// A handled signal arrived.
     Signal {
@@ -88,8 +90,14 @@ pub enum Event<'a> {
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Listening { addr, fd, origin } => {
-                write!(f, "listening on {addr} (fd {fd}, {origin})")
+            Event::Listening {
+                addr,
+                fd,
+                origin,
+                tls,
+            } => {
+                let scheme = if *tls { "tls:" } else { "" };
+                write!(f, "listening on {scheme}{addr} (fd {fd}, {origin})")
             }
             Event::Signal { name } => write!(f, "received {name}"),
             Event::Ignored { name, reason } => write!(f, "ignored {name}: {reason}"),

@@ -51,6 +51,8 @@ mod server;
 mod signals;
 mod stream;
 mod supervisor;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

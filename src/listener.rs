@@ -313,6 +313,8 @@ pub(crate) struct Listener {
     /// `local` as text, handed to every request as its local address.
     pub(crate) local_text: String,
     pub(crate) origin: Origin,
+    /// Requested as `tls:host:port`: connections start with a TLS handshake.
+    pub(crate) tls: bool,
 }
 
 /// Where one requested address's listener comes from: an fd handed to this process (validated,
@@ -456,8 +458,22 @@ fn activated_for(
     Ok(bound)
 }
 
-/// Parses `addr`: `unix:/path`, `host:port`, or `:port` (every interface, as in Go).
+/// Parses `addr`: `unix:/path`, `host:port`, `:port` (every interface, as in Go), or
+/// `tls:host:port` (TCP with TLS, with the `tls` feature).
 fn spec(addr: &str) -> io::Result<Spec> {
+    if let Some(tcp) = addr.strip_prefix("tls:") {
+        if !cfg!(feature = "tls") {
+            return Err(invalid_msg(format!(
+                "address {addr:?}: tls: needs baton's `tls` cargo feature"
+            )));
+        }
+        if tcp.starts_with("unix:") {
+            return Err(invalid_msg(format!(
+                "address {addr:?}: TLS is for TCP listeners"
+            )));
+        }
+        return resolve(tcp).map(Spec::Tcp);
+    }
     if let Some(path) = addr.strip_prefix("unix:") {
         if path.is_empty() {
             return Err(invalid_msg(format!(
@@ -547,12 +563,14 @@ fn create(addr: &str, spec: &Spec) -> io::Result<Listener> {
 
 fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> Listener {
     let local_text = local.to_string();
+    let tls = requested.starts_with("tls:");
     Listener {
         requested: requested.to_owned(),
         socket,
         local,
         local_text,
         origin,
+        tls,
     }
 }
 

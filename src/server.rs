@@ -54,6 +54,8 @@ pub struct Server {
     pid_file: Option<std::path::PathBuf>,
     max_connections: usize,
     hooks: Hooks,
+    /// Certificate chain and key for `tls:` listeners.
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     #[cfg(feature = "async-h1")]
     async_h1: bool,
 }
@@ -149,6 +151,7 @@ impl Server {
             max_connections: 10_000,
             pid_file: None,
             hooks: Hooks::default(),
+            tls_files: None,
             #[cfg(feature = "async-h1")]
             async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
@@ -287,6 +290,19 @@ impl Server {
         self
     }
 
+    /// The PEM certificate chain (leaf first) and private key for `tls:` listeners (cargo
+    /// feature `tls`). The files are read when serving starts, in every process, so a restart
+    /// after replacing them rotates the certificate. Default: none.
+    #[cfg(feature = "tls")]
+    pub fn tls_files(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls_files = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// Keep a PID file at `path`: written (atomically) by whichever process serves, rewritten
     /// by each successor before it reports ready, removed at the final shutdown if it still
     /// names this process. Default: none.
@@ -334,9 +350,13 @@ impl Server {
             pid_file,
             max_connections,
             hooks,
+            tls_files,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
+        // Certificates load before anything reports ready: a successor whose files are broken
+        // fails here, and its parent serves on with the old ones.
+        let tls = load_tls(&listeners, &tls_files)?;
         // The PID file names this process before its parent hears that it is ready.
         let supervisor = Supervisor::new(pid_file);
         supervisor.serving(ready.is_some())?;
@@ -345,6 +365,7 @@ impl Server {
                 addr: &listener.local,
                 fd: listener.fd(),
                 origin: listener.origin.as_str(),
+                tls: listener.tls,
             });
         }
         if let Some(pipe) = ready {
@@ -404,15 +425,21 @@ impl Server {
                             executor.spawn(task).detach();
                             continue;
                         }
-                        let task = conn::serve(
+                        // Without the `tls` feature the acceptor type is uninhabited (and Copy).
+                        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+                        let tls = if listeners[index].tls {
+                            tls.clone()
+                        } else {
+                            None
+                        };
+                        let incoming = conn::Incoming {
                             stream,
                             peer,
                             local,
-                            handler.clone(),
-                            drain.clone(),
-                            counted,
-                            options,
-                        );
+                            tls,
+                        };
+                        let task =
+                            conn::serve(incoming, handler.clone(), drain.clone(), counted, options);
                         executor.spawn(task).detach();
                     }
                     Wake::Accepted(Err(error)) => {
@@ -626,6 +653,33 @@ enum Wake {
     Accepted(io::Result<(usize, (Stream, String))>),
     Signal(io::Result<(&'static str, Command)>),
     Upgraded(Upgraded),
+}
+
+/// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
+/// needs one.
+fn load_tls(
+    listeners: &[Listener],
+    files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> io::Result<Option<conn::Tls>> {
+    if !listeners.iter().any(|l| l.tls) {
+        return Ok(None);
+    }
+    #[cfg(feature = "tls")]
+    match files {
+        Some((certificate, key)) => crate::tls::acceptor(certificate, key).map(Some),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a tls: listener needs a certificate and key (Server::tls_files, hello --tls-cert --tls-key)",
+        )),
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = files;
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "tls: listeners need baton's `tls` feature",
+        ))
+    }
 }
 
 /// Accepts from whichever listener has a connection waiting, starting after the last one used.

@@ -16,6 +16,8 @@ use smol::io::{AsyncRead, AsyncWrite};
 pub(crate) enum Stream {
     Tcp(Async<TcpStream>),
     Unix(Async<UnixStream>),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::Session>),
 }
 
 impl Stream {
@@ -27,6 +29,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Pin::new(&mut &*s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(&mut &*s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.poll_read(cx, buf),
         }
     }
 
@@ -34,6 +38,17 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Pin::new(&mut &*s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(&mut &*s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.poll_write(cx, buf),
+        }
+    }
+
+    /// Pushes out what a write left buffered (only TLS buffers; sockets write through).
+    pub(crate) fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.poll_flush(_cx),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
@@ -48,7 +63,7 @@ impl Stream {
                 n => buf = &buf[n..],
             }
         }
-        Ok(())
+        poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Resolves once there is something to read (or the peer closed).
@@ -56,6 +71,10 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) if s.has_plaintext() => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp.readable().await,
         }
     }
 
@@ -64,6 +83,8 @@ impl Stream {
     pub(crate) fn abort(&self) {
         let fd = match self {
             Stream::Tcp(s) => s.as_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.tcp.as_fd(),
             Stream::Unix(_) => return,
         };
         let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
@@ -73,6 +94,11 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.get_ref().shutdown(Shutdown::Write),
             Stream::Unix(s) => s.get_ref().shutdown(Shutdown::Write),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => {
+                s.close_notify();
+                s.tcp.get_ref().shutdown(Shutdown::Write)
+            }
         };
     }
 }

@@ -149,6 +149,7 @@ impl Server {
             .nth(1)
             .and_then(|rest| rest.split(' ').next());
         server.addr = addr
+            .map(|a| a.trim_start_matches("tls:"))
             .and_then(|a| a.parse().ok())
             .expect("address in the listening line");
         server

@@ -1,0 +1,280 @@
+//! TLS listeners (feature `tls`): requests, restarts under load, certificate rotation by
+//! restart, a broken key, a stalled handshake, plain and TLS side by side. A throwaway CA and
+//! certificates are made at test time; the client is rustls over a blocking socket.
+//! Run with: `cargo test --features tls --test tls`
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Scratch, Server, Signal, example, read_reply, signal, wait_gone};
+use futures_rustls::rustls::{self, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType, SerialNumber};
+
+/// A CA, and leaf certificates for 127.0.0.1 signed by it.
+struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    root: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).unwrap().der().clone();
+        Authority {
+            issuer: Issuer::new(params, key),
+            root,
+        }
+    }
+
+    /// Writes a leaf certificate with `serial` and its key as PEM files; returns the DER.
+    fn leaf(&self, serial: u64, cert: &Path, key: &Path) -> Vec<u8> {
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.serial_number = Some(SerialNumber::from(serial));
+        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
+        // Written beside and renamed into place, as a deploy does.
+        std::fs::write(cert.with_extension("new"), leaf.pem()).unwrap();
+        std::fs::rename(cert.with_extension("new"), cert).unwrap();
+        std::fs::write(key.with_extension("new"), leaf_key.serialize_pem()).unwrap();
+        std::fs::rename(key.with_extension("new"), key).unwrap();
+        leaf.der().to_vec()
+    }
+
+    fn client(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.root.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(DEADLINE))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let session = ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    Ok(StreamOwned::new(session, tcp))
+}
+
+/// One GET on an established TLS stream.
+fn get(stream: &mut Tls, path: &str) -> Result<common::Reply, common::Failure> {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    stream.flush()?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// The DER of the certificate the server presented.
+fn presented(stream: &Tls) -> Vec<u8> {
+    stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+struct Setup {
+    scratch: Scratch,
+    authority: Authority,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let scratch = Scratch::new(name);
+    let (cert, key) = (scratch.0.join("cert.pem"), scratch.0.join("key.pem"));
+    let authority = Authority::new();
+    authority.leaf(1, &cert, &key);
+    Setup {
+        scratch,
+        authority,
+        cert,
+        key,
+    }
+}
+
+fn hello_tls(setup: &Setup, extra: &[&str]) -> Server {
+    let mut command = Command::new(example("hello"));
+    command
+        .args(["--addr", "tls:127.0.0.1:0", "--tls-cert"])
+        .arg(&setup.cert)
+        .arg("--tls-key")
+        .arg(&setup.key)
+        .args(extra);
+    Server::start(command)
+}
+
+#[test]
+fn serves_https_with_alpn_http_1_1() {
+    let setup = setup("tls-basic");
+    let server = hello_tls(&setup, &[]);
+    assert!(server.wait_line("listening on tls:").contains("(fd"));
+    let config = setup.authority.client();
+    let mut stream = connect(server.addr, &config).unwrap();
+    for _ in 0..5 {
+        let reply = get(&mut stream, "/hello").unwrap();
+        assert_eq!(reply.pid(), Some(server.pid));
+    }
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let _ = &setup.scratch;
+}
+
+#[test]
+fn restart_rotates_the_certificate_without_failures() {
+    let setup = setup("tls-rotate");
+    let server = hello_tls(&setup, &[]);
+    let config = setup.authority.client();
+    let first = presented(&{
+        let mut s = connect(server.addr, &config).unwrap();
+        get(&mut s, "/hello").unwrap();
+        s
+    });
+    // Keep-alive clients in a loop across the rotation.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (stop, config, addr) = (stop.clone(), config.clone(), server.addr);
+        clients.push(std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut stream: Option<Tls> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = match stream.as_mut() {
+                    Some(s) => s,
+                    None => match connect(addr, &config) {
+                        Ok(s) => stream.insert(s),
+                        Err(e) => {
+                            failed.push(format!("connect: {e}"));
+                            continue;
+                        }
+                    },
+                };
+                match get(s, "/hello") {
+                    Ok(reply) if reply.status == 200 => {
+                        ok += 1;
+                        if reply.closes() {
+                            stream = None;
+                        }
+                    }
+                    other => {
+                        failed.push(format!("{other:?}"));
+                        stream = None;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let rotated = setup.authority.leaf(2, &setup.cert, &setup.key);
+    let next = server.restart(server.pid);
+    assert!(wait_gone(server.pid, DEADLINE));
+    let next2 = server.restart(next);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.join().unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 10);
+    let mut stream = connect(server.addr, &config).unwrap();
+    assert_eq!(get(&mut stream, "/hello").unwrap().pid(), Some(next2));
+    let now = presented(&stream);
+    assert_eq!(now, rotated, "the successor presents the new certificate");
+    assert_ne!(now, first);
+}
+
+#[test]
+fn a_broken_key_leaves_the_old_process_serving_the_old_certificate() {
+    let setup = setup("tls-broken");
+    let server = hello_tls(&setup, &[]);
+    let config = setup.authority.client();
+    let mut stream = connect(server.addr, &config).unwrap();
+    get(&mut stream, "/hello").unwrap();
+    let before = presented(&stream);
+    std::fs::write(
+        &setup.key,
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    signal(server.pid, Signal::HUP);
+    let failed = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    assert!(failed.contains("failed"), "{failed}");
+    assert!(server.dump().contains("TLS key"), "{}", server.dump());
+    let mut again = connect(server.addr, &config).unwrap();
+    assert_eq!(get(&mut again, "/hello").unwrap().pid(), Some(server.pid));
+    assert_eq!(presented(&again), before);
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_at_the_timeout_and_disturbs_no_one() {
+    let setup = setup("tls-stalled");
+    let server = hello_tls(&setup, &["--header-timeout", "300ms"]);
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    // A handshake failure on another connection changes nothing either.
+    let mut garbage = TcpStream::connect(server.addr).unwrap();
+    garbage
+        .write_all(b"this is not a ClientHello\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let config = setup.authority.client();
+    let mut good = connect(server.addr, &config).unwrap();
+    assert_eq!(get(&mut good, "/hello").unwrap().status, 200);
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(get(&mut good, "/hello").unwrap().status, 200);
+}
+
+#[test]
+fn plain_and_tls_listeners_side_by_side() {
+    let setup = setup("tls-mixed");
+    let mut command = Command::new(example("hello"));
+    command
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--addr",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+        ])
+        .arg(&setup.cert)
+        .arg("--tls-key")
+        .arg(&setup.key);
+    let server = Server::start(command);
+    let addresses = server.addresses(2);
+    let tls_addr: SocketAddr = addresses[1].trim_start_matches("tls:").parse().unwrap();
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(server.pid)
+    );
+    let mut stream = connect(tls_addr, &setup.authority.client()).unwrap();
+    assert_eq!(get(&mut stream, "/hello").unwrap().pid(), Some(server.pid));
+    // After a restart, each listener is still what it was.
+    let next = server.restart(server.pid);
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(next)
+    );
+    let mut stream = connect(tls_addr, &setup.authority.client()).unwrap();
+    assert_eq!(get(&mut stream, "/hello").unwrap().pid(), Some(next));
+}
