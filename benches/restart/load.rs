@@ -10,7 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_rustls::TlsConnector;
+use futures_rustls::rustls::ClientConfig;
+use futures_rustls::rustls::pki_types::ServerName;
 use smol::future::FutureExt as _;
+use smol::io::{AsyncRead, AsyncWrite};
 use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use smol::{Async, Timer};
 
@@ -83,6 +90,7 @@ pub struct Outcome {
 /// Runs `clients` clients against `addr` until `stop` is set.
 pub fn run(
     addr: SocketAddr,
+    tls: Option<Arc<ClientConfig>>,
     mode: Mode,
     clients: usize,
     start: Instant,
@@ -94,8 +102,10 @@ pub fn run(
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
             let (request, per_request) = role(mode, i);
+            let tls = tls.clone().map(TlsConnector::from);
             executor.spawn(client(
                 addr,
+                tls,
                 request,
                 per_request,
                 start,
@@ -119,6 +129,7 @@ pub fn run(
 
 async fn client(
     addr: SocketAddr,
+    tls: Option<TlsConnector>,
     request: Vec<u8>,
     per_request: bool,
     start: Instant,
@@ -126,7 +137,7 @@ async fn client(
     out: Rc<RefCell<Outcome>>,
 ) {
     let request = request.as_slice();
-    let mut connection: Option<Async<TcpStream>> = None;
+    let mut connection: Option<Conn> = None;
     let mut buffer = vec![0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
         let began = Instant::now();
@@ -134,11 +145,20 @@ async fn client(
             if connection.is_none() {
                 let stream = Async::<TcpStream>::connect(addr).await.map_err(classify)?;
                 let _ = stream.get_ref().set_nodelay(true);
+                let stream = match &tls {
+                    Some(connector) => {
+                        let name = ServerName::try_from("127.0.0.1").expect("an IP is a name");
+                        let session = connector.connect(name, stream).await.map_err(classify)?;
+                        Conn::Tls(Box::new(session))
+                    }
+                    None => Conn::Plain(stream),
+                };
                 out.borrow_mut().connects += 1;
                 connection = Some(stream);
             }
             let stream = connection.as_mut().expect("connected above");
             stream.write_all(request).await.map_err(classify)?;
+            stream.flush().await.map_err(classify)?;
             read_response(stream, &mut buffer).await
         };
         let timeout = async {
@@ -155,11 +175,11 @@ async fn client(
                     latency_us,
                 });
                 if !keep || per_request {
-                    if let Some(stream) = connection.take() {
+                    if let Some(mut stream) = connection.take() {
                         // Let the server close first, as a polite client does: read to EOF.
                         let mut sink = [0u8; 64];
                         let eof = async {
-                            while let Ok(n) = (&stream).read(&mut sink).await {
+                            while let Ok(n) = stream.read(&mut sink).await {
                                 if n == 0 {
                                     break;
                                 }
@@ -183,8 +203,54 @@ async fn client(
     }
 }
 
+/// A client connection, plain or TLS.
+enum Conn {
+    Plain(Async<TcpStream>),
+    Tls(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+            Conn::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}
+
 /// Reads one response; returns whether the connection may be reused.
-async fn read_response(stream: &mut Async<TcpStream>, buffer: &mut [u8]) -> Result<bool, Kind> {
+async fn read_response(stream: &mut Conn, buffer: &mut [u8]) -> Result<bool, Kind> {
     let mut filled = 0;
     let head_end = loop {
         if filled == buffer.len() {

@@ -114,11 +114,196 @@ fn main() {
         .filter_map(|(f, runs)| Some((f.name, runs.first()?.trace.as_ref()?)))
         .collect();
     std::fs::write(out.join("restart.svg"), report::svg(&traces)).expect("write restart.svg");
+    let tls = tls_scenarios(&root, &plan, server_cpu);
+    println!("{tls}");
+    let mut full = table.clone();
+    full.push_str(&tls);
+    std::fs::write(out.join("report.md"), &full).expect("write report.md");
     eprintln!(
         "[bench] done in {:.0?}; wrote {}",
         started.elapsed(),
         out.join("report.md").display()
     );
+}
+
+/// TLS: handshakes per second (a connection per request) and keep-alive requests per server
+/// CPU-second, baton (built with `tls`) against the peer with tokio-rustls, same provider
+/// (ring), same certificate.
+fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
+    use futures_rustls::rustls;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = root.join("target/bench-tls");
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--example",
+            "hello",
+            "--features",
+            "tls",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(root)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the example with tls failed");
+    // A throwaway CA and a certificate for 127.0.0.1, shared by both servers.
+    let dir = root.join("target/bench/tls");
+    std::fs::create_dir_all(&dir).expect("create target/bench/tls");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let leaf = leaf.signed_by(&key, &issuer).expect("leaf");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, leaf.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client = Arc::new(client);
+
+    let files = vec![
+        "--tls-cert".to_owned(),
+        cert_path.display().to_string(),
+        "--tls-key".to_owned(),
+        key_path.display().to_string(),
+    ];
+    let flavors = [
+        Flavor {
+            name: "baton",
+            binary: target.join("release/examples/hello"),
+            prefix: "baton",
+            args: files.clone(),
+            addr: "tls:127.0.0.1:0",
+            features: "tls",
+        },
+        Flavor {
+            name: "tokio peer",
+            binary: root.join("benches/tokio-peer/target/release/tokio-peer"),
+            prefix: "peer",
+            args: files,
+            addr: "tls:127.0.0.1:0",
+            features: "",
+        },
+    ];
+    let mut values: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(), BTreeMap::new()];
+    for run in 0..plan.runs {
+        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+        for index in order {
+            eprintln!(
+                "[bench] TLS run {}/{}: {}",
+                run + 1,
+                plan.runs,
+                flavors[index].name
+            );
+            let server = Running::start(&flavors[index], cpu);
+            let scenarios = [
+                ("handshakes", Mode::PerRequest, plan.per_request_clients),
+                ("keep_alive", Mode::KeepAlive, plan.keep_alive_clients),
+            ];
+            for (name, mode, clients) in scenarios {
+                let before = procs::cpu(server.pid);
+                let outcome = load_for(
+                    server.addr,
+                    Some(client.clone()),
+                    mode,
+                    clients,
+                    plan.steady,
+                    |_| {},
+                );
+                let cpu = procs::cpu(server.pid).saturating_sub(before).as_secs_f64();
+                let mut latencies: Vec<u64> =
+                    outcome.samples.iter().map(|s| s.latency_us).collect();
+                let n = latencies.len() as f64;
+                let entry = &mut values[index];
+                entry
+                    .entry(if name == "handshakes" {
+                        "hs_rps"
+                    } else {
+                        "tka_rps"
+                    })
+                    .or_default()
+                    .push(n / outcome.elapsed.as_secs_f64());
+                entry
+                    .entry(if name == "handshakes" {
+                        "hs_per_cpu_s"
+                    } else {
+                        "tka_per_cpu_s"
+                    })
+                    .or_default()
+                    .push(if cpu > 0.0 { n / cpu } else { 0.0 });
+                entry
+                    .entry(if name == "handshakes" {
+                        "hs_p99_ms"
+                    } else {
+                        "tka_p99_ms"
+                    })
+                    .or_default()
+                    .push(report::percentile(&mut latencies, 99.0) / 1e3);
+                entry
+                    .entry(if name == "handshakes" {
+                        "hs_failed"
+                    } else {
+                        "tka_failed"
+                    })
+                    .or_default()
+                    .push(outcome.failures.len() as f64);
+                eprintln!(
+                    "[bench]   TLS {name}: {:.0} req/s",
+                    n / outcome.elapsed.as_secs_f64()
+                );
+            }
+        }
+    }
+    let rows = [
+        (
+            "TLS handshakes/s (a connection per request, 16 clients) ↑",
+            "hs_rps",
+        ),
+        ("TLS handshakes per server CPU-second ↑", "hs_per_cpu_s"),
+        (
+            "TLS connection per request: p99 latency (ms) ↓",
+            "hs_p99_ms",
+        ),
+        ("TLS keep-alive, 64 conns: req/s ↑", "tka_rps"),
+        (
+            "TLS keep-alive: requests per server CPU-second ↑",
+            "tka_per_cpu_s",
+        ),
+        ("TLS keep-alive: p99 latency (ms) ↓", "tka_p99_ms"),
+        ("TLS failed requests per run ↓", "hs_failed"),
+    ];
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut out = String::from("\n## TLS (rustls + ring on both sides, same certificate)\n\n");
+    out.push_str("| figure | baton | tokio peer | baton / peer |\n|---|---:|---:|---:|\n");
+    for (label, key) in rows {
+        let a = values[0].get(key).map_or(f64::NAN, median);
+        let b = values[1].get(key).map_or(f64::NAN, median);
+        let ratio = if b != 0.0 && a.is_finite() && b.is_finite() {
+            format!("{:.2}", a / b)
+        } else {
+            "-".into()
+        };
+        out.push_str(&format!("| {label} | {a:.1} | {b:.1} | {ratio} |\n"));
+    }
+    out
 }
 
 /// `--soak`: 200 restarts of baton under mixed load (keep-alive, a connection per request,
@@ -138,7 +323,8 @@ fn soak() {
         name: "baton",
         binary: root.join("target/release/examples/hello"),
         prefix: "baton",
-        args: &[],
+        args: Vec::new(),
+        addr: "127.0.0.1:0",
         features: "",
     };
     let pinned =
@@ -147,7 +333,7 @@ fn soak() {
     eprintln!("[soak] {RESTARTS} restarts under mixed load (16 clients)");
     let mut samples: Vec<(u64, usize)> = Vec::new();
     let started = Instant::now();
-    let outcome = load_for(server.addr, Mode::Mixed, 16, Duration::ZERO, |_| {
+    let outcome = load_for(server.addr, None, Mode::Mixed, 16, Duration::ZERO, |_| {
         std::thread::sleep(Duration::from_millis(300));
         for i in 0..RESTARTS {
             server.restart();
@@ -254,21 +440,24 @@ fn build(root: &Path) -> Vec<Flavor> {
             name: "baton",
             binary: root.join("target/release/examples/hello"),
             prefix: "baton",
-            args: &[],
+            args: Vec::new(),
+            addr: "127.0.0.1:0",
             features: "",
         },
         Flavor {
             name: "baton on async-h1",
             binary: h1_target.join("release/examples/hello"),
             prefix: "baton",
-            args: &["--codec", "async-h1"],
+            args: vec!["--codec".into(), "async-h1".into()],
+            addr: "127.0.0.1:0",
             features: "async-h1",
         },
         Flavor {
             name: "tokio peer",
             binary: peer.join("target/release/tokio-peer"),
             prefix: "peer",
-            args: &[],
+            args: Vec::new(),
+            addr: "127.0.0.1:0",
             features: "",
         },
     ]
@@ -291,6 +480,7 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
     let cpu_before = procs::cpu(server.pid);
     let outcome = load_for(
         server.addr,
+        None,
         Mode::KeepAlive,
         plan.keep_alive_clients,
         plan.steady,
@@ -332,6 +522,7 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
     // Steady connection per request.
     let outcome = load_for(
         server.addr,
+        None,
         Mode::PerRequest,
         plan.per_request_clients,
         plan.steady,
@@ -403,6 +594,7 @@ fn first_response(addr: SocketAddr, spawned: Instant) -> Duration {
 /// Runs load on its own thread while `during` runs on this one, for at least `duration`.
 fn load_for(
     addr: SocketAddr,
+    tls: Option<Arc<futures_rustls::rustls::ClientConfig>>,
     mode: Mode,
     clients: usize,
     duration: Duration,
@@ -411,7 +603,7 @@ fn load_for(
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let flag = stop.clone();
-    let thread = std::thread::spawn(move || load::run(addr, mode, clients, start, flag));
+    let thread = std::thread::spawn(move || load::run(addr, tls, mode, clients, start, flag));
     during(start);
     let left = duration.saturating_sub(start.elapsed());
     std::thread::sleep(left);
@@ -430,7 +622,7 @@ fn restart_scenario(
 ) {
     let mut timeline: Vec<procs::Restart> = Vec::new();
     let mut start_at = None;
-    let outcome = load_for(server.addr, mode, clients, Duration::ZERO, |start| {
+    let outcome = load_for(server.addr, None, mode, clients, Duration::ZERO, |start| {
         start_at = Some(start);
         std::thread::sleep(Duration::from_millis(300));
         for _ in 0..restarts {

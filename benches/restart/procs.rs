@@ -21,7 +21,9 @@ pub struct Flavor {
     /// Log prefix: `baton[pid]: ` or `peer[pid]: `.
     pub prefix: &'static str,
     /// Extra arguments, e.g. the codec to use.
-    pub args: &'static [&'static str],
+    pub args: Vec<String>,
+    /// The address it is started on.
+    pub addr: &'static str,
     /// Cargo features its crate tree is counted with.
     pub features: &'static str,
 }
@@ -59,8 +61,8 @@ impl Running {
     pub fn start(flavor: &Flavor, cpu: Option<usize>) -> Running {
         let mut command = Command::new(&flavor.binary);
         command
-            .args(["--addr", "127.0.0.1:0", "--drain-timeout", "5s"])
-            .args(flavor.args)
+            .args(["--addr", flavor.addr, "--drain-timeout", "5s"])
+            .args(&flavor.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -100,7 +102,8 @@ impl Running {
         let addr = line
             .split("listening on ")
             .nth(1)
-            .and_then(|r| r.split(' ').next());
+            .and_then(|r| r.split(' ').next())
+            .map(|a| a.trim_start_matches("tls:"));
         running.addr = addr
             .and_then(|a| a.parse().ok())
             .expect("address in the listening line");

@@ -46,14 +46,23 @@ fn log(message: std::fmt::Arguments<'_>) {
     eprintln!("peer[{}]: {message}", std::process::id());
 }
 
-fn args() -> (String, Duration) {
+struct Args {
+    addr: String,
+    drain: Duration,
+    tls: Option<(String, String)>,
+}
+
+fn args() -> Args {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut drain = Duration::from_secs(5);
+    let (mut cert, mut key) = (None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         let value = argv.next().unwrap_or_default();
         match flag.as_str() {
             "--addr" => addr = value,
+            "--tls-cert" => cert = Some(value),
+            "--tls-key" => key = Some(value),
             "--drain-timeout" => {
                 let ms: u64 = match value.strip_suffix("ms") {
                     Some(ms) => ms.parse().expect("--drain-timeout"),
@@ -64,7 +73,25 @@ fn args() -> (String, Duration) {
             other => panic!("unknown option {other}"),
         }
     }
-    (addr, drain)
+    Args { addr, drain, tls: cert.zip(key) }
+}
+
+/// The same TLS setup as baton's: rustls with ring, TLS 1.2 and 1.3, ALPN http/1.1.
+fn tls_acceptor(cert: &str, key: &str) -> io::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(io::Error::other)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(io::Error::other)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// Adopts the fd the old process sent, after checking it is a listening TCP socket.
@@ -114,11 +141,15 @@ async fn handle(req: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> io::Result<()> {
-    let (addr, drain_timeout) = args();
+    let Args { addr, drain: drain_timeout, tls } = args();
+    let tls = match tls {
+        Some((cert, key)) => Some(tls_acceptor(&cert, &key)?),
+        None => None,
+    };
     let pid = std::process::id();
     let (std_listener, inherited) = match inherited_listener().await? {
         Some((listener, _)) => (listener, true),
-        None => (std::net::TcpListener::bind(&addr)?, false),
+        None => (std::net::TcpListener::bind(addr.trim_start_matches("tls:"))?, false),
     };
     std_listener.set_nonblocking(true)?;
     let fd = std_listener.as_raw_fd();
@@ -128,7 +159,8 @@ async fn main() -> io::Result<()> {
     let local: SocketAddr = std_listener.local_addr()?;
     let listener = TcpListener::from_std(std_listener)?;
     let kind = if inherited { "inherited" } else { "created" };
-    log(format_args!("listening on {local} (fd {fd}, {kind})"));
+    let scheme = if tls.is_some() { "tls:" } else { "" };
+    log(format_args!("listening on {scheme}{local} (fd {fd}, {kind})"));
 
     let restart = RestartConfig {
         enabled: false,
@@ -148,6 +180,17 @@ async fn main() -> io::Result<()> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                if let Some(acceptor) = &tls {
+                    let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
+                    tokio::spawn(async move {
+                        let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else { return };
+                        let connection = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(req, pid)));
+                        let _ = watcher.watch(connection).await;
+                    });
+                    continue;
+                }
                 let connection = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(req, pid)));
                 let connection = graceful.watch(connection);
