@@ -148,6 +148,15 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
         .status()
         .expect("run cargo");
     assert!(status.success(), "building the example with tls failed");
+    let peer_target = root.join("benches/tokio-peer/target-tls");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--features", "tls", "--target-dir"])
+        .arg(&peer_target)
+        .arg("--manifest-path")
+        .arg(root.join("benches/tokio-peer/Cargo.toml"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the tokio peer with tls failed");
     // A throwaway CA and a certificate for 127.0.0.1, shared by both servers.
     let dir = root.join("target/bench/tls");
     std::fs::create_dir_all(&dir).expect("create target/bench/tls");
@@ -192,11 +201,11 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
         },
         Flavor {
             name: "tokio peer",
-            binary: root.join("benches/tokio-peer/target/release/tokio-peer"),
+            binary: peer_target.join("release/tokio-peer"),
             prefix: "peer",
             args: files,
             addr: "tls:127.0.0.1:0",
-            features: "",
+            features: "tls",
         },
     ];
     let mut values: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(), BTreeMap::new()];

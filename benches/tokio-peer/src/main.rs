@@ -77,6 +77,7 @@ fn args() -> Args {
 }
 
 /// The same TLS setup as baton's: rustls with ring, TLS 1.2 and 1.3, ALPN http/1.1.
+#[cfg(feature = "tls")]
 fn tls_acceptor(cert: &str, key: &str) -> io::Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
     let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
@@ -142,8 +143,14 @@ async fn handle(req: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> io::Result<()> {
     let Args { addr, drain: drain_timeout, tls } = args();
+    #[cfg(feature = "tls")]
     let tls = match tls {
         Some((cert, key)) => Some(tls_acceptor(&cert, &key)?),
+        None => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls: Option<std::convert::Infallible> = match tls {
+        Some(_) => return Err(io::Error::other("--tls-cert needs the tls feature")),
         None => None,
     };
     let pid = std::process::id();
@@ -180,6 +187,7 @@ async fn main() -> io::Result<()> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                #[cfg(feature = "tls")]
                 if let Some(acceptor) = &tls {
                     let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
                     tokio::spawn(async move {
