@@ -1,7 +1,7 @@
 //! TLS listeners (feature `tls`): requests, restarts under load, certificate rotation by
 //! restart, a broken key, a stalled handshake, plain and TLS side by side. A throwaway CA and
 //! certificates are made at test time; the client is rustls over a blocking socket.
-//! Run with: `cargo test --features tls --test tls`
+//! Run with: `cargo test --features tls` (it builds the example with TLS, then runs these).
 #![cfg(feature = "tls")]
 
 mod common;
