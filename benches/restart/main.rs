@@ -126,37 +126,42 @@ fn main() {
     );
 }
 
+/// `cargo build --release` with `args` (into `target` if given), from the repository root.
+fn release_build(root: &Path, args: &[&str], target: Option<&Path>, what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release"])
+        .args(args)
+        .current_dir(root);
+    if let Some(target) = target {
+        command.arg("--target-dir").arg(target);
+    }
+    let status = command.status().expect("run cargo");
+    assert!(status.success(), "building {what} failed");
+}
+
 /// TLS: handshakes per second (a connection per request) and keep-alive requests per server
 /// CPU-second, baton (built with `tls`) against the peer with tokio-rustls, same provider
 /// (ring), same certificate.
 fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
     use futures_rustls::rustls;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = root.join("target/bench-tls");
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--example",
-            "hello",
-            "--features",
-            "tls",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .current_dir(root)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the example with tls failed");
+    release_build(
+        root,
+        &["--example", "hello", "--features", "tls"],
+        Some(&target),
+        "the example with tls",
+    );
     let peer_target = root.join("benches/tokio-peer/target-tls");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--features", "tls", "--target-dir"])
-        .arg(&peer_target)
-        .arg("--manifest-path")
-        .arg(root.join("benches/tokio-peer/Cargo.toml"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the tokio peer with tls failed");
+    let manifest = root.join("benches/tokio-peer/Cargo.toml");
+    let manifest = manifest.to_str().expect("a UTF-8 path");
+    release_build(
+        root,
+        &["--manifest-path", manifest, "--features", "tls"],
+        Some(&peer_target),
+        "the tokio peer with tls",
+    );
     // A throwaway CA and a certificate for 127.0.0.1, shared by both servers.
     let dir = root.join("target/bench/tls");
     std::fs::create_dir_all(&dir).expect("create target/bench/tls");
@@ -321,13 +326,7 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
 fn soak() {
     const RESTARTS: usize = 200;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--example", "hello"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the example failed");
+    release_build(&root, &["--example", "hello"], None, "the example");
     let flavor = Flavor {
         name: "baton",
         binary: root.join("target/release/examples/hello"),
@@ -409,40 +408,23 @@ fn soak() {
 
 /// Builds the example and the peer with the same release profile.
 fn build(root: &Path) -> Vec<Flavor> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("[bench] building baton's hello example and the tokio peer (release)");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--example", "hello"])
-        .current_dir(root)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the example failed");
+    release_build(root, &["--example", "hello"], None, "the example");
     let peer = root.join("benches/tokio-peer");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--manifest-path"])
-        .arg(peer.join("Cargo.toml"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the tokio peer failed");
+    let manifest = peer.join("Cargo.toml");
+    release_build(
+        root,
+        &["--manifest-path", manifest.to_str().expect("a UTF-8 path")],
+        None,
+        "the tokio peer",
+    );
     // The same example with async-h1's codec, built into its own target directory.
     let h1_target = root.join("target/bench-async-h1");
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--example",
-            "hello",
-            "--features",
-            "async-h1",
-            "--target-dir",
-        ])
-        .arg(&h1_target)
-        .current_dir(root)
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building the example with async-h1 failed"
+    release_build(
+        root,
+        &["--example", "hello", "--features", "async-h1"],
+        Some(&h1_target),
+        "the example with async-h1",
     );
     vec![
         Flavor {
