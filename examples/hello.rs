@@ -28,6 +28,7 @@ struct Args {
     tls_key: Option<String>,
     max_connections: Option<usize>,
     write_timeout: Option<Duration>,
+    hand_over: bool,
     async_h1: bool,
 }
 
@@ -47,6 +48,7 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
                         (built with --features tls)
   --max-connections     most connections served at once (default 10000)
   --write-timeout       how long a client may stall a response write (default 30s)
+  --hand-over           on a restart, move live keep-alive connections to the new process
   --codec               baton (default) or async-h1 (built with --features async-h1)";
 
 fn parse_args() -> Result<Args, String> {
@@ -63,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         tls_key: None,
         max_connections: None,
         write_timeout: None,
+        hand_over: false,
         async_h1: false,
     };
     let mut argv = std::env::args().skip(1);
@@ -73,6 +76,10 @@ fn parse_args() -> Result<Args, String> {
         };
         if name == "-h" || name == "--help" {
             return Err(USAGE.into());
+        }
+        if name == "--hand-over" {
+            args.hand_over = true;
+            continue;
         }
         let value = match inline.or_else(|| argv.next()) {
             Some(value) => value,
@@ -198,6 +205,7 @@ fn main() -> ExitCode {
         Some(bytes) => server.max_body_bytes(bytes),
         None => server,
     };
+    let server = server.hand_over_connections(args.hand_over);
     let server = match args.max_connections {
         Some(limit) => server.max_connections(limit),
         None => server,

@@ -34,6 +34,8 @@ const FIRST_READ_BUFFER: usize = 2048;
 const DISCARD_LIMIT: u64 = 64 * 1024;
 /// How long an error response may take to write before the connection is dropped.
 const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long handing a connection to the successor may take before it is closed here instead.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -320,6 +322,7 @@ pub(crate) async fn serve<F, Fut>(
         peer,
         local,
         tls,
+        pending,
     } = incoming;
     let Some(stream) = handshake(stream, tls, options.header_timeout).await else {
         return;
@@ -330,7 +333,11 @@ pub(crate) async fn serve<F, Fut>(
         peer,
         local_text: local,
     };
-    let mut buf = ReadBuf::default();
+    let mut buf = ReadBuf {
+        end: pending.len(),
+        data: pending,
+        start: 0,
+    };
     let mut out = Vec::new();
     // Kept for the connection's life, so that waiting between requests registers nothing new:
     // one listener for the start of a drain, one keep-alive timer re-armed only when it fires.
@@ -339,6 +346,11 @@ pub(crate) async fn serve<F, Fut>(
     let mut idle_since = Instant::now();
     loop {
         // A pipelined request may already be buffered; otherwise wait for one.
+        // Draining with a relay to the successor: this connection is at a request boundary,
+        // so it moves there, with whatever the client already sent.
+        if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
+            return;
+        }
         if buf.pending().is_empty() {
             let waited = wait_for_request(
                 &io,
@@ -349,6 +361,10 @@ pub(crate) async fn serve<F, Fut>(
                 idle_since,
             );
             if !waited.await {
+                // Idle when a drain started: hand over if possible, else close.
+                if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
+                    return;
+                }
                 break;
             }
         }
@@ -405,7 +421,9 @@ pub(crate) async fn serve<F, Fut>(
             inbound.failed = Some(Reject::BadRequest("the request is over"));
             state
         });
-        let mut close_after = !keep_alive || drain.is_draining() || wants_close(&response);
+        // A draining process closes connections, unless it can hand them over.
+        let closing = drain.is_draining() && !relayable(&io, &drain);
+        let mut close_after = !keep_alive || closing || wants_close(&response);
         let mut discard = None;
         if let Some((body, failed, continue_pending)) = body_state {
             match failed {
@@ -454,6 +472,8 @@ pub(crate) struct Incoming {
     pub(crate) local: String,
     /// The listener's TLS acceptor, for a `tls:` listener.
     pub(crate) tls: Option<Tls>,
+    /// Bytes already read from it (by the process that handed it over) and not yet parsed.
+    pub(crate) pending: Vec<u8>,
 }
 
 /// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
@@ -638,7 +658,10 @@ pub(crate) async fn wait_for_request(
         if !drain.is_draining() {
             drain_started.await;
         }
-        Timer::after(options.idle_grace).await;
+        // With a relay the connection moves at once; no request can race a close.
+        if !relayable(io, drain) {
+            Timer::after(options.idle_grace).await;
+        }
         false
     };
     let idle = async {
@@ -654,6 +677,33 @@ pub(crate) async fn wait_for_request(
         }
     };
     readable.or(grace).or(idle).await
+}
+
+/// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,
+/// and a Unix socket's peer, stay with this process.)
+fn relayable(io: &Stream, drain: &Drain) -> bool {
+    matches!(io, Stream::Tcp(_)) && drain.relay().is_some()
+}
+
+/// Sends the connection to the successor. `true`: it is the successor's now; drop it without
+/// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
+async fn hand_over(io: &Stream, drain: &Drain, requests: &Requests, pending: &[u8]) -> bool {
+    let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
+        return false;
+    };
+    let sent = relay.send(tcp.get_ref(), &requests.peer, &requests.local_text, pending);
+    // A successor that stops reading its relay must not hold this connection hostage.
+    let stalled = async {
+        Timer::after(RELAY_TIMEOUT).await;
+        Err(io::ErrorKind::TimedOut.into())
+    };
+    match sent.or(stalled).await {
+        Ok(()) => true,
+        Err(_) => {
+            drain.relay_failed();
+            false
+        }
+    }
 }
 
 /// Did the handler ask to close the connection?

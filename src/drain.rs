@@ -35,6 +35,8 @@ pub(crate) struct Drain {
     started: (Sender<()>, Receiver<()>),
     /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
     ended: (Sender<()>, Receiver<()>),
+    /// Where idle connections go instead of being closed, while the successor takes them.
+    relay: std::cell::RefCell<Option<Rc<crate::relay::Relay>>>,
 }
 
 impl Drain {
@@ -45,6 +47,7 @@ impl Drain {
             requests: Cell::new(0),
             started: channel::bounded(1),
             ended: channel::bounded(1),
+            relay: std::cell::RefCell::new(None),
         })
     }
 
@@ -68,6 +71,21 @@ impl Drain {
         self.draining.set(true);
         DRAINING.with(|flag| flag.set(true));
         self.started.0.close();
+    }
+
+    /// Hand idle connections to `relay` during this drain (set before [`Drain::start`]).
+    pub(crate) fn set_relay(&self, relay: Rc<crate::relay::Relay>) {
+        *self.relay.borrow_mut() = Some(relay);
+    }
+
+    /// The relay to hand connections to, while it works.
+    pub(crate) fn relay(&self) -> Option<Rc<crate::relay::Relay>> {
+        self.relay.borrow().clone()
+    }
+
+    /// The relay failed (the successor stopped reading it): back to closing connections.
+    pub(crate) fn relay_failed(&self) {
+        *self.relay.borrow_mut() = None;
     }
 
     /// Resolves once draining has started.

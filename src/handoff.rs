@@ -71,6 +71,8 @@ pub(crate) struct Successor {
     /// `None` once handed out as ready; a successor dropped before that is killed and reaped.
     child: Option<Child>,
     ready: Async<std::io::PipeReader>,
+    /// This process's end of the connection relay, handed out with the child once ready.
+    relay: Option<OwnedFd>,
 }
 
 /// Why a successor never became ready.
@@ -101,9 +103,15 @@ impl fmt::Display for NotReady {
 /// has exec'd, and on a busy core that wait (measured: ~2 ms) would stall every connection of
 /// this process. The thread owns its own copies of the fds it hands over, so a shutdown that
 /// closes the listener meanwhile cannot pull an fd from under the fork.
-pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> {
+pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::Result<Spawn> {
     let (ready_reader, ready_writer) = std::io::pipe()?;
     let ready_fd = FIRST_FD + listeners.len() as RawFd;
+    // With connection relay, a socket pair: ours, and the successor's at the fd after the pipe.
+    let (relay_ours, relay_theirs) = match relay {
+        true => crate::relay::pair().map(|(ours, theirs)| (Some(ours), Some(theirs)))?,
+        false => (None, None),
+    };
+    let relay_fd = relay_theirs.as_ref().map(|_| ready_fd + 1);
     let sockets = listeners
         .iter()
         .map(Listener::duplicate)
@@ -111,7 +119,7 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> 
     let descriptions: Vec<Description> = listeners
         .iter()
         .enumerate()
-        .map(|(i, listener)| listener.describe(FIRST_FD + i as RawFd, Some(ready_fd)))
+        .map(|(i, listener)| listener.describe(FIRST_FD + i as RawFd, Some(ready_fd), relay_fd))
         .collect();
     let mut command = Command::new(&exec.program);
     command
@@ -129,6 +137,9 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> 
         .map(|(i, socket)| (socket.as_raw_fd(), FIRST_FD + i as RawFd))
         .collect();
     moves.push((ready_writer.as_raw_fd(), ready_fd));
+    if let (Some(theirs), Some(relay_fd)) = (&relay_theirs, relay_fd) {
+        moves.push((theirs.as_raw_fd(), relay_fd));
+    }
     // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, fcntl, dup2,
     // close) on fd numbers copied into it, and allocates nothing (`moves` is built here, before
     // the fork). All the fds stay open until `spawn` returns: the spawning thread owns them.
@@ -137,8 +148,9 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> 
     }
     Ok(Spawn {
         command,
-        fds: (sockets, ready_writer),
+        fds: (sockets, ready_writer, relay_theirs),
         ready_reader,
+        relay: relay_ours,
         program: exec.program.clone(),
     })
 }
@@ -147,8 +159,10 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener]) -> io::Result<Spawn> 
 #[derive(Debug)]
 pub(crate) struct Spawn {
     command: Command,
-    fds: (Vec<OwnedFd>, std::io::PipeWriter),
+    fds: (Vec<OwnedFd>, std::io::PipeWriter, Option<OwnedFd>),
     ready_reader: std::io::PipeReader,
+    /// This process's end of the connection relay, if connections are handed over.
+    relay: Option<OwnedFd>,
     program: PathBuf,
 }
 
@@ -159,6 +173,7 @@ impl Spawn {
             mut command,
             fds,
             ready_reader,
+            relay,
             program,
         } = self;
         let (sender, receiver) = smol::channel::bounded(1);
@@ -181,6 +196,7 @@ impl Spawn {
         Ok(Successor {
             child: Some(child),
             ready: Async::new(ready_reader)?,
+            relay,
         })
     }
 }
@@ -227,7 +243,11 @@ impl Successor {
 
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
     /// failure the child is killed and reaped before this returns.
-    pub(crate) async fn ready(mut self, timeout: Duration) -> Result<Child, (u32, NotReady)> {
+    /// On success: the child, and this process's end of the connection relay, if any.
+    pub(crate) async fn ready(
+        mut self,
+        timeout: Duration,
+    ) -> Result<(Child, Option<OwnedFd>), (u32, NotReady)> {
         let mut byte = [0u8; 1];
         let read = async { Some(self.ready.read(&mut byte).await) };
         let outcome = read.or(async {
@@ -237,7 +257,7 @@ impl Successor {
         let failure = match outcome.await {
             Some(Ok(1)) => {
                 if let Some(child) = self.child.take() {
-                    return Ok(child);
+                    return Ok((child, self.relay.take()));
                 }
                 NotReady::Exited(None)
             }

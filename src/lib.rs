@@ -47,6 +47,7 @@ mod h1;
 mod handoff;
 mod hooks;
 mod listener;
+mod relay;
 mod server;
 mod signals;
 mod stream;

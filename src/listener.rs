@@ -71,6 +71,8 @@ pub(crate) struct Description {
     pub(crate) filename: String,
     /// The write end of the readiness pipe, if the parent passed one.
     pub(crate) ready_fd: Option<RawFd>,
+    /// This process's end of the connection relay, if the parent hands connections over.
+    pub(crate) relay_fd: Option<RawFd>,
 }
 
 impl Description {
@@ -136,11 +138,16 @@ impl Description {
             None | Some(serde_json::Value::Null) => None,
             Some(value) => Some(fd_number(value, "ready_fd")?),
         };
+        let relay_fd = match object.get("relay_fd") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(fd_number(value, "relay_fd")?),
+        };
         Ok(Description {
             addr,
             fd,
             filename,
             ready_fd,
+            relay_fd,
         })
     }
 
@@ -151,6 +158,9 @@ impl Description {
         object.insert("filename".into(), self.filename.clone().into());
         if let Some(ready_fd) = self.ready_fd {
             object.insert("ready_fd".into(), ready_fd.into());
+        }
+        if let Some(relay_fd) = self.relay_fd {
+            object.insert("relay_fd".into(), relay_fd.into());
         }
         serde_json::Value::Object(object)
     }
@@ -324,11 +334,11 @@ type Source = Option<(RawFd, Address, Origin)>;
 impl Listener {
     /// For each requested address: the listener `LISTENER` describes for it, else a
     /// socket-activated one bound to it (or named like it), else a new one. Also returns the
-    /// readiness pipe a parent passed, if any.
+    /// readiness pipe and the connection relay a parent passed, if any.
     pub(crate) fn bind_all(
         addrs: &[String],
         inheritance: &Inheritance,
-    ) -> io::Result<(Vec<Listener>, Option<OwnedFd>)> {
+    ) -> io::Result<(Vec<Listener>, Option<OwnedFd>, Option<OwnedFd>)> {
         if addrs.is_empty() {
             return Err(invalid_msg("no address to listen on".into()));
         }
@@ -383,6 +393,24 @@ impl Listener {
             }
             None => None,
         };
+        let relay = match inheritance.descriptions.iter().find_map(|d| d.relay_fd) {
+            Some(fd) => {
+                let what = format!("{LISTENER_ENV}: relay_fd {fd}");
+                // SAFETY: the number comes from `LISTENER`, which hands it to this process; it is
+                // only borrowed for getsockopt, which fails with EBADF or ENOTSOCK otherwise.
+                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+                let kind = sockopt::socket_type(borrowed)
+                    .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
+                if kind != SocketType::SEQPACKET {
+                    return Err(invalid_msg(format!("{what} is not a SEQPACKET socket")));
+                }
+                // SAFETY: validated as a socket handed to this process; no other owner.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+                Some(owned)
+            }
+            None => None,
+        };
         // Activated fds are never passed on as such: keep them out of later children.
         for (fd, _) in &inheritance.activated {
             // SAFETY: systemd handed these numbers to this process; setting CLOEXEC touches only
@@ -399,11 +427,16 @@ impl Listener {
             };
             listeners.push(listener);
         }
-        Ok((listeners, ready))
+        Ok((listeners, ready, relay))
     }
 
     /// What a successor is told about this listener when it arrives as `fd`.
-    pub(crate) fn describe(&self, fd: RawFd, ready_fd: Option<RawFd>) -> Description {
+    pub(crate) fn describe(
+        &self,
+        fd: RawFd,
+        ready_fd: Option<RawFd>,
+        relay_fd: Option<RawFd>,
+    ) -> Description {
         let filename = match &self.local {
             Address::Tcp(addr) => format!("tcp:{addr}->"),
             Address::Unix(path) => format!("unix:{}->", path.display()),
@@ -413,6 +446,7 @@ impl Listener {
             fd,
             filename,
             ready_fd,
+            relay_fd,
         }
     }
 
@@ -773,6 +807,7 @@ mod tests {
             fd: 3,
             filename: "tcp:[::]:8080->".into(),
             ready_fd: Some(4),
+            relay_fd: None,
         };
         let json = Description::to_json_all(std::slice::from_ref(&one));
         assert!(json.starts_with('{'), "{json}");
@@ -782,6 +817,7 @@ mod tests {
             fd: 4,
             filename: "unix:/tmp/x->".into(),
             ready_fd: Some(5),
+            relay_fd: None,
         };
         let json = Description::to_json_all(&[one.clone(), two.clone()]);
         assert!(json.starts_with('['), "{json}");
@@ -852,12 +888,12 @@ mod tests {
 
     #[test]
     fn a_listener_env_for_another_address_is_ignored() {
-        let (created, _) =
+        let (created, _, _) =
             Listener::bind_all(&["127.0.0.1:0".into()], &Inheritance::default()).unwrap();
         assert_eq!(created[0].origin, Origin::Created);
         let other =
             Inheritance::from_listener(r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#).unwrap();
-        let (fresh, ready) = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
+        let (fresh, ready, _) = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
         assert_eq!(fresh[0].origin, Origin::Created);
         assert_ne!(fresh[0].local, created[0].local);
         assert!(ready.is_none());
@@ -885,7 +921,7 @@ mod tests {
         let addr = format!("unix:{}", path.display());
         // A stale socket file: bound once, nobody accepting any more.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let (live, _) =
+        let (live, _, _) =
             Listener::bind_all(std::slice::from_ref(&addr), &Inheritance::default()).unwrap();
         assert_eq!(live[0].local, Address::Unix(path.clone()));
         // Now someone is accepting: a second server must not steal the path.

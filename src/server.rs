@@ -45,6 +45,10 @@ pub struct Server {
     listeners: Vec<Listener>,
     /// The parent's readiness pipe, written once this process serves.
     ready: Option<std::os::fd::OwnedFd>,
+    /// This process's end of the relay its parent hands connections over on, if it does.
+    relay: Option<std::os::fd::OwnedFd>,
+    /// Hand live connections to successors instead of closing them.
+    hand_over: bool,
     signals: Signals,
     exec: Exec,
     drain_timeout: Duration,
@@ -131,11 +135,12 @@ impl Server {
         let exec = Exec::capture()?;
         let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let inheritance = Inheritance::from_env()?;
-        let (listeners, ready) = Listener::bind_all(&addrs, &inheritance)?;
+        let (listeners, ready, relay) = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
         Ok(Server {
             listeners,
             ready,
+            relay,
             signals,
             exec,
             drain_timeout: Duration::from_secs(5),
@@ -152,6 +157,7 @@ impl Server {
             pid_file: None,
             hooks: Hooks::default(),
             tls_files: None,
+            hand_over: false,
             #[cfg(feature = "async-h1")]
             async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
@@ -303,6 +309,15 @@ impl Server {
         self
     }
 
+    /// On a restart, hand each idle keep-alive connection (plain TCP) to the successor over a
+    /// Unix socket, with whatever it already sent, instead of answering `Connection: close`:
+    /// clients keep their connection and never reconnect. A connection that cannot be handed
+    /// over is closed as usual. Default: `false`.
+    pub fn hand_over_connections(mut self, on: bool) -> Self {
+        self.hand_over = on;
+        self
+    }
+
     /// Keep a PID file at `path`: written (atomically) by whichever process serves, rewritten
     /// by each successor before it reports ready, removed at the final shutdown if it still
     /// names this process. Default: none.
@@ -351,6 +366,8 @@ impl Server {
             max_connections,
             hooks,
             tls_files,
+            relay,
+            hand_over,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
@@ -377,6 +394,9 @@ impl Server {
                 )
             })?;
         }
+        // Connections the previous process hands over, if it does.
+        let mut inbound = relay.map(crate::relay::Relay::new).transpose()?;
+        let mut relay_buffer = Vec::new();
         let mut drain = Drain::new();
         // Drains given up when a successor died during them; their connections still count.
         let mut earlier: Vec<Rc<Drain>> = Vec::new();
@@ -388,6 +408,8 @@ impl Server {
 
         let report = loop {
             let mut successor: Option<Child> = None;
+            // This process's end of the successor's relay, once a restart is ready.
+            let mut outbound: Option<std::os::fd::OwnedFd> = None;
             let stop = loop {
                 let accept = async {
                     if backoff {
@@ -401,13 +423,38 @@ impl Server {
                     Wake::Accepted(accepted)
                 };
                 let signal = async { Wake::Signal(signals.next().await) };
+                let relayed = async {
+                    match inbound.as_ref() {
+                        Some(relay) => Wake::Relayed(relay.receive(&mut relay_buffer).await),
+                        None => std::future::pending().await,
+                    }
+                };
                 let upgraded = async {
                     match upgrade.as_mut() {
                         Some(upgrade) => Wake::Upgraded((&mut upgrade.task).await),
                         None => std::future::pending().await,
                     }
                 };
-                match signal.or(upgraded).or(accept).await {
+                match signal.or(upgraded).or(relayed).or(accept).await {
+                    Wake::Relayed(Ok(Some(handed))) => {
+                        let tcp = std::net::TcpStream::from(handed.fd);
+                        let Ok(stream) = async_io::Async::new(tcp) else {
+                            continue;
+                        };
+                        let incoming = conn::Incoming {
+                            stream: Stream::Tcp(stream),
+                            peer: handed.peer,
+                            local: handed.local,
+                            tls: None,
+                            pending: handed.pending,
+                        };
+                        let counted = drain.connection();
+                        let task =
+                            conn::serve(incoming, handler.clone(), drain.clone(), counted, options);
+                        executor.spawn(task).detach();
+                    }
+                    // The previous process is done handing over (or its relay broke).
+                    Wake::Relayed(_) => inbound = None,
                     Wake::Accepted(Ok((index, (stream, peer)))) => {
                         backoff = false;
                         let local = listeners[index].local_text.clone();
@@ -432,11 +479,13 @@ impl Server {
                         } else {
                             None
                         };
+                        let pending = Vec::new();
                         let incoming = conn::Incoming {
                             stream,
                             peer,
                             local,
                             tls,
+                            pending,
                         };
                         let task =
                             conn::serve(incoming, handler.clone(), drain.clone(), counted, options);
@@ -471,6 +520,7 @@ impl Server {
                                     upgrade_timeout,
                                     &emit,
                                     &hooks,
+                                    hand_over,
                                 ) {
                                     Ok(task) => {
                                         let task = executor.spawn(task);
@@ -492,15 +542,17 @@ impl Server {
                     Wake::Upgraded(outcome) => {
                         let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
                         match outcome {
-                            Ok(child) if restart => {
+                            Ok((child, relay)) if restart => {
                                 emit(&Event::Ready { pid: child.id() });
                                 supervisor.successor_ready(child.id());
                                 hooks.ready(child.id()).await;
                                 let pid = child.id();
                                 successor = Some(child);
+                                outbound = relay;
                                 break Stop::Restart { successor: pid };
                             }
-                            Ok(child) => {
+                            // A SIGUSR2 successor gets no connections: its relay closes here.
+                            Ok((child, _)) => {
                                 emit(&Event::Ready { pid: child.id() });
                                 hooks.ready(child.id()).await;
                                 spawned.push(child);
@@ -531,6 +583,17 @@ impl Server {
                 for path in listeners.iter().filter_map(Listener::unix_path) {
                     let _ = std::fs::remove_file(path);
                 }
+            }
+            // (async-h1's loop cannot hand connections over; with it they close as usual.)
+            #[cfg(feature = "async-h1")]
+            if async_h1 {
+                outbound = None;
+            }
+            if let Some(relay) = outbound
+                .take()
+                .and_then(|fd| crate::relay::Relay::new(fd).ok())
+            {
+                drain.set_relay(Rc::new(relay));
             }
             drain.start();
             emit(&Event::Draining {
@@ -611,8 +674,9 @@ struct Upgrade {
     task: Task<Upgraded>,
 }
 
-/// The successor, serving; or its pid (if it got one) and why it is not.
-type Upgraded = Result<Child, (Option<u32>, String)>;
+/// The successor, serving (with this process's end of the relay, if any); or its pid (if it
+/// got one) and why it is not.
+type Upgraded = Result<(Child, Option<std::os::fd::OwnedFd>), (Option<u32>, String)>;
 
 /// Starts a successor and waits until it is ready: the part of an upgrade that runs beside
 /// the select loop.
@@ -622,8 +686,9 @@ fn upgrade_task(
     timeout: Duration,
     emit: &Rc<dyn Fn(&Event<'_>)>,
     hooks: &Hooks,
+    hand_over: bool,
 ) -> io::Result<impl Future<Output = Upgraded> + 'static> {
-    let spawn = handoff::prepare(exec, listeners)?;
+    let spawn = handoff::prepare(exec, listeners, hand_over)?;
     let emit = emit.clone();
     let hooks = hooks.clone();
     Ok(async move {
@@ -649,6 +714,8 @@ enum Ending {
 }
 
 enum Wake {
+    /// A connection the previous process handed over, or the end of its relay.
+    Relayed(io::Result<Option<crate::relay::Handed>>),
     /// The index of the listener, and the connection.
     Accepted(io::Result<(usize, (Stream, String))>),
     Signal(io::Result<(&'static str, Command)>),

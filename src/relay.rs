@@ -1,0 +1,178 @@
+//! Handing live connections to the successor (opt-in, `Server::hand_over_connections`): a
+//! Unix SEQPACKET socket pair made at spawn, one message per connection, the connection's fd
+//! travelling as `SCM_RIGHTS` with the bytes already read from it but not yet parsed. The
+//! client sees nothing: same TCP connection, no `Connection: close`, no reconnect.
+//!
+//! Message: `[peer length: u32 LE][peer][local length: u32 LE][local][unparsed bytes]`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use async_io::Async;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// Largest message: addresses plus at most a request head's worth of unparsed bytes.
+const MAX_MESSAGE: usize = 96 * 1024;
+
+/// A new socket pair for one successor: (this process's end, the successor's end).
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// One end of the channel.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    socket: Async<UnixStream>,
+}
+
+/// A connection received from the previous process.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    pub(crate) fd: OwnedFd,
+    pub(crate) peer: String,
+    pub(crate) local: String,
+    pub(crate) pending: Vec<u8>,
+}
+
+impl Relay {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Relay> {
+        Ok(Relay {
+            socket: Async::new(UnixStream::from(fd))?,
+        })
+    }
+
+    /// Sends one connection. On success the successor owns it; the caller drops its copy
+    /// without shutting it down.
+    pub(crate) async fn send(
+        &self,
+        conn: impl AsFd,
+        peer: &str,
+        local: &str,
+        pending: &[u8],
+    ) -> io::Result<()> {
+        if pending.len() + peer.len() + local.len() + 8 > MAX_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too much unparsed input to hand over",
+            ));
+        }
+        let mut head = Vec::with_capacity(8 + peer.len() + local.len());
+        for text in [peer, local] {
+            head.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            head.extend_from_slice(text.as_bytes());
+        }
+        let fds = [conn.as_fd()];
+        self.socket
+            .write_with(|socket| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                control.push(SendAncillaryMessage::ScmRights(&fds));
+                let parts = [IoSlice::new(&head), IoSlice::new(pending)];
+                rustix::net::sendmsg(socket, &parts, &mut control, SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The next connection, or `None` once the other process has closed the channel.
+    pub(crate) async fn receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Handed>> {
+        buffer.resize(MAX_MESSAGE, 0);
+        let (bytes, fd) = self
+            .socket
+            .read_with(|socket| {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let mut parts = [IoSliceMut::new(buffer)];
+                let received = rustix::net::recvmsg(
+                    socket,
+                    &mut parts,
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                let mut fd = None;
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+                        fd = fd.or(fds.next());
+                    }
+                }
+                Ok((received.bytes, fd))
+            })
+            .await?;
+        let Some(fd) = fd else {
+            return if bytes == 0 {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a relay message without a connection",
+                ))
+            };
+        };
+        let message = &buffer[..bytes];
+        let (peer, rest) = text(message)?;
+        let (local, rest) = text(rest)?;
+        Ok(Some(Handed {
+            fd,
+            peer,
+            local,
+            pending: rest.to_vec(),
+        }))
+    }
+}
+
+fn text(message: &[u8]) -> io::Result<(String, &[u8])> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
+    let len = message.get(..4).ok_or_else(bad)?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
+    let body = message.get(4..4 + len).ok_or_else(bad)?;
+    let text = String::from_utf8(body.to_vec()).map_err(|_| bad())?;
+    Ok((text, &message[4 + len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_connection_and_its_unparsed_bytes_cross_over() {
+        smol::block_on(async {
+            let (ours, theirs) = pair().unwrap();
+            let (sender, receiver) = (Relay::new(ours).unwrap(), Relay::new(theirs).unwrap());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            sender
+                .send(&server_side, "127.0.0.1:1234", "127.0.0.1:80", b"GET / HT")
+                .await
+                .unwrap();
+            drop(server_side);
+            let mut buffer = Vec::new();
+            let handed = receiver.receive(&mut buffer).await.unwrap().unwrap();
+            assert_eq!(
+                (handed.peer.as_str(), handed.local.as_str()),
+                ("127.0.0.1:1234", "127.0.0.1:80")
+            );
+            assert_eq!(handed.pending, b"GET / HT");
+            // The same TCP connection, alive on the received fd.
+            let mut received = std::net::TcpStream::from(handed.fd);
+            client.write_all(b"ping").unwrap();
+            let mut got = [0u8; 4];
+            received.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"ping");
+            drop(sender);
+            assert!(receiver.receive(&mut buffer).await.unwrap().is_none());
+        });
+    }
+}

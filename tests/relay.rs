@@ -1,0 +1,81 @@
+//! Handing live keep-alive connections to the successor (`hello --hand-over`): the clients
+//! keep their TCP connections across restarts and never reconnect.
+
+mod common;
+
+use common::{Client, DEADLINE, Load, Server, wait_gone};
+
+#[test]
+fn keep_alive_clients_keep_their_connections_across_ten_restarts() {
+    let server = Server::hello(&["--hand-over"]);
+    let load = Load::keep_alive(server.addr, 4);
+    let mut pid = server.pid;
+    for _ in 0..10 {
+        let next = server.restart(pid);
+        assert!(
+            wait_gone(pid, DEADLINE),
+            "old process {pid} still runs; log:\n{}",
+            server.dump()
+        );
+        pid = next;
+    }
+    let stats = load.finish();
+    assert!(
+        stats.failures.is_empty(),
+        "{} failed: {:?}",
+        stats.failures.len(),
+        stats.failures
+    );
+    assert_eq!(
+        stats.connects, 4,
+        "clients reconnected: {} connects for 4 clients",
+        stats.connects
+    );
+    assert!(
+        stats.pids.len() >= 6,
+        "served by {} processes only: {:?}",
+        stats.pids.len(),
+        stats.pids
+    );
+    assert!(stats.pids.contains(&pid));
+}
+
+#[test]
+fn a_connection_moved_mid_stream_is_answered_by_the_successor_on_the_same_socket() {
+    let server = Server::hello(&["--hand-over"]);
+    let mut client = Client::new(server.addr);
+    assert_eq!(client.get("/hello").unwrap().pid(), Some(server.pid));
+    let next = server.restart(server.pid);
+    assert!(wait_gone(server.pid, DEADLINE));
+    // Same connection, no Connection: close, now served by the successor.
+    let reply = client.get("/hello").unwrap();
+    assert_eq!(reply.pid(), Some(next));
+    assert!(!reply.closes());
+    assert_eq!(client.connects, 1);
+}
+
+#[test]
+fn a_pipelined_half_request_travels_with_its_connection() {
+    let server = Server::hello(&["--hand-over", "--drain-timeout", "10s"]);
+    let mut client = Client::new(server.addr);
+    assert_eq!(client.get("/hello").unwrap().pid(), Some(server.pid));
+    // A slow request in flight, and the first half of the next one behind it.
+    client
+        .send_only(&format!(
+            "GET /slow?ms=600 HTTP/1.1\r\nHost: {0}\r\n\r\nGET /hel",
+            server.addr
+        ))
+        .unwrap();
+    common::wait_until_read(server.addr, client.local_addr().unwrap());
+    let next = server.restart(server.pid);
+    let slow = client.receive().unwrap();
+    assert_eq!(slow.pid(), Some(server.pid));
+    assert!(
+        !slow.closes(),
+        "a handed-over connection is not closed: {slow:?}"
+    );
+    // The rest of the second request reaches the successor, which has the first half.
+    client.send_only("lo HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(client.receive().unwrap().pid(), Some(next));
+    assert_eq!(client.connects, 1);
+}
