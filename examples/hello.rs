@@ -48,7 +48,8 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
                         (built with --features tls)
   --max-connections     most connections served at once (default 10000)
   --write-timeout       how long a client may stall a response write (default 30s)
-  --hand-over           on a restart, move live keep-alive connections to the new process
+  --no-hand-over        on a restart, close keep-alive connections (Connection: close)
+                        instead of moving them to the new process
   --codec               baton (default) or async-h1 (built with --features async-h1)";
 
 fn parse_args() -> Result<Args, String> {
@@ -65,7 +66,7 @@ fn parse_args() -> Result<Args, String> {
         tls_key: None,
         max_connections: None,
         write_timeout: None,
-        hand_over: false,
+        hand_over: true,
         async_h1: false,
     };
     let mut argv = std::env::args().skip(1);
@@ -77,8 +78,8 @@ fn parse_args() -> Result<Args, String> {
         if name == "-h" || name == "--help" {
             return Err(USAGE.into());
         }
-        if name == "--hand-over" {
-            args.hand_over = true;
+        if name == "--no-hand-over" {
+            args.hand_over = false;
             continue;
         }
         let value = match inline.or_else(|| argv.next()) {

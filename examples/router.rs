@@ -3,6 +3,7 @@
 //! draining, and hooks that log each step of a restart.
 //!
 //! Run with: `cargo run --example router [-- --addr 127.0.0.1:8080 --idle-grace 500ms]`
+//! (`--no-hand-over`: close keep-alive connections on a restart instead of moving them)
 //!
 //! ```text
 //! curl localhost:8080/users/42          {"id":42,"name":"user 42","served_by":4242}
@@ -136,8 +137,13 @@ fn router(pid: u32) -> Router {
 fn main() -> ExitCode {
     let mut addrs = Vec::new();
     let mut idle_grace = Duration::from_millis(500);
+    let mut hand_over = true;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--no-hand-over" {
+            hand_over = false;
+            continue;
+        }
         let value = args.next().unwrap_or_default();
         match flag.as_str() {
             "--addr" => addrs.push(value),
@@ -149,7 +155,9 @@ fn main() -> ExitCode {
                 }
             },
             _ => {
-                eprintln!("usage: router [--addr HOST:PORT]... [--idle-grace 500ms]");
+                eprintln!(
+                    "usage: router [--addr HOST:PORT]... [--idle-grace 500ms] [--no-hand-over]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -168,6 +176,7 @@ fn main() -> ExitCode {
     let log = move |what: String| eprintln!("router[{pid}]: {what}");
     let server = server
         .idle_grace(idle_grace)
+        .hand_over_connections(hand_over)
         .on_spawn(move || {
             log("hook: before spawning a successor".into());
             async {}

@@ -157,7 +157,7 @@ impl Server {
             pid_file: None,
             hooks: Hooks::default(),
             tls_files: None,
-            hand_over: false,
+            hand_over: true,
             #[cfg(feature = "async-h1")]
             async_h1: false,
             on_event: Rc::new(move |event: &Event<'_>| {
@@ -309,10 +309,10 @@ impl Server {
         self
     }
 
-    /// On a restart, hand each idle keep-alive connection (plain TCP) to the successor over a
-    /// Unix socket, with whatever it already sent, instead of answering `Connection: close`:
-    /// clients keep their connection and never reconnect. A connection that cannot be handed
-    /// over is closed as usual. Default: `false`.
+    /// On a restart, hand each keep-alive connection (plain TCP) to the successor over a Unix
+    /// socket at its next request boundary, with whatever it already sent, instead of answering
+    /// `Connection: close`: clients keep their connection and never reconnect. A connection
+    /// that cannot be handed over is closed as before. Default: `true`.
     pub fn hand_over_connections(mut self, on: bool) -> Self {
         self.hand_over = on;
         self

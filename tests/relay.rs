@@ -1,5 +1,6 @@
-//! Handing live keep-alive connections to the successor (`hello --hand-over`): the clients
-//! keep their TCP connections across restarts and never reconnect.
+//! Handing live keep-alive connections to the successor (on by default; `hello
+//! --no-hand-over` turns it off): the clients keep their TCP connections across restarts and
+//! never reconnect.
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{Client, DEADLINE, Load, Server, wait_gone};
 
 #[test]
 fn keep_alive_clients_keep_their_connections_across_ten_restarts() {
-    let server = Server::hello(&["--hand-over"]);
+    let server = Server::hello(&[]);
     let load = Load::keep_alive(server.addr, 4);
     let mut pid = server.pid;
     for _ in 0..10 {
@@ -42,7 +43,7 @@ fn keep_alive_clients_keep_their_connections_across_ten_restarts() {
 
 #[test]
 fn a_connection_moved_mid_stream_is_answered_by_the_successor_on_the_same_socket() {
-    let server = Server::hello(&["--hand-over"]);
+    let server = Server::hello(&[]);
     let mut client = Client::new(server.addr);
     assert_eq!(client.get("/hello").unwrap().pid(), Some(server.pid));
     let next = server.restart(server.pid);
@@ -56,7 +57,7 @@ fn a_connection_moved_mid_stream_is_answered_by_the_successor_on_the_same_socket
 
 #[test]
 fn a_pipelined_half_request_travels_with_its_connection() {
-    let server = Server::hello(&["--hand-over", "--drain-timeout", "10s"]);
+    let server = Server::hello(&["--drain-timeout", "10s"]);
     let mut client = Client::new(server.addr);
     assert_eq!(client.get("/hello").unwrap().pid(), Some(server.pid));
     // A slow request in flight, and the first half of the next one behind it.
