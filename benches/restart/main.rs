@@ -2,8 +2,9 @@
 //!
 //! Run with: `cargo bench --bench restart` (`-- --quick` for a short smoke run).
 //!
-//! Builds both servers with the same release profile, then for each of 3 runs and each server
-//! (interleaved, so machine drift hits both): start-up time, idle RSS, steady keep-alive load,
+//! Builds the servers with the same release profile (baton, which hands keep-alive connections
+//! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
+//! the tokio peer), then for each of 3 runs and each server (interleaved, so drift hits all): start-up time, idle RSS, steady keep-alive load,
 //! steady connection-per-request load, then 50 SIGHUPs under keep-alive load and 50 under
 //! connection-per-request load. Servers are pinned to CPU 0 and the load generator to CPU 1
 //! when the machine has two. Prints progress, then a table of medians with the ratio
@@ -65,7 +66,7 @@ fn main() {
     } else {
         Plan {
             runs: 3,
-            steady: Duration::from_secs(5),
+            steady: Duration::from_secs(4),
             restarts: 50,
             keep_alive_clients: 64,
             per_request_clients: 16,
@@ -432,6 +433,14 @@ fn build(root: &Path) -> Vec<Flavor> {
             binary: root.join("target/release/examples/hello"),
             prefix: "baton",
             args: Vec::new(),
+            addr: "127.0.0.1:0",
+            features: "",
+        },
+        Flavor {
+            name: "baton, closing",
+            binary: root.join("target/release/examples/hello"),
+            prefix: "baton",
+            args: vec!["--no-hand-over".into()],
             addr: "127.0.0.1:0",
             features: "",
         },
