@@ -4,8 +4,8 @@
 //!
 //! Builds the servers with the same release profile (baton, which hands keep-alive connections
 //! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
-//! the tokio peer), then for each of 3 runs and each server (interleaved, so drift hits all): start-up time, idle RSS, steady keep-alive load,
-//! steady connection-per-request load, then 50 SIGHUPs under keep-alive load and 50 under
+//! the tokio peer), then for each of 3 runs and each server (interleaved, so drift hits all):
+//! start-up time, idle RSS, steady keep-alive load, steady connection-per-request load, then 50 SIGHUPs under keep-alive load and 50 under
 //! connection-per-request load. Servers are pinned to CPU 0 and the load generator to CPU 1
 //! when the machine has two. Prints progress, then a table of medians with the ratio
 //! baton/peer, also written to `target/bench/report.md`, with an SVG of latency across one
