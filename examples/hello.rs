@@ -5,9 +5,12 @@
 //!
 //! Routes: `GET /hello` answers `Hello from <pid>!`, `GET /slow?ms=N` answers after N ms
 //! (at most 60000), `POST /echo` answers with the request body, `GET /stream?lines=N` answers
-//! with a body of unknown length (sent chunked); anything else is 404.
+//! with a body of unknown length (sent chunked), `GET /count` counts its calls across
+//! restarts (the count is handed to each successor); anything else is 404.
 
+use std::cell::Cell;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::Duration;
 
 use http_types::{Method, Request, Response, StatusCode};
@@ -137,8 +140,16 @@ fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{flag} {text:?}: {e}"))
 }
 
-async fn route(mut req: Request, pid: u32) -> http_types::Result<Response> {
+async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::Result<Response> {
     match (req.method(), req.url().path()) {
+        (Method::Get, "/count") => {
+            // Counts across restarts: the count travels to each successor with hand-over.
+            count.set(count.get() + 1);
+            Ok(Response::from(format!(
+                "count {} from {pid}\n",
+                count.get()
+            )))
+        }
         (Method::Get | Method::Head, "/hello") => {
             Ok(Response::from(format!("Hello from {pid}!\n")))
         }
@@ -235,7 +246,12 @@ fn main() -> ExitCode {
     let server = server.async_h1(args.async_h1);
     let _ = args.async_h1;
     let pid = std::process::id();
-    match smol::block_on(server.serve(move |req| route(req, pid))) {
+    let count = Rc::new(Cell::new(0u64));
+    let (give, take) = (count.clone(), count.clone());
+    let server = server
+        .on_hand_over_state(move || serde_json::json!({ "count": give.get() }))
+        .on_inherit_state(move |state| take.set(state["count"].as_u64().unwrap_or(0)));
+    match smol::block_on(server.serve(move |req| route(req, pid, count.clone()))) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {

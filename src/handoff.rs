@@ -72,7 +72,7 @@ pub(crate) struct Successor {
     child: Option<Child>,
     ready: Async<std::io::PipeReader>,
     /// This process's end of the connection relay, handed out with the child once ready.
-    relay: Option<OwnedFd>,
+    relay: Option<crate::relay::Relay>,
 }
 
 /// Why a successor never became ready.
@@ -196,7 +196,7 @@ impl Spawn {
         Ok(Successor {
             child: Some(child),
             ready: Async::new(ready_reader)?,
-            relay,
+            relay: relay.map(crate::relay::Relay::new).transpose()?,
         })
     }
 }
@@ -243,11 +243,26 @@ impl Successor {
 
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
     /// failure the child is killed and reaped before this returns.
+    /// Sends the application's state (JSON text, empty for none) to the successor before it
+    /// serves; it waits for this first message when it has a relay. Bounded: a successor that
+    /// does not read it in time starts cold.
+    pub(crate) async fn send_state(&self, state: &[u8]) {
+        if let Some(relay) = &self.relay {
+            let sent = async {
+                let _ = relay.send_state(state).await;
+            };
+            sent.or(async {
+                Timer::after(Duration::from_secs(1)).await;
+            })
+            .await;
+        }
+    }
+
     /// On success: the child, and this process's end of the connection relay, if any.
     pub(crate) async fn ready(
         mut self,
         timeout: Duration,
-    ) -> Result<(Child, Option<OwnedFd>), (u32, NotReady)> {
+    ) -> Result<(Child, Option<crate::relay::Relay>), (u32, NotReady)> {
         let mut byte = [0u8; 1];
         let read = async { Some(self.ready.read(&mut byte).await) };
         let outcome = read.or(async {

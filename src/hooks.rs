@@ -30,6 +30,10 @@ pub(crate) struct Hooks {
     ready: Option<Hook<u32>>,
     drain: Option<Hook<()>>,
     exit: Option<Hook<Report>>,
+    /// The application's state for a successor (old side).
+    give: Option<Rc<dyn Fn() -> serde_json::Value>>,
+    /// The previous process's state, before this one serves (new side).
+    take: Option<Rc<dyn Fn(serde_json::Value)>>,
 }
 
 impl fmt::Debug for Hooks {
@@ -39,6 +43,8 @@ impl fmt::Debug for Hooks {
             .field("ready", &self.ready.is_some())
             .field("drain", &self.drain.is_some())
             .field("exit", &self.exit.is_some())
+            .field("give", &self.give.is_some())
+            .field("take", &self.take.is_some())
             .finish()
     }
 }
@@ -74,6 +80,31 @@ impl Hooks {
         Fut: Future<Output = ()> + 'static,
     {
         self.exit = Some(boxed(hook));
+    }
+
+    pub(crate) fn set_give(&mut self, hook: impl Fn() -> serde_json::Value + 'static) {
+        self.give = Some(Rc::new(hook));
+    }
+
+    pub(crate) fn set_take(&mut self, hook: impl Fn(serde_json::Value) + 'static) {
+        self.take = Some(Rc::new(hook));
+    }
+
+    /// The state to hand to a successor, as JSON text (empty: none).
+    pub(crate) fn state(&self) -> Vec<u8> {
+        self.give
+            .as_ref()
+            .map(|give| give().to_string().into_bytes())
+            .unwrap_or_default()
+    }
+
+    /// Passes on the previous process's state, if it sent some and it parses.
+    pub(crate) fn inherit(&self, state: &[u8]) {
+        if let (Some(take), false) = (&self.take, state.is_empty()) {
+            if let Ok(value) = serde_json::from_slice(state) {
+                take(value);
+            }
+        }
     }
 
     pub(crate) async fn spawning(&self) {

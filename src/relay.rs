@@ -3,7 +3,9 @@
 //! travelling as `SCM_RIGHTS` with the bytes already read from it but not yet parsed. The
 //! client sees nothing: same TCP connection, no `Connection: close`, no reconnect.
 //!
-//! Message: `[peer length: u32 LE][peer][local length: u32 LE][local][unparsed bytes]`.
+//! Messages: a connection, `C[peer length: u32 LE][peer][local length: u32 LE][local]
+//! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
+//! state, `S[JSON]` (empty: none).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -18,6 +20,8 @@ use rustix::net::{
 
 /// Largest message: addresses plus at most a request head's worth of unparsed bytes.
 const MAX_MESSAGE: usize = 96 * 1024;
+/// Largest application state handed over; larger state is not sent (the successor starts cold).
+pub(crate) const MAX_STATE: usize = 64 * 1024;
 
 /// A new socket pair for one successor: (this process's end, the successor's end).
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -33,6 +37,14 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug)]
 pub(crate) struct Relay {
     socket: Async<UnixStream>,
+}
+
+/// What arrives on the relay.
+#[derive(Debug)]
+pub(crate) enum Received {
+    Connection(Handed),
+    /// The application's state as JSON text (empty: the old process had none).
+    State(Vec<u8>),
 }
 
 /// A connection received from the previous process.
@@ -66,7 +78,8 @@ impl Relay {
                 "too much unparsed input to hand over",
             ));
         }
-        let mut head = Vec::with_capacity(8 + peer.len() + local.len());
+        let mut head = Vec::with_capacity(9 + peer.len() + local.len());
+        head.push(b'C');
         for text in [peer, local] {
             head.extend_from_slice(&(text.len() as u32).to_le_bytes());
             head.extend_from_slice(text.as_bytes());
@@ -85,8 +98,24 @@ impl Relay {
             .map(drop)
     }
 
-    /// The next connection, or `None` once the other process has closed the channel.
-    pub(crate) async fn receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Handed>> {
+    /// Sends the application's state (before the successor serves). Too large: not sent.
+    pub(crate) async fn send_state(&self, state: &[u8]) -> io::Result<()> {
+        let state = if state.len() > MAX_STATE {
+            &[][..]
+        } else {
+            state
+        };
+        let message = [&b"S"[..], state].concat();
+        self.socket
+            .write_with(|socket| {
+                rustix::net::send(socket, &message, SendFlags::NOSIGNAL).map_err(io::Error::from)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// The next message, or `None` once the other process has closed the channel.
+    pub(crate) async fn receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Received>> {
         buffer.resize(MAX_MESSAGE, 0);
         let (bytes, fd) = self
             .socket
@@ -109,25 +138,23 @@ impl Relay {
                 Ok((received.bytes, fd))
             })
             .await?;
-        let Some(fd) = fd else {
-            return if bytes == 0 {
-                Ok(None)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a relay message without a connection",
-                ))
-            };
-        };
-        let message = &buffer[..bytes];
-        let (peer, rest) = text(message)?;
-        let (local, rest) = text(rest)?;
-        Ok(Some(Handed {
-            fd,
-            peer,
-            local,
-            pending: rest.to_vec(),
-        }))
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
+        match (buffer[..bytes].split_first(), fd) {
+            (None, None) => Ok(None),
+            (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
+            (Some((b'C', message)), Some(fd)) => {
+                let (peer, rest) = text(message)?;
+                let (local, rest) = text(rest)?;
+                let pending = rest.to_vec();
+                Ok(Some(Received::Connection(Handed {
+                    fd,
+                    peer,
+                    local,
+                    pending,
+                })))
+            }
+            _ => Err(bad()),
+        }
     }
 }
 
@@ -159,7 +186,10 @@ mod tests {
                 .unwrap();
             drop(server_side);
             let mut buffer = Vec::new();
-            let handed = receiver.receive(&mut buffer).await.unwrap().unwrap();
+            let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
+            else {
+                panic!("expected a connection");
+            };
             assert_eq!(
                 (handed.peer.as_str(), handed.local.as_str()),
                 ("127.0.0.1:1234", "127.0.0.1:80")
@@ -171,6 +201,11 @@ mod tests {
             let mut got = [0u8; 4];
             received.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"ping");
+            sender.send_state(br#"{"count":3}"#).await.unwrap();
+            let Some(Received::State(state)) = receiver.receive(&mut buffer).await.unwrap() else {
+                panic!("expected the state");
+            };
+            assert_eq!(state, br#"{"count":3}"#);
             drop(sender);
             assert!(receiver.receive(&mut buffer).await.unwrap().is_none());
         });

@@ -24,6 +24,8 @@ use crate::signals::{Command, Signals};
 use crate::stream::Stream;
 use crate::supervisor::Supervisor;
 
+/// How long a successor waits for its predecessor's state before it serves cold.
+const STATE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -286,6 +288,21 @@ impl Server {
         self
     }
 
+    /// On a restart with connection hand-over, `hook`'s value (at most 64 KiB of JSON) goes to
+    /// the successor before it serves: warm caches, counters. Default: none.
+    pub fn on_hand_over_state(mut self, hook: impl Fn() -> serde_json::Value + 'static) -> Self {
+        self.hooks.set_give(hook);
+        self
+    }
+
+    /// Receives the state the previous process handed over (see
+    /// [`Server::on_hand_over_state`]), before this process serves; not called if it sent none
+    /// or took over a second to send it. Default: none.
+    pub fn on_inherit_state(mut self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
+        self.hooks.set_take(hook);
+        self
+    }
+
     /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns.
     pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
     where
@@ -385,6 +402,22 @@ impl Server {
                 tls: listener.tls,
             });
         }
+        // Connections the previous process hands over, if it does; first, before this process
+        // serves, its state (possibly none), awaited for a bounded time.
+        let mut inbound = relay.map(crate::relay::Relay::new).transpose()?;
+        let mut relay_buffer = Vec::new();
+        if let Some(relay) = &inbound {
+            let first = async { relay.receive(&mut relay_buffer).await.ok().flatten() };
+            let late = async {
+                Timer::after(STATE_TIMEOUT).await;
+                None
+            };
+            match first.or(late).await {
+                Some(crate::relay::Received::State(state)) => hooks.inherit(&state),
+                // Anything else breaks the protocol: no connections from that relay.
+                _ => inbound = None,
+            }
+        }
         if let Some(pipe) = ready {
             // Unannounced, the parent would kill this process at its upgrade timeout anyway.
             handoff::announce_ready(pipe).map_err(|e| {
@@ -394,9 +427,6 @@ impl Server {
                 )
             })?;
         }
-        // Connections the previous process hands over, if it does.
-        let mut inbound = relay.map(crate::relay::Relay::new).transpose()?;
-        let mut relay_buffer = Vec::new();
         let mut drain = Drain::new();
         // Drains given up when a successor died during them; their connections still count.
         let mut earlier: Vec<Rc<Drain>> = Vec::new();
@@ -409,7 +439,7 @@ impl Server {
         let report = loop {
             let mut successor: Option<Child> = None;
             // This process's end of the successor's relay, once a restart is ready.
-            let mut outbound: Option<std::os::fd::OwnedFd> = None;
+            let mut outbound: Option<crate::relay::Relay> = None;
             let stop = loop {
                 let accept = async {
                     if backoff {
@@ -436,7 +466,7 @@ impl Server {
                     }
                 };
                 match signal.or(upgraded).or(relayed).or(accept).await {
-                    Wake::Relayed(Ok(Some(handed))) => {
+                    Wake::Relayed(Ok(Some(crate::relay::Received::Connection(handed)))) => {
                         let tcp = std::net::TcpStream::from(handed.fd);
                         let Ok(stream) = async_io::Async::new(tcp) else {
                             continue;
@@ -589,10 +619,7 @@ impl Server {
             if async_h1 {
                 outbound = None;
             }
-            if let Some(relay) = outbound
-                .take()
-                .and_then(|fd| crate::relay::Relay::new(fd).ok())
-            {
+            if let Some(relay) = outbound.take() {
                 drain.set_relay(Rc::new(relay));
             }
             drain.start();
@@ -676,7 +703,7 @@ struct Upgrade {
 
 /// The successor, serving (with this process's end of the relay, if any); or its pid (if it
 /// got one) and why it is not.
-type Upgraded = Result<(Child, Option<std::os::fd::OwnedFd>), (Option<u32>, String)>;
+type Upgraded = Result<(Child, Option<crate::relay::Relay>), (Option<u32>, String)>;
 
 /// Starts a successor and waits until it is ready: the part of an upgrade that runs beside
 /// the select loop.
@@ -697,6 +724,7 @@ fn upgrade_task(
         emit(&Event::Spawned {
             pid: successor.pid(),
         });
+        successor.send_state(&hooks.state()).await;
         successor
             .ready(timeout)
             .await
@@ -715,7 +743,7 @@ enum Ending {
 
 enum Wake {
     /// A connection the previous process handed over, or the end of its relay.
-    Relayed(io::Result<Option<crate::relay::Handed>>),
+    Relayed(io::Result<Option<crate::relay::Received>>),
     /// The index of the listener, and the connection.
     Accepted(io::Result<(usize, (Stream, String))>),
     Signal(io::Result<(&'static str, Command)>),

@@ -80,3 +80,33 @@ fn a_pipelined_half_request_travels_with_its_connection() {
     assert_eq!(client.receive().unwrap().pid(), Some(next));
     assert_eq!(client.connects, 1);
 }
+
+#[test]
+fn application_state_reaches_the_successor_before_it_serves() {
+    let server = Server::hello(&[]);
+    for n in 1..=3 {
+        assert_eq!(
+            common::get(server.addr, "/count").unwrap().body,
+            format!("count {n} from {}\n", server.pid)
+        );
+    }
+    let next = server.restart(server.pid);
+    assert!(wait_gone(server.pid, DEADLINE));
+    // The successor starts from the handed-over count, not from zero.
+    assert_eq!(
+        common::get(server.addr, "/count").unwrap().body,
+        format!("count 4 from {next}\n")
+    );
+    // Without hand-over there is no relay, and no state: a successor starts cold.
+    let cold = Server::hello(&["--no-hand-over"]);
+    assert_eq!(
+        common::get(cold.addr, "/count").unwrap().body,
+        format!("count 1 from {}\n", cold.pid)
+    );
+    let fresh = cold.restart(cold.pid);
+    assert!(wait_gone(cold.pid, DEADLINE));
+    assert_eq!(
+        common::get(cold.addr, "/count").unwrap().body,
+        format!("count 1 from {fresh}\n")
+    );
+}
