@@ -467,21 +467,7 @@ impl Server {
                 };
                 match signal.or(upgraded).or(relayed).or(accept).await {
                     Wake::Relayed(Ok(Some(crate::relay::Received::Connection(handed)))) => {
-                        let tcp = std::net::TcpStream::from(handed.fd);
-                        let Ok(stream) = async_io::Async::new(tcp) else {
-                            continue;
-                        };
-                        let incoming = conn::Incoming {
-                            stream: Stream::Tcp(stream),
-                            peer: handed.peer,
-                            local: handed.local,
-                            tls: None,
-                            pending: handed.pending,
-                        };
-                        let counted = drain.connection();
-                        let task =
-                            conn::serve(incoming, handler.clone(), drain.clone(), counted, options);
-                        executor.spawn(task).detach();
+                        serve_handed(handed, executor, &handler, &drain, options);
                     }
                     // The previous process is done handing over (or its relay broke).
                     Wake::Relayed(_) => inbound = None,
@@ -631,7 +617,21 @@ impl Server {
             let deadline = Timer::after(drain_timeout);
             hooks.draining().await;
 
+            // A predecessor may still be handing connections over (a restart came before it
+            // was gone): keep taking them until it closes the relay, else they would be lost
+            // in the relay's buffer when this process exits.
+            let relaying = async {
+                while let Some(relay) = inbound.as_ref() {
+                    match relay.receive(&mut relay_buffer).await {
+                        Ok(Some(crate::relay::Received::Connection(handed))) => {
+                            serve_handed(handed, executor, &handler, &drain, options);
+                        }
+                        _ => inbound = None,
+                    }
+                }
+            };
             let finished = async {
+                relaying.await;
                 for drain in earlier.iter().chain(std::iter::once(&drain)) {
                     drain.finished().await;
                 }
@@ -730,6 +730,39 @@ fn upgrade_task(
             .await
             .map_err(|(pid, why): (u32, NotReady)| (Some(pid), why.to_string()))
     })
+}
+
+/// Serves a connection the previous process handed over, as if this one had accepted it.
+fn serve_handed<F, Fut>(
+    handed: crate::relay::Handed,
+    executor: &LocalExecutor<'static>,
+    handler: &Rc<F>,
+    drain: &Rc<Drain>,
+    options: conn::Options,
+) where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    let Ok(stream) = async_io::Async::new(std::net::TcpStream::from(handed.fd)) else {
+        return;
+    };
+    let incoming = conn::Incoming {
+        stream: Stream::Tcp(stream),
+        peer: handed.peer,
+        local: handed.local,
+        tls: None,
+        pending: handed.pending,
+    };
+    let counted = drain.connection();
+    executor
+        .spawn(conn::serve(
+            incoming,
+            handler.clone(),
+            drain.clone(),
+            counted,
+            options,
+        ))
+        .detach();
 }
 
 /// How a drain ended.
