@@ -21,12 +21,7 @@ fn keep_alive_clients_keep_their_connections_across_ten_restarts() {
         pid = next;
     }
     let stats = load.finish();
-    assert!(
-        stats.failures.is_empty(),
-        "{} failed: {:?}",
-        stats.failures.len(),
-        stats.failures
-    );
+    stats.assert_no_failures();
     assert_eq!(
         stats.connects, 4,
         "clients reconnected: {} connects for 4 clients",

@@ -324,12 +324,7 @@ fn sighup_storm_ends_with_one_serving_process_and_no_failures() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let stats = load.finish();
-    assert!(
-        stats.failures.is_empty(),
-        "{} failed: {:?}",
-        stats.failures.len(),
-        stats.failures
-    );
+    stats.assert_no_failures();
     assert_eq!(
         common::get(server.addr, "/hello").unwrap().pid(),
         Some(survivor)
@@ -364,5 +359,5 @@ fn parent_killed_mid_drain_loses_only_its_own_in_flight_request() {
         );
     }
     let stats = load.finish();
-    assert!(stats.failures.is_empty(), "{:?}", stats.failures);
+    stats.assert_no_failures();
 }

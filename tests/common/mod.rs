@@ -636,6 +636,18 @@ pub struct Stats {
     pub connects: usize,
 }
 
+impl Stats {
+    /// Fails the test, listing them, if any request failed.
+    pub fn assert_no_failures(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} failed: {:?}",
+            self.failures.len(),
+            self.failures
+        );
+    }
+}
+
 /// Client threads sending `GET /hello` in a loop until [`Load::finish`].
 pub struct Load {
     stop: Arc<AtomicBool>,
