@@ -6,7 +6,8 @@
 //! Routes: `GET /hello` answers `Hello from <pid>!`, `GET /slow?ms=N` answers after N ms
 //! (at most 60000), `POST /echo` answers with the request body, `GET /stream?lines=N` answers
 //! with a body of unknown length (sent chunked), `GET /count` counts its calls across
-//! restarts (the count is handed to each successor); anything else is 404.
+//! restarts (the count is handed to each successor), `GET /child-env` starts `env` and answers
+//! with the names of the variables that child process sees; anything else is 404.
 
 use std::cell::Cell;
 use std::process::ExitCode;
@@ -164,6 +165,16 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             let body = req.body_bytes().await?;
             Ok(Response::from(body))
         }
+        (Method::Get, "/child-env") => {
+            // What a process the handler starts inherits: names only, values stay private.
+            let output = smol::unblock(|| std::process::Command::new("env").output()).await?;
+            let names: String = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(name, _)| format!("{name}\n"))
+                .collect();
+            Ok(Response::from(names))
+        }
         (Method::Get, "/stream") => {
             // A body of unknown length: sent chunked.
             let lines = query(&req, "lines").unwrap_or(3).min(10_000);
@@ -175,7 +186,7 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             response.set_body(http_types::Body::from_reader(reader, None));
             Ok(response)
         }
-        (_, "/hello" | "/slow" | "/echo" | "/stream") => {
+        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/child-env") => {
             Ok(Response::new(StatusCode::MethodNotAllowed))
         }
         _ => Ok(Response::new(StatusCode::NotFound)),

@@ -23,6 +23,13 @@ pub enum Event<'a> {
         /// Connections start with a TLS handshake.
         tls: bool,
     },
+    /// `LISTENER` or `LISTEN_*` stay in this process's environment, so processes the handler
+    /// starts inherit them: other threads were running when [`crate::Server::bind`] read them,
+    /// and changing the environment then is not sound. Bind before starting threads.
+    EnvironmentKept {
+        /// Threads running at the time, if `/proc/self/stat` could be read.
+        threads: Option<usize>,
+    },
     /// A handled signal arrived.
     Signal {
         /// `SIGHUP`, `SIGUSR2`, `SIGINT`, `SIGQUIT` or `SIGTERM`.
@@ -98,6 +105,18 @@ impl fmt::Display for Event<'_> {
             } => {
                 let scheme = if *tls { "tls:" } else { "" };
                 write!(f, "listening on {scheme}{addr} (fd {fd}, {origin})")
+            }
+            Event::EnvironmentKept { threads } => {
+                let why = match threads {
+                    Some(n) => format!("{n} threads were running"),
+                    None => "the thread count in /proc/self/stat is unreadable".to_owned(),
+                };
+                write!(
+                    f,
+                    "LISTENER/LISTEN_* stay in the environment ({why} when Server::bind read \
+                     them), so processes the handler starts inherit them; call Server::bind \
+                     before starting threads"
+                )
             }
             Event::Signal { name } => write!(f, "received {name}"),
             Event::Ignored { name, reason } => write!(f, "ignored {name}: {reason}"),

@@ -30,7 +30,11 @@
 //!
 //! The successor learns about the socket from the `LISTENER` environment variable,
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}`, the format of the Go
-//! original, so Go and Rust servers can hand over to each other.
+//! original, so Go and Rust servers can hand over to each other. `Server::bind` reads it and
+//! takes it (and systemd's `LISTEN_*`) out of the process environment, so processes the
+//! handler starts never inherit it; call `bind` before starting threads, because the
+//! environment can only be changed soundly while the process has one thread (otherwise the
+//! variables stay and the server logs that they did).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 #[cfg(not(unix))]

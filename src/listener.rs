@@ -188,6 +188,44 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
         })
 }
 
+/// Takes `LISTENER` and the `LISTEN_*` variables out of this process's environment once they
+/// are read, so processes the handler starts never see fds that were not meant for them (a
+/// grandchild that is itself a baton or Go server would otherwise try to adopt fd 3).
+///
+/// Changing the environment is only sound while no other thread can read it, so this happens
+/// only if this process has a single thread; `Server::bind` calls it before it creates
+/// anything that starts a thread. Returns the thread count (if known) when the variables had
+/// to stay, `None` when they are gone or were never there.
+pub(crate) fn scrub_environment() -> Option<Option<usize>> {
+    let present: Vec<&str> = std::iter::once(LISTENER_ENV)
+        .chain(ACTIVATION_ENV)
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    if present.is_empty() {
+        return None;
+    }
+    match thread_count() {
+        Some(1) => {
+            for name in present {
+                // SAFETY: this process has exactly one thread, the one running this code, so
+                // no other thread reads or writes the environment while it changes, and none
+                // can be started in between except by this code, which starts none.
+                unsafe { std::env::remove_var(name) };
+            }
+            None
+        }
+        threads => Some(threads),
+    }
+}
+
+/// How many threads this process has (field 20 of `/proc/self/stat`), if that can be read.
+fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; fields 3.. follow it.
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(17)?.parse().ok()
+}
+
 /// What the environment hands this process: `LISTENER` descriptions, socket-activated fds.
 #[derive(Debug, Default)]
 pub(crate) struct Inheritance {
@@ -965,6 +1003,25 @@ mod tests {
         // None of them was taken over (closed) by the failed attempt.
         assert!(udp.local_addr().is_ok());
         assert!(dir.metadata().is_ok());
+    }
+
+    /// The thread count the environment scrub relies on is read correctly: it sees a thread
+    /// this test starts.
+    #[test]
+    fn thread_count_sees_a_started_thread() {
+        let before = thread_count().expect("/proc/self/stat is readable");
+        assert!(before >= 1);
+        let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                started.wait();
+                stop.wait();
+            });
+            started.wait();
+            // Other tests may start or end threads meanwhile; ours is certainly running.
+            assert!(thread_count().unwrap() >= 2);
+            stop.wait();
+        });
     }
 
     /// Random and mutated `LISTENER` values: never a panic, and every error names LISTENER.

@@ -51,6 +51,8 @@ pub struct Server {
     relay: Option<std::os::fd::OwnedFd>,
     /// Hand live connections to successors instead of closing them.
     hand_over: bool,
+    /// `Some(threads)` if `LISTENER`/`LISTEN_*` had to stay in the environment.
+    environment_kept: Option<Option<usize>>,
     signals: Signals,
     exec: Exec,
     drain_timeout: Duration,
@@ -122,6 +124,11 @@ impl Server {
     /// Installs the signal handlers first, so a SIGHUP that arrives while this process is
     /// still starting cannot kill it. A malformed `LISTENER`, or one whose fd is not a
     /// listening socket on `addr`, is an error that says what is wrong.
+    ///
+    /// Call it first thing in `main`, before starting threads or a runtime: it takes `LISTENER`
+    /// and `LISTEN_*` out of the environment so processes the handler starts do not inherit
+    /// them, which is only sound while this is the process's one thread. If other threads are
+    /// running, the variables stay and serving starts with [`Event::EnvironmentKept`].
     pub fn bind(addr: &str) -> io::Result<Server> {
         Server::bind_all([addr])
     }
@@ -133,16 +140,20 @@ impl Server {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        // Read and take the inherited variables while this may still be the only thread:
+        // signal registration below starts async-io's thread.
+        let inheritance = Inheritance::from_env()?;
+        let environment_kept = crate::listener::scrub_environment();
         let signals = Signals::register()?;
         let exec = Exec::capture()?;
         let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let inheritance = Inheritance::from_env()?;
         let (listeners, ready, relay) = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
         Ok(Server {
             listeners,
             ready,
             relay,
+            environment_kept,
             signals,
             exec,
             drain_timeout: Duration::from_secs(5),
@@ -385,6 +396,7 @@ impl Server {
             tls_files,
             relay,
             hand_over,
+            environment_kept,
             #[cfg(feature = "async-h1")]
             async_h1,
         } = self;
@@ -401,6 +413,9 @@ impl Server {
                 origin: listener.origin.as_str(),
                 tls: listener.tls,
             });
+        }
+        if let Some(threads) = environment_kept {
+            emit(&Event::EnvironmentKept { threads });
         }
         // Connections the previous process hands over, if it does; first, before this process
         // serves, its state (possibly none), awaited for a bounded time.

@@ -137,7 +137,8 @@ fn socket_activation_adopts_the_passed_sockets_and_restarts_with_listener() {
         // The first socket is matched by its bound address, the second by its name.
         .args(["--addr", &web_addr.to_string(), "--addr", "api"])
         .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "web:api");
+        .env("LISTEN_FDNAMES", "web:api")
+        .env("BATON_TEST_MARK", "1");
     // SAFETY: the closure makes only fcntl/dup2 calls on fds this process owns; the Vec it
     // fills holds two entries and is the only allocation, made in the child before exec.
     unsafe {
@@ -164,6 +165,10 @@ fn socket_activation_adopts_the_passed_sockets_and_restarts_with_listener() {
         common::get(api_addr, "/hello").unwrap().pid(),
         Some(server.pid)
     );
+    // Processes the handler starts do not see the activation variables.
+    let seen = common::child_env(web_addr);
+    assert!(seen.iter().any(|n| n == "BATON_TEST_MARK"), "{seen:?}");
+    assert!(!seen.iter().any(|n| n.starts_with("LISTEN")), "{seen:?}");
     // A restart hands both on through LISTENER, without the LISTEN_* variables.
     let next = server.restart(server.pid);
     assert!(wait_gone(server.pid, DEADLINE));

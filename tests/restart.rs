@@ -179,6 +179,40 @@ fn second_sigint_during_a_drain_exits_at_once() {
     server.wait_line("exiting: 1 requests cut");
 }
 
+/// `LISTENER` names fds of the process it was given to; a process the handler starts (which
+/// might be a baton or Go server itself) must not see it, in the first process or after a restart.
+#[test]
+fn processes_the_handler_starts_never_see_listener() {
+    let mut command = std::process::Command::new(common::example("hello"));
+    command
+        .args(["--addr", "127.0.0.1:0"])
+        .env("BATON_TEST_MARK", "1");
+    let server = Server::start(command);
+    let first = common::child_env(server.addr);
+    // The route works: the child sees what the server was started with.
+    assert!(first.iter().any(|n| n == "BATON_TEST_MARK"), "{first:?}");
+    assert!(!first.iter().any(|n| n == "LISTENER"), "{first:?}");
+    let next = server.restart(server.pid);
+    assert!(wait_gone(server.pid, DEADLINE));
+    // The successor was started with LISTENER and took it out before serving.
+    let environ = std::fs::read(format!("/proc/{next}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v.starts_with(b"LISTENER="))
+    );
+    assert_eq!(common::serving_pid(server.addr), next);
+    let after = common::child_env(server.addr);
+    assert!(after.iter().any(|n| n == "BATON_TEST_MARK"), "{after:?}");
+    assert!(!after.iter().any(|n| n.starts_with("LISTEN")), "{after:?}");
+    assert!(
+        !server
+            .lines()
+            .iter()
+            .any(|l| l.contains("stay in the environment"))
+    );
+}
+
 #[test]
 fn sigusr2_child_keeps_serving_after_the_parent_stops() {
     let mut server = Server::hello(&[]);

@@ -555,6 +555,14 @@ pub fn serving_pid(addr: SocketAddr) -> u32 {
         .expect("pid in the body")
 }
 
+/// The names of the environment variables a process started by the server's handler sees
+/// (`hello`'s `/child-env`).
+pub fn child_env(addr: SocketAddr) -> Vec<String> {
+    let reply = get(addr, "/child-env").expect("child-env");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body.lines().map(str::to_owned).collect()
+}
+
 /// One request on a fresh connection that asks to be closed afterwards.
 pub fn get(addr: SocketAddr, path: &str) -> Result<Reply, Failure> {
     Client::new(addr).send(&format!(
