@@ -66,6 +66,26 @@ impl Stream {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
+    /// One read that never waits and registers nothing with the reactor: `WouldBlock` if
+    /// nothing is there yet (always, for TLS, whose records go through the session).
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => std::io::Read::read(&mut s.get_ref(), buf),
+            Stream::Unix(s) => std::io::Read::read(&mut s.get_ref(), buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Whether [`Stream::try_read`] can ever find something.
+    pub(crate) fn can_try_read(&self) -> bool {
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => true,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => false,
+        }
+    }
+
     /// Resolves once there is something to read (or the peer closed).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
