@@ -32,6 +32,7 @@ struct Args {
     tls_key: Option<String>,
     max_connections: Option<usize>,
     write_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
     hand_over: bool,
     async_h1: bool,
 }
@@ -52,6 +53,7 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
                         (built with --features tls)
   --max-connections     most connections served at once (default 10000)
   --write-timeout       how long a client may stall a response write (default 30s)
+  --body-timeout        how long a request body may stall (default 30s)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
   --codec               baton (default) or async-h1 (built with --features async-h1)";
@@ -70,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         tls_key: None,
         max_connections: None,
         write_timeout: None,
+        body_timeout: None,
         hand_over: true,
         async_h1: false,
     };
@@ -103,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
             "--tls-key" => args.tls_key = Some(value),
             "--max-connections" => args.max_connections = Some(parse_number(&name, &value)?),
             "--write-timeout" => args.write_timeout = Some(parse_duration(&name, &value)?),
+            "--body-timeout" => args.body_timeout = Some(parse_duration(&name, &value)?),
             "--codec" => match value.as_str() {
                 "baton" => args.async_h1 = false,
                 "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
@@ -231,6 +235,10 @@ fn main() -> ExitCode {
     let server = server.hand_over_connections(args.hand_over);
     let server = match args.max_connections {
         Some(limit) => server.max_connections(limit),
+        None => server,
+    };
+    let server = match args.body_timeout {
+        Some(timeout) => server.body_timeout(timeout),
         None => server,
     };
     let server = match args.write_timeout {

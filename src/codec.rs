@@ -20,6 +20,8 @@ pub(crate) enum Reject {
     HeadTooLarge,
     /// 413: the body is larger than the limit.
     BodyTooLarge,
+    /// 408: the body stalled longer than the body timeout.
+    BodyTimedOut,
     /// 501: a transfer coding or method this server does not implement.
     NotImplemented(&'static str),
 }
@@ -31,6 +33,7 @@ impl Reject {
             Reject::BadRequest(_) => StatusCode::BadRequest,
             Reject::HeadTooLarge => StatusCode::RequestHeaderFieldsTooLarge,
             Reject::BodyTooLarge => StatusCode::PayloadTooLarge,
+            Reject::BodyTimedOut => StatusCode::RequestTimeout,
             Reject::NotImplemented(_) => StatusCode::NotImplemented,
         }
     }
@@ -42,6 +45,7 @@ impl fmt::Display for Reject {
             Reject::BadRequest(why) => write!(f, "bad request: {why}"),
             Reject::HeadTooLarge => f.write_str("request head too large"),
             Reject::BodyTooLarge => f.write_str("request body too large"),
+            Reject::BodyTimedOut => f.write_str("request body timed out"),
             Reject::NotImplemented(what) => write!(f, "not implemented: {what}"),
         }
     }

@@ -48,6 +48,7 @@ pub(crate) struct Options {
     pub(crate) max_head: usize,
     pub(crate) max_body: u64,
     pub(crate) write_timeout: Duration,
+    pub(crate) body_timeout: Duration,
 }
 
 /// Bytes read from the connection and not yet consumed: `data[start..end]`.
@@ -154,6 +155,22 @@ struct BodyReader {
     io: Arc<Stream>,
     shared: Arc<Mutex<Inbound>>,
     max_head: usize,
+    /// The longest the body may stall: no byte arrives while it is being read.
+    timeout: Duration,
+    /// Armed while a read waits for the client; dropped when bytes arrive.
+    stall: Option<Timer>,
+}
+
+impl BodyReader {
+    fn new(io: &Arc<Stream>, shared: &Arc<Mutex<Inbound>>, options: &Options) -> BodyReader {
+        BodyReader {
+            io: io.clone(),
+            shared: shared.clone(),
+            max_head: options.max_head,
+            timeout: options.body_timeout,
+            stall: None,
+        }
+    }
 }
 
 impl AsyncRead for BodyReader {
@@ -246,9 +263,25 @@ impl AsyncRead for BodyReader {
                     inbound.failed = Some(Reject::BadRequest("connection closed inside the body"));
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
-                Poll::Ready(Ok(n)) => inbound.buf.end += n,
+                Poll::Ready(Ok(n)) => {
+                    inbound.buf.end += n;
+                    this.stall = None;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The timer starts with the first wait, so a body that keeps coming is
+                    // never cut, and one that stops is cut `timeout` after its last byte.
+                    let timeout = this.timeout;
+                    let stall = this.stall.get_or_insert_with(|| Timer::after(timeout));
+                    if Pin::new(stall).poll(cx).is_ready() {
+                        inbound.failed = Some(Reject::BodyTimedOut);
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            Reject::BodyTimedOut.to_string(),
+                        )));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -657,11 +690,7 @@ fn attach_body(
         continue_written: 0,
         failed: None,
     }));
-    let reader = BodyReader {
-        io: io.clone(),
-        shared: shared.clone(),
-        max_head: options.max_head,
-    };
+    let reader = BodyReader::new(io, &shared, options);
     request.set_body(Body::from_reader(
         smol::io::BufReader::with_capacity(4096, reader),
         len,
@@ -686,11 +715,7 @@ async fn discard_body(
         continue_written: 0,
         failed: None,
     }));
-    let mut reader = BodyReader {
-        io: io.clone(),
-        shared: shared.clone(),
-        max_head: options.max_head,
-    };
+    let mut reader = BodyReader::new(io, &shared, options);
     let mut scratch = [0u8; 1024];
     let clean = loop {
         match reader.read(&mut scratch).await {

@@ -165,6 +165,7 @@ impl Server {
                 max_head: 16 * 1024,
                 max_body: 16 * 1024 * 1024,
                 write_timeout: Duration::from_secs(30),
+                body_timeout: Duration::from_secs(30),
             },
             max_connections: 10_000,
             pid_file: None,
@@ -263,6 +264,14 @@ impl Server {
     /// connection is reset. Default: 30 s.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.options.write_timeout = timeout;
+        self
+    }
+
+    /// How long a request body may stall (no byte arrives) while it is read, by the handler or
+    /// by the server skipping what the handler left. The request then fails with 408 and the
+    /// connection closes. Default: 30 s.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.options.body_timeout = timeout;
         self
     }
 

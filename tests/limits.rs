@@ -170,3 +170,64 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_others_are_served()
         started.elapsed()
     );
 }
+
+/// Sends a head announcing a 100-byte body and 10 bytes of it, then stalls.
+fn stalled_body(server: &Server, target: &str) -> (TcpStream, Instant) {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let head = format!("{target} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    (stream, Instant::now())
+}
+
+#[test]
+fn a_stalled_request_body_gets_408_at_the_body_timeout() {
+    let server = Server::hello(&["--body-timeout", "300ms"]);
+    let (mut stream, sent) = stalled_body(&server, "POST /echo");
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("closed by the server");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert!(text.contains("connection: close"), "{text:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
+
+/// The timeout is for a stall, not for the whole body: one that keeps coming is never cut.
+#[test]
+fn a_slow_but_steady_request_body_is_not_cut() {
+    let server = Server::hello(&["--body-timeout", "300ms"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(60));
+        stream.write_all(b"y").unwrap();
+    }
+    assert!(started.elapsed() > Duration::from_millis(600));
+    let reply = read_reply(&mut BufReader::new(&stream)).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "yyyyyyyyyyyy");
+}
+
+/// A handler that ignores the body answers at once; the rest of the body, which the server
+/// skips to reuse the connection, is subject to the same timeout.
+#[test]
+fn a_stalled_body_the_handler_ignored_closes_the_connection_at_the_body_timeout() {
+    let server = Server::hello(&["--body-timeout", "300ms"]);
+    let (stream, _) = stalled_body(&server, "GET /hello");
+    let mut reader = BufReader::new(&stream);
+    assert_eq!(read_reply(&mut reader).unwrap().status, 200);
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("closed by the server");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(answered.elapsed() < DEADLINE);
+}
