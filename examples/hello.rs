@@ -33,6 +33,7 @@ struct Args {
     max_connections: Option<usize>,
     write_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
+    startup_delay: Duration,
     hand_over: bool,
     async_h1: bool,
 }
@@ -54,6 +55,8 @@ const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upg
   --max-connections     most connections served at once (default 10000)
   --write-timeout       how long a client may stall a response write (default 30s)
   --body-timeout        how long a request body may stall (default 30s)
+  --startup-delay       wait this long before binding, as an application that loads its
+                        configuration first would (default 0s)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
   --codec               baton (default) or async-h1 (built with --features async-h1)";
@@ -73,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         max_connections: None,
         write_timeout: None,
         body_timeout: None,
+        startup_delay: Duration::ZERO,
         hand_over: true,
         async_h1: false,
     };
@@ -107,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-connections" => args.max_connections = Some(parse_number(&name, &value)?),
             "--write-timeout" => args.write_timeout = Some(parse_duration(&name, &value)?),
             "--body-timeout" => args.body_timeout = Some(parse_duration(&name, &value)?),
+            "--startup-delay" => args.startup_delay = parse_duration(&name, &value)?,
             "--codec" => match value.as_str() {
                 "baton" => args.async_h1 = false,
                 "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    std::thread::sleep(args.startup_delay);
     let server = match baton::Server::bind_all(&args.addrs) {
         Ok(server) => server,
         Err(error) => {

@@ -201,18 +201,14 @@ impl Spawn {
     }
 }
 
-/// In the forked child, before exec: reset the signal mask and put each `(from, to)` fd in
+/// In the forked child, before exec: set the signal mask to SIGHUP and SIGUSR2 only (held
+/// until the successor installs its handlers, see [`crate::signals::HELD_ACROSS_EXEC`]; the
+/// rest of the parent's mask is not passed on) and put each `(from, to)` fd in
 /// place without CLOEXEC. Every source is first copied above all targets, so no `dup2` can
 /// clobber a source that is still needed, and no `dup2` is ever a same-fd no-op (which would
 /// leave CLOEXEC set).
 fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
-    // SAFETY: sigemptyset writes the set we own; pthread_sigmask is async-signal-safe and only
-    // changes this (single-threaded, about to exec) child's mask.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
+    crate::signals::mask_held(libc::SIG_SETMASK)?;
     let floor = moves.iter().map(|&(_, to)| to).max().unwrap_or(FIRST_FD) + 1;
     // No allocation between fork and exec: a fixed array of copies, one per listener + the pipe.
     let mut copies: [Option<OwnedFd>; MAX_LISTENERS + 1] = [const { None }; MAX_LISTENERS + 1];

@@ -121,8 +121,9 @@ impl Server {
     /// over the listener for that address that the parent process passed through `LISTENER`
     /// or systemd passed through `LISTEN_FDS`.
     ///
-    /// Installs the signal handlers first, so a SIGHUP that arrives while this process is
-    /// still starting cannot kill it. A malformed `LISTENER`, or one whose fd is not a
+    /// A successor starts with SIGHUP and SIGUSR2 blocked; `bind` installs the handlers and
+    /// then unblocks them, so one sent while the process was still starting is acted on once
+    /// it serves, however long the application took before calling `bind`. A malformed `LISTENER`, or one whose fd is not a
     /// listening socket on `addr`, is an error that says what is wrong.
     ///
     /// Call it first thing in `main`, before starting threads or a runtime: it takes `LISTENER`

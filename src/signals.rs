@@ -21,23 +21,49 @@ pub(crate) enum Command {
     Reap,
 }
 
+/// The signals a successor starts with blocked (`handoff` sets its mask before exec): until
+/// its handlers are installed, a SIGHUP or SIGUSR2 sent to it waits instead of ending it, even
+/// if the application does slow work before it binds. [`Signals::register`] unblocks them.
+pub(crate) const HELD_ACROSS_EXEC: [libc::c_int; 2] = [libc::SIGHUP, libc::SIGUSR2];
+
+/// Changes this thread's mask for [`HELD_ACROSS_EXEC`] (`SIG_BLOCK` or `SIG_UNBLOCK`); the
+/// only calls are sigemptyset, sigaddset and pthread_sigmask, so it is safe between fork and
+/// exec.
+pub(crate) fn mask_held(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset write the set this function owns; pthread_sigmask only
+    // changes the calling thread's mask and reads the set.
+    let result = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for signal in HELD_ACROSS_EXEC {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match result {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 /// The handled signals, registered at construction.
 #[derive(Debug)]
 pub(crate) struct Signals(Stream);
 
 impl Signals {
-    /// Installs the handlers. Do this before anything slow: until then SIGHUP and SIGUSR2
-    /// still have their default action, which terminates the process.
+    /// Installs the handlers, then unblocks SIGHUP and SIGUSR2, which a successor starts
+    /// with blocked: one that arrived meanwhile is handled now, once this process serves.
     pub(crate) fn register() -> io::Result<Signals> {
-        Stream::new([
+        let signals = Stream::new([
             Signal::Hup,
             Signal::Usr2,
             Signal::Int,
             Signal::Quit,
             Signal::Term,
             Signal::Child,
-        ])
-        .map(Signals)
+        ])?;
+        mask_held(libc::SIG_UNBLOCK)?;
+        Ok(Signals(signals))
     }
 
     /// The next signal, with its name and what it asks for. Signals of one kind that arrive

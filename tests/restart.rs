@@ -213,6 +213,28 @@ fn processes_the_handler_starts_never_see_listener() {
     );
 }
 
+/// A SIGHUP sent straight to a successor before it installed its handlers (here: while it
+/// loads its configuration for 500 ms) is held until they are, instead of killing it; the
+/// successor then acts on it once it serves.
+#[test]
+fn a_sighup_to_a_successor_still_starting_is_held_not_fatal() {
+    let server = Server::hello(&["--startup-delay", "500ms"]);
+    let first = server.pid;
+    signal(first, Signal::HUP);
+    let spawned = server.wait_line(&format!("baton[{first}]: spawned child "));
+    let child = common::child_pid(&spawned);
+    signal(child, Signal::HUP);
+    let outcome = server.wait_line(&format!("baton[{first}]: child {child} "));
+    assert!(outcome.ends_with(" ready"), "{outcome}\n{}", server.dump());
+    // The held SIGHUP: the successor restarts in turn.
+    let spawned = server.wait_line(&format!("baton[{child}]: spawned child "));
+    let grandchild = common::child_pid(&spawned);
+    let outcome = server.wait_line(&format!("baton[{child}]: child {grandchild} "));
+    assert!(outcome.ends_with(" ready"), "{outcome}\n{}", server.dump());
+    assert!(wait_gone(first, DEADLINE) && wait_gone(child, DEADLINE));
+    assert_eq!(common::serving_pid(server.addr), grandchild);
+}
+
 #[test]
 fn sigusr2_child_keeps_serving_after_the_parent_stops() {
     let mut server = Server::hello(&[]);

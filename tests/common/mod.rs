@@ -252,7 +252,6 @@ impl Server {
             .expect("pid in the ready line")
     }
 
-    /// Every pid that ever logged.
     /// Every pid that logged, or was logged as a spawned child (it may not have logged yet).
     pub fn pids(&self) -> HashSet<u32> {
         let lines = self.lines();
