@@ -29,6 +29,14 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How many tasks run between two checks for I/O readiness while tasks are ready to run.
+/// `LocalExecutor::run` checks every 200; connections that read their next request without
+/// waiting (see `conn`) keep the executor busy under load, so a connection that does wait for
+/// readiness would wait up to ~200 requests' time, about 1 ms. Under `wrk -c16`, five runs
+/// each: p99 0.72-0.93 ms checking every 200 tasks, 0.19-0.27 ms (one run 0.7) every 16, for
+/// ~3% of throughput.
+const TASKS_BETWEEN_IO_CHECKS: usize = 16;
+
 /// An HTTP/1.1 server that hands its listening socket to a new copy of itself on SIGHUP.
 ///
 /// ```no_run
@@ -379,7 +387,19 @@ impl Server {
         Fut: Future<Output = http_types::Result<Response>> + 'static,
     {
         let executor = LocalExecutor::new();
-        executor.run(self.run(&executor, Rc::new(handler))).await
+        let tasks = async {
+            loop {
+                for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                    if !executor.try_tick() {
+                        executor.tick().await;
+                    }
+                }
+                // Back to `block_on`, which polls the reactor (without blocking) before
+                // polling this future again.
+                smol::future::yield_now().await;
+            }
+        };
+        self.run(&executor, Rc::new(handler)).or(tasks).await
     }
 
     async fn run<F, Fut>(
