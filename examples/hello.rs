@@ -4,7 +4,8 @@
 //! Run with: `cargo run --example hello [-- --addr 127.0.0.1:8080 --drain-timeout 5s]`
 //!
 //! Routes: `GET /hello` answers `Hello from <pid>!`, `GET /slow?ms=N` answers after N ms
-//! (at most 60000), `POST /echo` answers with the request body, `GET /stream?lines=N` answers
+//! (at most 60000), `POST /echo` answers with the request body (and a chunked body's trailer fields as
+//! `echo-trailer-<name>` headers), `GET /stream?lines=N` answers
 //! with a body of unknown length (sent chunked), `GET /count` counts its calls across
 //! restarts (the count is handed to each successor), `GET /child-env` starts `env` and answers
 //! with the names of the variables that child process sees; anything else is 404.
@@ -172,7 +173,14 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
         }
         (Method::Post, "/echo") => {
             let body = req.body_bytes().await?;
-            Ok(Response::from(body))
+            let mut response = Response::from(body);
+            // A chunked request's trailer fields come back as `echo-trailer-<name>` headers.
+            if let Some(trailers) = req.recv_trailers().await {
+                for (name, values) in trailers.iter() {
+                    response.append_header(format!("echo-trailer-{name}").as_str(), values);
+                }
+            }
+            Ok(response)
         }
         (Method::Get, "/child-env") => {
             // What a process the handler starts inherits: names only, values stay private.

@@ -284,12 +284,15 @@ impl Chunked {
         Chunked::Size { size: 0, digits: 0 }
     }
 
-    /// Decodes from `input` into `out`. Returns (input consumed, output produced); stops when
-    /// `out` is full, `input` is used up, or the body ends ([`Chunked::Done`]).
+    /// Decodes from `input` into `out`, appending the trailer section's bytes (fields and the
+    /// final CRLF, at most [`MAX_TRAILERS`]) to `trailers`. Returns (input consumed, output
+    /// produced); stops when `out` is full, `input` is used up, or the body ends
+    /// ([`Chunked::Done`]).
     pub(crate) fn decode(
         &mut self,
         input: &[u8],
         out: &mut [u8],
+        trailers: &mut Vec<u8>,
     ) -> Result<(usize, usize), Reject> {
         const BAD_SIZE: Reject = Reject::BadRequest("invalid chunk size");
         const BAD_FRAMING: Reject = Reject::BadRequest("invalid chunked framing");
@@ -360,6 +363,7 @@ impl Chunked {
                     if total >= MAX_TRAILERS {
                         return Err(Reject::HeadTooLarge);
                     }
+                    trailers.push(byte);
                     match (byte, cr) {
                         (b'\n', true) if line == 0 => Chunked::Done,
                         (b'\n', true) => Chunked::Trailer {
@@ -389,6 +393,19 @@ impl Chunked {
             }
         }
         Ok((i, o))
+    }
+}
+
+/// The fields of a chunked body's trailer section (as [`Chunked::decode`] collected it).
+pub(crate) fn parse_trailers<'b, 'h>(
+    section: &'b [u8],
+    fields: &'h mut [httparse::Header<'b>],
+) -> Result<&'h [httparse::Header<'b>], Reject> {
+    const BAD: Reject = Reject::BadRequest("invalid trailer field");
+    match httparse::parse_headers(section, fields) {
+        Ok(httparse::Status::Complete((_, fields))) => Ok(fields),
+        Err(httparse::Error::TooManyHeaders) => Err(Reject::HeadTooLarge),
+        _ => Err(BAD),
     }
 }
 
@@ -600,7 +617,7 @@ mod tests {
     fn dechunk(input: &[u8]) -> Result<(Vec<u8>, Chunked, usize), Reject> {
         let mut state = Chunked::new();
         let mut out = vec![0u8; input.len()];
-        let (used, produced) = state.decode(input, &mut out)?;
+        let (used, produced) = state.decode(input, &mut out, &mut Vec::new())?;
         out.truncate(produced);
         Ok((out, state, used))
     }
@@ -612,6 +629,32 @@ mod tests {
         assert_eq!(out, b"hello 0123456789");
         assert_eq!(state, Chunked::Done);
         assert_eq!(&body[used..], b"NEXT");
+        // The trailer section is kept for the handler, whatever the splits.
+        for split in 1..body.len() {
+            let (mut state, mut trailers, mut out) = (Chunked::new(), Vec::new(), [0u8; 64]);
+            let mut at = 0;
+            while state != Chunked::Done {
+                let end = (at + split).min(body.len());
+                at += state
+                    .decode(&body[at..end], &mut out, &mut trailers)
+                    .unwrap()
+                    .0;
+            }
+            assert_eq!(trailers, b"X-T: 1\r\n\r\n", "split {split}");
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let parsed = parse_trailers(&trailers, &mut fields).unwrap();
+            assert_eq!((parsed[0].name, parsed[0].value), ("X-T", &b"1"[..]));
+        }
+        let (mut state, mut trailers) = (Chunked::new(), Vec::new());
+        state
+            .decode(b"0\r\n\r\n", &mut [0u8; 8], &mut trailers)
+            .unwrap();
+        assert_eq!((state, &trailers[..]), (Chunked::Done, &b"\r\n"[..]));
+        assert!(
+            parse_trailers(&trailers, &mut [httparse::EMPTY_HEADER; 4])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -731,7 +774,9 @@ mod tests {
                 while state != Chunked::Done {
                     let end = (at + 1 + rng.below(8)).min(input.len());
                     let room = 1 + rng.below(out.len());
-                    let (used, produced) = state.decode(&input[at..end], &mut out[..room]).unwrap();
+                    let (used, produced) = state
+                        .decode(&input[at..end], &mut out[..room], &mut Vec::new())
+                        .unwrap();
                     body.extend_from_slice(&out[..produced]);
                     at += used;
                     assert!(
@@ -798,7 +843,7 @@ mod tests {
             let mut out = [0u8; 64];
             let mut at = 0;
             while at < input.len() && state != Chunked::Done {
-                match state.decode(&input[at..], &mut out) {
+                match state.decode(&input[at..], &mut out, &mut Vec::new()) {
                     Ok((0, 0)) | Err(_) => break,
                     Ok((used, _)) => at += used,
                 }

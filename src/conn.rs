@@ -138,6 +138,10 @@ struct Inbound {
     continue_written: usize,
     /// The body broke framing or a limit: the connection cannot be reused.
     failed: Option<Reject>,
+    /// A chunked body's trailer section as read so far.
+    trailer_section: Vec<u8>,
+    /// Where the trailers go (the request's `recv_trailers`), until the body ends.
+    trailers: Option<http_types::trailers::Sender>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,10 +224,19 @@ impl AsyncRead for BodyReader {
                     (n, n)
                 }
                 BodyState::Chunked(state) if !pending.is_empty() => {
-                    match state.decode(pending, out) {
+                    match state.decode(pending, out, &mut inbound.trailer_section) {
                         Ok((used, produced)) => {
                             if *state == Chunked::Done {
                                 inbound.body = BodyState::Done;
+                                let sender = inbound.trailers.take();
+                                let section = std::mem::take(&mut inbound.trailer_section);
+                                if let Err(reject) = deliver_trailers(&section, sender, cx) {
+                                    inbound.failed = Some(reject);
+                                    return Poll::Ready(Err(io::Error::new(
+                                        io::ErrorKind::InvalidData,
+                                        reject.to_string(),
+                                    )));
+                                }
                             }
                             (used, produced)
                         }
@@ -285,6 +298,34 @@ impl AsyncRead for BodyReader {
             }
         }
     }
+}
+
+/// Hands a chunked body's trailer fields to the handler (`Request::recv_trailers`); with none,
+/// the sender is dropped and the handler gets `None`.
+fn deliver_trailers(
+    section: &[u8],
+    sender: Option<http_types::trailers::Sender>,
+    cx: &mut Context<'_>,
+) -> Result<(), Reject> {
+    let Some(sender) = sender else {
+        return Ok(());
+    };
+    let mut fields = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+    let fields = codec::parse_trailers(section, &mut fields)?;
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let mut trailers = http_types::trailers::Trailers::new();
+    for field in fields {
+        let value = std::str::from_utf8(field.value)
+            .ok()
+            .filter(|v| v.is_ascii())
+            .ok_or(Reject::BadRequest("non-ASCII trailer value"))?;
+        trailers.append(field.name, value);
+    }
+    // The channel holds one value and nothing else sends on it: the send completes at once.
+    let _ = std::pin::pin!(sender.send(trailers)).poll(cx);
+    Ok(())
 }
 
 /// Per-connection state for building requests cheaply: the `Url` of the last Host is reused
@@ -676,10 +717,12 @@ fn attach_body(
     buf: &mut ReadBuf,
     options: &Options,
 ) -> (Request, Option<Arc<Mutex<Inbound>>>) {
-    let (body, len) = match framing {
+    // Only a chunked body has trailers: otherwise `recv_trailers` gets `None` at once.
+    let trailers = request.send_trailers();
+    let (body, len, trailers) = match framing {
         Framing::None => return (request, None),
-        Framing::Length(n) => (BodyState::Length(n), usize::try_from(n).ok()),
-        Framing::Chunked => (BodyState::Chunked(Chunked::new()), None),
+        Framing::Length(n) => (BodyState::Length(n), usize::try_from(n).ok(), None),
+        Framing::Chunked => (BodyState::Chunked(Chunked::new()), None, Some(trailers)),
     };
     let shared = Arc::new(Mutex::new(Inbound {
         buf: std::mem::take(buf),
@@ -689,6 +732,8 @@ fn attach_body(
         continue_pending: expect_continue,
         continue_written: 0,
         failed: None,
+        trailer_section: Vec::new(),
+        trailers,
     }));
     let reader = BodyReader::new(io, &shared, options);
     request.set_body(Body::from_reader(
@@ -714,6 +759,8 @@ async fn discard_body(
         continue_pending: false,
         continue_written: 0,
         failed: None,
+        trailer_section: Vec::new(),
+        trailers: None,
     }));
     let mut reader = BodyReader::new(io, &shared, options);
     let mut scratch = [0u8; 1024];

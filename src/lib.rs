@@ -91,7 +91,7 @@ pub mod fuzzing {
             let mut at = 0;
             while at < body.len() {
                 let end = (at + chunk).min(body.len());
-                match state.decode(&body[at..end], &mut out) {
+                match state.decode(&body[at..end], &mut out, &mut Vec::new()) {
                     Ok((0, 0)) => break,
                     Ok((used, produced)) => {
                         decoded.extend_from_slice(&out[..produced]);

@@ -67,6 +67,46 @@ fn a_request_split_into_single_bytes_is_served() {
     }
     let reply = read_reply(&mut BufReader::new(&stream)).unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (200, "abcde"));
+    assert_eq!(reply.header("echo-trailer-t"), Some("1"));
+}
+
+/// A chunked body's trailer fields reach the handler (`recv_trailers`); a body without any,
+/// or with a Content-Length, gives it `None` at once; a malformed field is a 400.
+#[test]
+fn trailers_reach_the_handler() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nhi\r\n0\r\nDigest: sha-256=abc\r\nX-Count: 2\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nho\r\n0\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhu",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(&stream);
+    let with = read_reply(&mut reader).unwrap();
+    assert_eq!((with.status, with.body.as_str()), (200, "hi"));
+    assert_eq!(with.header("echo-trailer-digest"), Some("sha-256=abc"));
+    assert_eq!(with.header("echo-trailer-x-count"), Some("2"));
+    for body in ["ho", "hu"] {
+        let without = read_reply(&mut reader).unwrap();
+        assert_eq!((without.status, without.body.as_str()), (200, body));
+        assert!(
+            !without
+                .headers
+                .iter()
+                .any(|(n, _)| n.starts_with("echo-trailer")),
+            "{:?}",
+            without.headers
+        );
+    }
+    let bad = until_close(
+        &server,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nno colon\r\n\r\n",
+    );
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
 }
 
 #[test]
