@@ -1024,6 +1024,44 @@ mod tests {
         });
     }
 
+    /// With other threads running, `LISTENER` stays (changing the environment would not be
+    /// sound) and the caller learns how many threads there were. The check runs in a child copy
+    /// of this test binary, started with `LISTENER` set, as a successor would be.
+    #[test]
+    fn scrub_leaves_the_environment_alone_while_other_threads_run() {
+        const NAME: &str =
+            "listener::tests::scrub_leaves_the_environment_alone_while_other_threads_run";
+        if std::env::var_os("BATON_TEST_SCRUB_CHILD").is_some() {
+            let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+            let kept = std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    started.wait();
+                    stop.wait();
+                });
+                started.wait();
+                let kept = scrub_environment();
+                stop.wait();
+                kept
+            });
+            assert!(matches!(kept, Some(Some(n)) if n >= 2), "{kept:?}");
+            assert!(std::env::var_os(LISTENER_ENV).is_some());
+            return;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+            .env("BATON_TEST_SCRUB_CHILD", "1")
+            .env(LISTENER_ENV, r#"{"addr":"127.0.0.1:1","fd":3}"#)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test: {stdout}"
+        );
+    }
+
     /// Random and mutated `LISTENER` values: never a panic, and every error names LISTENER.
     #[test]
     fn listener_values_never_panic() {
