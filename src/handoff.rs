@@ -167,8 +167,12 @@ pub(crate) struct Spawn {
 }
 
 impl Spawn {
-    /// Forks and execs on a helper thread; resolves once the child has exec'd.
-    pub(crate) async fn start(self) -> io::Result<Successor> {
+    /// Puts the application's `state` (JSON text, empty for none) on the relay, then forks and
+    /// execs on a helper thread; resolves once the child has exec'd. The state is written
+    /// before the fork, so the successor, which reads it before it serves, never waits for
+    /// this process to be scheduled again (it only waits, bounded, if the write could not be
+    /// made at once).
+    pub(crate) async fn start(self, state: &[u8]) -> io::Result<Successor> {
         let Spawn {
             mut command,
             fds,
@@ -176,6 +180,10 @@ impl Spawn {
             relay,
             program,
         } = self;
+        let relay = relay.map(crate::relay::Relay::new).transpose()?;
+        let state_sent = relay
+            .as_ref()
+            .is_none_or(|r| r.try_send_state(state).is_ok());
         let (sender, receiver) = smol::channel::bounded(1);
         std::thread::Builder::new()
             .name("baton-spawn".into())
@@ -193,11 +201,15 @@ impl Spawn {
         let child = spawned.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
         })?;
-        Ok(Successor {
+        let successor = Successor {
             child: Some(child),
             ready: Async::new(ready_reader)?,
-            relay: relay.map(crate::relay::Relay::new).transpose()?,
-        })
+            relay,
+        };
+        if !state_sent {
+            successor.send_state(state).await;
+        }
+        Ok(successor)
     }
 }
 
@@ -237,12 +249,9 @@ impl Successor {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
-    /// failure the child is killed and reaped before this returns.
-    /// Sends the application's state (JSON text, empty for none) to the successor before it
-    /// serves; it waits for this first message when it has a relay. Bounded: a successor that
-    /// does not read it in time starts cold.
-    pub(crate) async fn send_state(&self, state: &[u8]) {
+    /// Sends the application's state to the successor, when it could not be written before
+    /// the fork. Bounded: a successor that does not read it in time starts cold.
+    async fn send_state(&self, state: &[u8]) {
         if let Some(relay) = &self.relay {
             let sent = async {
                 let _ = relay.send_state(state).await;
@@ -254,7 +263,9 @@ impl Successor {
         }
     }
 
-    /// On success: the child, and this process's end of the connection relay, if any.
+    /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
+    /// failure the child is killed and reaped before this returns. On success: the child, and
+    /// this process's end of the connection relay, if any.
     pub(crate) async fn ready(
         mut self,
         timeout: Duration,

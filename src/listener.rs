@@ -220,9 +220,15 @@ pub(crate) fn scrub_environment() -> Option<Option<usize>> {
 
 /// How many threads this process has (field 20 of `/proc/self/stat`), if that can be read.
 fn thread_count() -> Option<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces; fields 3.. follow it.
-    let (_, fields) = stat.rsplit_once(')')?;
+    // One read into a buffer larger than the record (a few hundred bytes), where
+    // `read_to_string` would probe with half a dozen small reads.
+    let mut stat = [0u8; 1024];
+    let len =
+        std::io::Read::read(&mut std::fs::File::open("/proc/self/stat").ok()?, &mut stat).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or any byte; fields
+    // 3.. follow the last ')'.
+    let after = stat[..len].iter().rposition(|&b| b == b')')? + 1;
+    let fields = std::str::from_utf8(&stat[after..len]).ok()?;
     fields.split_whitespace().nth(17)?.parse().ok()
 }
 

@@ -98,20 +98,18 @@ impl Relay {
             .map(drop)
     }
 
-    /// Sends the application's state (before the successor serves). Too large: not sent.
+    /// Sends the application's state (before the successor serves), waiting for room if the
+    /// channel is full. Too large: an empty state is sent.
     pub(crate) async fn send_state(&self, state: &[u8]) -> io::Result<()> {
-        let state = if state.len() > MAX_STATE {
-            &[][..]
-        } else {
-            state
-        };
-        let message = [&b"S"[..], state].concat();
+        let message = state_message(state);
         self.socket
-            .write_with(|socket| {
-                rustix::net::send(socket, &message, SendFlags::NOSIGNAL).map_err(io::Error::from)
-            })
+            .write_with(|socket| send_whole(socket, &message))
             .await
-            .map(drop)
+    }
+
+    /// Like [`Relay::send_state`], without waiting: `WouldBlock` if there is no room.
+    pub(crate) fn try_send_state(&self, state: &[u8]) -> io::Result<()> {
+        send_whole(self.socket.get_ref(), &state_message(state))
     }
 
     /// The next message, or `None` once the other process has closed the channel.
@@ -165,6 +163,23 @@ fn text(message: &[u8]) -> io::Result<(String, &[u8])> {
     let body = message.get(4..4 + len).ok_or_else(bad)?;
     let text = String::from_utf8(body.to_vec()).map_err(|_| bad())?;
     Ok((text, &message[4 + len..]))
+}
+
+/// The state message: `S` and the JSON text (empty when it is over [`MAX_STATE`]).
+fn state_message(state: &[u8]) -> Vec<u8> {
+    let state = if state.len() > MAX_STATE {
+        &[][..]
+    } else {
+        state
+    };
+    [&b"S"[..], state].concat()
+}
+
+/// One datagram, all of it (a SEQPACKET send is all or nothing).
+fn send_whole(socket: &UnixStream, message: &[u8]) -> io::Result<()> {
+    rustix::net::send(socket, message, SendFlags::NOSIGNAL)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]

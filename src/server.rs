@@ -765,11 +765,13 @@ fn upgrade_task(
     let hooks = hooks.clone();
     Ok(async move {
         hooks.spawning().await;
-        let successor = spawn.start().await.map_err(|e| (None, e.to_string()))?;
+        let successor = spawn
+            .start(&hooks.state())
+            .await
+            .map_err(|e| (None, e.to_string()))?;
         emit(&Event::Spawned {
             pid: successor.pid(),
         });
-        successor.send_state(&hooks.state()).await;
         successor
             .ready(timeout)
             .await
