@@ -131,8 +131,9 @@ impl Server {
     ///
     /// A successor starts with SIGHUP and SIGUSR2 blocked; `bind` installs the handlers and
     /// then unblocks them, so one sent while the process was still starting is acted on once
-    /// it serves, however long the application took before calling `bind`. A malformed `LISTENER`, or one whose fd is not a
-    /// listening socket on `addr`, is an error that says what is wrong.
+    /// it serves, however long the application took before calling `bind`. A malformed
+    /// `LISTENER`, or one whose fd is not a listening socket on `addr`, is an error that says
+    /// what is wrong.
     ///
     /// Call it first thing in `main`, before starting threads or a runtime: it takes `LISTENER`
     /// and `LISTEN_*` out of the environment so processes the handler starts do not inherit
