@@ -424,11 +424,8 @@ pub(crate) async fn serve<F, Fut>(
         start: 0,
     };
     let mut out = Vec::new();
-    // Kept for the connection's life, so that waiting between requests registers nothing new:
-    // one listener for the start of a drain, one keep-alive timer re-armed only when it fires.
-    let mut drain_started = std::pin::pin!(drain.started());
-    let mut idle_timer = Timer::after(options.keep_alive_timeout);
-    let mut idle_since = Instant::now();
+    let drain_started = std::pin::pin!(drain.started());
+    let mut idle = Idle::new(drain_started, &options);
     let mut eager = EagerRead::default();
     loop {
         // A pipelined request may already be buffered; otherwise wait for one.
@@ -449,22 +446,12 @@ pub(crate) async fn serve<F, Fut>(
                 Err(_) => break,
             }
         }
-        if buf.pending().is_empty() {
-            let waited = wait_for_request(
-                &io,
-                &drain,
-                &options,
-                drain_started.as_mut(),
-                &mut idle_timer,
-                idle_since,
-            );
-            if !waited.await {
-                // Idle when a drain started: hand over if possible, else close.
-                if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
-                    return;
-                }
-                break;
+        if buf.pending().is_empty() && !idle.wait(&io, &drain, &options).await {
+            // Idle when a drain started: hand over if possible, else close.
+            if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
+                return;
             }
+            break;
         }
         let next = next_request(&io, &mut buf, &mut requests, &options);
         let timeout = async {
@@ -557,7 +544,7 @@ pub(crate) async fn serve<F, Fut>(
             close(&io).await;
             break;
         }
-        idle_since = Instant::now();
+        idle.restart();
     }
 }
 
@@ -776,41 +763,65 @@ async fn discard_body(
     clean
 }
 
-/// Waits until the client sends something (or closes). Returns `false` if the connection should
-/// be closed instead: idle past the keep-alive timeout, or idle through the grace of a drain.
-pub(crate) async fn wait_for_request(
-    io: &Stream,
-    drain: &Drain,
-    options: &Options,
-    drain_started: Pin<&mut impl Future<Output = ()>>,
-    idle_timer: &mut Timer,
-    idle_since: Instant,
-) -> bool {
-    let readable = async { io.readable().await.is_ok() };
-    let grace = async {
-        // Once draining, the drain future has completed and must not be polled again.
-        if !drain.is_draining() {
-            drain_started.await;
+/// What a connection waits on between requests, kept for its whole life so that waiting
+/// registers nothing new: the listener for the start of a drain, one keep-alive timer re-armed
+/// only when it fires, and when the last request was done.
+pub(crate) struct Idle<'a, D> {
+    drain_started: Pin<&'a mut D>,
+    timer: Timer,
+    since: Instant,
+}
+
+impl<'a, D: Future<Output = ()>> Idle<'a, D> {
+    /// `drain_started` is the connection's pinned `Drain::started()`.
+    pub(crate) fn new(drain_started: Pin<&'a mut D>, options: &Options) -> Self {
+        Idle {
+            drain_started,
+            timer: Timer::after(options.keep_alive_timeout),
+            since: Instant::now(),
         }
-        // With a relay the connection moves at once; no request can race a close.
-        if !relayable(io, drain) {
-            Timer::after(options.idle_grace).await;
-        }
-        false
-    };
-    let idle = async {
-        let deadline = idle_since + options.keep_alive_timeout;
-        loop {
-            if Instant::now() >= deadline {
-                return false;
+    }
+
+    /// A request is done: the keep-alive timeout counts from now.
+    pub(crate) fn restart(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Waits until the client sends something (or closes). Returns `false` if the connection
+    /// should be closed instead: idle past the keep-alive timeout, or idle through the grace
+    /// of a drain.
+    pub(crate) async fn wait(&mut self, io: &Stream, drain: &Drain, options: &Options) -> bool {
+        let Idle {
+            drain_started,
+            timer,
+            since,
+        } = self;
+        let readable = async { io.readable().await.is_ok() };
+        let grace = async {
+            // Once draining, the drain future has completed and must not be polled again.
+            if !drain.is_draining() {
+                drain_started.as_mut().await;
             }
-            // The timer may still hold an earlier deadline: re-arm it only when it fires, not
-            // on every request.
-            (&mut *idle_timer).await;
-            idle_timer.set_at(deadline);
-        }
-    };
-    readable.or(grace).or(idle).await
+            // With a relay the connection moves at once; no request can race a close.
+            if !relayable(io, drain) {
+                Timer::after(options.idle_grace).await;
+            }
+            false
+        };
+        let idle = async {
+            let deadline = *since + options.keep_alive_timeout;
+            loop {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                // The timer may still hold an earlier deadline: re-arm it only when it fires,
+                // not on every request.
+                (&mut *timer).await;
+                timer.set_at(deadline);
+            }
+        };
+        readable.or(grace).or(idle).await
+    }
 }
 
 /// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,

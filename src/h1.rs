@@ -11,14 +11,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use async_io::Timer;
 use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::conn::{Options, WRITE_BUFFER, close, error_response, wait_for_request};
+use crate::conn::{Idle, Options, WRITE_BUFFER, close, error_response};
 use crate::drain::{ConnectionGuard, Drain};
 use crate::stream::Stream;
 
@@ -73,21 +72,10 @@ pub(crate) async fn serve<F, Fut>(
 {
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
-    // Kept for the connection's life, so that waiting between requests registers nothing new:
-    // one listener for the start of a drain, one keep-alive timer re-armed only when it fires.
-    let mut drain_started = std::pin::pin!(drain.started());
-    let mut idle_timer = Timer::after(options.keep_alive_timeout);
-    let mut idle_since = Instant::now();
+    let drain_started = std::pin::pin!(drain.started());
+    let mut idle = Idle::new(drain_started, &options);
     loop {
-        let waited = wait_for_request(
-            &io.0,
-            &drain,
-            &options,
-            drain_started.as_mut(),
-            &mut idle_timer,
-            idle_since,
-        );
-        if !waited.await {
+        if !idle.wait(&io.0, &drain, &options).await {
             break;
         }
         let head = async { Head::Decoded(async_h1::server::decode(io.clone()).await) };
@@ -137,7 +125,7 @@ pub(crate) async fn serve<F, Fut>(
             close(&io.0).await;
             break;
         }
-        idle_since = Instant::now();
+        idle.restart();
     }
 }
 
