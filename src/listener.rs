@@ -1017,6 +1017,14 @@ mod tests {
     fn thread_count_sees_a_started_thread() {
         let before = thread_count().expect("/proc/self/stat is readable");
         assert!(before >= 1);
+        // Other tests may start or end threads meanwhile; ours is certainly running.
+        let during = while_another_thread_runs(thread_count);
+        assert!(during.is_some_and(|n| n >= 2), "{during:?}");
+    }
+
+    /// Runs `f` while one more thread of this process is certainly alive, and returns what it
+    /// returned (assert on it afterwards: a panic inside would leave the thread waiting).
+    fn while_another_thread_runs<T>(f: impl FnOnce() -> T) -> T {
         let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
         std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -1024,10 +1032,10 @@ mod tests {
                 stop.wait();
             });
             started.wait();
-            // Other tests may start or end threads meanwhile; ours is certainly running.
-            assert!(thread_count().unwrap() >= 2);
+            let result = f();
             stop.wait();
-        });
+            result
+        })
     }
 
     /// With other threads running, `LISTENER` stays (changing the environment would not be
@@ -1038,17 +1046,7 @@ mod tests {
         const NAME: &str =
             "listener::tests::scrub_leaves_the_environment_alone_while_other_threads_run";
         if std::env::var_os("BATON_TEST_SCRUB_CHILD").is_some() {
-            let (started, stop) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
-            let kept = std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    started.wait();
-                    stop.wait();
-                });
-                started.wait();
-                let kept = scrub_environment();
-                stop.wait();
-                kept
-            });
+            let kept = while_another_thread_runs(scrub_environment);
             assert!(matches!(kept, Some(Some(n)) if n >= 2), "{kept:?}");
             assert!(std::env::var_os(LISTENER_ENV).is_some());
             return;
