@@ -1,6 +1,6 @@
 //! The HTTP/1.1 wire format, by RFC 9112, as pure functions over byte slices: request heads
 //! (on `httparse`), request body framing (Content-Length, chunked with trailers), and response
-//! heads. Nothing here does I/O; [`crate::conn`] feeds it from the connection's buffer.
+//! heads ([`ResponseHead`]). Nothing here does I/O; [`crate::conn`] feeds it from the connection's buffer.
 //!
 //! Strict where leniency enables request smuggling: Content-Length together with
 //! Transfer-Encoding, a duplicate or malformed Content-Length, bad chunk sizes, obs-fold, bare
@@ -419,6 +419,83 @@ fn hex(byte: u8) -> Option<u8> {
 }
 
 /// Appends a decimal number without the formatting machinery.
+/// How a response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Length {
+    /// No length field: a status that has no body (1xx, 204).
+    Omitted,
+    /// `content-length`.
+    Known(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Neither: the body runs until the connection closes (HTTP/1.0, unknown length).
+    UntilClose,
+}
+
+/// A response head, as the connection loop decided it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseHead<'a> {
+    pub(crate) status: u16,
+    pub(crate) reason: &'a str,
+    pub(crate) length: Length,
+    /// Send `connection: close` (else, to HTTP/1.0, `connection: keep-alive`).
+    pub(crate) close: bool,
+    /// The request's minor version.
+    pub(crate) minor: u8,
+}
+
+impl ResponseHead<'_> {
+    /// Appends the head to `out`: the status line, the handler's fields except the framing
+    /// ones this head decides (`content-length`, `transfer-encoding`, `connection`), a `date`
+    /// unless the handler set one, the framing, and the blank line.
+    pub(crate) fn encode<'f>(
+        &self,
+        fields: impl Iterator<Item = (&'f str, &'f str)>,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(if self.minor == 0 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        push_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut has_date = false;
+        for (name, value) in fields {
+            if matches!(name, "content-length" | "transfer-encoding" | "connection") {
+                continue;
+            }
+            has_date |= name == "date";
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !has_date {
+            out.extend_from_slice(b"date: ");
+            date::push_now(out);
+            out.extend_from_slice(b"\r\n");
+        }
+        match self.length {
+            Length::Known(n) => {
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Length::Omitted | Length::UntilClose => {}
+        }
+        if self.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if self.minor == 0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
@@ -674,6 +751,36 @@ mod tests {
                 String::from_utf8_lossy(bad).escape_debug()
             );
         }
+    }
+
+    #[test]
+    fn response_heads_frame_the_body_and_skip_handler_framing() {
+        let head = ResponseHead {
+            status: 200,
+            reason: "OK",
+            length: Length::Known(5),
+            close: false,
+            minor: 1,
+        };
+        let mut out = Vec::new();
+        let fields = [("content-length", "99"), ("date", "x"), ("x-a", "1")];
+        head.encode(fields.into_iter(), &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\ndate: x\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n"
+        );
+        let head = ResponseHead {
+            length: Length::UntilClose,
+            close: true,
+            minor: 0,
+            ..head
+        };
+        out.clear();
+        head.encode([("date", "x")].into_iter(), &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.0 200 OK\r\ndate: x\r\nconnection: close\r\n\r\n"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) struct Drain {
     /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
     ended: (Sender<()>, Receiver<()>),
     /// Where idle connections go instead of being closed, while the successor takes them.
-    relay: std::cell::RefCell<Option<Rc<crate::relay::Relay>>>,
+    relay: std::cell::RefCell<Option<Rc<crate::handoff::relay::Relay>>>,
 }
 
 impl Drain {
@@ -74,12 +74,12 @@ impl Drain {
     }
 
     /// Hand idle connections to `relay` during this drain (set before [`Drain::start`]).
-    pub(crate) fn set_relay(&self, relay: Rc<crate::relay::Relay>) {
+    pub(crate) fn set_relay(&self, relay: Rc<crate::handoff::relay::Relay>) {
         *self.relay.borrow_mut() = Some(relay);
     }
 
     /// The relay to hand connections to, while it works.
-    pub(crate) fn relay(&self) -> Option<Rc<crate::relay::Relay>> {
+    pub(crate) fn relay(&self) -> Option<Rc<crate::handoff::relay::Relay>> {
         self.relay.borrow().clone()
     }
 

@@ -5,7 +5,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::process::ExitStatus;
 
-use crate::listener::Address;
+use crate::listener::{Address, Origin};
+use crate::signals::Signal;
 
 /// One thing that happened. Its `Display` is a one-line log message; the default sink writes it
 /// to stderr as `baton[<pid>]: <message>` (see [`crate::Server::on_event`]).
@@ -18,8 +19,8 @@ pub enum Event<'a> {
         addr: &'a Address,
         /// Its fd in this process.
         fd: RawFd,
-        /// `"created"`, `"inherited"` or `"socket-activated"`.
-        origin: &'static str,
+        /// Created here, inherited, or socket-activated.
+        origin: Origin,
         /// Connections start with a TLS handshake.
         tls: bool,
     },
@@ -32,13 +33,13 @@ pub enum Event<'a> {
     },
     /// A handled signal arrived.
     Signal {
-        /// `SIGHUP`, `SIGUSR2`, `SIGINT`, `SIGQUIT` or `SIGTERM`.
-        name: &'static str,
+        /// Which.
+        signal: Signal,
     },
     /// A signal was not acted on.
     Ignored {
-        /// The signal's name.
-        name: &'static str,
+        /// The signal.
+        signal: Signal,
         /// Why.
         reason: &'static str,
     },
@@ -56,8 +57,8 @@ pub enum Event<'a> {
     SpawnFailed {
         /// Its pid, if it got as far as having one.
         pid: Option<u32>,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong (its source, where there is one, is the underlying error).
+        error: &'a io::Error,
     },
     /// A child started by SIGUSR2 exited and was reaped.
     ChildExited {
@@ -118,18 +119,18 @@ impl fmt::Display for Event<'_> {
                      before starting threads"
                 )
             }
-            Event::Signal { name } => write!(f, "received {name}"),
-            Event::Ignored { name, reason } => write!(f, "ignored {name}: {reason}"),
+            Event::Signal { signal } => write!(f, "received {signal}"),
+            Event::Ignored { signal, reason } => write!(f, "ignored {signal}: {reason}"),
             Event::Spawned { pid } => write!(f, "spawned child {pid}"),
             Event::Ready { pid } => write!(f, "child {pid} ready"),
             Event::SpawnFailed {
                 pid: Some(pid),
-                reason,
+                error,
             } => {
-                write!(f, "child {pid} failed: {reason}; still serving")
+                write!(f, "child {pid} failed: {error}; still serving")
             }
-            Event::SpawnFailed { pid: None, reason } => {
-                write!(f, "child failed to start: {reason}; still serving")
+            Event::SpawnFailed { pid: None, error } => {
+                write!(f, "child failed to start: {error}; still serving")
             }
             Event::ChildExited { pid, status } => write!(f, "child {pid} exited ({status})"),
             Event::SuccessorExited { pid, status } => write!(

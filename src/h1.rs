@@ -17,14 +17,12 @@ use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::conn::{Idle, Options, WRITE_BUFFER, close, error_response};
+use crate::conn::{DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, close, error_response, wants_close};
 use crate::drain::{ConnectionGuard, Drain};
 use crate::stream::Stream;
 
 /// The response buffer a connection starts with, grown (doubling) only by larger responses.
 const FIRST_WRITE_BUFFER: usize = 1024;
-/// Most unread request body discarded to keep a connection alive; beyond it, it closes.
-const DISCARD_LIMIT: u64 = 64 * 1024;
 
 /// The connection as async-h1's decoder wants it: cheap to clone, shared by head and body readers.
 #[derive(Debug, Clone)]
@@ -107,7 +105,7 @@ pub(crate) async fn serve<F, Fut>(
             Ok(response) => response,
             Err(error) => error_response(error),
         };
-        close_after |= asks_close(response.header("Connection")) || drain.is_draining();
+        close_after |= wants_close(&response) || drain.is_draining();
         if close_after {
             response.insert_header("Connection", "close");
         }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use crate::server::Report;
+use crate::report::Report;
 
 type Hook<A> = Rc<dyn Fn(A) -> Pin<Box<dyn Future<Output = ()>>>>;
 

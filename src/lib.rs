@@ -36,6 +36,7 @@
 //! environment can only be changed soundly while the process has one thread (otherwise the
 //! variables stay and the server logs that they did).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(unix))]
 compile_error!(
@@ -43,15 +44,17 @@ compile_error!(
 );
 
 mod codec;
+mod config;
 mod conn;
 mod drain;
+mod error;
 mod event;
 #[cfg(feature = "async-h1")]
 mod h1;
 mod handoff;
 mod hooks;
 mod listener;
-mod relay;
+mod report;
 mod server;
 mod signals;
 mod stream;
@@ -112,6 +115,7 @@ pub mod fuzzing {
     }
 }
 
+pub use config::Config;
 pub use event::Event;
 
 /// `true` once the server serving on this thread has started draining (after a restart handed
@@ -119,5 +123,7 @@ pub use event::Event;
 pub fn is_draining() -> bool {
     drain::is_draining()
 }
-pub use listener::{Address, LISTENER_ENV};
-pub use server::{Report, Server, Stop};
+pub use listener::{Address, LISTENER_ENV, Origin};
+pub use report::{Report, Stop};
+pub use server::Server;
+pub use signals::Signal;

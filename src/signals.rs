@@ -9,8 +9,56 @@
 
 use std::io;
 
-use async_signal::{Signal, Signals as Stream};
+use async_signal::Signals as Stream;
 use smol::stream::StreamExt as _;
+
+/// A signal baton handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// SIGHUP: restart.
+    Hup,
+    /// SIGUSR2: start a successor beside this process.
+    Usr2,
+    /// SIGINT: shut down.
+    Int,
+    /// SIGQUIT: shut down.
+    Quit,
+    /// SIGTERM: shut down.
+    Term,
+    /// SIGCHLD: a child exited.
+    Child,
+}
+
+impl Signal {
+    /// Its conventional name, `SIGHUP` and so on.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Usr2 => "SIGUSR2",
+            Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
+            Signal::Term => "SIGTERM",
+            Signal::Child => "SIGCHLD",
+        }
+    }
+
+    /// What the server does about it.
+    pub(crate) fn command(self) -> Command {
+        match self {
+            Signal::Hup => Command::Restart,
+            Signal::Usr2 => Command::Spawn,
+            Signal::Int | Signal::Quit | Signal::Term => Command::Shutdown,
+            Signal::Child => Command::Reap,
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What a signal asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,36 +102,31 @@ impl Signals {
     /// Installs the handlers, then unblocks SIGHUP and SIGUSR2, which a successor starts
     /// with blocked: one that arrived meanwhile is handled now, once this process serves.
     pub(crate) fn register() -> io::Result<Signals> {
-        let signals = Stream::new([
-            Signal::Hup,
-            Signal::Usr2,
-            Signal::Int,
-            Signal::Quit,
-            Signal::Term,
-            Signal::Child,
-        ])?;
+        use async_signal::Signal as S;
+        let signals = Stream::new([S::Hup, S::Usr2, S::Int, S::Quit, S::Term, S::Child])?;
         mask_held(libc::SIG_UNBLOCK)?;
         Ok(Signals(signals))
     }
 
-    /// The next signal, with its name and what it asks for. Signals of one kind that arrive
-    /// while none is being read may coalesce into one.
-    pub(crate) async fn next(&mut self) -> io::Result<(&'static str, Command)> {
+    /// The next signal, and what it asks for. Signals of one kind that arrive while none is
+    /// being read may coalesce into one.
+    pub(crate) async fn next(&mut self) -> io::Result<(Signal, Command)> {
+        use async_signal::Signal as S;
         loop {
             let signal = match self.0.next().await {
                 Some(signal) => signal?,
                 None => return Err(io::Error::other("the signal stream ended")),
             };
-            let command = match signal {
-                Signal::Hup => ("SIGHUP", Command::Restart),
-                Signal::Usr2 => ("SIGUSR2", Command::Spawn),
-                Signal::Int => ("SIGINT", Command::Shutdown),
-                Signal::Quit => ("SIGQUIT", Command::Shutdown),
-                Signal::Term => ("SIGTERM", Command::Shutdown),
-                Signal::Child => ("SIGCHLD", Command::Reap),
+            let signal = match signal {
+                S::Hup => Signal::Hup,
+                S::Usr2 => Signal::Usr2,
+                S::Int => Signal::Int,
+                S::Quit => Signal::Quit,
+                S::Term => Signal::Term,
+                S::Child => Signal::Child,
                 _ => continue,
             };
-            return Ok(command);
+            return Ok((signal, signal.command()));
         }
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! The child is the binary at the path this process was started from (resolved against the
 //! working directory at start-up, so a binary renamed into place is picked up), with the same
-//! argv, cwd and environment, plus `LISTENER`. In the child, the listener becomes fd 3 and the
-//! write end of a readiness pipe fd 4. The child writes one byte to it once it is serving; the
-//! parent waits for that byte with a timeout. EOF on the pipe means the child died first.
+//! argv, cwd and environment, plus `LISTENER`. Its fds are laid out as [`Layout`] says: the
+//! listeners from fd 3, then the write end of a readiness pipe, then (with connection
+//! hand-over) its end of the [`relay`]. The child writes one byte to the pipe once it is
+//! serving; the parent waits for that byte with a timeout. EOF on the pipe means the child
+//! died first.
+
+pub(crate) mod relay;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -20,9 +24,48 @@ use async_io::{Async, Timer};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
+use crate::config::timing::{EXIT_STATUS_WAIT, STATE_SEND_TIMEOUT};
 use crate::listener::{
     ACTIVATION_ENV, Description, FIRST_FD, LISTENER_ENV, Listener, MAX_LISTENERS,
 };
+
+/// Where each fd a successor inherits goes, described once for the parent that places them
+/// and the `LISTENER` text that tells the child: listeners at 3, 4, …, then the readiness
+/// pipe's write end, then the relay (if connections are handed over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    listeners: usize,
+    relay: bool,
+}
+
+impl Layout {
+    /// The most fds a successor inherits.
+    pub(crate) const MAX_FDS: usize = MAX_LISTENERS + 2;
+
+    pub(crate) fn new(listeners: usize, relay: bool) -> Layout {
+        Layout { listeners, relay }
+    }
+
+    /// The fd of listener `index`.
+    pub(crate) fn listener(&self, index: usize) -> RawFd {
+        FIRST_FD + index as RawFd
+    }
+
+    /// The readiness pipe's write end.
+    pub(crate) fn ready(&self) -> RawFd {
+        self.listener(self.listeners)
+    }
+
+    /// The child's end of the relay, if any.
+    pub(crate) fn relay(&self) -> Option<RawFd> {
+        self.relay.then(|| self.ready() + 1)
+    }
+
+    /// How many fds the child inherits.
+    pub(crate) fn len(&self) -> usize {
+        self.listeners + 1 + usize::from(self.relay)
+    }
+}
 
 /// How this process was started, captured once at start-up so that a restart runs the same
 /// command even if the working directory changes later.
@@ -72,7 +115,7 @@ pub(crate) struct Successor {
     child: Option<Child>,
     ready: Async<std::io::PipeReader>,
     /// This process's end of the connection relay, handed out with the child once ready.
-    relay: Option<crate::relay::Relay>,
+    relay: Option<crate::handoff::relay::Relay>,
 }
 
 /// Why a successor never became ready.
@@ -84,6 +127,26 @@ pub(crate) enum NotReady {
     Timeout(Duration),
     /// Reading the pipe failed.
     Io(io::Error),
+}
+
+impl std::error::Error for NotReady {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NotReady::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<NotReady> for io::Error {
+    fn from(why: NotReady) -> io::Error {
+        let kind = match &why {
+            NotReady::Exited(_) => io::ErrorKind::UnexpectedEof,
+            NotReady::Timeout(_) => io::ErrorKind::TimedOut,
+            NotReady::Io(e) => e.kind(),
+        };
+        io::Error::new(kind, why)
+    }
 }
 
 impl fmt::Display for NotReady {
@@ -104,14 +167,22 @@ impl fmt::Display for NotReady {
 /// this process. The thread owns its own copies of the fds it hands over, so a shutdown that
 /// closes the listener meanwhile cannot pull an fd from under the fork.
 pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::Result<Spawn> {
+    let layout = Layout::new(listeners.len(), relay);
+    if layout.len() > Layout::MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} listeners: at most {MAX_LISTENERS} can be handed over",
+                listeners.len()
+            ),
+        ));
+    }
     let (ready_reader, ready_writer) = std::io::pipe()?;
-    let ready_fd = FIRST_FD + listeners.len() as RawFd;
-    // With connection relay, a socket pair: ours, and the successor's at the fd after the pipe.
+    // With connection relay, a socket pair: ours, and the successor's.
     let (relay_ours, relay_theirs) = match relay {
-        true => crate::relay::pair().map(|(ours, theirs)| (Some(ours), Some(theirs)))?,
+        true => relay::pair().map(|(ours, theirs)| (Some(ours), Some(theirs)))?,
         false => (None, None),
     };
-    let relay_fd = relay_theirs.as_ref().map(|_| ready_fd + 1);
     let sockets = listeners
         .iter()
         .map(Listener::duplicate)
@@ -119,7 +190,9 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
     let descriptions: Vec<Description> = listeners
         .iter()
         .enumerate()
-        .map(|(i, listener)| listener.describe(FIRST_FD + i as RawFd, Some(ready_fd), relay_fd))
+        .map(|(i, listener)| {
+            listener.describe(layout.listener(i), Some(layout.ready()), layout.relay())
+        })
         .collect();
     let mut command = Command::new(&exec.program);
     command
@@ -134,10 +207,10 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
     let mut moves: Vec<(RawFd, RawFd)> = sockets
         .iter()
         .enumerate()
-        .map(|(i, socket)| (socket.as_raw_fd(), FIRST_FD + i as RawFd))
+        .map(|(i, socket)| (socket.as_raw_fd(), layout.listener(i)))
         .collect();
-    moves.push((ready_writer.as_raw_fd(), ready_fd));
-    if let (Some(theirs), Some(relay_fd)) = (&relay_theirs, relay_fd) {
+    moves.push((ready_writer.as_raw_fd(), layout.ready()));
+    if let (Some(theirs), Some(relay_fd)) = (&relay_theirs, layout.relay()) {
         moves.push((theirs.as_raw_fd(), relay_fd));
     }
     // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, fcntl, dup2,
@@ -180,7 +253,7 @@ impl Spawn {
             relay,
             program,
         } = self;
-        let relay = relay.map(crate::relay::Relay::new).transpose()?;
+        let relay = relay.map(crate::handoff::relay::Relay::new).transpose()?;
         let state_sent = relay
             .as_ref()
             .is_none_or(|r| r.try_send_state(state).is_ok());
@@ -208,7 +281,7 @@ impl Spawn {
             .map_err(|_| io::Error::other("the spawning thread ended without an answer"))?;
         std::thread::yield_now();
         let child = spawned.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot start {}: {e}", program.display()))
+            crate::error::context(e.kind(), format!("cannot start {}", program.display()), e)
         })?;
         let successor = Successor {
             child: Some(child),
@@ -231,8 +304,8 @@ impl Spawn {
 fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
     crate::signals::mask_held(libc::SIG_SETMASK)?;
     let floor = moves.iter().map(|&(_, to)| to).max().unwrap_or(FIRST_FD) + 1;
-    // No allocation between fork and exec: a fixed array of copies, one per listener + the pipe.
-    let mut copies: [Option<OwnedFd>; MAX_LISTENERS + 1] = [const { None }; MAX_LISTENERS + 1];
+    // No allocation between fork and exec: a fixed array of copies, as many as a layout has.
+    let mut copies: [Option<OwnedFd>; Layout::MAX_FDS] = [const { None }; Layout::MAX_FDS];
     if moves.len() > copies.len() {
         return Err(io::ErrorKind::InvalidInput.into());
     }
@@ -266,7 +339,7 @@ impl Successor {
                 let _ = relay.send_state(state).await;
             };
             sent.or(async {
-                Timer::after(Duration::from_secs(1)).await;
+                Timer::after(STATE_SEND_TIMEOUT).await;
             })
             .await;
         }
@@ -278,7 +351,7 @@ impl Successor {
     pub(crate) async fn ready(
         mut self,
         timeout: Duration,
-    ) -> Result<(Child, Option<crate::relay::Relay>), (u32, NotReady)> {
+    ) -> Result<(Child, Option<crate::handoff::relay::Relay>), (u32, NotReady)> {
         let mut byte = [0u8; 1];
         let read = async { Some(self.ready.read(&mut byte).await) };
         let outcome = read.or(async {
@@ -299,7 +372,7 @@ impl Successor {
         let pid = self.pid();
         let failure = match failure {
             // EOF: it is exiting or has exited; wait for its status, but never unbounded.
-            NotReady::Exited(None) => match self.exit_status(Duration::from_millis(500)).await {
+            NotReady::Exited(None) => match self.exit_status(EXIT_STATUS_WAIT).await {
                 Some(status) => NotReady::Exited(Some(status)),
                 None => NotReady::Exited(None),
             },
@@ -349,6 +422,16 @@ mod tests {
     fn captures_an_absolute_program_path() {
         let exec = Exec::capture().unwrap();
         assert!(exec.program().is_absolute(), "{}", exec.program().display());
+    }
+
+    #[test]
+    fn the_layout_puts_the_pipe_and_relay_after_the_listeners() {
+        let most = Layout::new(MAX_LISTENERS, true);
+        assert_eq!(most.len(), Layout::MAX_FDS);
+        assert_eq!(most.listener(0), FIRST_FD);
+        assert_eq!(most.ready(), FIRST_FD + MAX_LISTENERS as RawFd);
+        assert_eq!(most.relay(), Some(most.ready() + 1));
+        assert_eq!(Layout::new(1, false).relay(), None);
     }
 
     #[test]

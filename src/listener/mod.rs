@@ -7,21 +7,24 @@
 //! baton adds `"ready_fd"`, the write end of the readiness pipe (see [`crate::handoff`]); Go
 //! ignores unknown keys, so either side can read the other's variable.
 
-use std::error::Error;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::task::{Context, Poll};
 
 use async_io::Async;
-use rustix::fs::FileType;
-use rustix::io::FdFlags;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
+use crate::config::timing::ACCEPT_BACKOFF;
+use crate::error::{invalid, invalid_msg};
 use crate::stream::Stream;
+
+mod inherit;
+
+pub(crate) use inherit::{Description, Inheritance, scrub_environment};
 
 /// The environment variable that carries inherited listeners' descriptions.
 pub const LISTENER_ENV: &str = "LISTENER";
@@ -58,236 +61,6 @@ impl fmt::Display for Address {
 enum Spec {
     Tcp(Vec<SocketAddr>),
     Unix(PathBuf),
-}
-
-/// One listener as `LISTENER` describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Description {
-    /// The address the listener was requested with (`:8080`, `127.0.0.1:0`, `unix:/run/x`).
-    pub(crate) addr: String,
-    /// The fd the socket arrives as.
-    pub(crate) fd: RawFd,
-    /// Go's `os.File` name for the socket, e.g. `tcp:127.0.0.1:8080->`.
-    pub(crate) filename: String,
-    /// The write end of the readiness pipe, if the parent passed one.
-    pub(crate) ready_fd: Option<RawFd>,
-    /// This process's end of the connection relay, if the parent hands connections over.
-    pub(crate) relay_fd: Option<RawFd>,
-}
-
-impl Description {
-    /// Parses the value of `LISTENER`: one object, or an array of them.
-    pub(crate) fn parse_all(value: &str) -> io::Result<Vec<Description>> {
-        const SHAPE: &str =
-            r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."} or an array of them"#;
-        let json: serde_json::Value = serde_json::from_str(value).map_err(|e| {
-            invalid(
-                format!("{LISTENER_ENV} is not valid JSON (expected {SHAPE})"),
-                e,
-            )
-        })?;
-        match &json {
-            serde_json::Value::Array(items) if !items.is_empty() => {
-                items.iter().map(Description::from_json).collect()
-            }
-            serde_json::Value::Object(_) => Ok(vec![Description::from_json(&json)?]),
-            _ => Err(invalid_msg(format!(
-                "{LISTENER_ENV} must be a JSON object like {SHAPE}"
-            ))),
-        }
-    }
-
-    fn from_json(json: &serde_json::Value) -> io::Result<Description> {
-        const SHAPE: &str = r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."}"#;
-        let Some(object) = json.as_object() else {
-            return Err(invalid_msg(format!(
-                "{LISTENER_ENV} must be a JSON object like {SHAPE}"
-            )));
-        };
-        let addr = match object.get("addr") {
-            Some(serde_json::Value::String(addr)) => addr.clone(),
-            Some(_) => {
-                return Err(invalid_msg(format!(
-                    "{LISTENER_ENV}: \"addr\" must be a string"
-                )));
-            }
-            None => {
-                return Err(invalid_msg(format!(
-                    "{LISTENER_ENV}: \"addr\" is missing ({SHAPE})"
-                )));
-            }
-        };
-        let fd = match object.get("fd") {
-            Some(value) => fd_number(value, "fd")?,
-            None => {
-                return Err(invalid_msg(format!(
-                    "{LISTENER_ENV}: \"fd\" is missing ({SHAPE})"
-                )));
-            }
-        };
-        let filename = match object.get("filename") {
-            Some(serde_json::Value::String(name)) => name.clone(),
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(_) => {
-                return Err(invalid_msg(format!(
-                    "{LISTENER_ENV}: \"filename\" must be a string"
-                )));
-            }
-        };
-        let ready_fd = match object.get("ready_fd") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(fd_number(value, "ready_fd")?),
-        };
-        let relay_fd = match object.get("relay_fd") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(fd_number(value, "relay_fd")?),
-        };
-        Ok(Description {
-            addr,
-            fd,
-            filename,
-            ready_fd,
-            relay_fd,
-        })
-    }
-
-    fn to_value(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        object.insert("addr".into(), self.addr.clone().into());
-        object.insert("fd".into(), self.fd.into());
-        object.insert("filename".into(), self.filename.clone().into());
-        if let Some(ready_fd) = self.ready_fd {
-            object.insert("ready_fd".into(), ready_fd.into());
-        }
-        if let Some(relay_fd) = self.relay_fd {
-            object.insert("relay_fd".into(), relay_fd.into());
-        }
-        serde_json::Value::Object(object)
-    }
-
-    /// The JSON text for `LISTENER`: the single object the Go original reads when there is one
-    /// listener, an array otherwise.
-    pub(crate) fn to_json_all(all: &[Description]) -> String {
-        match all {
-            [one] => one.to_value().to_string(),
-            many => serde_json::Value::Array(many.iter().map(Description::to_value).collect())
-                .to_string(),
-        }
-    }
-}
-
-fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
-    value
-        .as_i64()
-        .and_then(|n| RawFd::try_from(n).ok())
-        .filter(|&n| n >= 0)
-        .ok_or_else(|| {
-            invalid_msg(format!(
-                "{LISTENER_ENV}: \"{key}\" must be a non-negative integer fd number, got {value}"
-            ))
-        })
-}
-
-/// Takes `LISTENER` and the `LISTEN_*` variables out of this process's environment once they
-/// are read, so processes the handler starts never see fds that were not meant for them (a
-/// grandchild that is itself a baton or Go server would otherwise try to adopt fd 3).
-///
-/// Changing the environment is only sound while no other thread can read it, so this happens
-/// only if this process has a single thread; `Server::bind` calls it before it creates
-/// anything that starts a thread. Returns the thread count (if known) when the variables had
-/// to stay, `None` when they are gone or were never there.
-pub(crate) fn scrub_environment() -> Option<Option<usize>> {
-    let present: Vec<&str> = std::iter::once(LISTENER_ENV)
-        .chain(ACTIVATION_ENV)
-        .filter(|name| std::env::var_os(name).is_some())
-        .collect();
-    if present.is_empty() {
-        return None;
-    }
-    match thread_count() {
-        Some(1) => {
-            for name in present {
-                // SAFETY: this process has exactly one thread, the one running this code, so
-                // no other thread reads or writes the environment while it changes, and none
-                // can be started in between except by this code, which starts none.
-                unsafe { std::env::remove_var(name) };
-            }
-            None
-        }
-        threads => Some(threads),
-    }
-}
-
-/// How many threads this process has (field 20 of `/proc/self/stat`), if that can be read.
-fn thread_count() -> Option<usize> {
-    // One read into a buffer larger than the record (a few hundred bytes), where
-    // `read_to_string` would probe with half a dozen small reads.
-    let mut stat = [0u8; 1024];
-    let len =
-        std::io::Read::read(&mut std::fs::File::open("/proc/self/stat").ok()?, &mut stat).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces or any byte; fields
-    // 3.. follow the last ')'.
-    let after = stat[..len].iter().rposition(|&b| b == b')')? + 1;
-    let fields = std::str::from_utf8(&stat[after..len]).ok()?;
-    fields.split_whitespace().nth(17)?.parse().ok()
-}
-
-/// What the environment hands this process: `LISTENER` descriptions, socket-activated fds.
-#[derive(Debug, Default)]
-pub(crate) struct Inheritance {
-    descriptions: Vec<Description>,
-    /// fd and name (`LISTEN_FDNAMES`) of each socket-activated fd.
-    activated: Vec<(RawFd, Option<String>)>,
-}
-
-impl Inheritance {
-    /// Reads `LISTENER` and, if `LISTEN_PID` names this process, `LISTEN_FDS`/`LISTEN_FDNAMES`.
-    pub(crate) fn from_env() -> io::Result<Inheritance> {
-        let var = |name: &str| match std::env::var(name) {
-            Ok(value) => Ok(Some(value)),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name} is not valid UTF-8"),
-            )),
-        };
-        let descriptions = match var(LISTENER_ENV)? {
-            Some(value) => Description::parse_all(&value)?,
-            None => Vec::new(),
-        };
-        let mut activated = Vec::new();
-        let ours =
-            var("LISTEN_PID")?.is_some_and(|pid| pid.trim() == std::process::id().to_string());
-        if let (true, Some(count)) = (ours, var("LISTEN_FDS")?) {
-            let count: usize = count
-                .trim()
-                .parse()
-                .map_err(|e| invalid(format!("LISTEN_FDS={count:?} is not a number of fds"), e))?;
-            if count > MAX_LISTENERS * 4 {
-                return Err(invalid_msg(format!(
-                    "LISTEN_FDS={count} is more fds than baton takes"
-                )));
-            }
-            let names = var("LISTEN_FDNAMES")?.unwrap_or_default();
-            let mut names = names.split(':').map(str::to_owned);
-            for i in 0..count {
-                let name = names.next().filter(|n| !n.is_empty());
-                activated.push((FIRST_FD + i as RawFd, name));
-            }
-        }
-        Ok(Inheritance {
-            descriptions,
-            activated,
-        })
-    }
-
-    #[cfg(test)]
-    fn from_listener(value: &str) -> io::Result<Inheritance> {
-        Ok(Inheritance {
-            descriptions: Description::parse_all(value)?,
-            activated: Vec::new(),
-        })
-    }
 }
 
 /// A listening socket of either kind.
@@ -341,14 +114,25 @@ impl Socket {
 
 /// How a listener came to this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
+#[non_exhaustive]
+pub enum Origin {
+    /// Bound by this process.
     Created,
+    /// Passed by the parent process through `LISTENER`.
     Inherited,
+    /// Passed by systemd through `LISTEN_FDS`.
     Activated,
 }
 
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Origin {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// `created`, `inherited` or `socket-activated`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Origin::Created => "created",
             Origin::Inherited => "inherited",
@@ -405,7 +189,7 @@ impl Listener {
             let source = match described {
                 Some(description) => {
                     let what = format!("{LISTENER_ENV}: fd {}", description.fd);
-                    let local = validate(description.fd, &what)?;
+                    let local = inherit::validate(description.fd, &what)?;
                     if spec.as_ref().is_ok_and(|spec| !spec.matches(&local)) {
                         return Err(invalid_msg(format!(
                             "{what} listens on {local}, not on {addr} as \"addr\" says"
@@ -413,7 +197,9 @@ impl Listener {
                     }
                     Some((description.fd, local, Origin::Inherited))
                 }
-                None => activated_for(addr, spec.as_ref().ok(), &inheritance.activated, &used)?,
+                None => {
+                    inherit::activated_for(addr, spec.as_ref().ok(), &inheritance.activated, &used)?
+                }
             };
             let spec = match (&source, spec) {
                 (_, Ok(spec)) => Some(spec),
@@ -425,47 +211,13 @@ impl Listener {
             }
             plan.push((addr, spec, source));
         }
-        let ready = match inheritance.descriptions.iter().find_map(|d| d.ready_fd) {
-            Some(fd) => {
-                // SAFETY: the number comes from `LISTENER`, which hands it to this process; it is
-                // only borrowed for fstat, which fails with EBADF if it is not open.
-                validate_pipe(unsafe { BorrowedFd::borrow_raw(fd) }, fd)?;
-                // SAFETY: validated as an open pipe handed to this process; no other owner.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
-                Some(owned)
-            }
-            None => None,
-        };
-        let relay = match inheritance.descriptions.iter().find_map(|d| d.relay_fd) {
-            Some(fd) => {
-                let what = format!("{LISTENER_ENV}: relay_fd {fd}");
-                // SAFETY: the number comes from `LISTENER`, which hands it to this process; it is
-                // only borrowed for getsockopt, which fails with EBADF or ENOTSOCK otherwise.
-                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                let kind = sockopt::socket_type(borrowed)
-                    .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
-                if kind != SocketType::SEQPACKET {
-                    return Err(invalid_msg(format!("{what} is not a SEQPACKET socket")));
-                }
-                // SAFETY: validated as a socket handed to this process; no other owner.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
-                Some(owned)
-            }
-            None => None,
-        };
-        // Activated fds are never passed on as such: keep them out of later children.
-        for (fd, _) in &inheritance.activated {
-            // SAFETY: systemd handed these numbers to this process; setting CLOEXEC touches only
-            // the fd's flags and fails harmlessly (EBADF) if one is not open.
-            let _ =
-                rustix::io::fcntl_setfd(unsafe { BorrowedFd::borrow_raw(*fd) }, FdFlags::CLOEXEC);
-        }
+        let ready = inheritance.claim_ready()?;
+        let relay = inheritance.claim_relay()?;
+        inheritance.close_activated_on_exec();
         let mut listeners = Vec::with_capacity(plan.len());
         for (addr, spec, source) in plan {
             let listener = match (source, spec) {
-                (Some((fd, local, origin)), _) => adopt(addr, fd, local, origin)?,
+                (Some((fd, _, origin)), _) => adopt(addr, fd, origin)?,
                 (None, Some(spec)) => create(addr, &spec)?,
                 (None, None) => unreachable!("an address without a source was parsed above"),
             };
@@ -512,28 +264,72 @@ impl Listener {
     }
 }
 
-/// The socket-activated fd for `addr`: the one named like it (`LISTEN_FDNAMES`), else the
-/// first unused one bound to it. Every activated fd must be a listening stream socket.
-fn activated_for(
-    addr: &str,
-    spec: Option<&Spec>,
-    activated: &[(RawFd, Option<String>)],
-    used: &[RawFd],
-) -> io::Result<Source> {
-    let mut bound = None;
-    for (fd, name) in activated {
-        let local = validate(*fd, &format!("LISTEN_FDS: fd {fd}"))?;
-        if used.contains(fd) {
-            continue;
-        }
-        if name.as_deref() == Some(addr) {
-            return Ok(Some((*fd, local, Origin::Activated)));
-        }
-        if bound.is_none() && spec.is_some_and(|spec| spec.matches(&local)) {
-            bound = Some((*fd, local, Origin::Activated));
+/// The listeners one process accepts from: each accept starts after the listener used last,
+/// so none starves the others, and pauses after an error a retry cannot fix at once.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    all: Vec<Listener>,
+    next: std::cell::Cell<usize>,
+    backoff: std::cell::Cell<bool>,
+}
+
+impl Listeners {
+    pub(crate) fn new(all: Vec<Listener>) -> Listeners {
+        Listeners {
+            all,
+            next: std::cell::Cell::new(0),
+            backoff: std::cell::Cell::new(false),
         }
     }
-    Ok(bound)
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Listener> {
+        self.all.iter()
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Listener] {
+        &self.all
+    }
+
+    /// The next connection from any listener, with the listener it came from. An error that
+    /// needs a pause (out of fds or buffers) is returned once, and the next call waits
+    /// [`ACCEPT_BACKOFF`] first; any other error concerns one connection only.
+    pub(crate) async fn accept(&self) -> Result<(usize, Accepted), AcceptError> {
+        if self.backoff.replace(false) {
+            async_io::Timer::after(ACCEPT_BACKOFF).await;
+        }
+        let accepted = std::future::poll_fn(|cx| self.poll_any(cx)).await;
+        match accepted {
+            Ok(accepted) => Ok(accepted),
+            Err(error) => {
+                let pause = matches!(
+                    error.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                self.backoff.set(pause);
+                Err(AcceptError { error, pause })
+            }
+        }
+    }
+
+    fn poll_any(&self, cx: &mut Context<'_>) -> Poll<io::Result<(usize, Accepted)>> {
+        let next = self.next.get();
+        for offset in 0..self.all.len() {
+            let index = (next + offset) % self.all.len();
+            if let Poll::Ready(accepted) = self.all[index].socket.poll_accept(cx) {
+                self.next.set(index + 1);
+                return Poll::Ready(accepted.map(|connection| (index, connection)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A failed accept.
+#[derive(Debug)]
+pub(crate) struct AcceptError {
+    pub(crate) error: io::Error,
+    /// Out of fds or buffers: worth reporting, and the next accept pauses first.
+    pub(crate) pause: bool,
 }
 
 /// Parses `addr`: `unix:/path`, `host:port`, `:port` (every interface, as in Go), or
@@ -604,12 +400,8 @@ pub(crate) fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
 }
 
 fn create(addr: &str, spec: &Spec) -> io::Result<Listener> {
-    let failed = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            Cause(format!("cannot listen on {addr}"), Box::new(e)),
-        )
-    };
+    let failed =
+        |e: io::Error| crate::error::context(e.kind(), format!("cannot listen on {addr}"), e);
     match spec {
         Spec::Tcp(candidates) => {
             let mut last_error = None;
@@ -652,12 +444,10 @@ fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> 
     }
 }
 
-/// Takes ownership of a validated fd.
-fn adopt(addr: &str, fd: RawFd, local: Address, origin: Origin) -> io::Result<Listener> {
-    // SAFETY: fd was validated as an open listening socket that `LISTENER` or `LISTEN_FDS`
-    // hands to this process; nothing else in the process owns it, and it is adopted once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+/// Takes ownership of an inherited listening socket (checked again, then claimed).
+fn adopt(addr: &str, fd: RawFd, origin: Origin) -> io::Result<Listener> {
+    let (checked, local) = inherit::validate_listener(fd, &format!("fd {fd}"))?;
+    let owned = checked.claim()?;
     let socket = match local {
         Address::Tcp(_) => Socket::Tcp(Async::new(TcpListener::from(owned))?),
         Address::Unix(_) => Socket::Unix(Async::new(UnixListener::from(owned))?),
@@ -709,91 +499,6 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     Ok(UnixListener::from(socket))
 }
 
-/// Checks that `fd` is an open, listening stream socket (TCP or Unix) and returns its address.
-fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
-    // SAFETY: the number was handed to this process by `LISTENER` or `LISTEN_FDS`, and nothing
-    // in the process has claimed it. It is only borrowed for the checks below, plain syscalls:
-    // a number that is not open makes them fail with EBADF, nothing more.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = rustix::fs::fstat(fd).map_err(|e| {
-        let e = io::Error::from(e);
-        if e.raw_os_error() == Some(libc::EBADF) {
-            invalid(
-                format!("{what} is not open in this process (was it passed with CLOEXEC set?)"),
-                e,
-            )
-        } else {
-            invalid(format!("{what} cannot be inspected"), e)
-        }
-    })?;
-    let file_type = FileType::from_raw_mode(stat.st_mode);
-    if file_type != FileType::Socket {
-        return Err(invalid_msg(format!(
-            "{what} is not a socket (it is a {})",
-            kind(file_type)
-        )));
-    }
-    let socket_type =
-        sockopt::socket_type(fd).map_err(|e| invalid(format!("{what}: SO_TYPE"), e))?;
-    if socket_type != SocketType::STREAM {
-        return Err(invalid_msg(format!(
-            "{what} is not a stream socket (a datagram socket?)"
-        )));
-    }
-    let listening =
-        sockopt::socket_acceptconn(fd).map_err(|e| invalid(format!("{what}: SO_ACCEPTCONN"), e))?;
-    if !listening {
-        return Err(invalid_msg(format!(
-            "{what} is a socket but is not listening"
-        )));
-    }
-    let local =
-        rustix::net::getsockname(fd).map_err(|e| invalid(format!("{what}: getsockname"), e))?;
-    if let Ok(addr) = SocketAddr::try_from(local.clone()) {
-        return Ok(Address::Tcp(addr));
-    }
-    match SocketAddrUnix::try_from(local) {
-        Ok(unix) => match unix.path_bytes() {
-            Some(path) if !path.is_empty() => {
-                use std::os::unix::ffi::OsStrExt;
-                Ok(Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(
-                    path,
-                ))))
-            }
-            _ => Err(invalid_msg(format!(
-                "{what} is an unnamed or abstract Unix socket"
-            ))),
-        },
-        Err(_) => Err(invalid_msg(format!("{what} is not a TCP or Unix socket"))),
-    }
-}
-
-fn validate_pipe(fd: BorrowedFd<'_>, number: RawFd) -> io::Result<()> {
-    let what = format!("{LISTENER_ENV}: ready_fd {number}");
-    let stat = rustix::fs::fstat(fd).map_err(|e| invalid(format!("{what} is not open"), e))?;
-    let file_type = FileType::from_raw_mode(stat.st_mode);
-    if file_type != FileType::Fifo {
-        return Err(invalid_msg(format!(
-            "{what} is not a pipe (it is a {})",
-            kind(file_type)
-        )));
-    }
-    Ok(())
-}
-
-fn kind(file_type: FileType) -> &'static str {
-    match file_type {
-        FileType::RegularFile => "regular file",
-        FileType::Directory => "directory",
-        FileType::Symlink => "symlink",
-        FileType::Fifo => "pipe",
-        FileType::Socket => "socket",
-        FileType::CharacterDevice => "character device",
-        FileType::BlockDevice => "block device",
-        _ => "file of unknown type",
-    }
-}
-
 /// Does a socket bound to `local` serve the requested `wanted` address? Port 0 asks for any port;
 /// the unspecified addresses of both families are interchangeable (`:8080`).
 fn same_address(wanted: SocketAddr, local: SocketAddr) -> bool {
@@ -802,32 +507,9 @@ fn same_address(wanted: SocketAddr, local: SocketAddr) -> bool {
     ip_matches && (wanted.port() == 0 || wanted.port() == local.port())
 }
 
-/// An error message with its cause kept as the source.
-#[derive(Debug)]
-struct Cause(String, Box<dyn Error + Send + Sync>);
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.0, self.1)
-    }
-}
-
-impl Error for Cause {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.1)
-    }
-}
-
-fn invalid(message: String, source: impl Into<Box<dyn Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, Cause(message, source.into()))
-}
-
-fn invalid_msg(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::inherit::thread_count;
     use super::*;
 
     fn parse(value: &str) -> io::Result<Description> {

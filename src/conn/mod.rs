@@ -1,0 +1,431 @@
+//! One connection's request/response loop: wait for a request, parse its head from the
+//! connection's own read buffer ([`crate::codec`]), call the handler, write the response in as
+//! few writes as possible, and decide whether the connection stays open.
+//!
+//! One read buffer per connection, reused across requests (pipelined requests stay in it and
+//! are answered in order), grown only for a large head and shrunk back after it. Draining
+//! changes two things: the next response carries `Connection: close` (and the connection is
+//! closed after it), and a connection idle at a request boundary is closed after a short grace,
+//! long enough for a request the client already sent to arrive.
+//!
+//! | part | owns |
+//! |---|---|
+//! | [`buf`] | the read buffer and the eager read |
+//! | [`body`] | the request body reader, and skipping an unread body |
+//! | [`request`] | building the `Request` from a parsed head |
+//! | [`response`] | writing responses, closing |
+//! | this module | the loop, and its decision after each response ([`After`]) |
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use http_types::{Request, Response, StatusCode};
+use smol::future::FutureExt as _;
+
+use crate::codec::{self, Framing, Reject};
+use crate::config::timing::RELAY_TIMEOUT;
+use crate::drain::{ConnectionGuard, Drain};
+use crate::stream::Stream;
+
+mod body;
+mod buf;
+mod request;
+mod response;
+
+use body::{BodyState, Inbound};
+use buf::{EagerRead, ReadBuf};
+use request::Requests;
+use response::{plain, refuse};
+
+// The async-h1 loop (`crate::h1`) shares these decisions and sizes.
+#[cfg(feature = "async-h1")]
+pub(crate) use body::DISCARD_LIMIT;
+#[cfg(feature = "async-h1")]
+pub(crate) use response::WRITE_BUFFER;
+pub(crate) use response::{close, error_response, wants_close, write_response};
+
+/// Per-connection settings, copied from the server's builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) header_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) max_head: usize,
+    pub(crate) max_body: u64,
+    pub(crate) write_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve<F, Fut>(
+    incoming: Incoming,
+    handler: Rc<F>,
+    drain: Rc<Drain>,
+    _connection: ConnectionGuard,
+    options: Options,
+) where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = http_types::Result<Response>>,
+{
+    let Incoming {
+        stream,
+        peer,
+        local,
+        tls,
+        pending,
+    } = incoming;
+    let Some(stream) = handshake(stream, tls, options.header_timeout).await else {
+        return;
+    };
+    let io = Arc::new(stream);
+    let mut requests = Requests::new(peer, local);
+    let mut buf = ReadBuf::with(pending);
+    let mut out = Vec::new();
+    let drain_started = std::pin::pin!(drain.started());
+    let mut idle = Idle::new(drain_started, &options);
+    let mut eager = EagerRead::default();
+    loop {
+        // A pipelined request may already be buffered; otherwise wait for one.
+        // Draining with a relay to the successor: this connection is at a request boundary,
+        // so it moves there, with whatever the client already sent.
+        if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
+            return;
+        }
+        if buf.pending().is_empty() && !drain.is_draining() && eager.try_now(&io) {
+            // Under load the client's next request is usually on its way: let the other
+            // connections run first, then read once without waiting. A hit saves registering
+            // for readiness (an epoll_ctl) and a trip through the reactor.
+            smol::future::yield_now().await;
+            match buf.try_fill(&io, options.max_head) {
+                Ok(0) => break,
+                Ok(_) => eager.hit(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => eager.miss(),
+                Err(_) => break,
+            }
+        }
+        if buf.pending().is_empty() && !idle.wait(&io, &drain, &options).await {
+            // Idle when a drain started: hand over if possible, else close.
+            if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
+                return;
+            }
+            break;
+        }
+        let next = next_request(&io, &mut buf, &mut requests, &options);
+        let timeout = async {
+            Timer::after(options.header_timeout).await;
+            Err(HeadError::TimedOut)
+        };
+        let next = match next.or(timeout).await {
+            Ok(next) => next,
+            Err(HeadError::Closed) => break,
+            Err(HeadError::TimedOut) => {
+                refuse(
+                    &io,
+                    &mut out,
+                    StatusCode::RequestTimeout,
+                    "request head timed out",
+                )
+                .await;
+                break;
+            }
+            Err(HeadError::Reject(reject)) => {
+                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
+                break;
+            }
+        };
+        let Next {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            minor,
+        } = next;
+        if let Framing::Length(n) = framing {
+            if n > options.max_body {
+                let reject = Reject::BodyTooLarge;
+                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
+                break;
+            }
+        }
+        let in_flight = drain.request();
+        let method = request.method();
+        let (request, inbound) =
+            body::attach(request, framing, expect_continue, &io, &mut buf, &options);
+        let response = match handler(request).await {
+            Ok(response) => response,
+            Err(error) => error_response(error),
+        };
+        // Take the read buffer back from the body reader, whatever the handler did with it.
+        let body = inbound.map(|shared| Inbound::take_back(&shared, &mut buf));
+        let (response, after) = decide(response, keep_alive, body, &io, &drain);
+        let timeout = options.write_timeout;
+        let close_after = after == After::Close;
+        let written =
+            write_response(&io, &mut out, response, method, minor, close_after, timeout).await;
+        drop(in_flight);
+        if let Err(error) = written {
+            if error.kind() == io::ErrorKind::TimedOut {
+                // Unsent data would keep the socket (and its buffers) alive: reset instead.
+                io.abort();
+            }
+            break;
+        }
+        let after = match after {
+            After::Discard(body) if !body::discard(&io, &mut buf, body, &options).await => {
+                After::Close
+            }
+            After::Discard(_) => After::KeepAlive,
+            other => other,
+        };
+        if after == After::Close {
+            close(&io).await;
+            break;
+        }
+        idle.restart();
+    }
+}
+
+/// What happens to a connection once its response is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Wait for the next request (or, draining with a relay, hand the connection over).
+    KeepAlive,
+    /// Skip what the handler left of the body first, then keep alive if that worked.
+    Discard(BodyState),
+    /// `Connection: close`, then close.
+    Close,
+}
+
+/// Decides what follows this response, from the request (`keep_alive`: its version and
+/// `Connection` header), what became of its body, the response, and the drain; replaces the
+/// response if the body broke its framing or a limit.
+fn decide(
+    response: Response,
+    keep_alive: bool,
+    body: Option<body::Outcome>,
+    io: &Stream,
+    drain: &Drain,
+) -> (Response, After) {
+    // A draining process closes connections, unless it can hand them over.
+    let closing = drain.is_draining() && !relayable(io, drain);
+    let after = if !keep_alive || closing || wants_close(&response) {
+        After::Close
+    } else {
+        After::KeepAlive
+    };
+    let Some(body) = body else {
+        return (response, after);
+    };
+    match body.failed {
+        // The body broke its framing or a limit: whatever the handler made of that, the client
+        // learns what was wrong, and the connection cannot be trusted further.
+        Some(reject) => (plain(reject.status(), &reject.to_string()), After::Close),
+        // Never asked for: the client may not send it at all, so do not wait for it.
+        None if body.continue_pending && body.state != BodyState::Done => (response, After::Close),
+        None if body.state != BodyState::Done && after == After::KeepAlive => {
+            (response, After::Discard(body.state))
+        }
+        None => (response, after),
+    }
+}
+
+/// A connection just accepted, with what the loop needs to know about it.
+pub(crate) struct Incoming {
+    pub(crate) stream: Stream,
+    /// The client's address, as requests report it.
+    pub(crate) peer: String,
+    /// The listener's address, as requests report it.
+    pub(crate) local: String,
+    /// The listener's TLS acceptor, for a `tls:` listener.
+    pub(crate) tls: Option<Tls>,
+    /// Bytes already read from it (by the process that handed it over) and not yet parsed.
+    pub(crate) pending: Vec<u8>,
+}
+
+/// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(crate) type Tls = futures_rustls::TlsAcceptor;
+/// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = std::convert::Infallible;
+
+/// Runs the TLS handshake for a `tls:` listener's connection, bounded by `timeout`: a client
+/// that never finishes it is dropped like one that never finishes its head. `None`: dropped.
+async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Option<Stream> {
+    let Some(acceptor) = tls else {
+        return Some(stream);
+    };
+    #[cfg(feature = "tls")]
+    {
+        let Stream::Tcp(tcp) = stream else {
+            return Some(stream);
+        };
+        let tcp = Arc::new(tcp);
+        let accepted = async { acceptor.accept(crate::tls::Tcp(tcp.clone())).await.ok() };
+        let expired = async {
+            Timer::after(timeout).await;
+            None
+        };
+        let session = accepted.or(expired).await?;
+        Some(Stream::Tls(Box::new(crate::tls::Session {
+            tcp,
+            tls: std::sync::Mutex::new(session),
+        })))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = timeout;
+        match acceptor {}
+    }
+}
+
+enum HeadError {
+    Closed,
+    TimedOut,
+    Reject(Reject),
+}
+
+/// A request whose head has been read, and how its connection goes on.
+struct Next {
+    request: Request,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+    minor: u8,
+}
+
+/// Reads until `buf` holds a whole request head, then builds the request from it and consumes
+/// the head from the buffer (a pipelined request behind it stays there).
+async fn next_request(
+    io: &Stream,
+    buf: &mut ReadBuf,
+    requests: &mut Requests,
+    options: &Options,
+) -> Result<Next, HeadError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+        let next = match codec::parse_head(buf.pending(), &mut headers, options.max_head) {
+            Ok(Some(head)) => {
+                let request = requests.build(&head).map_err(HeadError::Reject)?;
+                let next = Next {
+                    request,
+                    framing: head.framing,
+                    keep_alive: head.keep_alive,
+                    expect_continue: head.expect_continue,
+                    minor: head.minor,
+                };
+                Some((next, head.len))
+            }
+            Ok(None) => None,
+            Err(reject) => return Err(HeadError::Reject(reject)),
+        };
+        if let Some((next, len)) = next {
+            buf.consume(len);
+            buf.shrink();
+            return Ok(next);
+        }
+        match buf.fill(io, options.max_head).await {
+            Ok(0) if buf.pending().is_empty() => return Err(HeadError::Closed),
+            Ok(0) => {
+                return Err(HeadError::Reject(Reject::BadRequest(
+                    "connection closed inside the head",
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+/// What a connection waits on between requests, kept for its whole life so that waiting
+/// registers nothing new: the listener for the start of a drain, one keep-alive timer re-armed
+/// only when it fires, and when the last request was done.
+pub(crate) struct Idle<'a, D> {
+    drain_started: Pin<&'a mut D>,
+    timer: Timer,
+    since: Instant,
+}
+
+impl<'a, D: Future<Output = ()>> Idle<'a, D> {
+    /// `drain_started` is the connection's pinned `Drain::started()`.
+    pub(crate) fn new(drain_started: Pin<&'a mut D>, options: &Options) -> Self {
+        Idle {
+            drain_started,
+            timer: Timer::after(options.keep_alive_timeout),
+            since: Instant::now(),
+        }
+    }
+
+    /// A request is done: the keep-alive timeout counts from now.
+    pub(crate) fn restart(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Waits until the client sends something (or closes). Returns `false` if the connection
+    /// should be closed instead: idle past the keep-alive timeout, or idle through the grace
+    /// of a drain.
+    pub(crate) async fn wait(&mut self, io: &Stream, drain: &Drain, options: &Options) -> bool {
+        let Idle {
+            drain_started,
+            timer,
+            since,
+        } = self;
+        let readable = async { io.readable().await.is_ok() };
+        let grace = async {
+            // Once draining, the drain future has completed and must not be polled again.
+            if !drain.is_draining() {
+                drain_started.as_mut().await;
+            }
+            // With a relay the connection moves at once; no request can race a close.
+            if !relayable(io, drain) {
+                Timer::after(options.idle_grace).await;
+            }
+            false
+        };
+        let idle = async {
+            let deadline = *since + options.keep_alive_timeout;
+            loop {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                // The timer may still hold an earlier deadline: re-arm it only when it fires,
+                // not on every request.
+                (&mut *timer).await;
+                timer.set_at(deadline);
+            }
+        };
+        readable.or(grace).or(idle).await
+    }
+}
+
+/// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,
+/// and a Unix socket's peer, stay with this process.)
+fn relayable(io: &Stream, drain: &Drain) -> bool {
+    matches!(io, Stream::Tcp(_)) && drain.relay().is_some()
+}
+
+/// Sends the connection to the successor. `true`: it is the successor's now; drop it without
+/// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
+async fn hand_over(io: &Stream, drain: &Drain, requests: &Requests, pending: &[u8]) -> bool {
+    let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
+        return false;
+    };
+    let sent = relay.send(tcp.get_ref(), &requests.peer, &requests.local_text, pending);
+    // A successor that stops reading its relay must not hold this connection hostage.
+    let stalled = async {
+        Timer::after(RELAY_TIMEOUT).await;
+        Err(io::ErrorKind::TimedOut.into())
+    };
+    match sent.or(stalled).await {
+        Ok(()) => true,
+        Err(_) => {
+            drain.relay_failed();
+            false
+        }
+    }
+}

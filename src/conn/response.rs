@@ -1,0 +1,194 @@
+//! Writing responses: the head (encoded by [`codec::response_head`]) and body in as few writes
+//! as possible, chunked when the length is unknown, each write bounded by the write timeout;
+//! and closing a connection without turning unread input into a reset.
+
+use std::io;
+use std::time::Duration;
+
+use async_io::Timer;
+use http_types::{Body, Method, Response, StatusCode};
+use smol::future::FutureExt as _;
+use smol::io::AsyncReadExt as _;
+
+use crate::codec;
+use crate::config::timing::{ERROR_WRITE_TIMEOUT, LINGER};
+use crate::stream::Stream;
+
+/// Most bytes of a response gathered before one write; smaller responses go out in one write.
+pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
+
+/// Did the handler ask to close the connection?
+pub(crate) fn wants_close(response: &Response) -> bool {
+    response.iter().any(|(name, values)| {
+        name.as_str() == "connection"
+            && values.iter().any(|v| {
+                v.as_str()
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+    })
+}
+
+pub(super) fn plain(status: StatusCode, message: &str) -> Response {
+    let mut response = Response::new(status);
+    response.set_body(format!("{message}\n"));
+    response
+}
+
+/// A handler's error as a response. Server errors do not show their message to the client.
+pub(crate) fn error_response(error: http_types::Error) -> Response {
+    let status = error.status();
+    if status.is_client_error() {
+        plain(status, &error.to_string())
+    } else {
+        plain(status, status.canonical_reason())
+    }
+}
+
+/// Answers a request that cannot be served, and closes the connection.
+pub(super) async fn refuse(io: &Stream, out: &mut Vec<u8>, status: StatusCode, message: &str) {
+    let response = plain(status, message);
+    let written =
+        write_response(io, out, response, Method::Get, 1, true, ERROR_WRITE_TIMEOUT).await;
+    if written.is_ok() {
+        close(io).await;
+    }
+}
+
+/// Encodes and writes a response: head and (small) body in one write; large or unknown-length
+/// bodies follow in chunks of up to [`WRITE_BUFFER`]. HEAD responses carry no body.
+pub(crate) async fn write_response(
+    io: &Stream,
+    out: &mut Vec<u8>,
+    mut response: Response,
+    method: Method,
+    minor: u8,
+    close: bool,
+    timeout: Duration,
+) -> io::Result<()> {
+    let status = u16::from(response.status());
+    let mut body = response.take_body();
+    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+    let len = if bodyless {
+        Some(0)
+    } else {
+        body.len().map(|n| n as u64)
+    };
+    // Unknown length: chunked for HTTP/1.1; an HTTP/1.0 client reads until the close.
+    let chunked = len.is_none() && minor == 1;
+    let close = close || (len.is_none() && minor == 0);
+
+    let length = match (len, bodyless) {
+        (_, true) if status != 304 => codec::Length::Omitted,
+        (Some(n), _) => codec::Length::Known(n),
+        (None, _) if chunked => codec::Length::Chunked,
+        (None, _) => codec::Length::UntilClose,
+    };
+    let head = codec::ResponseHead {
+        status,
+        reason: response.status().canonical_reason(),
+        length,
+        close,
+        minor,
+    };
+    let fields = response
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.as_str(), v.as_str())));
+    out.clear();
+    head.encode(fields, out);
+    if method == Method::Head || bodyless {
+        return send(io, out, timeout).await;
+    }
+    if chunked {
+        return write_chunked(io, out, &mut body, timeout).await;
+    }
+    // Gather the body behind the head; write whenever the buffer is full. Without a length
+    // (HTTP/1.0), the body runs until its end and the connection closes after it.
+    let mut remaining = len.unwrap_or(u64::MAX);
+    while remaining > 0 {
+        if out.len() >= WRITE_BUFFER {
+            send(io, out, timeout).await?;
+            out.clear();
+        }
+        let at = out.len();
+        let room = (WRITE_BUFFER - at).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        out.resize(at + room, 0);
+        let n = match body.read(&mut out[at..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                out.truncate(at);
+                return Err(e);
+            }
+        };
+        out.truncate(at + n);
+        if n == 0 {
+            if len.is_some() {
+                // Shorter than its declared length: the framing is broken, the caller closes.
+                send(io, out, timeout).await?;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response body shorter than its length",
+                ));
+            }
+            break;
+        }
+        remaining -= n as u64;
+    }
+    send(io, out, timeout).await
+}
+
+/// Writes all of `buf`, failing with `TimedOut` if the client takes longer than `timeout` to
+/// accept it (a client that stopped reading). The timer is armed only if the write has to wait.
+pub(super) async fn send(io: &Stream, buf: &[u8], timeout: Duration) -> io::Result<()> {
+    let stalled = async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        ))
+    };
+    io.write_all(buf).or(stalled).await
+}
+
+/// Streams a body of unknown length as chunks, each gathered into one write with its framing.
+pub(super) async fn write_chunked(
+    io: &Stream,
+    out: &mut Vec<u8>,
+    body: &mut Body,
+    timeout: Duration,
+) -> io::Result<()> {
+    const PREFIX: usize = 18; // up to 16 hex digits + CRLF
+    let mut chunk = vec![0u8; WRITE_BUFFER];
+    loop {
+        let n = body.read(&mut chunk[PREFIX..WRITE_BUFFER - 2]).await?;
+        if n == 0 {
+            out.extend_from_slice(b"0\r\n\r\n");
+            return send(io, out, timeout).await;
+        }
+        codec::push_hex(out, n as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&chunk[PREFIX..PREFIX + n]);
+        out.extend_from_slice(b"\r\n");
+        send(io, out, timeout).await?;
+        out.clear();
+    }
+}
+
+/// Closes without resetting: send FIN, then read and discard until the client closes too (or
+/// [`LINGER`] passes), so that unread input cannot turn the close into a reset that destroys the
+/// response on its way.
+pub(crate) async fn close(io: &Stream) {
+    io.shutdown_write();
+    let mut scratch = [0u8; 1024];
+    let until_eof = async {
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let linger = async {
+        Timer::after(LINGER).await;
+    };
+    until_eof.or(linger).await;
+}

@@ -1,0 +1,419 @@
+//! What a parent or systemd hands this process, in one place: reading `LISTENER` and
+//! `LISTEN_*`, checking each fd they name, and taking ownership of the ones that pass.
+//!
+//! Every inherited fd number goes through [`inspect`] (borrowed for checks only) and, once it
+//! passed its check, [`Checked::claim`] (owned, CLOEXEC set again): the only two places in
+//! the crate that turn a number from the environment into an fd.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use rustix::fs::FileType;
+use rustix::io::FdFlags;
+use rustix::net::{SocketAddrUnix, SocketType, sockopt};
+
+use super::{ACTIVATION_ENV, Address, FIRST_FD, LISTENER_ENV, MAX_LISTENERS, Origin, Spec};
+use crate::error::{invalid, invalid_msg};
+
+/// Borrows an fd number handed to this process, for inspection only (fstat, getsockopt,
+/// fcntl): a number that is not open makes those calls fail with EBADF, nothing more.
+fn inspect(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the number comes from `LISTENER` or `LISTEN_FDS`, which hand it to this
+    // process. The borrow is only passed to syscalls that inspect or change the fd's flags;
+    // none of them closes it, and on a number that is not open they fail with EBADF.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// An inherited fd that passed its check (a listening socket, the readiness pipe, the relay).
+#[derive(Debug)]
+pub(crate) struct Checked(RawFd);
+
+impl Checked {
+    /// Takes ownership, and sets CLOEXEC again so later children do not inherit it.
+    pub(crate) fn claim(self) -> io::Result<OwnedFd> {
+        // SAFETY: the number was checked to be open and of the expected kind, and was handed to
+        // this process by its parent or systemd; a `Checked` is made once per number (bind_all
+        // skips numbers already used) and consumed here, so nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(self.0) };
+        rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
+        Ok(owned)
+    }
+}
+
+/// One listener as `LISTENER` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Description {
+    /// The address the listener was requested with (`:8080`, `127.0.0.1:0`, `unix:/run/x`).
+    pub(crate) addr: String,
+    /// The fd the socket arrives as.
+    pub(crate) fd: RawFd,
+    /// Go's `os.File` name for the socket, e.g. `tcp:127.0.0.1:8080->`.
+    pub(crate) filename: String,
+    /// The write end of the readiness pipe, if the parent passed one.
+    pub(crate) ready_fd: Option<RawFd>,
+    /// This process's end of the connection relay, if the parent hands connections over.
+    pub(crate) relay_fd: Option<RawFd>,
+}
+
+impl Description {
+    /// Parses the value of `LISTENER`: one object, or an array of them.
+    pub(crate) fn parse_all(value: &str) -> io::Result<Vec<Description>> {
+        const SHAPE: &str =
+            r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."} or an array of them"#;
+        let json: serde_json::Value = serde_json::from_str(value).map_err(|e| {
+            invalid(
+                format!("{LISTENER_ENV} is not valid JSON (expected {SHAPE})"),
+                e,
+            )
+        })?;
+        match &json {
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                items.iter().map(Description::from_json).collect()
+            }
+            serde_json::Value::Object(_) => Ok(vec![Description::from_json(&json)?]),
+            _ => Err(invalid_msg(format!(
+                "{LISTENER_ENV} must be a JSON object like {SHAPE}"
+            ))),
+        }
+    }
+
+    fn from_json(json: &serde_json::Value) -> io::Result<Description> {
+        const SHAPE: &str = r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."}"#;
+        let Some(object) = json.as_object() else {
+            return Err(invalid_msg(format!(
+                "{LISTENER_ENV} must be a JSON object like {SHAPE}"
+            )));
+        };
+        let addr = match object.get("addr") {
+            Some(serde_json::Value::String(addr)) => addr.clone(),
+            Some(_) => {
+                return Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: \"addr\" must be a string"
+                )));
+            }
+            None => {
+                return Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: \"addr\" is missing ({SHAPE})"
+                )));
+            }
+        };
+        let fd = match object.get("fd") {
+            Some(value) => fd_number(value, "fd")?,
+            None => {
+                return Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: \"fd\" is missing ({SHAPE})"
+                )));
+            }
+        };
+        let filename = match object.get("filename") {
+            Some(serde_json::Value::String(name)) => name.clone(),
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(_) => {
+                return Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: \"filename\" must be a string"
+                )));
+            }
+        };
+        let ready_fd = match object.get("ready_fd") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(fd_number(value, "ready_fd")?),
+        };
+        let relay_fd = match object.get("relay_fd") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(fd_number(value, "relay_fd")?),
+        };
+        Ok(Description {
+            addr,
+            fd,
+            filename,
+            ready_fd,
+            relay_fd,
+        })
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        object.insert("addr".into(), self.addr.clone().into());
+        object.insert("fd".into(), self.fd.into());
+        object.insert("filename".into(), self.filename.clone().into());
+        if let Some(ready_fd) = self.ready_fd {
+            object.insert("ready_fd".into(), ready_fd.into());
+        }
+        if let Some(relay_fd) = self.relay_fd {
+            object.insert("relay_fd".into(), relay_fd.into());
+        }
+        serde_json::Value::Object(object)
+    }
+
+    /// The JSON text for `LISTENER`: the single object the Go original reads when there is one
+    /// listener, an array otherwise.
+    pub(crate) fn to_json_all(all: &[Description]) -> String {
+        match all {
+            [one] => one.to_value().to_string(),
+            many => serde_json::Value::Array(many.iter().map(Description::to_value).collect())
+                .to_string(),
+        }
+    }
+}
+
+fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
+    value
+        .as_i64()
+        .and_then(|n| RawFd::try_from(n).ok())
+        .filter(|&n| n >= 0)
+        .ok_or_else(|| {
+            invalid_msg(format!(
+                "{LISTENER_ENV}: \"{key}\" must be a non-negative integer fd number, got {value}"
+            ))
+        })
+}
+
+/// Takes `LISTENER` and the `LISTEN_*` variables out of this process's environment once they
+/// are read, so processes the handler starts never see fds that were not meant for them (a
+/// grandchild that is itself a baton or Go server would otherwise try to adopt fd 3).
+///
+/// Changing the environment is only sound while no other thread can read it, so this happens
+/// only if this process has a single thread; `Server::bind` calls it before it creates
+/// anything that starts a thread. Returns the thread count (if known) when the variables had
+/// to stay, `None` when they are gone or were never there.
+pub(crate) fn scrub_environment() -> Option<Option<usize>> {
+    let present: Vec<&str> = std::iter::once(LISTENER_ENV)
+        .chain(ACTIVATION_ENV)
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    if present.is_empty() {
+        return None;
+    }
+    match thread_count() {
+        Some(1) => {
+            for name in present {
+                // SAFETY: this process has exactly one thread, the one running this code, so
+                // no other thread reads or writes the environment while it changes, and none
+                // can be started in between except by this code, which starts none.
+                unsafe { std::env::remove_var(name) };
+            }
+            None
+        }
+        threads => Some(threads),
+    }
+}
+
+/// How many threads this process has (field 20 of `/proc/self/stat`), if that can be read.
+pub(crate) fn thread_count() -> Option<usize> {
+    // One read into a buffer larger than the record (a few hundred bytes), where
+    // `read_to_string` would probe with half a dozen small reads.
+    let mut stat = [0u8; 1024];
+    let len =
+        std::io::Read::read(&mut std::fs::File::open("/proc/self/stat").ok()?, &mut stat).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or any byte; fields
+    // 3.. follow the last ')'.
+    let after = stat[..len].iter().rposition(|&b| b == b')')? + 1;
+    let fields = std::str::from_utf8(&stat[after..len]).ok()?;
+    fields.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// What the environment hands this process: `LISTENER` descriptions, socket-activated fds.
+#[derive(Debug, Default)]
+pub(crate) struct Inheritance {
+    pub(crate) descriptions: Vec<Description>,
+    /// fd and name (`LISTEN_FDNAMES`) of each socket-activated fd.
+    pub(crate) activated: Vec<(RawFd, Option<String>)>,
+}
+
+impl Inheritance {
+    /// Reads `LISTENER` and, if `LISTEN_PID` names this process, `LISTEN_FDS`/`LISTEN_FDNAMES`.
+    pub(crate) fn from_env() -> io::Result<Inheritance> {
+        let var = |name: &str| match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name} is not valid UTF-8"),
+            )),
+        };
+        let descriptions = match var(LISTENER_ENV)? {
+            Some(value) => Description::parse_all(&value)?,
+            None => Vec::new(),
+        };
+        let mut activated = Vec::new();
+        let ours =
+            var("LISTEN_PID")?.is_some_and(|pid| pid.trim() == std::process::id().to_string());
+        if let (true, Some(count)) = (ours, var("LISTEN_FDS")?) {
+            let count: usize = count
+                .trim()
+                .parse()
+                .map_err(|e| invalid(format!("LISTEN_FDS={count:?} is not a number of fds"), e))?;
+            if count > MAX_LISTENERS * 4 {
+                return Err(invalid_msg(format!(
+                    "LISTEN_FDS={count} is more fds than baton takes"
+                )));
+            }
+            let names = var("LISTEN_FDNAMES")?.unwrap_or_default();
+            let mut names = names.split(':').map(str::to_owned);
+            for i in 0..count {
+                let name = names.next().filter(|n| !n.is_empty());
+                activated.push((FIRST_FD + i as RawFd, name));
+            }
+        }
+        Ok(Inheritance {
+            descriptions,
+            activated,
+        })
+    }
+
+    /// The readiness pipe's write end, if the parent passed one.
+    pub(crate) fn claim_ready(&self) -> io::Result<Option<OwnedFd>> {
+        match self.descriptions.iter().find_map(|d| d.ready_fd) {
+            Some(fd) => validate_pipe(fd)?.claim().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// This process's end of the connection relay, if the parent hands connections over.
+    pub(crate) fn claim_relay(&self) -> io::Result<Option<OwnedFd>> {
+        match self.descriptions.iter().find_map(|d| d.relay_fd) {
+            Some(fd) => validate_relay(fd)?.claim().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps socket-activated fds out of later children: they are never passed on as such.
+    pub(crate) fn close_activated_on_exec(&self) {
+        for (fd, _) in &self.activated {
+            // Fails harmlessly (EBADF) if one is not open.
+            let _ = rustix::io::fcntl_setfd(inspect(*fd), FdFlags::CLOEXEC);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_listener(value: &str) -> io::Result<Inheritance> {
+        Ok(Inheritance {
+            descriptions: Description::parse_all(value)?,
+            activated: Vec::new(),
+        })
+    }
+}
+
+/// The socket-activated fd for `addr`: the one named like it (`LISTEN_FDNAMES`), else the
+/// first unused one bound to it. Every activated fd must be a listening stream socket.
+pub(crate) fn activated_for(
+    addr: &str,
+    spec: Option<&Spec>,
+    activated: &[(RawFd, Option<String>)],
+    used: &[RawFd],
+) -> io::Result<Option<(RawFd, Address, Origin)>> {
+    let mut bound = None;
+    for (fd, name) in activated {
+        let local = validate(*fd, &format!("LISTEN_FDS: fd {fd}"))?;
+        if used.contains(fd) {
+            continue;
+        }
+        if name.as_deref() == Some(addr) {
+            return Ok(Some((*fd, local, Origin::Activated)));
+        }
+        if bound.is_none() && spec.is_some_and(|spec| spec.matches(&local)) {
+            bound = Some((*fd, local, Origin::Activated));
+        }
+    }
+    Ok(bound)
+}
+
+/// Checks that `fd` is an open, listening stream socket (TCP or Unix) and returns its address.
+pub(crate) fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
+    let fd = inspect(fd);
+    let stat = rustix::fs::fstat(fd).map_err(|e| {
+        let e = io::Error::from(e);
+        if e.raw_os_error() == Some(libc::EBADF) {
+            invalid(
+                format!("{what} is not open in this process (was it passed with CLOEXEC set?)"),
+                e,
+            )
+        } else {
+            invalid(format!("{what} cannot be inspected"), e)
+        }
+    })?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::Socket {
+        return Err(invalid_msg(format!(
+            "{what} is not a socket (it is a {})",
+            kind(file_type)
+        )));
+    }
+    let socket_type =
+        sockopt::socket_type(fd).map_err(|e| invalid(format!("{what}: SO_TYPE"), e))?;
+    if socket_type != SocketType::STREAM {
+        return Err(invalid_msg(format!(
+            "{what} is not a stream socket (a datagram socket?)"
+        )));
+    }
+    let listening =
+        sockopt::socket_acceptconn(fd).map_err(|e| invalid(format!("{what}: SO_ACCEPTCONN"), e))?;
+    if !listening {
+        return Err(invalid_msg(format!(
+            "{what} is a socket but is not listening"
+        )));
+    }
+    let local =
+        rustix::net::getsockname(fd).map_err(|e| invalid(format!("{what}: getsockname"), e))?;
+    if let Ok(addr) = SocketAddr::try_from(local.clone()) {
+        return Ok(Address::Tcp(addr));
+    }
+    match SocketAddrUnix::try_from(local) {
+        Ok(unix) => match unix.path_bytes() {
+            Some(path) if !path.is_empty() => {
+                use std::os::unix::ffi::OsStrExt;
+                Ok(Address::Unix(PathBuf::from(std::ffi::OsStr::from_bytes(
+                    path,
+                ))))
+            }
+            _ => Err(invalid_msg(format!(
+                "{what} is an unnamed or abstract Unix socket"
+            ))),
+        },
+        Err(_) => Err(invalid_msg(format!("{what} is not a TCP or Unix socket"))),
+    }
+}
+
+fn validate_pipe(number: RawFd) -> io::Result<Checked> {
+    let what = format!("{LISTENER_ENV}: ready_fd {number}");
+    let stat = rustix::fs::fstat(inspect(number))
+        .map_err(|e| invalid(format!("{what} is not open"), e))?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::Fifo {
+        return Err(invalid_msg(format!(
+            "{what} is not a pipe (it is a {})",
+            kind(file_type)
+        )));
+    }
+    Ok(Checked(number))
+}
+
+fn validate_relay(number: RawFd) -> io::Result<Checked> {
+    let what = format!("{LISTENER_ENV}: relay_fd {number}");
+    let kind = sockopt::socket_type(inspect(number))
+        .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
+    if kind != SocketType::SEQPACKET {
+        return Err(invalid_msg(format!("{what} is not a SEQPACKET socket")));
+    }
+    Ok(Checked(number))
+}
+
+/// The listening socket at `fd`, checked as [`validate`] does; with its address.
+pub(crate) fn validate_listener(fd: RawFd, what: &str) -> io::Result<(Checked, Address)> {
+    validate(fd, what).map(|local| (Checked(fd), local))
+}
+
+fn kind(file_type: FileType) -> &'static str {
+    match file_type {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "pipe",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        _ => "file of unknown type",
+    }
+}

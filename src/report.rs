@@ -1,0 +1,39 @@
+//! What [`crate::Server::serve`] returns: why serving ended and what the drain cut short.
+
+use crate::signals::Signal;
+
+/// Why [`crate::Server::serve`] returned, and what the drain cut short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// What ended serving.
+    pub stop: Stop,
+    /// Requests still in flight when the drain ended early (timeout or a second shutdown
+    /// signal). 0 for a clean drain.
+    pub cut: usize,
+    /// Connections still open at that point.
+    pub dropped: usize,
+}
+
+impl Report {
+    /// `true` if every accepted request was answered.
+    pub fn is_clean(&self) -> bool {
+        self.cut == 0
+    }
+}
+
+/// What ended serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stop {
+    /// SIGHUP: the successor with this pid took over.
+    Restart {
+        /// The successor's pid.
+        successor: u32,
+    },
+    /// SIGINT, SIGQUIT or SIGTERM.
+    Shutdown {
+        /// The signal.
+        signal: Signal,
+    },
+}

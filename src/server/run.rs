@@ -1,0 +1,654 @@
+//! What a server does once it serves, as phases:
+//!
+//! ```text
+//! start ─> Serving ──SIGHUP/SIGUSR2──> Upgrading ──ready (SIGHUP)──> Draining ──> Report
+//!             ^                            │  failed, or ready (SIGUSR2)    │
+//!             └────────────────────────────┘                                │
+//!             └───────────────────── the successor exited ──────────────────┘
+//! ```
+//!
+//! [`start`] loads certificates, writes the pid file, takes the predecessor's state and
+//! reports ready. [`Process::serving`] is the select loop of both `Serving` and `Upgrading`
+//! (accept, relayed connections, signals, and, while upgrading, the successor's readiness).
+//! [`Process::draining`] stops accepting and waits for the connections under the drain timer.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{Child, ExitStatus};
+use std::rc::Rc;
+
+use async_io::Timer;
+use http_types::{Request, Response};
+use smol::future::FutureExt as _;
+use smol::{LocalExecutor, Task};
+
+use crate::config::Config;
+use crate::config::timing::STATE_TIMEOUT;
+use crate::conn;
+use crate::drain::{ConnectionGuard, Drain};
+use crate::event::Event;
+use crate::handoff::relay::{Handed, Received, Relay};
+use crate::handoff::{self, Exec};
+use crate::hooks::Hooks;
+use crate::listener::{AcceptError, Accepted, Listener, Listeners};
+use crate::report::{Report, Stop};
+use crate::signals::{Command, Signal, Signals};
+use crate::stream::Stream;
+use crate::supervisor::Supervisor;
+
+/// What the builder hands to the running server.
+pub(super) struct Setup {
+    pub(super) config: Config,
+    pub(super) listeners: Vec<Listener>,
+    pub(super) ready: Option<OwnedFd>,
+    pub(super) relay: Option<OwnedFd>,
+    pub(super) environment_kept: Option<Option<usize>>,
+    pub(super) signals: Signals,
+    pub(super) exec: Exec,
+    pub(super) emit: Rc<dyn Fn(&Event<'_>)>,
+    pub(super) hooks: Hooks,
+}
+
+/// Where the server is.
+enum Phase {
+    Serving,
+    /// A successor is starting; this process serves meanwhile.
+    Upgrading(Upgrade),
+    Draining(Draining),
+    Done(Report),
+}
+
+/// A successor on its way up, and what to do once it is ready.
+struct Upgrade {
+    /// SIGHUP (drain once ready) rather than SIGUSR2 (keep serving beside it).
+    restart: bool,
+    task: Task<Upgraded>,
+}
+
+/// The successor, serving (with this process's end of the relay, if any); or its pid (if it
+/// got one) and why it is not.
+type Upgraded = Result<(Child, Option<Relay>), (Option<u32>, io::Error)>;
+
+/// Why draining, and, after a restart, to whom.
+struct Draining {
+    stop: Stop,
+    /// The successor that took over; if it exits during the drain, this process serves again.
+    successor: Option<Child>,
+    /// This process's end of the successor's relay, for handing connections over.
+    outbound: Option<Relay>,
+}
+
+/// Starts connection tasks: the handler and the settings every connection gets.
+struct Connections<'e, F> {
+    executor: &'e LocalExecutor<'static>,
+    handler: Rc<F>,
+    options: conn::Options,
+}
+
+impl<F, Fut> Connections<'_, F>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    /// Serves `incoming` as one of `drain`'s connections (`counted` from its accept on).
+    fn spawn(&self, incoming: conn::Incoming, drain: &Rc<Drain>, counted: ConnectionGuard) {
+        let handler = self.handler.clone();
+        let task = conn::serve(incoming, handler, drain.clone(), counted, self.options);
+        self.executor.spawn(task).detach();
+    }
+
+    /// Serves a connection the previous process handed over, as if this one had accepted it.
+    fn spawn_handed(&self, handed: Handed, drain: &Rc<Drain>) {
+        let Ok(stream) = async_io::Async::new(std::net::TcpStream::from(handed.fd)) else {
+            return;
+        };
+        let incoming = conn::Incoming {
+            stream: Stream::Tcp(stream),
+            peer: handed.peer,
+            local: handed.local,
+            tls: None,
+            pending: handed.pending,
+        };
+        self.spawn(incoming, drain, drain.connection());
+    }
+}
+
+/// Everything the phases share.
+struct Process<'e, F> {
+    connections: Connections<'e, F>,
+    config: Config,
+    listeners: Listeners,
+    tls: Option<conn::Tls>,
+    signals: Signals,
+    exec: Exec,
+    emit: Rc<dyn Fn(&Event<'_>)>,
+    hooks: Hooks,
+    supervisor: Supervisor,
+    /// Connections the previous process hands over, until it closes the relay.
+    inbound: Option<Relay>,
+    relay_buffer: Vec<u8>,
+    drain: Rc<Drain>,
+    /// Drains given up when a successor died during them; their connections still count.
+    earlier: Vec<Rc<Drain>>,
+    /// SIGUSR2 successors, reaped when they exit.
+    spawned: Vec<Child>,
+}
+
+/// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
+pub(super) async fn run<F, Fut>(
+    setup: Setup,
+    executor: &LocalExecutor<'static>,
+    handler: Rc<F>,
+) -> io::Result<Report>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    let mut process = start(setup, executor, handler).await?;
+    let mut phase = Phase::Serving;
+    let report = loop {
+        phase = match phase {
+            Phase::Serving => process.serving(None).await?,
+            Phase::Upgrading(upgrade) => process.serving(Some(upgrade)).await?,
+            Phase::Draining(draining) => process.draining(draining).await,
+            Phase::Done(report) => break report,
+        };
+    };
+    process.hooks.exiting(&report).await;
+    Ok(report)
+}
+
+/// Everything before the first accept: certificates, the pid file, the predecessor's state,
+/// and telling the parent (if any) that this process serves.
+async fn start<'e, F>(
+    setup: Setup,
+    executor: &'e LocalExecutor<'static>,
+    handler: Rc<F>,
+) -> io::Result<Process<'e, F>> {
+    let Setup {
+        config,
+        listeners,
+        ready,
+        relay,
+        environment_kept,
+        signals,
+        exec,
+        emit,
+        hooks,
+    } = setup;
+    // Certificates load before anything reports ready: a successor whose files are broken
+    // fails here, and its parent serves on with the old ones.
+    let tls = load_tls(&listeners, &config.tls_files)?;
+    // The PID file names this process before its parent hears that it is ready.
+    let supervisor = Supervisor::new(config.pid_file.clone());
+    supervisor.serving(ready.is_some())?;
+    for listener in &listeners {
+        emit(&Event::Listening {
+            addr: &listener.local,
+            fd: listener.fd(),
+            origin: listener.origin,
+            tls: listener.tls,
+        });
+    }
+    if let Some(threads) = environment_kept {
+        emit(&Event::EnvironmentKept { threads });
+    }
+    let mut relay_buffer = Vec::new();
+    let inbound = match relay.map(Relay::new).transpose()? {
+        Some(relay) => inherit_state(relay, &mut relay_buffer, &hooks).await,
+        None => None,
+    };
+    if let Some(pipe) = ready {
+        // Unannounced, the parent would kill this process at its upgrade timeout anyway.
+        handoff::announce_ready(pipe).map_err(|e| {
+            crate::error::context(
+                e.kind(),
+                "cannot tell the parent process this one is ready".into(),
+                e,
+            )
+        })?;
+    }
+    Ok(Process {
+        connections: Connections {
+            executor,
+            handler,
+            options: config.connection(),
+        },
+        config,
+        listeners: Listeners::new(listeners),
+        tls,
+        signals,
+        exec,
+        emit,
+        hooks,
+        supervisor,
+        inbound,
+        relay_buffer,
+        drain: Drain::new(),
+        earlier: Vec::new(),
+        spawned: Vec::new(),
+    })
+}
+
+/// The first message on the predecessor's relay is its state (possibly none), awaited for a
+/// bounded time before this process serves. Returns the relay for the connections that
+/// follow, or `None` if the protocol broke.
+async fn inherit_state(relay: Relay, buffer: &mut Vec<u8>, hooks: &Hooks) -> Option<Relay> {
+    let first = async { relay.receive(buffer).await.ok().flatten() };
+    let late = async {
+        Timer::after(STATE_TIMEOUT).await;
+        None
+    };
+    match first.or(late).await {
+        Some(Received::State(state)) => {
+            hooks.inherit(&state);
+            Some(relay)
+        }
+        // Anything else breaks the protocol: no connections from that relay.
+        _ => None,
+    }
+}
+
+/// What woke the serving loop.
+enum Wake {
+    /// A connection the previous process handed over, or the end of its relay.
+    Relayed(io::Result<Option<Received>>),
+    Accepted(Result<(usize, Accepted), AcceptError>),
+    Signal(io::Result<(Signal, Command)>),
+    Upgraded(Upgraded),
+}
+
+impl<F, Fut> Process<'_, F>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    /// `Serving` (no upgrade) and `Upgrading`: accept and serve until something changes the
+    /// phase.
+    async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
+        loop {
+            match self.next_wake(upgrade.as_mut()).await {
+                Wake::Relayed(Ok(Some(Received::Connection(handed)))) => {
+                    self.connections.spawn_handed(handed, &self.drain);
+                }
+                // The previous process is done handing over (or its relay broke).
+                Wake::Relayed(_) => self.inbound = None,
+                Wake::Accepted(Ok((index, connection))) => self.serve_accepted(index, connection),
+                Wake::Accepted(Err(failure)) => {
+                    if failure.pause {
+                        (self.emit)(&Event::AcceptFailed {
+                            error: &failure.error,
+                        });
+                    }
+                }
+                Wake::Signal(signal) => {
+                    let (signal, command) = signal?;
+                    if command != Command::Reap {
+                        (self.emit)(&Event::Signal { signal });
+                    }
+                    match command {
+                        Command::Restart | Command::Spawn if upgrade.is_some() => {
+                            (self.emit)(&Event::Ignored {
+                                signal,
+                                reason: "an upgrade is already in progress",
+                            });
+                        }
+                        Command::Restart | Command::Spawn => {
+                            if let Some(upgrade) = self.upgrade(command == Command::Restart) {
+                                return Ok(Phase::Upgrading(upgrade));
+                            }
+                        }
+                        // A successor still starting is killed with its task.
+                        Command::Shutdown => {
+                            return Ok(Phase::Draining(Draining {
+                                stop: Stop::Shutdown { signal },
+                                successor: None,
+                                outbound: None,
+                            }));
+                        }
+                        Command::Reap => self.reap(),
+                    }
+                }
+                Wake::Upgraded(outcome) => {
+                    let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
+                    return Ok(self.upgraded(restart, outcome).await);
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing the serving loop acts on.
+    async fn next_wake(&mut self, upgrade: Option<&mut Upgrade>) -> Wake {
+        let Process {
+            listeners,
+            signals,
+            inbound,
+            relay_buffer,
+            drain,
+            config,
+            ..
+        } = self;
+        let accept = async {
+            // At the limit, leave new connections in the kernel's queue until one ends.
+            drain.below(config.max_connections.max(1)).await;
+            let accepted = listeners.accept().await;
+            Wake::Accepted(accepted)
+        };
+        let signal = async { Wake::Signal(signals.next().await) };
+        let relayed = async {
+            match inbound.as_ref() {
+                Some(relay) => Wake::Relayed(relay.receive(relay_buffer).await),
+                None => std::future::pending().await,
+            }
+        };
+        let upgraded = async {
+            match upgrade {
+                Some(upgrade) => Wake::Upgraded((&mut upgrade.task).await),
+                None => std::future::pending().await,
+            }
+        };
+        signal.or(upgraded).or(relayed).or(accept).await
+    }
+
+    fn serve_accepted(&self, index: usize, (stream, peer): Accepted) {
+        let listener = &self.listeners.as_slice()[index];
+        // Counted from the accept on, so the connection limit holds exactly.
+        let counted = self.drain.connection();
+        #[cfg(feature = "async-h1")]
+        if self.config.async_h1 {
+            let Connections {
+                executor,
+                handler,
+                options,
+            } = &self.connections;
+            let task = crate::h1::serve(
+                stream,
+                handler.clone(),
+                self.drain.clone(),
+                counted,
+                *options,
+            );
+            executor.spawn(task).detach();
+            return;
+        }
+        // Without the `tls` feature the acceptor type is uninhabited (and Copy).
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+        let tls = if listener.tls { self.tls.clone() } else { None };
+        let incoming = conn::Incoming {
+            stream,
+            peer,
+            local: listener.local_text.clone(),
+            tls,
+            pending: Vec::new(),
+        };
+        self.connections.spawn(incoming, &self.drain, counted);
+    }
+
+    /// Starts a successor (SIGHUP: `restart`; SIGUSR2: beside this process); `None` if it
+    /// could not even be prepared (reported).
+    fn upgrade(&self, restart: bool) -> Option<Upgrade> {
+        if restart {
+            self.supervisor.reloading();
+        }
+        match self.upgrade_task() {
+            Ok(task) => Some(Upgrade {
+                restart,
+                task: self.connections.executor.spawn(task),
+            }),
+            Err(error) => {
+                if restart {
+                    self.supervisor.upgrade_failed(&error.to_string());
+                }
+                (self.emit)(&Event::SpawnFailed {
+                    pid: None,
+                    error: &error,
+                });
+                None
+            }
+        }
+    }
+
+    /// Starts a successor and waits until it is ready: the part of an upgrade that runs
+    /// beside the serving loop.
+    fn upgrade_task(&self) -> io::Result<impl Future<Output = Upgraded> + 'static> {
+        let hand_over = self.config.hand_over_connections;
+        let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), hand_over)?;
+        let emit = self.emit.clone();
+        let hooks = self.hooks.clone();
+        let timeout = self.config.upgrade_timeout;
+        Ok(async move {
+            hooks.spawning().await;
+            let successor = spawn.start(&hooks.state()).await.map_err(|e| (None, e))?;
+            emit(&Event::Spawned {
+                pid: successor.pid(),
+            });
+            successor
+                .ready(timeout)
+                .await
+                .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
+        })
+    }
+
+    /// The successor is ready or failed: drain (a restart), or serve on.
+    async fn upgraded(&mut self, restart: bool, outcome: Upgraded) -> Phase {
+        match outcome {
+            Ok((child, relay)) => {
+                let pid = child.id();
+                (self.emit)(&Event::Ready { pid });
+                if restart {
+                    self.supervisor.successor_ready(pid);
+                }
+                self.hooks.ready(pid).await;
+                if !restart {
+                    // A SIGUSR2 successor gets no connections: its relay closes here.
+                    self.spawned.push(child);
+                    return Phase::Serving;
+                }
+                Phase::Draining(Draining {
+                    stop: Stop::Restart { successor: pid },
+                    successor: Some(child),
+                    outbound: relay,
+                })
+            }
+            Err((pid, error)) => {
+                if restart {
+                    self.supervisor.upgrade_failed(&error.to_string());
+                }
+                (self.emit)(&Event::SpawnFailed { pid, error: &error });
+                Phase::Serving
+            }
+        }
+    }
+
+    /// Stops accepting and waits, under the drain timer, for every connection to end; serves
+    /// again if the successor exits meanwhile.
+    ///
+    /// After a restart this process keeps its copy of the listeners, unused, until it exits:
+    /// should the successor die during the drain, it serves again. The sockets, and every
+    /// connection waiting in their accept queues, live on in the successor either way.
+    async fn draining(&mut self, draining: Draining) -> Phase {
+        let Draining {
+            stop,
+            mut successor,
+            mut outbound,
+        } = draining;
+        self.reap();
+        let last = matches!(stop, Stop::Shutdown { .. }) && self.spawned.is_empty();
+        if last {
+            self.supervisor.stopping();
+            // A Unix socket's file goes only when serving ends for good: never in a restart
+            // (the successor serves on it), nor while a SIGUSR2 child still does.
+            for path in self.listeners.iter().filter_map(Listener::unix_path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        // (async-h1's loop cannot hand connections over; with it they close as usual.)
+        if cfg!(feature = "async-h1") && self.config.async_h1 {
+            outbound = None;
+        }
+        if let Some(relay) = outbound.take() {
+            self.drain.set_relay(Rc::new(relay));
+        }
+        self.drain.start();
+        let (connections, requests) = self.open();
+        (self.emit)(&Event::Draining {
+            connections,
+            requests,
+        });
+        let deadline = Timer::after(self.config.drain_timeout);
+        self.hooks.draining().await;
+        let ending = self.drain_ending(&mut successor, deadline).await;
+        let (cut, dropped) = match ending {
+            Ending::Drained => (0, 0),
+            Ending::Cut => {
+                let (connections, requests) = self.open();
+                (requests, connections)
+            }
+            Ending::SuccessorExited(pid, status) => {
+                // The successor is gone and this process still holds the sockets: serve again.
+                (self.emit)(&Event::SuccessorExited { pid, status });
+                self.supervisor.resumed(pid, status);
+                crate::drain::resume();
+                let given_up = std::mem::replace(&mut self.drain, Drain::new());
+                self.earlier.push(given_up);
+                return Phase::Serving;
+            }
+        };
+        // Stop listening here (the sockets live on in the successor, if any).
+        self.listeners = Listeners::new(Vec::new());
+        (self.emit)(&Event::Exiting { cut, dropped });
+        if last {
+            self.supervisor.exited();
+        }
+        Phase::Done(Report { stop, cut, dropped })
+    }
+
+    /// Connections and requests open in this drain and the ones given up before it.
+    fn open(&self) -> (usize, usize) {
+        let all = self.earlier.iter().chain(std::iter::once(&self.drain));
+        all.fold((0, 0), |(c, r), d| (c + d.connections(), r + d.requests()))
+    }
+
+    /// How the drain ends: every connection done, the timer, a second shutdown signal, or the
+    /// successor exiting.
+    async fn drain_ending(&mut self, successor: &mut Option<Child>, deadline: Timer) -> Ending {
+        let Process {
+            connections,
+            signals,
+            emit,
+            inbound,
+            relay_buffer,
+            drain,
+            earlier,
+            spawned,
+            ..
+        } = self;
+        // A predecessor may still be handing connections over (a restart came before it was
+        // gone): keep taking them until it closes the relay, else they would be lost in the
+        // relay's buffer when this process exits.
+        let relaying = async {
+            while let Some(relay) = inbound.as_ref() {
+                match relay.receive(relay_buffer).await {
+                    Ok(Some(Received::Connection(handed))) => {
+                        connections.spawn_handed(handed, drain);
+                    }
+                    _ => *inbound = None,
+                }
+            }
+        };
+        let finished = async {
+            relaying.await;
+            for drain in earlier.iter().chain(std::iter::once(&*drain)) {
+                drain.finished().await;
+            }
+            Ending::Drained
+        };
+        let timeout = async {
+            deadline.await;
+            Ending::Cut
+        };
+        let signalled = async {
+            loop {
+                match signals.next().await {
+                    Ok((signal, Command::Shutdown)) => {
+                        emit(&Event::Signal { signal });
+                        return Ending::Cut;
+                    }
+                    Ok((_, Command::Reap)) => {
+                        reap(spawned, &**emit);
+                        if let Some(child) = successor.as_mut() {
+                            if let Ok(Some(status)) = child.try_wait() {
+                                return Ending::SuccessorExited(child.id(), status);
+                            }
+                        }
+                    }
+                    Ok((signal, _)) => {
+                        emit(&Event::Signal { signal });
+                        emit(&Event::Ignored {
+                            signal,
+                            reason: "draining",
+                        });
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        finished.or(signalled).or(timeout).await
+    }
+
+    fn reap(&mut self) {
+        reap(&mut self.spawned, &*self.emit);
+    }
+}
+
+/// How a drain ended.
+enum Ending {
+    Drained,
+    /// The drain timeout, or a second shutdown signal.
+    Cut,
+    /// The successor this process handed over to exited during the drain.
+    SuccessorExited(u32, ExitStatus),
+}
+
+/// Collects SIGUSR2 children that have exited, so none is left a zombie.
+fn reap(children: &mut Vec<Child>, emit: &dyn Fn(&Event<'_>)) {
+    children.retain_mut(|child| match child.try_wait() {
+        Ok(Some(status)) => {
+            emit(&Event::ChildExited {
+                pid: child.id(),
+                status,
+            });
+            false
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    });
+}
+
+/// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
+/// needs one.
+fn load_tls(
+    listeners: &[Listener],
+    files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> io::Result<Option<conn::Tls>> {
+    if !listeners.iter().any(|l| l.tls) {
+        return Ok(None);
+    }
+    #[cfg(feature = "tls")]
+    match files {
+        Some((certificate, key)) => crate::tls::acceptor(certificate, key).map(Some),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a tls: listener needs a certificate and key (Server::tls_files, hello --tls-cert --tls-key)",
+        )),
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = files;
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "tls: listeners need baton's `tls` feature",
+        ))
+    }
+}
