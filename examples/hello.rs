@@ -20,67 +20,62 @@ use http_types::{Method, Request, Response, StatusCode};
 /// The longest `/slow` waits.
 const SLOW_CAP_MS: u64 = 60_000;
 
+/// What the command line asks for: the server's settings, and the example's own switches.
 struct Args {
     addrs: Vec<String>,
-    drain_timeout: Duration,
-    upgrade_timeout: Duration,
-    header_timeout: Duration,
-    keep_alive_timeout: Duration,
-    max_head: Option<usize>,
-    max_body: Option<u64>,
-    pid_file: Option<String>,
-    tls_cert: Option<String>,
-    tls_key: Option<String>,
-    max_connections: Option<usize>,
-    write_timeout: Option<Duration>,
-    body_timeout: Option<Duration>,
-    startup_delay: Duration,
-    hand_over: bool,
-    async_h1: bool,
+    config: baton::Config,
+    testing: Testing,
 }
 
-const USAGE: &str = "usage: hello [--addr HOST:PORT] [--drain-timeout 5s] [--upgrade-timeout 10s]
-             [--header-timeout 10s] [--keep-alive-timeout 60s] [--max-head-bytes N]
-             [--max-body-bytes N] [--codec baton|async-h1]
+/// Switches the integration tests and the benchmark use; a user's deployment needs none.
+#[derive(Default)]
+struct Testing {
+    /// Wait this long before binding, as an application that loads its configuration first.
+    startup_delay: Duration,
+}
+
+fn usage() -> String {
+    let d = baton::Config::default();
+    format!(
+        "usage: hello [--addr HOST:PORT]... [options]
   --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface,
-                        unix:/path a Unix socket); repeat it for several listeners
-  --drain-timeout       how long a draining process waits for in-flight requests (default 5s)
-  --upgrade-timeout     how long a restart waits for the new process to be ready (default 10s)
-  --header-timeout      how long a client may take to send a request head (default 10s)
-  --keep-alive-timeout  how long a connection may sit idle between requests (default 60s)
-  --max-head-bytes      largest request head accepted (default 16384)
-  --max-body-bytes      largest request body accepted (default 16777216)
-  --pid-file            keep the serving process's pid in this file
-  --tls-cert, --tls-key PEM certificate chain and key for tls:HOST:PORT addresses
-                        (built with --features tls)
-  --max-connections     most connections served at once (default 10000)
-  --write-timeout       how long a client may stall a response write (default 30s)
-  --body-timeout        how long a request body may stall (default 30s)
-  --startup-delay       wait this long before binding, as an application that loads its
-                        configuration first would (default 0s)
+                        unix:/path a Unix socket, tls:HOST:PORT TLS); repeat for several
+  --drain-timeout       how long a draining process waits for in-flight requests ({:?})
+  --upgrade-timeout     how long a restart waits for the new process to be ready ({:?})
+  --header-timeout      how long a client may take to send a request head ({:?})
+  --keep-alive-timeout  how long a connection may sit idle between requests ({:?})
+  --write-timeout       how long a client may stall a response write ({:?})
+  --body-timeout        how long a request body may stall ({:?})
+  --max-head-bytes      largest request head accepted ({})
+  --max-body-bytes      largest request body accepted ({})
+  --max-connections     most connections served at once ({})
+  --pid-file PATH       keep the serving process's pid in this file
+  --tls-cert, --tls-key PEM certificate chain and key for tls: addresses (--features tls)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
-  --codec               baton (default) or async-h1 (built with --features async-h1)";
+For tests and the benchmark:
+  --startup-delay       wait this long before binding (0s)
+  --codec               baton (default) or async-h1 (--features async-h1)",
+        d.drain_timeout,
+        d.upgrade_timeout,
+        d.header_timeout,
+        d.keep_alive_timeout,
+        d.write_timeout,
+        d.body_timeout,
+        d.max_head_bytes,
+        d.max_body_bytes,
+        d.max_connections,
+    )
+}
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addrs: Vec::new(),
-        drain_timeout: Duration::from_secs(5),
-        upgrade_timeout: Duration::from_secs(10),
-        header_timeout: Duration::from_secs(10),
-        keep_alive_timeout: Duration::from_secs(60),
-        max_head: None,
-        max_body: None,
-        pid_file: None,
-        tls_cert: None,
-        tls_key: None,
-        max_connections: None,
-        write_timeout: None,
-        body_timeout: None,
-        startup_delay: Duration::ZERO,
-        hand_over: true,
-        async_h1: false,
+        config: baton::Config::default(),
+        testing: Testing::default(),
     };
+    let (mut tls_cert, mut tls_key) = (None, None);
+    let config = &mut args.config;
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -88,39 +83,52 @@ fn parse_args() -> Result<Args, String> {
             None => (flag.clone(), None),
         };
         if name == "-h" || name == "--help" {
-            return Err(USAGE.into());
+            return Err(usage());
         }
         if name == "--no-hand-over" {
-            args.hand_over = false;
+            config.hand_over_connections = false;
             continue;
         }
         let value = match inline.or_else(|| argv.next()) {
             Some(value) => value,
-            None => return Err(format!("{name} needs a value\n{USAGE}")),
+            None => return Err(format!("{name} needs a value\n{}", usage())),
         };
+        let duration = || parse_duration(&name, &value);
         match name.as_str() {
             "--addr" => args.addrs.push(value),
-            "--drain-timeout" => args.drain_timeout = parse_duration(&name, &value)?,
-            "--upgrade-timeout" => args.upgrade_timeout = parse_duration(&name, &value)?,
-            "--header-timeout" => args.header_timeout = parse_duration(&name, &value)?,
-            "--keep-alive-timeout" => args.keep_alive_timeout = parse_duration(&name, &value)?,
-            "--max-head-bytes" => args.max_head = Some(parse_number(&name, &value)?),
-            "--max-body-bytes" => args.max_body = Some(parse_number(&name, &value)?),
-            "--pid-file" => args.pid_file = Some(value),
-            "--tls-cert" => args.tls_cert = Some(value),
-            "--tls-key" => args.tls_key = Some(value),
-            "--max-connections" => args.max_connections = Some(parse_number(&name, &value)?),
-            "--write-timeout" => args.write_timeout = Some(parse_duration(&name, &value)?),
-            "--body-timeout" => args.body_timeout = Some(parse_duration(&name, &value)?),
-            "--startup-delay" => args.startup_delay = parse_duration(&name, &value)?,
+            "--drain-timeout" => config.drain_timeout = duration()?,
+            "--upgrade-timeout" => config.upgrade_timeout = duration()?,
+            "--header-timeout" => config.header_timeout = duration()?,
+            "--keep-alive-timeout" => config.keep_alive_timeout = duration()?,
+            "--write-timeout" => config.write_timeout = duration()?,
+            "--body-timeout" => config.body_timeout = duration()?,
+            "--max-head-bytes" => config.max_head_bytes = parse_number(&name, &value)?,
+            "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
+            "--max-connections" => config.max_connections = parse_number(&name, &value)?,
+            "--pid-file" => config.pid_file = Some(value.into()),
+            "--tls-cert" => tls_cert = Some(value),
+            "--tls-key" => tls_key = Some(value),
+            "--startup-delay" => args.testing.startup_delay = duration()?,
             "--codec" => match value.as_str() {
-                "baton" => args.async_h1 = false,
-                "async-h1" if cfg!(feature = "async-h1") => args.async_h1 = true,
+                "baton" => config.async_h1 = false,
+                "async-h1" if cfg!(feature = "async-h1") => config.async_h1 = true,
                 "async-h1" => return Err("--codec async-h1 needs the async-h1 feature".into()),
                 _ => return Err(format!("--codec {value:?}: expected baton or async-h1")),
             },
-            _ => return Err(format!("unknown option {name}\n{USAGE}")),
+            _ => return Err(format!("unknown option {name}\n{}", usage())),
         }
+    }
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) if cfg!(feature = "tls") => {
+            config.tls_files = Some((cert.into(), key.into()));
+        }
+        (None, None) => {}
+        _ if !cfg!(feature = "tls") => {
+            return Err(
+                "--tls-cert and --tls-key need the tls feature (cargo run --features tls)".into(),
+            );
+        }
+        _ => return Err("--tls-cert and --tls-key go together".into()),
     }
     if args.addrs.is_empty() {
         args.addrs.push("127.0.0.1:8080".into());
@@ -225,59 +233,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    std::thread::sleep(args.startup_delay);
+    std::thread::sleep(args.testing.startup_delay);
     let server = match baton::Server::bind_all(&args.addrs) {
-        Ok(server) => server,
+        Ok(server) => server.with_config(args.config),
         Err(error) => {
             eprintln!("hello: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let server = server
-        .drain_timeout(args.drain_timeout)
-        .upgrade_timeout(args.upgrade_timeout)
-        .header_timeout(args.header_timeout)
-        .keep_alive_timeout(args.keep_alive_timeout);
-    let server = match args.max_head {
-        Some(bytes) => server.max_head_bytes(bytes),
-        None => server,
-    };
-    let server = match args.max_body {
-        Some(bytes) => server.max_body_bytes(bytes),
-        None => server,
-    };
-    let server = server.hand_over_connections(args.hand_over);
-    let server = match args.max_connections {
-        Some(limit) => server.max_connections(limit),
-        None => server,
-    };
-    let server = match args.body_timeout {
-        Some(timeout) => server.body_timeout(timeout),
-        None => server,
-    };
-    let server = match args.write_timeout {
-        Some(timeout) => server.write_timeout(timeout),
-        None => server,
-    };
-    let server = match args.pid_file {
-        Some(path) => server.pid_file(path),
-        None => server,
-    };
-    #[cfg(feature = "tls")]
-    let server = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => server.tls_files(cert, key),
-        _ => server,
-    };
-    #[cfg(not(feature = "tls"))]
-    if args.tls_cert.is_some() || args.tls_key.is_some() {
-        eprintln!(
-            "hello: --tls-cert and --tls-key need the tls feature (cargo run --features tls)"
-        );
-        return ExitCode::from(2);
-    }
-    #[cfg(feature = "async-h1")]
-    let server = server.async_h1(args.async_h1);
-    let _ = args.async_h1;
     let pid = std::process::id();
     let count = Rc::new(Cell::new(0u64));
     let (give, take) = (count.clone(), count.clone());

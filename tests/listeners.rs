@@ -86,6 +86,32 @@ fn two_tcp_listeners_and_a_unix_socket_survive_restarts_without_failures() {
     );
 }
 
+/// The most listeners `bind_all` takes, plus the readiness pipe and the relay, all reach the
+/// successor (a restart with 32 used to fail with EINVAL: the fd copies were sized for the
+/// listeners and the pipe only).
+#[test]
+fn thirty_two_listeners_restart_and_each_is_served_by_the_successor() {
+    let args: Vec<&str> = std::iter::repeat_n(["--addr", "127.0.0.1:0"], 31)
+        .flatten()
+        .collect();
+    let server = Server::hello(&args);
+    let addresses = server.addresses(32);
+    assert_eq!(addresses.len(), 32, "{addresses:?}");
+    let next = server.restart(server.pid);
+    assert!(
+        wait_gone(server.pid, DEADLINE),
+        "the old process is still there"
+    );
+    for address in &addresses {
+        let reply = common::get(address.parse().unwrap(), "/hello").expect(address);
+        assert_eq!(
+            reply.pid(),
+            Some(next),
+            "{address} was not served by the successor"
+        );
+    }
+}
+
 #[test]
 fn a_live_unix_socket_is_not_taken_over_by_a_second_server() {
     let scratch = Scratch::new("live-unix");

@@ -1,0 +1,262 @@
+//! Starting the example binary and following its processes: the log of every stderr line,
+//! signals, restarts; a scratch directory per test.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::log;
+use super::{DEADLINE, Signal, example};
+
+/// A private directory for one test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Puts `contents` at `name` atomically, as a deploy does: write beside it, then rename.
+    pub fn install(&self, name: &str, contents: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let staged = self.0.join(format!(".{name}.new"));
+        std::fs::write(&staged, contents).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = self.0.join(name);
+        std::fs::rename(&staged, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every stderr line of a server and all its successors (they inherit the pipe).
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running example server and every process it spawned, killed on drop.
+pub struct Server {
+    child: Child,
+    log: Arc<Log>,
+    /// The first process's pid.
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `examples/hello` on 127.0.0.1 with a kernel-chosen port, plus `args`.
+    pub fn hello(args: &[&str]) -> Server {
+        let mut command = Command::new(example("hello"));
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        Server::start(command)
+    }
+
+    /// Starts `command` (stderr is captured) and waits until it listens.
+    pub fn start(mut command: Command) -> Server {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the example");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Log::default());
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("BATON_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                writer.lines.lock().unwrap().push(line);
+                writer.grew.notify_all();
+            }
+        });
+        let pid = child.id();
+        let mut server = Server {
+            child,
+            log,
+            pid,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let needle = format!("baton[{pid}]: listening on ");
+        let deadline = Instant::now() + DEADLINE;
+        let line = loop {
+            if let Some(line) = server.try_wait_line(&needle, Duration::from_millis(50)) {
+                break line;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                // Give the reader a moment to collect what it printed on the way out.
+                server.try_wait_line("\u{0}", Duration::from_millis(100));
+                panic!(
+                    "the server exited ({status}) before listening; log:\n{}",
+                    server.dump()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never listened; log:\n{}",
+                server.dump()
+            );
+        };
+        let addr = log::parse(&line).and_then(|l| l.listening());
+        server.addr = addr
+            .map(|a| a.trim_start_matches("tls:"))
+            .and_then(|a| a.parse().ok())
+            .expect("address in the listening line");
+        server
+    }
+
+    /// The `n` addresses the first process listens on, in order (`unix:/path` for Unix
+    /// sockets), once it has logged them all.
+    pub fn addresses(&self, n: usize) -> Vec<String> {
+        self.wait_for("every listening line", |lines| {
+            let found: Vec<String> = lines
+                .iter()
+                .filter_map(|l| log::parse(l).filter(|l| l.pid == self.pid)?.listening())
+                .map(str::to_owned)
+                .collect();
+            (found.len() >= n).then_some(found)
+        })
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a line containing `needle`, returns it; panics with the log after [`DEADLINE`].
+    pub fn wait_line(&self, needle: &str) -> String {
+        self.wait_for(needle, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    pub fn try_wait_line(&self, needle: &str, within: Duration) -> Option<String> {
+        self.poll_log(within, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Waits until `check` finds what it looks for in the log; panics after [`DEADLINE`].
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut(&[String]) -> Option<T>) -> T {
+        self.poll_log(DEADLINE, check)
+            .unwrap_or_else(|| panic!("no {what:?} within {DEADLINE:?}; log:\n{}", self.dump()))
+    }
+
+    fn poll_log<T>(
+        &self,
+        within: Duration,
+        mut check: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + within;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(found) = check(&lines) {
+                return Some(found);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Number of lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn dump(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// SIGHUP to `pid`; waits until its successor is ready and returns the successor's pid.
+    pub fn restart(&self, pid: u32) -> u32 {
+        let outcomes = |lines: &[String]| -> Vec<(u32, String)> {
+            let lines = lines
+                .iter()
+                .filter_map(|l| log::parse(l))
+                .filter(|l| l.pid == pid);
+            let children = lines.filter_map(|l| l.child());
+            children
+                .map(|(child, outcome)| (child, outcome.to_owned()))
+                .collect()
+        };
+        let before = outcomes(&self.lines()).len();
+        signal(pid, Signal::HUP);
+        let (successor, outcome) = self.wait_for("the successor's ready line", |lines| {
+            outcomes(lines).into_iter().nth(before)
+        });
+        assert!(
+            outcome == "ready",
+            "restart of {pid} failed: child {successor} {outcome}\nlog:\n{}",
+            self.dump()
+        );
+        successor
+    }
+
+    /// Every pid that logged, or was logged as a spawned child (it may not have logged yet).
+    pub fn pids(&self) -> HashSet<u32> {
+        let lines = self.lines();
+        let parsed = lines.iter().filter_map(|l| log::parse(l));
+        parsed
+            .flat_map(|l| [Some(l.pid), l.spawned()])
+            .flatten()
+            .collect()
+    }
+
+    /// Waits for the first process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if pid != self.pid {
+                let _ = kill(pid, Signal::KILL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn kill(pid: u32, signal: Signal) -> rustix::io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("non-zero pid");
+    rustix::process::kill_process(pid, signal)
+}
+
+pub fn signal(pid: u32, signal: Signal) {
+    kill(pid, signal).unwrap_or_else(|e| panic!("signal {signal:?} to {pid}: {e}"));
+}
