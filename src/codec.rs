@@ -22,6 +22,8 @@ pub(crate) enum Reject {
     BodyTooLarge,
     /// 408: the body stalled longer than the body timeout.
     BodyTimedOut,
+    /// 408: the head took longer than the header timeout.
+    HeadTimedOut,
     /// 501: a transfer coding or method this server does not implement.
     NotImplemented(&'static str),
 }
@@ -33,7 +35,7 @@ impl Reject {
             Reject::BadRequest(_) => StatusCode::BadRequest,
             Reject::HeadTooLarge => StatusCode::RequestHeaderFieldsTooLarge,
             Reject::BodyTooLarge => StatusCode::PayloadTooLarge,
-            Reject::BodyTimedOut => StatusCode::RequestTimeout,
+            Reject::BodyTimedOut | Reject::HeadTimedOut => StatusCode::RequestTimeout,
             Reject::NotImplemented(_) => StatusCode::NotImplemented,
         }
     }
@@ -46,6 +48,7 @@ impl fmt::Display for Reject {
             Reject::HeadTooLarge => f.write_str("request head too large"),
             Reject::BodyTooLarge => f.write_str("request body too large"),
             Reject::BodyTimedOut => f.write_str("request body timed out"),
+            Reject::HeadTimedOut => f.write_str("request head timed out"),
             Reject::NotImplemented(what) => write!(f, "not implemented: {what}"),
         }
     }

@@ -85,8 +85,12 @@ fn allocations_per_keep_alive_request_are_few_and_flat() {
         "allocations per GET /hello: {first:.2}, then {second:.2}; http-types alone: {request:.2} \
          for the request, {response:.2} for the response"
     );
+    // Whether the client's next request is already there when the connection looks (the
+    // eager read) depends on timing, and a readiness wait costs one allocation that a hit
+    // does not: the same binary measures 25.0 in one run and 26.1 in the next. Growth
+    // beyond that one is what this looks for.
     assert!(
-        (first - second).abs() < 0.5,
+        (first - second).abs() < 1.5,
         "allocations grow with requests: {first} then {second}"
     );
     // Everything beyond http-types' own construction is the codec's and the loop's.

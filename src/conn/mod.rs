@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use http_types::{Request, Response, StatusCode};
+use http_types::{Request, Response};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
@@ -82,62 +82,96 @@ pub(crate) async fn serve<F, Fut>(
     let Some(stream) = handshake(stream, tls, options.header_timeout).await else {
         return;
     };
-    let io = Arc::new(stream);
-    let mut requests = Requests::new(peer, local);
-    let mut buf = ReadBuf::with(pending);
-    let mut out = Vec::new();
+    let mut conn = Connection {
+        io: Arc::new(stream),
+        requests: Requests::new(peer, local),
+        buf: ReadBuf::with(pending),
+        out: Vec::new(),
+        eager: EagerRead::default(),
+        drain: &drain,
+        options,
+    };
     let drain_started = std::pin::pin!(drain.started());
     let mut idle = Idle::new(drain_started, &options);
-    let mut eager = EagerRead::default();
-    loop {
+    while let Some(next) = conn.next(&mut idle).await {
+        match conn.answer(next, &*handler).await {
+            After::KeepAlive => idle.restart(),
+            After::Close => {
+                close(&conn.io).await;
+                break;
+            }
+            After::Gone | After::Discard(_) => break,
+        }
+    }
+}
+
+/// One connection's state between requests.
+struct Connection<'d> {
+    io: Arc<Stream>,
+    requests: Requests,
+    buf: ReadBuf,
+    /// The response buffer, reused.
+    out: Vec<u8>,
+    eager: EagerRead,
+    drain: &'d Rc<Drain>,
+    options: Options,
+}
+
+impl Connection<'_> {
+    /// Waits for the next request and reads its head. `None`: the connection is done (closed,
+    /// handed to the successor, or refused with an error response).
+    async fn next<D: Future<Output = ()>>(&mut self, idle: &mut Idle<'_, D>) -> Option<Next> {
+        let (io, drain, options) = (&self.io, self.drain, &self.options);
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
         // so it moves there, with whatever the client already sent.
-        if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
-            return;
+        if drain.is_draining() && hand_over(io, drain, &self.requests, self.buf.pending()).await {
+            return None;
         }
-        if buf.pending().is_empty() && !drain.is_draining() && eager.try_now(&io) {
+        if self.buf.pending().is_empty() && !drain.is_draining() && self.eager.try_now(io) {
             // Under load the client's next request is usually on its way: let the other
             // connections run first, then read once without waiting. A hit saves registering
             // for readiness (an epoll_ctl) and a trip through the reactor.
             smol::future::yield_now().await;
-            match buf.try_fill(&io, options.max_head) {
-                Ok(0) => break,
-                Ok(_) => eager.hit(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => eager.miss(),
-                Err(_) => break,
+            match self.buf.try_fill(io, options.max_head) {
+                Ok(0) => return None,
+                Ok(_) => self.eager.hit(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.eager.miss(),
+                Err(_) => return None,
             }
         }
-        if buf.pending().is_empty() && !idle.wait(&io, &drain, &options).await {
+        if self.buf.pending().is_empty() && !idle.wait(io, drain, options).await {
             // Idle when a drain started: hand over if possible, else close.
-            if drain.is_draining() && hand_over(&io, &drain, &requests, buf.pending()).await {
-                return;
+            if drain.is_draining() {
+                hand_over(io, drain, &self.requests, self.buf.pending()).await;
             }
-            break;
+            return None;
         }
-        let next = next_request(&io, &mut buf, &mut requests, &options);
+        let next = next_request(io, &mut self.buf, &mut self.requests, options);
         let timeout = async {
             Timer::after(options.header_timeout).await;
             Err(HeadError::TimedOut)
         };
-        let next = match next.or(timeout).await {
-            Ok(next) => next,
-            Err(HeadError::Closed) => break,
-            Err(HeadError::TimedOut) => {
-                refuse(
-                    &io,
-                    &mut out,
-                    StatusCode::RequestTimeout,
-                    "request head timed out",
-                )
-                .await;
-                break;
-            }
-            Err(HeadError::Reject(reject)) => {
-                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
-                break;
-            }
+        let reject = match next.or(timeout).await {
+            Ok(next) => match next.framing {
+                Framing::Length(n) if n > options.max_body => Reject::BodyTooLarge,
+                _ => return Some(next),
+            },
+            Err(HeadError::Closed) => return None,
+            Err(HeadError::TimedOut) => Reject::HeadTimedOut,
+            Err(HeadError::Reject(reject)) => reject,
         };
+        refuse(io, &mut self.out, reject.status(), &reject.to_string()).await;
+        None
+    }
+
+    /// Calls the handler, writes its response, and says what follows: `KeepAlive`, `Close`
+    /// (closing is left to the caller) or `Gone`; an unread body is skipped here.
+    async fn answer<F, Fut>(&mut self, next: Next, handler: &F) -> After
+    where
+        F: Fn(Request) -> Fut,
+        Fut: Future<Output = http_types::Result<Response>>,
+    {
         let Next {
             request,
             framing,
@@ -145,48 +179,43 @@ pub(crate) async fn serve<F, Fut>(
             expect_continue,
             minor,
         } = next;
-        if let Framing::Length(n) = framing {
-            if n > options.max_body {
-                let reject = Reject::BodyTooLarge;
-                refuse(&io, &mut out, reject.status(), &reject.to_string()).await;
-                break;
-            }
-        }
-        let in_flight = drain.request();
+        let (io, options) = (&self.io, &self.options);
+        let in_flight = self.drain.request();
         let method = request.method();
-        let (request, inbound) =
-            body::attach(request, framing, expect_continue, &io, &mut buf, &options);
+        let (request, inbound) = body::attach(
+            request,
+            framing,
+            expect_continue,
+            io,
+            &mut self.buf,
+            options,
+        );
         let response = match handler(request).await {
             Ok(response) => response,
             Err(error) => error_response(error),
         };
         // Take the read buffer back from the body reader, whatever the handler did with it.
-        let body = inbound.map(|shared| Inbound::take_back(&shared, &mut buf));
-        let (response, after) = decide(response, keep_alive, body, &io, &drain);
-        let timeout = options.write_timeout;
+        let body = inbound.map(|shared| Inbound::take_back(&shared, &mut self.buf));
+        let (response, after) = decide(response, keep_alive, body, io, self.drain);
         let close_after = after == After::Close;
-        let written =
-            write_response(&io, &mut out, response, method, minor, close_after, timeout).await;
+        let timeout = options.write_timeout;
+        let out = &mut self.out;
+        let written = write_response(io, out, response, method, minor, close_after, timeout).await;
         drop(in_flight);
         if let Err(error) = written {
             if error.kind() == io::ErrorKind::TimedOut {
                 // Unsent data would keep the socket (and its buffers) alive: reset instead.
                 io.abort();
             }
-            break;
+            return After::Gone;
         }
-        let after = match after {
-            After::Discard(body) if !body::discard(&io, &mut buf, body, &options).await => {
+        match after {
+            After::Discard(body) if !body::discard(io, &mut self.buf, body, options).await => {
                 After::Close
             }
             After::Discard(_) => After::KeepAlive,
             other => other,
-        };
-        if after == After::Close {
-            close(&io).await;
-            break;
         }
-        idle.restart();
     }
 }
 
@@ -199,6 +228,8 @@ enum After {
     Discard(BodyState),
     /// `Connection: close`, then close.
     Close,
+    /// The response could not be written: drop the connection as it is.
+    Gone,
 }
 
 /// Decides what follows this response, from the request (`keep_alive`: its version and

@@ -335,28 +335,6 @@ impl Server {
                 smol::future::yield_now().await;
             }
         };
-        let Server {
-            config,
-            listeners,
-            ready,
-            relay,
-            environment_kept,
-            signals,
-            exec,
-            on_event,
-            hooks,
-        } = self;
-        let setup = run::Setup {
-            config,
-            listeners,
-            ready,
-            relay,
-            environment_kept,
-            signals,
-            exec,
-            emit: on_event,
-            hooks,
-        };
-        run::run(setup, &executor, Rc::new(handler)).or(tasks).await
+        run::run(self, &executor, Rc::new(handler)).or(tasks).await
     }
 }

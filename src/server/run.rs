@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::process::{Child, ExitStatus};
 use std::rc::Rc;
 
@@ -23,6 +22,7 @@ use http_types::{Request, Response};
 use smol::future::FutureExt as _;
 use smol::{LocalExecutor, Task};
 
+use super::Server;
 use crate::config::Config;
 use crate::config::timing::STATE_TIMEOUT;
 use crate::conn;
@@ -36,19 +36,6 @@ use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
 use crate::stream::Stream;
 use crate::supervisor::Supervisor;
-
-/// What the builder hands to the running server.
-pub(super) struct Setup {
-    pub(super) config: Config,
-    pub(super) listeners: Vec<Listener>,
-    pub(super) ready: Option<OwnedFd>,
-    pub(super) relay: Option<OwnedFd>,
-    pub(super) environment_kept: Option<Option<usize>>,
-    pub(super) signals: Signals,
-    pub(super) exec: Exec,
-    pub(super) emit: Rc<dyn Fn(&Event<'_>)>,
-    pub(super) hooks: Hooks,
-}
 
 /// Where the server is.
 enum Phase {
@@ -137,7 +124,7 @@ struct Process<'e, F> {
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
 pub(super) async fn run<F, Fut>(
-    setup: Setup,
+    server: Server,
     executor: &LocalExecutor<'static>,
     handler: Rc<F>,
 ) -> io::Result<Report>
@@ -145,7 +132,7 @@ where
     F: Fn(Request) -> Fut + 'static,
     Fut: Future<Output = http_types::Result<Response>> + 'static,
 {
-    let mut process = start(setup, executor, handler).await?;
+    let mut process = start(server, executor, handler).await?;
     let mut phase = Phase::Serving;
     let report = loop {
         phase = match phase {
@@ -162,11 +149,11 @@ where
 /// Everything before the first accept: certificates, the pid file, the predecessor's state,
 /// and telling the parent (if any) that this process serves.
 async fn start<'e, F>(
-    setup: Setup,
+    server: Server,
     executor: &'e LocalExecutor<'static>,
     handler: Rc<F>,
 ) -> io::Result<Process<'e, F>> {
-    let Setup {
+    let Server {
         config,
         listeners,
         ready,
@@ -174,9 +161,9 @@ async fn start<'e, F>(
         environment_kept,
         signals,
         exec,
-        emit,
+        on_event: emit,
         hooks,
-    } = setup;
+    } = server;
     // Certificates load before anything reports ready: a successor whose files are broken
     // fails here, and its parent serves on with the old ones.
     let tls = load_tls(&listeners, &config.tls_files)?;
