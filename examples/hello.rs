@@ -53,6 +53,12 @@ fn usage() -> String {
   --tls-cert, --tls-key PEM certificate chain and key for tls: addresses (--features tls)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
+  --workers N           a supervising process that keeps the PID and the sockets, serving
+                        through N worker processes (default: 1 as PID 1, else 0: one
+                        process that replaces itself on restart)
+usage: hello reload --pid-file PATH [--timeout 30s]
+  restarts the server that PATH names and exits 0 once the new code serves, 1 (with the
+  reason) if the restart failed
 For tests and the benchmark:
   --startup-delay       wait this long before binding (0s)
   --codec               baton (default) or async-h1 (--features async-h1)",
@@ -105,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-head-bytes" => config.max_head_bytes = parse_number(&name, &value)?,
             "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
             "--max-connections" => config.max_connections = parse_number(&name, &value)?,
+            "--workers" => config.workers = Some(parse_number(&name, &value)?),
             "--pid-file" => config.pid_file = Some(value.into()),
             "--tls-cert" => tls_cert = Some(value),
             "--tls-key" => tls_key = Some(value),
@@ -225,7 +232,47 @@ fn query(req: &Request, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// `hello reload --pid-file P [--timeout D]`: a restart that answers.
+fn reload(mut argv: impl Iterator<Item = String>) -> ExitCode {
+    let (mut pid_file, mut timeout) = (None, Duration::from_secs(30));
+    while let Some(flag) = argv.next() {
+        let value = argv.next();
+        match (flag.as_str(), value) {
+            ("--pid-file", Some(path)) => pid_file = Some(path),
+            ("--timeout", Some(text)) => match parse_duration(&flag, &text) {
+                Ok(t) => timeout = t,
+                Err(message) => return fail(&message, 2),
+            },
+            _ => {
+                return fail(
+                    &format!("hello reload: unexpected {flag:?}\n{}", usage()),
+                    2,
+                );
+            }
+        }
+    }
+    let Some(pid_file) = pid_file else {
+        return fail("hello reload needs --pid-file PATH", 2);
+    };
+    match baton::reload(&pid_file, timeout) {
+        Ok(pid) => {
+            println!("restarted: {pid} serves");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&format!("hello reload: {error}"), 1),
+    }
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("reload") {
+        return reload(argv);
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {

@@ -51,6 +51,13 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// PEM certificate chain and private key for `tls:` listeners (feature `tls`). Default: none.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Run as a supervising process that keeps the PID and the sockets for the service's life
+    /// and serves through this many worker processes, each a copy of this binary serving as a
+    /// single-process server would. `Some(0)`: one process that restarts by replacing itself
+    /// (the Go original's model). Default: `None`, which means one worker when this process
+    /// is PID 1 (in a container, where a process that replaces itself would end the
+    /// container), else `Some(0)`'s model.
+    pub workers: Option<usize>,
     /// Serve with async-h1's codec instead of baton's own (feature `async-h1`, for comparison).
     /// Default: `false`.
     pub async_h1: bool,
@@ -72,6 +79,7 @@ impl Default for Config {
             hand_over_connections: true,
             pid_file: None,
             tls_files: None,
+            workers: None,
             async_h1: false,
         }
     }

@@ -86,6 +86,51 @@ pub enum Event<'a> {
         /// Requests in flight when draining started.
         requests: usize,
     },
+    /// This process supervises workers (see [`crate::Server::workers`]).
+    Supervising {
+        /// How many.
+        workers: usize,
+        /// This process is PID 1 (a container's init).
+        pid1: bool,
+        /// The workers' generation (0 until the first ones are ready).
+        generation: u64,
+        /// It re-executed itself in place and took its workers back.
+        resumed: bool,
+    },
+    /// A worker reported ready.
+    WorkerReady {
+        /// Its pid.
+        pid: u32,
+        /// Its generation: 1 at start, one more with each restart.
+        generation: u64,
+    },
+    /// A worker exited.
+    WorkerExited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+        /// `Some(delay)`: unexpectedly; it is replaced after `delay` (0 unless workers keep
+        /// dying soon after they start). `None`: it was retiring.
+        replaced_in: Option<std::time::Duration>,
+    },
+    /// A restart is complete: every worker is of the new generation.
+    Restarted {
+        /// The new generation.
+        generation: u64,
+        /// Workers serving.
+        workers: usize,
+    },
+    /// The supervising process is re-executing itself in place (same PID).
+    Reexecuting {
+        /// The binary.
+        program: &'a std::path::Path,
+    },
+    /// Re-executing in place failed; the supervising process carries on as it was.
+    ReexecFailed {
+        /// Why.
+        error: &'a io::Error,
+    },
     /// Serving is over.
     Exiting {
         /// Requests cut short by the drain timeout or a second shutdown signal (normally 0).
@@ -145,6 +190,58 @@ impl fmt::Display for Event<'_> {
                 f,
                 "draining {connections} connections ({requests} requests in flight)"
             ),
+            Event::Supervising {
+                workers,
+                pid1,
+                generation,
+                resumed,
+            } => {
+                write!(f, "supervising {workers} workers")?;
+                if *pid1 {
+                    f.write_str(" as PID 1")?;
+                }
+                if *resumed {
+                    write!(f, " (re-executed in place, generation {generation})")?;
+                }
+                Ok(())
+            }
+            Event::WorkerReady { pid, generation } => {
+                write!(f, "worker {pid} ready (generation {generation})")
+            }
+            Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: None,
+            } => write!(f, "worker {pid} exited ({status}), retired"),
+            Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: Some(delay),
+            } if delay.is_zero() => {
+                write!(
+                    f,
+                    "worker {pid} exited ({status}) unexpectedly; replacing it"
+                )
+            }
+            Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: Some(delay),
+            } => write!(
+                f,
+                "worker {pid} exited ({status}) unexpectedly; workers keep dying soon after \
+                 they start, replacing it in {delay:?}"
+            ),
+            Event::Restarted {
+                generation,
+                workers,
+            } => write!(f, "restarted: generation {generation}, {workers} workers"),
+            Event::Reexecuting { program } => {
+                write!(f, "re-executing in place: {}", program.display())
+            }
+            Event::ReexecFailed { error } => {
+                write!(f, "re-executing in place failed: {error}; carrying on")
+            }
             Event::Exiting { cut, dropped } => write!(
                 f,
                 "exiting: {cut} requests cut by the drain timeout, {dropped} connections dropped"

@@ -54,6 +54,8 @@ mod h1;
 mod handoff;
 mod hooks;
 mod listener;
+mod process;
+mod reload;
 mod report;
 mod server;
 mod signals;
@@ -124,6 +126,7 @@ pub fn is_draining() -> bool {
     drain::is_draining()
 }
 pub use listener::{Address, LISTENER_ENV, Origin};
+pub use reload::reload;
 pub use report::{Report, Stop};
 pub use server::Server;
 pub use signals::Signal;

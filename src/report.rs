@@ -31,6 +31,8 @@ pub enum Stop {
         /// The successor's pid.
         successor: u32,
     },
+    /// (A worker) its supervising process replaced it with a new worker, stopped it, or is gone.
+    Retired,
     /// SIGINT, SIGQUIT or SIGTERM.
     Shutdown {
         /// The signal.

@@ -74,16 +74,33 @@ pub(crate) enum Command {
 /// if the application does slow work before it binds. [`Signals::register`] unblocks them.
 pub(crate) const HELD_ACROSS_EXEC: [libc::c_int; 2] = [libc::SIGHUP, libc::SIGUSR2];
 
-/// Changes this thread's mask for [`HELD_ACROSS_EXEC`] (`SIG_BLOCK` or `SIG_UNBLOCK`); the
-/// only calls are sigemptyset, sigaddset and pthread_sigmask, so it is safe between fork and
-/// exec.
+/// Every signal baton handles. A supervising process that re-executes itself holds them all
+/// across the `execve` (a SIGTERM in that window would otherwise end it, or, as PID 1, be
+/// dropped); [`Signals::register`] unblocks them.
+pub(crate) const HANDLED: [libc::c_int; 6] = [
+    libc::SIGHUP,
+    libc::SIGUSR2,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGCHLD,
+];
+
+/// Changes this thread's mask for [`HELD_ACROSS_EXEC`] (`SIG_SETMASK`, `SIG_BLOCK` or
+/// `SIG_UNBLOCK`); the only calls are sigemptyset, sigaddset and pthread_sigmask, so it is
+/// safe between fork and exec.
 pub(crate) fn mask_held(how: libc::c_int) -> io::Result<()> {
+    mask(how, &HELD_ACROSS_EXEC)
+}
+
+/// Changes this thread's mask for `signals`, as [`mask_held`] does.
+pub(crate) fn mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     // SAFETY: sigemptyset/sigaddset write the set this function owns; pthread_sigmask only
     // changes the calling thread's mask and reads the set.
     let result = unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
-        for signal in HELD_ACROSS_EXEC {
+        for &signal in signals {
             libc::sigaddset(&mut set, signal);
         }
         libc::pthread_sigmask(how, &set, std::ptr::null_mut())
@@ -94,17 +111,28 @@ pub(crate) fn mask_held(how: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Ignores SIGPIPE again, as Rust programs do from the start (a failed `Command::exec` resets
+/// it to its default, which ends the process on a write to a closed socket).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installs SIG_IGN for SIGPIPE, as the Rust runtime does at start-up; no handler
+    // code runs, so nothing about the handler's context needs to hold.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// The handled signals, registered at construction.
 #[derive(Debug)]
 pub(crate) struct Signals(Stream);
 
 impl Signals {
-    /// Installs the handlers, then unblocks SIGHUP and SIGUSR2, which a successor starts
-    /// with blocked: one that arrived meanwhile is handled now, once this process serves.
+    /// Installs the handlers, then unblocks them: a successor starts with SIGHUP and SIGUSR2
+    /// blocked, a re-executed supervising process with all of them, and one that arrived
+    /// meanwhile is handled now.
     pub(crate) fn register() -> io::Result<Signals> {
         use async_signal::Signal as S;
         let signals = Stream::new([S::Hup, S::Usr2, S::Int, S::Quit, S::Term, S::Child])?;
-        mask_held(libc::SIG_UNBLOCK)?;
+        mask(libc::SIG_UNBLOCK, &HANDLED)?;
         Ok(Signals(signals))
     }
 

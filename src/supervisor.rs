@@ -10,6 +10,12 @@
 //! | successor ready (old process) | `MAINPID=<successor>`, `READY=1` | |
 //! | upgrade failed | `READY=1`, `STATUS=...` | |
 //! | final shutdown | `STOPPING=1` | removed if it still holds this pid |
+//!
+//! A supervising process (see [`crate::process`]) keeps the PID and so the PID file for the
+//! service's life; it sends `MAINPID=<itself>`, `READY=1` and a `STATUS=` with its workers
+//! once they serve, and around each restart `RELOADING=1` and again `READY=1`. After each
+//! restart it also writes `<pid file>.restart` (see [`crate::reload`]): the number of
+//! restarts so far, the generation, and `ok` or `failed: <why>`.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -42,6 +48,44 @@ impl Supervisor {
             self.notify("READY=1\n");
         }
         Ok(())
+    }
+
+    /// Writes the PID file (this process's pid), if one is configured.
+    pub(crate) fn write_pid_file(&self) -> io::Result<()> {
+        match &self.pid_file {
+            Some(path) => write_pid_file(path, std::process::id()),
+            None => Ok(()),
+        }
+    }
+
+    /// A supervising process's workers serve.
+    pub(crate) fn workers_ready(&self, workers: usize, generation: u64) {
+        let pid = std::process::id();
+        self.notify(&format!(
+            "MAINPID={pid}\nREADY=1\nSTATUS={workers} workers serving (generation {generation})\n"
+        ));
+    }
+
+    /// Records how the latest restart ended, for [`crate::reload`]: one more restart than the
+    /// file said, the pid serving now, and `ok` or `failed: <why>`.
+    pub(crate) fn restart_outcome(&self, serving: u32, failure: Option<&str>) {
+        let Some(path) = self.restart_file() else {
+            return;
+        };
+        let restarts = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| RestartRecord::parse(&text))
+            .map_or(0, |record| record.restarts);
+        let record = RestartRecord {
+            restarts: restarts + 1,
+            serving,
+            failure: failure.map(|why| why.replace('\n', " ")),
+        };
+        let _ = write_atomically(&path, record.to_string().as_bytes());
+    }
+
+    fn restart_file(&self) -> Option<PathBuf> {
+        self.pid_file.as_deref().map(restart_file)
     }
 
     pub(crate) fn reloading(&self) {
@@ -85,6 +129,7 @@ impl Supervisor {
                 .is_ok_and(|text| text.trim() == std::process::id().to_string());
             if ours {
                 let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(restart_file(path));
             }
         }
     }
@@ -107,17 +152,70 @@ impl Supervisor {
 
 /// Writes `pid` to `path` atomically: a temporary file beside it, then a rename.
 fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    write_atomically(path, format!("{pid}\n").as_bytes()).map_err(|e| {
+        crate::error::context(
+            e.kind(),
+            format!("cannot write the PID file {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// How the latest restart ended, as `<pid file>.restart` holds it:
+/// `restarts 3\nserving 1234\nok\n` (or `failed: <why>` on the last line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestartRecord {
+    /// Restarts recorded so far.
+    pub(crate) restarts: u64,
+    /// The pid serving after it (the supervising process, or the successor).
+    pub(crate) serving: u32,
+    /// Why it failed, if it did.
+    pub(crate) failure: Option<String>,
+}
+
+impl RestartRecord {
+    pub(crate) fn parse(text: &str) -> Option<RestartRecord> {
+        let mut lines = text.lines();
+        let restarts = lines.next()?.strip_prefix("restarts ")?.parse().ok()?;
+        let serving = lines.next()?.strip_prefix("serving ")?.parse().ok()?;
+        let failure = match lines.next()? {
+            "ok" => None,
+            other => Some(other.strip_prefix("failed: ")?.to_owned()),
+        };
+        Some(RestartRecord {
+            restarts,
+            serving,
+            failure,
+        })
+    }
+}
+
+impl std::fmt::Display for RestartRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "restarts {}\nserving {}", self.restarts, self.serving)?;
+        match &self.failure {
+            None => writeln!(f, "ok"),
+            Some(why) => writeln!(f, "failed: {why}"),
+        }
+    }
+}
+
+/// Where a server records its latest restart: `<pid file>.restart`.
+pub(crate) fn restart_file(pid_file: &Path) -> PathBuf {
+    let mut path = pid_file.as_os_str().to_owned();
+    path.push(".restart");
+    PathBuf::from(path)
+}
+
+/// Writes `contents` beside `path` and renames it over, so readers never see half of it.
+fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut staged = path.as_os_str().to_owned();
-    staged.push(format!(".{pid}.tmp"));
+    staged.push(format!(".{}.tmp", std::process::id()));
     let staged = PathBuf::from(staged);
-    std::fs::write(&staged, format!("{pid}\n"))
+    std::fs::write(&staged, contents)
         .and_then(|()| std::fs::rename(&staged, path))
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&staged);
-            io::Error::new(
-                e.kind(),
-                format!("cannot write the PID file {}: {e}", path.display()),
-            )
         })
 }
 
@@ -151,6 +249,22 @@ mod tests {
             "a temporary file was left"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn restart_records_round_trip() {
+        for failure in [
+            None,
+            Some("it exited (exit status: 1) before it was ready".into()),
+        ] {
+            let record = RestartRecord {
+                restarts: 4,
+                serving: 77,
+                failure,
+            };
+            assert_eq!(RestartRecord::parse(&record.to_string()), Some(record));
+        }
+        assert_eq!(RestartRecord::parse("restarts x\n"), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! working directory at start-up, so a binary renamed into place is picked up), with the same
 //! argv, cwd and environment, plus `LISTENER`. Its fds are laid out as [`Layout`] says: the
 //! listeners from fd 3, then the write end of a readiness pipe, then (with connection
-//! hand-over) its end of the [`relay`]. The child writes one byte to the pipe once it is
+//! hand-over) its end of the [`relay`], then (for a worker of a supervising process) its end
+//! of the control channel, another relay. The child writes one byte to the pipe once it is
 //! serving; the parent waits for that byte with a timeout. EOF on the pipe means the child
 //! died first.
 
@@ -31,19 +32,25 @@ use crate::listener::{
 
 /// Where each fd a successor inherits goes, described once for the parent that places them
 /// and the `LISTENER` text that tells the child: listeners at 3, 4, …, then the readiness
-/// pipe's write end, then the relay (if connections are handed over).
+/// pipe's write end, then the relay (if connections are handed over), then the control
+/// channel (a worker's, to its supervising process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
     listeners: usize,
     relay: bool,
+    control: bool,
 }
 
 impl Layout {
     /// The most fds a successor inherits.
-    pub(crate) const MAX_FDS: usize = MAX_LISTENERS + 2;
+    pub(crate) const MAX_FDS: usize = MAX_LISTENERS + 3;
 
-    pub(crate) fn new(listeners: usize, relay: bool) -> Layout {
-        Layout { listeners, relay }
+    pub(crate) fn new(listeners: usize, relay: bool, control: bool) -> Layout {
+        Layout {
+            listeners,
+            relay,
+            control,
+        }
     }
 
     /// The fd of listener `index`.
@@ -61,9 +68,15 @@ impl Layout {
         self.relay.then(|| self.ready() + 1)
     }
 
+    /// The child's end of the control channel, if it is a worker.
+    pub(crate) fn control(&self) -> Option<RawFd> {
+        let after = self.relay().unwrap_or(self.ready());
+        self.control.then_some(after + 1)
+    }
+
     /// How many fds the child inherits.
     pub(crate) fn len(&self) -> usize {
-        self.listeners + 1 + usize::from(self.relay)
+        self.listeners + 1 + usize::from(self.relay) + usize::from(self.control)
     }
 }
 
@@ -102,6 +115,17 @@ impl Exec {
         })
     }
 
+    /// The command a restart runs: the start path, with the same argv[0], arguments and
+    /// working directory.
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .arg0(&self.argv0)
+            .args(&self.args)
+            .current_dir(&self.cwd);
+        command
+    }
+
     /// The binary a restart executes.
     pub(crate) fn program(&self) -> &Path {
         &self.program
@@ -116,6 +140,29 @@ pub(crate) struct Successor {
     ready: Async<std::io::PipeReader>,
     /// This process's end of the connection relay, handed out with the child once ready.
     relay: Option<crate::handoff::relay::Relay>,
+    /// This process's end of a worker's control channel.
+    control: Option<crate::handoff::relay::Relay>,
+}
+
+/// A successor that reported ready.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    pub(crate) child: Child,
+    /// This process's end of the connection relay, if connections are handed over.
+    pub(crate) relay: Option<crate::handoff::relay::Relay>,
+    /// This process's end of the worker's control channel, if it is one.
+    pub(crate) control: Option<crate::handoff::relay::Relay>,
+}
+
+/// Who the child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A successor (SIGHUP or SIGUSR2); with `relay`, this process hands it connections.
+    Successor { relay: bool },
+    /// A worker of this supervising process: a control channel; with `relay`, a retiring
+    /// worker hands it connections. It is not told about `NOTIFY_SOCKET`: the supervising
+    /// process speaks for the service.
+    Worker { relay: bool },
 }
 
 /// Why a successor never became ready.
@@ -166,8 +213,12 @@ impl fmt::Display for NotReady {
 /// has exec'd, and on a busy core that wait (measured: ~2 ms) would stall every connection of
 /// this process. The thread owns its own copies of the fds it hands over, so a shutdown that
 /// closes the listener meanwhile cannot pull an fd from under the fork.
-pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::Result<Spawn> {
-    let layout = Layout::new(listeners.len(), relay);
+pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], role: Role) -> io::Result<Spawn> {
+    let (relay, control) = match role {
+        Role::Successor { relay } => (relay, false),
+        Role::Worker { relay } => (relay, true),
+    };
+    let layout = Layout::new(listeners.len(), relay, control);
     if layout.len() > Layout::MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -183,6 +234,10 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
         true => relay::pair().map(|(ours, theirs)| (Some(ours), Some(theirs)))?,
         false => (None, None),
     };
+    let (control_ours, control_theirs) = match control {
+        true => relay::pair().map(|(ours, theirs)| (Some(ours), Some(theirs)))?,
+        false => (None, None),
+    };
     let sockets = listeners
         .iter()
         .map(Listener::duplicate)
@@ -191,18 +246,23 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
         .iter()
         .enumerate()
         .map(|(i, listener)| {
-            listener.describe(layout.listener(i), Some(layout.ready()), layout.relay())
+            let mut description = listener.describe(layout.listener(i));
+            description.ready_fd = Some(layout.ready());
+            description.relay_fd = layout.relay();
+            description.control_fd = layout.control();
+            description
         })
         .collect();
-    let mut command = Command::new(&exec.program);
-    command
-        .arg0(&exec.argv0)
-        .args(&exec.args)
-        .current_dir(&exec.cwd)
-        .env(LISTENER_ENV, Description::to_json_all(&descriptions));
+    let mut command = exec.command();
+    command.env(LISTENER_ENV, Description::to_json_all(&descriptions));
     // Socket activation is for this process only; the successor gets the sockets by LISTENER.
     for name in ACTIVATION_ENV {
         command.env_remove(name);
+    }
+    // A supervising process's own state is for itself, after it re-executes.
+    command.env_remove(crate::listener::SUPERVISOR_ENV);
+    if control {
+        command.env_remove("NOTIFY_SOCKET");
     }
     let mut moves: Vec<(RawFd, RawFd)> = sockets
         .iter()
@@ -213,6 +273,9 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
     if let (Some(theirs), Some(relay_fd)) = (&relay_theirs, layout.relay()) {
         moves.push((theirs.as_raw_fd(), relay_fd));
     }
+    if let (Some(theirs), Some(control_fd)) = (&control_theirs, layout.control()) {
+        moves.push((theirs.as_raw_fd(), control_fd));
+    }
     // SAFETY: the closure only makes async-signal-safe syscalls (sigprocmask, fcntl, dup2,
     // close) on fd numbers copied into it, and allocates nothing (`moves` is built here, before
     // the fork). All the fds stay open until `spawn` returns: the spawning thread owns them.
@@ -221,9 +284,10 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
     }
     Ok(Spawn {
         command,
-        fds: (sockets, ready_writer, relay_theirs),
+        fds: (sockets, ready_writer, [relay_theirs, control_theirs]),
         ready_reader,
         relay: relay_ours,
+        control: control_ours,
         program: exec.program.clone(),
     })
 }
@@ -232,10 +296,12 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], relay: bool) -> io::R
 #[derive(Debug)]
 pub(crate) struct Spawn {
     command: Command,
-    fds: (Vec<OwnedFd>, std::io::PipeWriter, Option<OwnedFd>),
+    fds: (Vec<OwnedFd>, std::io::PipeWriter, [Option<OwnedFd>; 2]),
     ready_reader: std::io::PipeReader,
     /// This process's end of the connection relay, if connections are handed over.
     relay: Option<OwnedFd>,
+    /// This process's end of a worker's control channel.
+    control: Option<OwnedFd>,
     program: PathBuf,
 }
 
@@ -251,9 +317,11 @@ impl Spawn {
             fds,
             ready_reader,
             relay,
+            control,
             program,
         } = self;
         let relay = relay.map(crate::handoff::relay::Relay::new).transpose()?;
+        let control = control.map(crate::handoff::relay::Relay::new).transpose()?;
         let state_sent = relay
             .as_ref()
             .is_none_or(|r| r.try_send_state(state).is_ok());
@@ -287,6 +355,7 @@ impl Spawn {
             child: Some(child),
             ready: Async::new(ready_reader)?,
             relay,
+            control,
         };
         if !state_sent {
             successor.send_state(state).await;
@@ -348,10 +417,7 @@ impl Successor {
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
     /// failure the child is killed and reaped before this returns. On success: the child, and
     /// this process's end of the connection relay, if any.
-    pub(crate) async fn ready(
-        mut self,
-        timeout: Duration,
-    ) -> Result<(Child, Option<crate::handoff::relay::Relay>), (u32, NotReady)> {
+    pub(crate) async fn ready(mut self, timeout: Duration) -> Result<Ready, (u32, NotReady)> {
         let mut byte = [0u8; 1];
         let read = async { Some(self.ready.read(&mut byte).await) };
         let outcome = read.or(async {
@@ -361,7 +427,11 @@ impl Successor {
         let failure = match outcome.await {
             Some(Ok(1)) => {
                 if let Some(child) = self.child.take() {
-                    return Ok((child, self.relay.take()));
+                    return Ok(Ready {
+                        child,
+                        relay: self.relay.take(),
+                        control: self.control.take(),
+                    });
                 }
                 NotReady::Exited(None)
             }
@@ -426,12 +496,14 @@ mod tests {
 
     #[test]
     fn the_layout_puts_the_pipe_and_relay_after_the_listeners() {
-        let most = Layout::new(MAX_LISTENERS, true);
+        let most = Layout::new(MAX_LISTENERS, true, true);
         assert_eq!(most.len(), Layout::MAX_FDS);
         assert_eq!(most.listener(0), FIRST_FD);
         assert_eq!(most.ready(), FIRST_FD + MAX_LISTENERS as RawFd);
         assert_eq!(most.relay(), Some(most.ready() + 1));
-        assert_eq!(Layout::new(1, false).relay(), None);
+        assert_eq!(most.control(), Some(most.ready() + 2));
+        assert_eq!(Layout::new(1, false, false).relay(), None);
+        assert_eq!(Layout::new(1, false, true).control(), Some(FIRST_FD + 2));
     }
 
     #[test]

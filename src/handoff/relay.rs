@@ -6,10 +6,15 @@
 //! Messages: a connection, `C[peer length: u32 LE][peer][local length: u32 LE][local]
 //! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
 //! state, `S[JSON]` (empty: none).
+//!
+//! The same kind of channel connects a supervising process to each of its workers (the
+//! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
+//! worker's connections to (none: close them). Its EOF tells a worker that its supervising
+//! process is gone.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use async_io::Async;
@@ -45,6 +50,8 @@ pub(crate) enum Received {
     Connection(Handed),
     /// The application's state as JSON text (empty: the old process had none).
     State(Vec<u8>),
+    /// (Control channel) drain and exit, handing connections over on this relay, if any.
+    Retire(Option<OwnedFd>),
 }
 
 /// A connection received from the previous process.
@@ -54,6 +61,12 @@ pub(crate) struct Handed {
     pub(crate) peer: String,
     pub(crate) local: String,
     pub(crate) pending: Vec<u8>,
+}
+
+impl AsFd for Relay {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
 }
 
 impl Relay {
@@ -84,18 +97,20 @@ impl Relay {
             head.extend_from_slice(&(text.len() as u32).to_le_bytes());
             head.extend_from_slice(text.as_bytes());
         }
-        let fds = [conn.as_fd()];
-        self.socket
-            .write_with(|socket| {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-                let mut control = SendAncillaryBuffer::new(&mut space);
-                control.push(SendAncillaryMessage::ScmRights(&fds));
-                let parts = [IoSlice::new(&head), IoSlice::new(pending)];
-                rustix::net::sendmsg(socket, &parts, &mut control, SendFlags::NOSIGNAL)
-                    .map_err(io::Error::from)
-            })
+        self.send_with_fd(&[&head, pending], Some(conn.as_fd()))
             .await
-            .map(drop)
+    }
+
+    /// (Control channel) tells a worker to drain and exit, handing its connections over on
+    /// `relay` if given. Does not wait: the channel holds it if the worker is busy.
+    pub(crate) fn try_retire(&self, relay: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        send_with_fd(self.socket.get_ref(), &[b"R"], relay)
+    }
+
+    async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        self.socket
+            .write_with(|socket| send_with_fd(socket, parts, fd))
+            .await
     }
 
     /// Sends the application's state (before the successor serves), waiting for room if the
@@ -140,6 +155,7 @@ impl Relay {
         match (buffer[..bytes].split_first(), fd) {
             (None, None) => Ok(None),
             (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
+            (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
             (Some((b'C', message)), Some(fd)) => {
                 let (peer, rest) = text(message)?;
                 let (local, rest) = text(rest)?;
@@ -173,6 +189,24 @@ fn state_message(state: &[u8]) -> Vec<u8> {
         state
     };
     [&b"S"[..], state].concat()
+}
+
+/// One datagram of `parts`, with `fd` as `SCM_RIGHTS` if given.
+fn send_with_fd(
+    socket: &UnixStream,
+    parts: &[&[u8]],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let parts: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    rustix::net::sendmsg(socket, &parts, &mut control, SendFlags::NOSIGNAL)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// One datagram, all of it (a SEQPACKET send is all or nothing).

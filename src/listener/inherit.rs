@@ -26,6 +26,18 @@ fn inspect(fd: RawFd) -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
+/// Sets or clears CLOEXEC on `fd`, one of this process's own open fds (a supervising
+/// process keeps its listeners and control channels across its own `execve` this way).
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on {
+        FdFlags::CLOEXEC
+    } else {
+        FdFlags::empty()
+    };
+    // Same borrow as `inspect`: only the fd's flags change, and the caller owns it.
+    rustix::io::fcntl_setfd(inspect(fd), flags).map_err(io::Error::from)
+}
+
 /// An inherited fd that passed its check (a listening socket, the readiness pipe, the relay).
 #[derive(Debug)]
 pub(crate) struct Checked(RawFd);
@@ -55,6 +67,8 @@ pub(crate) struct Description {
     pub(crate) ready_fd: Option<RawFd>,
     /// This process's end of the connection relay, if the parent hands connections over.
     pub(crate) relay_fd: Option<RawFd>,
+    /// A worker's end of the control channel to its supervising process.
+    pub(crate) control_fd: Option<RawFd>,
 }
 
 impl Description {
@@ -120,16 +134,19 @@ impl Description {
             None | Some(serde_json::Value::Null) => None,
             Some(value) => Some(fd_number(value, "ready_fd")?),
         };
-        let relay_fd = match object.get("relay_fd") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(fd_number(value, "relay_fd")?),
+        let optional_fd = |key: &str| match object.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => fd_number(value, key).map(Some),
         };
+        let relay_fd = optional_fd("relay_fd")?;
+        let control_fd = optional_fd("control_fd")?;
         Ok(Description {
             addr,
             fd,
             filename,
             ready_fd,
             relay_fd,
+            control_fd,
         })
     }
 
@@ -143,6 +160,9 @@ impl Description {
         }
         if let Some(relay_fd) = self.relay_fd {
             object.insert("relay_fd".into(), relay_fd.into());
+        }
+        if let Some(control_fd) = self.control_fd {
+            object.insert("control_fd".into(), control_fd.into());
         }
         serde_json::Value::Object(object)
     }
@@ -170,6 +190,10 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
         })
 }
 
+/// The environment variable a supervising process hands to itself across `execve`: its
+/// workers, their control channels, its generation.
+pub(crate) const SUPERVISOR_ENV: &str = "BATON_SUPERVISOR";
+
 /// Takes `LISTENER` and the `LISTEN_*` variables out of this process's environment once they
 /// are read, so processes the handler starts never see fds that were not meant for them (a
 /// grandchild that is itself a baton or Go server would otherwise try to adopt fd 3).
@@ -179,7 +203,8 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
 /// anything that starts a thread. Returns the thread count (if known) when the variables had
 /// to stay, `None` when they are gone or were never there.
 pub(crate) fn scrub_environment() -> Option<Option<usize>> {
-    let present: Vec<&str> = std::iter::once(LISTENER_ENV)
+    let present: Vec<&str> = [LISTENER_ENV, SUPERVISOR_ENV]
+        .into_iter()
         .chain(ACTIVATION_ENV)
         .filter(|name| std::env::var_os(name).is_some())
         .collect();
@@ -220,6 +245,8 @@ pub(crate) struct Inheritance {
     pub(crate) descriptions: Vec<Description>,
     /// fd and name (`LISTEN_FDNAMES`) of each socket-activated fd.
     pub(crate) activated: Vec<(RawFd, Option<String>)>,
+    /// A supervising process's state from before it re-executed itself, as JSON text.
+    pub(crate) supervisor: Option<String>,
 }
 
 impl Inheritance {
@@ -257,9 +284,11 @@ impl Inheritance {
                 activated.push((FIRST_FD + i as RawFd, name));
             }
         }
+        let supervisor = var(SUPERVISOR_ENV)?;
         Ok(Inheritance {
             descriptions,
             activated,
+            supervisor,
         })
     }
 
@@ -274,7 +303,15 @@ impl Inheritance {
     /// This process's end of the connection relay, if the parent hands connections over.
     pub(crate) fn claim_relay(&self) -> io::Result<Option<OwnedFd>> {
         match self.descriptions.iter().find_map(|d| d.relay_fd) {
-            Some(fd) => validate_relay(fd)?.claim().map(Some),
+            Some(fd) => claim_channel(fd, "relay_fd").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// This worker's end of the control channel, if a supervising process started it.
+    pub(crate) fn claim_control(&self) -> io::Result<Option<OwnedFd>> {
+        match self.descriptions.iter().find_map(|d| d.control_fd) {
+            Some(fd) => claim_channel(fd, "control_fd").map(Some),
             None => Ok(None),
         }
     }
@@ -292,6 +329,7 @@ impl Inheritance {
         Ok(Inheritance {
             descriptions: Description::parse_all(value)?,
             activated: Vec::new(),
+            supervisor: None,
         })
     }
 }
@@ -390,8 +428,14 @@ fn validate_pipe(number: RawFd) -> io::Result<Checked> {
     Ok(Checked(number))
 }
 
-fn validate_relay(number: RawFd) -> io::Result<Checked> {
-    let what = format!("{LISTENER_ENV}: relay_fd {number}");
+/// A relay or control channel handed to this process as `fd` (`what` names where the number
+/// came from): checked to be a SEQPACKET socket, then owned.
+pub(crate) fn claim_channel(number: RawFd, what: &str) -> io::Result<OwnedFd> {
+    validate_channel(number, what)?.claim()
+}
+
+fn validate_channel(number: RawFd, what: &str) -> io::Result<Checked> {
+    let what = format!("{LISTENER_ENV}: {what} {number}");
     let kind = sockopt::socket_type(inspect(number))
         .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
     if kind != SocketType::SEQPACKET {

@@ -24,7 +24,9 @@ use crate::stream::Stream;
 
 mod inherit;
 
-pub(crate) use inherit::{Description, Inheritance, scrub_environment};
+pub(crate) use inherit::{
+    Description, Inheritance, SUPERVISOR_ENV, claim_channel, scrub_environment, set_cloexec,
+};
 
 /// The environment variable that carries inherited listeners' descriptions.
 pub const LISTENER_ENV: &str = "LISTENER";
@@ -155,6 +157,16 @@ pub(crate) struct Listener {
     pub(crate) tls: bool,
 }
 
+/// What [`Listener::bind_all`] found and made: the listeners, and the other fds a parent
+/// passed (the readiness pipe, the relay, a worker's control channel).
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) ready: Option<OwnedFd>,
+    pub(crate) relay: Option<OwnedFd>,
+    pub(crate) control: Option<OwnedFd>,
+}
+
 /// Where one requested address's listener comes from: an fd handed to this process (validated,
 /// with its bound address), or nothing (create it).
 type Source = Option<(RawFd, Address, Origin)>;
@@ -163,10 +175,7 @@ impl Listener {
     /// For each requested address: the listener `LISTENER` describes for it, else a
     /// socket-activated one bound to it (or named like it), else a new one. Also returns the
     /// readiness pipe and the connection relay a parent passed, if any.
-    pub(crate) fn bind_all(
-        addrs: &[String],
-        inheritance: &Inheritance,
-    ) -> io::Result<(Vec<Listener>, Option<OwnedFd>, Option<OwnedFd>)> {
+    pub(crate) fn bind_all(addrs: &[String], inheritance: &Inheritance) -> io::Result<Bound> {
         if addrs.is_empty() {
             return Err(invalid_msg("no address to listen on".into()));
         }
@@ -213,6 +222,7 @@ impl Listener {
         }
         let ready = inheritance.claim_ready()?;
         let relay = inheritance.claim_relay()?;
+        let control = inheritance.claim_control()?;
         inheritance.close_activated_on_exec();
         let mut listeners = Vec::with_capacity(plan.len());
         for (addr, spec, source) in plan {
@@ -223,16 +233,16 @@ impl Listener {
             };
             listeners.push(listener);
         }
-        Ok((listeners, ready, relay))
+        Ok(Bound {
+            listeners,
+            ready,
+            relay,
+            control,
+        })
     }
 
     /// What a successor is told about this listener when it arrives as `fd`.
-    pub(crate) fn describe(
-        &self,
-        fd: RawFd,
-        ready_fd: Option<RawFd>,
-        relay_fd: Option<RawFd>,
-    ) -> Description {
+    pub(crate) fn describe(&self, fd: RawFd) -> Description {
         let filename = match &self.local {
             Address::Tcp(addr) => format!("tcp:{addr}->"),
             Address::Unix(path) => format!("unix:{}->", path.display()),
@@ -241,8 +251,9 @@ impl Listener {
             addr: self.requested.clone(),
             fd,
             filename,
-            ready_fd,
-            relay_fd,
+            ready_fd: None,
+            relay_fd: None,
+            control_fd: None,
         }
     }
 
@@ -534,6 +545,7 @@ mod tests {
             filename: "tcp:[::]:8080->".into(),
             ready_fd: Some(4),
             relay_fd: None,
+            control_fd: None,
         };
         let json = Description::to_json_all(std::slice::from_ref(&one));
         assert!(json.starts_with('{'), "{json}");
@@ -544,6 +556,7 @@ mod tests {
             filename: "unix:/tmp/x->".into(),
             ready_fd: Some(5),
             relay_fd: None,
+            control_fd: None,
         };
         let json = Description::to_json_all(&[one.clone(), two.clone()]);
         assert!(json.starts_with('['), "{json}");
@@ -614,15 +627,16 @@ mod tests {
 
     #[test]
     fn a_listener_env_for_another_address_is_ignored() {
-        let (created, _, _) =
-            Listener::bind_all(&["127.0.0.1:0".into()], &Inheritance::default()).unwrap();
+        let created = Listener::bind_all(&["127.0.0.1:0".into()], &Inheritance::default())
+            .unwrap()
+            .listeners;
         assert_eq!(created[0].origin, Origin::Created);
         let other =
             Inheritance::from_listener(r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#).unwrap();
-        let (fresh, ready, _) = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
-        assert_eq!(fresh[0].origin, Origin::Created);
-        assert_ne!(fresh[0].local, created[0].local);
-        assert!(ready.is_none());
+        let fresh = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
+        assert_eq!(fresh.listeners[0].origin, Origin::Created);
+        assert_ne!(fresh.listeners[0].local, created[0].local);
+        assert!(fresh.ready.is_none());
     }
 
     #[test]
@@ -647,8 +661,9 @@ mod tests {
         let addr = format!("unix:{}", path.display());
         // A stale socket file: bound once, nobody accepting any more.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let (live, _, _) =
-            Listener::bind_all(std::slice::from_ref(&addr), &Inheritance::default()).unwrap();
+        let live = Listener::bind_all(std::slice::from_ref(&addr), &Inheritance::default())
+            .unwrap()
+            .listeners;
         assert_eq!(live[0].local, Address::Unix(path.clone()));
         // Now someone is accepting: a second server must not steal the path.
         let error =

@@ -39,18 +39,22 @@ use crate::signals::Signals;
 /// # }
 /// ```
 pub struct Server {
-    config: Config,
-    listeners: Vec<Listener>,
+    pub(crate) config: Config,
+    pub(crate) listeners: Vec<Listener>,
     /// The parent's readiness pipe, written once this process serves.
-    ready: Option<OwnedFd>,
+    pub(crate) ready: Option<OwnedFd>,
     /// This process's end of the relay its parent hands connections over on, if it does.
-    relay: Option<OwnedFd>,
+    pub(crate) relay: Option<OwnedFd>,
+    /// A worker's end of the control channel to its supervising process.
+    pub(crate) control: Option<OwnedFd>,
+    /// A supervising process's state from before it re-executed itself.
+    pub(crate) supervisor_state: Option<String>,
     /// `Some(threads)` if `LISTENER`/`LISTEN_*` had to stay in the environment.
-    environment_kept: Option<Option<usize>>,
-    signals: Signals,
-    exec: Exec,
-    on_event: Rc<dyn Fn(&Event<'_>)>,
-    hooks: Hooks,
+    pub(crate) environment_kept: Option<Option<usize>>,
+    pub(crate) signals: Signals,
+    pub(crate) exec: Exec,
+    pub(crate) on_event: Rc<dyn Fn(&Event<'_>)>,
+    pub(crate) hooks: Hooks,
 }
 
 impl fmt::Debug for Server {
@@ -96,13 +100,15 @@ impl Server {
         let signals = Signals::register()?;
         let exec = Exec::capture()?;
         let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let (listeners, ready, relay) = Listener::bind_all(&addrs, &inheritance)?;
+        let bound = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
         Ok(Server {
             config: Config::default(),
-            listeners,
-            ready,
-            relay,
+            listeners: bound.listeners,
+            ready: bound.ready,
+            relay: bound.relay,
+            control: bound.control,
+            supervisor_state: inheritance.supervisor,
             environment_kept,
             signals,
             exec,
@@ -143,6 +149,13 @@ impl Server {
     /// The settings as they stand.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Run as a supervising process with `n` workers (see [`Config::workers`]); 0 forces
+    /// today's single-process model. Default: [`Config::workers`].
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = Some(n);
+        self
     }
 
     /// The longest a drain waits for in-flight requests before it drops them. Default: [`Config::drain_timeout`].
@@ -335,6 +348,18 @@ impl Server {
                 smol::future::yield_now().await;
             }
         };
+        if self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0) {
+            // The supervising process: it never serves, so the handler is for its workers.
+            return crate::process::supervise(self).or(tasks).await;
+        }
         run::run(self, &executor, Rc::new(handler)).or(tasks).await
+    }
+
+    /// How many workers a supervising process runs: as configured, else one when this
+    /// process is PID 1 (a container's init), else none (single-process model).
+    fn worker_count(&self) -> usize {
+        self.config
+            .workers
+            .unwrap_or(usize::from(std::process::id() == 1))
     }
 }

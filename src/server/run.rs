@@ -55,7 +55,7 @@ struct Upgrade {
 
 /// The successor, serving (with this process's end of the relay, if any); or its pid (if it
 /// got one) and why it is not.
-type Upgraded = Result<(Child, Option<Relay>), (Option<u32>, io::Error)>;
+type Upgraded = Result<handoff::Ready, (Option<u32>, io::Error)>;
 
 /// Why draining, and, after a restart, to whom.
 struct Draining {
@@ -114,12 +114,17 @@ struct Process<'e, F> {
     supervisor: Supervisor,
     /// Connections the previous process hands over, until it closes the relay.
     inbound: Option<Relay>,
+    /// A worker's control channel to its supervising process: it restarts and stops this
+    /// process, which then ignores SIGHUP and SIGUSR2.
+    control: Option<Relay>,
     relay_buffer: Vec<u8>,
     drain: Rc<Drain>,
     /// Drains given up when a successor died during them; their connections still count.
     earlier: Vec<Rc<Drain>>,
     /// SIGUSR2 successors, reaped when they exit.
     spawned: Vec<Child>,
+    /// Started by a supervising process.
+    is_worker: bool,
 }
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
@@ -158,17 +163,23 @@ async fn start<'e, F>(
         listeners,
         ready,
         relay,
+        control,
+        supervisor_state: _,
         environment_kept,
         signals,
         exec,
         on_event: emit,
         hooks,
     } = server;
+    let control = control.map(Relay::new).transpose()?;
+    let is_worker = control.is_some();
     // Certificates load before anything reports ready: a successor whose files are broken
     // fails here, and its parent serves on with the old ones.
     let tls = load_tls(&listeners, &config.tls_files)?;
-    // The PID file names this process before its parent hears that it is ready.
-    let supervisor = Supervisor::new(config.pid_file.clone());
+    // The PID file names this process before its parent hears that it is ready. A worker's
+    // supervising process keeps the PID file and speaks to systemd.
+    let pid_file = config.pid_file.clone().filter(|_| control.is_none());
+    let supervisor = Supervisor::new(pid_file);
     supervisor.serving(ready.is_some())?;
     for listener in &listeners {
         emit(&Event::Listening {
@@ -211,10 +222,12 @@ async fn start<'e, F>(
         hooks,
         supervisor,
         inbound,
+        control,
         relay_buffer,
         drain: Drain::new(),
         earlier: Vec::new(),
         spawned: Vec::new(),
+        is_worker,
     })
 }
 
@@ -244,6 +257,8 @@ enum Wake {
     Accepted(Result<(usize, Accepted), AcceptError>),
     Signal(io::Result<(Signal, Command)>),
     Upgraded(Upgraded),
+    /// A message from the supervising process, or the end of its channel.
+    Control(io::Result<Option<Received>>),
 }
 
 impl<F, Fut> Process<'_, F>
@@ -275,6 +290,12 @@ where
                         (self.emit)(&Event::Signal { signal });
                     }
                     match command {
+                        Command::Restart | Command::Spawn if self.control.is_some() => {
+                            (self.emit)(&Event::Ignored {
+                                signal,
+                                reason: "a worker: its supervising process restarts it",
+                            });
+                        }
                         Command::Restart | Command::Spawn if upgrade.is_some() => {
                             (self.emit)(&Event::Ignored {
                                 signal,
@@ -301,6 +322,20 @@ where
                     let restart = upgrade.take().is_some_and(|upgrade| upgrade.restart);
                     return Ok(self.upgraded(restart, outcome).await);
                 }
+                // Retired by the supervising process (with the new worker to hand connections
+                // to), or the supervising process is gone: drain and exit either way.
+                Wake::Control(message) => {
+                    let outbound = match message {
+                        Ok(Some(Received::Retire(Some(relay)))) => Relay::new(relay).ok(),
+                        _ => None,
+                    };
+                    self.control = None;
+                    return Ok(Phase::Draining(Draining {
+                        stop: Stop::Retired,
+                        successor: None,
+                        outbound,
+                    }));
+                }
             }
         }
     }
@@ -311,6 +346,7 @@ where
             listeners,
             signals,
             inbound,
+            control,
             relay_buffer,
             drain,
             config,
@@ -335,7 +371,19 @@ where
                 None => std::future::pending().await,
             }
         };
-        signal.or(upgraded).or(relayed).or(accept).await
+        let controlled = async {
+            let mut buffer = Vec::new();
+            match control.as_ref() {
+                Some(control) => Wake::Control(control.receive(&mut buffer).await),
+                None => std::future::pending().await,
+            }
+        };
+        signal
+            .or(controlled)
+            .or(upgraded)
+            .or(relayed)
+            .or(accept)
+            .await
     }
 
     fn serve_accepted(&self, index: usize, (stream, peer): Accepted) {
@@ -386,6 +434,9 @@ where
             Err(error) => {
                 if restart {
                     self.supervisor.upgrade_failed(&error.to_string());
+                    let why = error.to_string();
+                    self.supervisor
+                        .restart_outcome(std::process::id(), Some(&why));
                 }
                 (self.emit)(&Event::SpawnFailed {
                     pid: None,
@@ -400,7 +451,8 @@ where
     /// beside the serving loop.
     fn upgrade_task(&self) -> io::Result<impl Future<Output = Upgraded> + 'static> {
         let hand_over = self.config.hand_over_connections;
-        let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), hand_over)?;
+        let role = handoff::Role::Successor { relay: hand_over };
+        let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), role)?;
         let emit = self.emit.clone();
         let hooks = self.hooks.clone();
         let timeout = self.config.upgrade_timeout;
@@ -420,11 +472,12 @@ where
     /// The successor is ready or failed: drain (a restart), or serve on.
     async fn upgraded(&mut self, restart: bool, outcome: Upgraded) -> Phase {
         match outcome {
-            Ok((child, relay)) => {
+            Ok(handoff::Ready { child, relay, .. }) => {
                 let pid = child.id();
                 (self.emit)(&Event::Ready { pid });
                 if restart {
                     self.supervisor.successor_ready(pid);
+                    self.supervisor.restart_outcome(pid, None);
                 }
                 self.hooks.ready(pid).await;
                 if !restart {
@@ -441,6 +494,9 @@ where
             Err((pid, error)) => {
                 if restart {
                     self.supervisor.upgrade_failed(&error.to_string());
+                    let why = error.to_string();
+                    self.supervisor
+                        .restart_outcome(std::process::id(), Some(&why));
                 }
                 (self.emit)(&Event::SpawnFailed { pid, error: &error });
                 Phase::Serving
@@ -461,7 +517,9 @@ where
             mut outbound,
         } = draining;
         self.reap();
-        let last = matches!(stop, Stop::Shutdown { .. }) && self.spawned.is_empty();
+        // A worker's sockets belong to its supervising process, which ends the service.
+        let last =
+            matches!(stop, Stop::Shutdown { .. }) && self.spawned.is_empty() && !self.is_worker;
         if last {
             self.supervisor.stopping();
             // A Unix socket's file goes only when serving ends for good: never in a restart

@@ -1,0 +1,580 @@
+//! The supervising process: it keeps the PID and the listening sockets for the service's life,
+//! never accepts, and serves through N worker processes, each a copy of this binary serving
+//! exactly as a single-process server does.
+//!
+//! ```text
+//! start: N workers (fds 3…, LISTENER, readiness pipe, control channel) -> each ready -> READY=1
+//! SIGHUP: N new workers (each with a relay) -> all ready -> each old worker is told over its
+//!         control channel to retire, handing its connections to a new one -> execve(self)
+//!         in place, carrying the listeners and the workers' channels
+//! a worker dies: replaced at once (quick repeated deaths back off); the sockets stay open
+//! SIGINT/SIGQUIT/SIGTERM: every worker retires and drains; exit when all have exited
+//! ```
+//!
+//! Workers ignore SIGHUP and SIGUSR2 and drain on SIGINT/SIGQUIT/SIGTERM, so a signal to the
+//! whole process group acts as one to this process. EOF on a worker's control channel tells
+//! it this process is gone. One reaper (`waitpid(-1)`) collects workers and any orphan that
+//! was reparented here (as PID 1, or as the child subreaper this process makes itself).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use smol::future::FutureExt as _;
+use smol::{LocalExecutor, Task};
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::handoff::relay::Relay;
+use crate::handoff::{self, Exec, Ready, Role};
+use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
+use crate::report::{Report, Stop};
+use crate::server::Server;
+use crate::signals::{Command, Signal, Signals};
+use crate::supervisor::Supervisor;
+
+mod state;
+
+use state::{Carried, CarriedWorker};
+
+/// A worker that lived shorter than this counts as a quick death for the back-off.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
+/// The longest a crash loop waits between two attempts.
+const MOST_BACKOFF: Duration = Duration::from_secs(10);
+/// How long after the drain timeout a retiring worker is waited for before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// A serving worker.
+struct Worker {
+    pid: u32,
+    control: Relay,
+    generation: u64,
+    started: Instant,
+}
+
+/// Workers that came up, or the first failure (with the pid, if it got one).
+type Started = Result<Vec<Ready>, (Option<u32>, io::Error)>;
+
+/// Workers being started, and what they are for.
+struct Starting {
+    /// A restart (SIGHUP): the whole next generation. Else: one replacement.
+    restart: bool,
+    task: Task<Started>,
+}
+
+/// Runs the supervising process until a shutdown signal has drained every worker.
+pub(crate) async fn supervise(server: Server) -> io::Result<Report> {
+    let executor = LocalExecutor::new();
+    let mut supervising = Supervising::start(server)?;
+    let run = supervising.run(&executor);
+    let tasks = async {
+        loop {
+            executor.tick().await;
+        }
+    };
+    run.or(tasks).await
+}
+
+struct Supervising {
+    listeners: Vec<Listener>,
+    exec: Exec,
+    config: Config,
+    /// How many workers serve.
+    count: usize,
+    emit: Rc<dyn Fn(&Event<'_>)>,
+    signals: Signals,
+    notify: Supervisor,
+    workers: Vec<Worker>,
+    /// Workers told to retire, still draining.
+    retiring: Vec<u32>,
+    generation: u64,
+    /// Workers that died quickly (or never came up) in a row.
+    quick_deaths: u32,
+    /// When the next replacement may start.
+    next_respawn: Option<Instant>,
+    /// Workers that exited unclean while retiring.
+    unclean: usize,
+}
+
+impl Supervising {
+    fn start(server: Server) -> io::Result<Supervising> {
+        let Server {
+            config,
+            listeners,
+            supervisor_state,
+            environment_kept,
+            signals,
+            exec,
+            on_event: emit,
+            ..
+        } = server;
+        let pid1 = std::process::id() == 1;
+        if !pid1 {
+            // Successors and orphans of workers stay this process's children.
+            let me = rustix::process::getpid();
+            rustix::process::set_child_subreaper(Some(me)).map_err(io::Error::from)?;
+        }
+        for listener in &listeners {
+            emit(&Event::Listening {
+                addr: &listener.local,
+                fd: listener.fd(),
+                origin: listener.origin,
+                tls: listener.tls,
+            });
+        }
+        if let Some(threads) = environment_kept {
+            emit(&Event::EnvironmentKept { threads });
+        }
+        let notify = Supervisor::new(config.pid_file.clone());
+        let mut supervising = Supervising {
+            count: config.workers.unwrap_or(1).max(1),
+            listeners,
+            exec,
+            config,
+            emit,
+            signals,
+            notify,
+            workers: Vec::new(),
+            retiring: Vec::new(),
+            generation: 0,
+            quick_deaths: 0,
+            next_respawn: None,
+            unclean: 0,
+        };
+        if let Some(text) = supervisor_state {
+            supervising.resume(&text)?;
+        }
+        (supervising.emit)(&Event::Supervising {
+            workers: supervising.count,
+            pid1,
+            generation: supervising.generation,
+            resumed: supervising.generation > 0,
+        });
+        // The PID file names this process for the service's life.
+        supervising.notify.write_pid_file()?;
+        Ok(supervising)
+    }
+
+    /// Takes back the workers this process had before it re-executed itself, and collects
+    /// any that exited meanwhile (their SIGCHLD went to the old image).
+    fn resume(&mut self, text: &str) -> io::Result<()> {
+        let carried = Carried::parse(text)?;
+        self.generation = carried.generation;
+        self.retiring = carried.retiring;
+        for worker in carried.workers {
+            self.workers.push(Worker {
+                pid: worker.pid,
+                control: Relay::new(worker.control)?,
+                generation: worker.generation,
+                started: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, executor: &LocalExecutor<'static>) -> io::Result<Report> {
+        let mut starting: Option<Starting> = None;
+        if self.workers.is_empty() {
+            starting = Some(self.start_workers(executor, true)?);
+        } else {
+            self.reap();
+            self.ready();
+        }
+        let signal = loop {
+            let respawn_due = starting.is_none() && self.workers.len() < self.count;
+            let next_respawn = self.next_respawn;
+            let Supervising { signals, .. } = self;
+            let signal = async { Wake::Signal(signals.next().await) };
+            let started = async {
+                match starting.as_mut() {
+                    Some(starting) => Wake::Started((&mut starting.task).await),
+                    None => std::future::pending().await,
+                }
+            };
+            let respawn = async {
+                if !respawn_due {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(at) = next_respawn {
+                    Timer::at(at).await;
+                }
+                Wake::Respawn
+            };
+            match signal.or(started).or(respawn).await {
+                Wake::Respawn => {
+                    self.next_respawn = None;
+                    match self.start_workers(executor, false) {
+                        Ok(next) => starting = Some(next),
+                        Err(error) => {
+                            (self.emit)(&Event::SpawnFailed {
+                                pid: None,
+                                error: &error,
+                            });
+                            self.quick_death();
+                        }
+                    }
+                }
+                Wake::Started(outcome) => {
+                    let restart = starting.take().is_some_and(|s| s.restart);
+                    self.started(restart, outcome);
+                }
+                Wake::Signal(signal) => {
+                    let (signal, command) = signal?;
+                    if command != Command::Reap {
+                        (self.emit)(&Event::Signal { signal });
+                    }
+                    match command {
+                        Command::Reap => self.reap(),
+                        Command::Shutdown => break signal,
+                        Command::Spawn => (self.emit)(&Event::Ignored {
+                            signal,
+                            reason: "a supervising process restarts its workers on SIGHUP",
+                        }),
+                        Command::Restart if starting.as_ref().is_some_and(|s| s.restart) => {
+                            (self.emit)(&Event::Ignored {
+                                signal,
+                                reason: "an upgrade is already in progress",
+                            });
+                        }
+                        Command::Restart => {
+                            // A replacement still starting is of the generation that goes:
+                            // dropping its task kills it.
+                            self.notify.reloading();
+                            starting = match self.start_workers(executor, true) {
+                                Ok(next) => Some(next),
+                                Err(error) => {
+                                    self.restart_failed(None, &error);
+                                    None
+                                }
+                            };
+                        }
+                    }
+                }
+            }
+        };
+        // Workers still starting are killed with their task.
+        drop(starting);
+        Ok(self.shutdown(signal).await)
+    }
+
+    /// Starts the next generation (`all`: `count` workers at once), or one replacement.
+    /// The next generation gets a relay each, for the connections of the workers it replaces.
+    fn start_workers(&self, executor: &LocalExecutor<'static>, all: bool) -> io::Result<Starting> {
+        let count = if all { self.count } else { 1 };
+        let restart = all && self.generation > 0;
+        let relay = restart && self.config.hand_over_connections;
+        let mut tasks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
+            let emit = self.emit.clone();
+            let timeout = self.config.upgrade_timeout;
+            tasks.push(executor.spawn(async move {
+                // A relay's first message is the (empty) state: the new worker serves at once.
+                let successor = spawn.start(&[]).await.map_err(|e| (None, e))?;
+                emit(&Event::Spawned {
+                    pid: successor.pid(),
+                });
+                successor
+                    .ready(timeout)
+                    .await
+                    .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
+            }));
+        }
+        let task = executor.spawn(async move {
+            // All start at once. One that fails does not stop the others; those that did
+            // come up are retired again, so a failed restart leaves the old generation alone.
+            let mut ready = Vec::with_capacity(tasks.len());
+            let mut failure = None;
+            for task in tasks {
+                match task.await {
+                    Ok(worker) => ready.push(worker),
+                    Err(error) => failure = failure.or(Some(error)),
+                }
+            }
+            match failure {
+                None => Ok(ready),
+                Some(error) => {
+                    for worker in &ready {
+                        if let Some(control) = &worker.control {
+                            let _ = control.try_retire(None);
+                        }
+                    }
+                    Err(error)
+                }
+            }
+        });
+        Ok(Starting { restart, task })
+    }
+
+    /// New workers are ready, or one of them failed.
+    fn started(&mut self, restart: bool, outcome: Started) {
+        let ready = match outcome {
+            Ok(ready) => ready,
+            Err((pid, error)) if restart => return self.restart_failed(pid, &error),
+            Err((pid, error)) => {
+                (self.emit)(&Event::SpawnFailed { pid, error: &error });
+                return self.quick_death();
+            }
+        };
+        if restart || self.generation == 0 {
+            self.generation += 1;
+        }
+        let generation = self.generation;
+        let mut relays = Vec::with_capacity(ready.len());
+        let mut fresh = Vec::with_capacity(ready.len());
+        for Ready {
+            child,
+            relay,
+            control,
+        } in ready
+        {
+            let Some(control) = control else { continue };
+            let pid = child.id();
+            (self.emit)(&Event::WorkerReady { pid, generation });
+            relays.push(relay);
+            fresh.push(Worker {
+                pid,
+                control,
+                generation,
+                started: Instant::now(),
+            });
+        }
+        if restart {
+            // Old worker i hands its connections to new worker i (modulo the count).
+            for (i, worker) in std::mem::take(&mut self.workers).into_iter().enumerate() {
+                let relay = relays.get(i % relays.len().max(1)).and_then(Option::as_ref);
+                let _ = worker.control.try_retire(relay.map(|r| r.as_fd()));
+                self.retiring.push(worker.pid);
+            }
+        }
+        // Our ends of the relays close here: each new worker's relay ends when the worker it
+        // took over from exits.
+        drop(relays);
+        self.workers.extend(fresh);
+        self.ready();
+        if restart {
+            (self.emit)(&Event::Restarted {
+                generation,
+                workers: self.workers.len(),
+            });
+            self.notify.restart_outcome(std::process::id(), None);
+            if let Err(error) = self.reexec() {
+                (self.emit)(&Event::ReexecFailed { error: &error });
+            }
+        }
+    }
+
+    fn restart_failed(&mut self, pid: Option<u32>, error: &io::Error) {
+        (self.emit)(&Event::SpawnFailed { pid, error });
+        let reason = error.to_string();
+        self.notify.upgrade_failed(&reason);
+        self.notify
+            .restart_outcome(std::process::id(), Some(&reason));
+    }
+
+    /// Tells systemd how many workers serve, once they do.
+    fn ready(&self) {
+        if !self.workers.is_empty() {
+            self.notify
+                .workers_ready(self.workers.len(), self.generation);
+        }
+    }
+
+    /// A worker died soon after it started, or never came up: the next replacement waits,
+    /// twice as long each time in a row (never a spinning core).
+    fn quick_death(&mut self) {
+        self.quick_deaths += 1;
+        let delay = match self.quick_deaths {
+            0 | 1 => Duration::ZERO,
+            n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
+        };
+        self.next_respawn = Some(Instant::now() + delay);
+    }
+
+    /// Collects every child that exited: workers (replaced unless retiring), and orphans
+    /// reparented to this process.
+    fn reap(&mut self) {
+        while let Ok(Some((pid, status))) =
+            rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
+        {
+            let pid = pid.as_raw_nonzero().get() as u32;
+            let status = ExitStatus::from_raw(status.as_raw());
+            if let Some(at) = self.workers.iter().position(|w| w.pid == pid) {
+                let worker = self.workers.remove(at);
+                if worker.started.elapsed() < QUICK_DEATH {
+                    self.quick_death();
+                } else {
+                    self.quick_deaths = 0;
+                    self.next_respawn = None;
+                }
+                let replaced_in = self.next_respawn.map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                (self.emit)(&Event::WorkerExited {
+                    pid,
+                    status,
+                    replaced_in: Some(replaced_in),
+                });
+            } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
+                self.retiring.remove(at);
+                self.unclean += usize::from(!status.success());
+                (self.emit)(&Event::WorkerExited {
+                    pid,
+                    status,
+                    replaced_in: None,
+                });
+            } else {
+                (self.emit)(&Event::ChildExited { pid, status });
+            }
+        }
+    }
+
+    /// Retires every worker and waits for them all, bounded by the drain timeout (then they
+    /// are killed); a second shutdown signal makes them stop at once.
+    async fn shutdown(&mut self, signal: Signal) -> Report {
+        self.notify.stopping();
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.control.try_retire(None);
+            self.retiring.push(worker.pid);
+        }
+        let deadline = Instant::now() + self.config.drain_timeout + KILL_GRACE;
+        let mut killed = false;
+        self.reap();
+        while !self.retiring.is_empty() {
+            let next = async { Some(self.signals.next().await) };
+            let late = async {
+                if killed {
+                    std::future::pending::<()>().await;
+                }
+                Timer::at(deadline).await;
+                None
+            };
+            match next.or(late).await {
+                Some(Ok((_, Command::Reap))) => {}
+                Some(Ok((signal, Command::Shutdown))) => {
+                    (self.emit)(&Event::Signal { signal });
+                    // A draining worker stops at once on a second shutdown signal.
+                    self.signal_retiring(rustix::process::Signal::TERM);
+                }
+                Some(Ok((signal, _))) => {
+                    (self.emit)(&Event::Signal { signal });
+                    (self.emit)(&Event::Ignored {
+                        signal,
+                        reason: "draining",
+                    });
+                }
+                Some(Err(_)) => {}
+                None => {
+                    killed = true;
+                    self.signal_retiring(rustix::process::Signal::KILL);
+                }
+            }
+            self.reap();
+        }
+        for path in self.listeners.iter().filter_map(Listener::unix_path) {
+            let _ = std::fs::remove_file(path);
+        }
+        let cut = self.unclean;
+        (self.emit)(&Event::Exiting { cut, dropped: 0 });
+        self.notify.exited();
+        Report {
+            stop: Stop::Shutdown { signal },
+            cut,
+            dropped: 0,
+        }
+    }
+
+    fn signal_retiring(&self, signal: rustix::process::Signal) {
+        for &pid in &self.retiring {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+
+    /// Replaces this process's image with the binary now at its start path, in place (the PID
+    /// stays), carrying the listeners, the workers' control channels and the generation.
+    /// Returns only if the exec failed; this process then carries on as it was.
+    fn reexec(&self) -> io::Result<()> {
+        let carried = Carried {
+            generation: self.generation,
+            workers: Vec::new(),
+            retiring: self.retiring.clone(),
+        };
+        let workers: Vec<CarriedWorker<RawFd>> = self
+            .workers
+            .iter()
+            .map(|w| CarriedWorker {
+                pid: w.pid,
+                control: w.control.as_fd().as_raw_fd(),
+                generation: w.generation,
+            })
+            .collect();
+        let state = carried.to_json(&workers);
+        let descriptions: Vec<Description> = self
+            .listeners
+            .iter()
+            .map(|listener| listener.describe(listener.fd()))
+            .collect();
+        let mut keep: Vec<RawFd> = self.listeners.iter().map(Listener::fd).collect();
+        keep.extend(workers.iter().map(|w| w.control));
+        (self.emit)(&Event::Reexecuting {
+            program: self.exec.program(),
+        });
+        let mut command = self.exec.command();
+        command
+            .env(LISTENER_ENV, Description::to_json_all(&descriptions))
+            .env(SUPERVISOR_ENV, state);
+        for name in crate::listener::ACTIVATION_ENV {
+            command.env_remove(name);
+        }
+        let held = keep.clone();
+        // SAFETY: `exec` runs the closure in this process (there is no fork), right before
+        // execve: it only changes this thread's signal mask and the CLOEXEC flag of fds this
+        // process owns (the listeners and the control channels, kept open by `self`).
+        unsafe {
+            command.pre_exec(move || hold_across_exec(&held));
+        }
+        let error = command.exec();
+        // Still here: the exec failed. Undo what the closure and `exec` changed.
+        restore_after_failed_exec(&keep);
+        Err(crate::error::context(
+            error.kind(),
+            format!("cannot re-execute {}", self.exec.program().display()),
+            error,
+        ))
+    }
+}
+
+/// What woke the supervising loop.
+enum Wake {
+    Signal(io::Result<(Signal, Command)>),
+    Started(Started),
+    Respawn,
+}
+
+/// Before the supervising process's execve: hold every handled signal (they stay pending
+/// across the exec and are handled once the new image has installed its handlers), and let
+/// the carried fds survive the exec.
+fn hold_across_exec(keep: &[RawFd]) -> io::Result<()> {
+    crate::signals::mask(libc::SIG_BLOCK, &crate::signals::HANDLED)?;
+    for &fd in keep {
+        crate::listener::set_cloexec(fd, false)?;
+    }
+    Ok(())
+}
+
+/// After a failed re-exec: the carried fds are close-on-exec again, signals are unblocked,
+/// and SIGPIPE is ignored again (`Command::exec` reset it to its default, which would let a
+/// write to a closed socket end this process).
+fn restore_after_failed_exec(keep: &[RawFd]) {
+    for &fd in keep {
+        let _ = crate::listener::set_cloexec(fd, true);
+    }
+    let _ = crate::signals::mask(libc::SIG_UNBLOCK, &crate::signals::HANDLED);
+    crate::signals::ignore_sigpipe();
+}

@@ -1,0 +1,115 @@
+//! What a supervising process carries across its own `execve` (in `BATON_SUPERVISOR`): its
+//! generation, its workers with their control channels' fds. The
+//! listeners travel as `LISTENER` does for any successor.
+//!
+//! `{"version":1,"generation":2,"workers":[{"pid":41,"control_fd":9,
+//! "generation":2}],"retiring":[38]}`; a version this build does not know is an error.
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+
+use crate::error::invalid_msg;
+use crate::listener::SUPERVISOR_ENV;
+
+const VERSION: u64 = 1;
+
+/// A worker as carried: its control channel is an fd number before the exec, owned after.
+#[derive(Debug)]
+pub(crate) struct CarriedWorker<F> {
+    pub(crate) pid: u32,
+    pub(crate) control: F,
+    pub(crate) generation: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Carried {
+    pub(crate) generation: u64,
+    pub(crate) workers: Vec<CarriedWorker<OwnedFd>>,
+    /// Workers still draining.
+    pub(crate) retiring: Vec<u32>,
+}
+
+impl Carried {
+    /// The JSON text, with `workers` (their fds as numbers).
+    pub(crate) fn to_json(&self, workers: &[CarriedWorker<RawFd>]) -> String {
+        let workers: Vec<serde_json::Value> = workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "pid": w.pid,
+                    "control_fd": w.control,
+                    "generation": w.generation,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": VERSION,
+            "generation": self.generation,
+            "workers": workers,
+            "retiring": self.retiring,
+        })
+        .to_string()
+    }
+
+    /// Parses the text and claims each worker's control channel (checked first).
+    pub(crate) fn parse(text: &str) -> io::Result<Carried> {
+        let bad = |what: &str| invalid_msg(format!("{SUPERVISOR_ENV}: {what}"));
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(&format!("not valid JSON: {e}")))?;
+        let number = |value: &serde_json::Value, key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(&format!("\"{key}\" is missing or not a number")))
+        };
+        let version = number(&json, "version")?;
+        if version != VERSION {
+            return Err(bad(&format!(
+                "version {version}, this build reads version {VERSION}"
+            )));
+        }
+        let pid = |n: u64| u32::try_from(n).map_err(|_| bad("a pid out of range"));
+        let mut workers = Vec::new();
+        for worker in json["workers"].as_array().into_iter().flatten() {
+            let fd = RawFd::try_from(number(worker, "control_fd")?)
+                .map_err(|_| bad("a control_fd out of range"))?;
+            workers.push(CarriedWorker {
+                pid: pid(number(worker, "pid")?)?,
+                control: crate::listener::claim_channel(fd, "control_fd")?,
+                generation: number(worker, "generation")?,
+            });
+        }
+        let mut retiring = Vec::new();
+        for value in json["retiring"].as_array().into_iter().flatten() {
+            retiring.push(pid(value.as_u64().ok_or_else(|| bad("a retiring pid"))?)?);
+        }
+        Ok(Carried {
+            generation: number(&json, "generation")?,
+            workers,
+            retiring,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_names_what_is_wrong() {
+        let carried = Carried {
+            generation: 3,
+            workers: Vec::new(),
+            retiring: vec![7, 8],
+        };
+        let text = carried.to_json(&[]);
+        let back = Carried::parse(&text).unwrap();
+        assert_eq!(back.generation, 3);
+        assert_eq!(back.retiring, [7, 8]);
+        let old = text.replace("\"version\":1", "\"version\":9");
+        let error = Carried::parse(&old).unwrap_err().to_string();
+        assert!(error.contains("version 9"), "{error}");
+        let error = Carried::parse("{").unwrap_err().to_string();
+        assert!(error.contains("BATON_SUPERVISOR"), "{error}");
+    }
+}
