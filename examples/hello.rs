@@ -8,7 +8,8 @@
 //! `echo-trailer-<name>` headers), `GET /stream?lines=N` answers
 //! with a body of unknown length (sent chunked), `GET /count` counts its calls across
 //! restarts (the count is handed to each successor), `GET /child-env` starts `env` and answers
-//! with the names of the variables that child process sees; anything else is 404.
+//! with the names of the variables that child process sees, `GET /orphan?ms=N` leaves a
+//! process behind that exits N ms later (and answers its pid); anything else is 404.
 
 use std::cell::Cell;
 use std::process::ExitCode;
@@ -207,6 +208,21 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
                 .collect();
             Ok(Response::from(names))
         }
+        (Method::Get, "/orphan") => {
+            // A process that outlives the request: `sh` starts `sleep` in the background and
+            // exits, so `sleep` is orphaned, and whoever reaps orphans here must reap it.
+            let ms = query(&req, "ms").unwrap_or(100).min(SLOW_CAP_MS);
+            let script = format!("sleep {}.{:03} & echo $!", ms / 1000, ms % 1000);
+            let output = smol::unblock(move || {
+                std::process::Command::new("sh")
+                    .args(["-c", &script])
+                    .output()
+            })
+            .await?;
+            Ok(Response::from(
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            ))
+        }
         (Method::Get, "/stream") => {
             // A body of unknown length: sent chunked.
             let lines = query(&req, "lines").unwrap_or(3).min(10_000);
@@ -218,7 +234,7 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             response.set_body(http_types::Body::from_reader(reader, None));
             Ok(response)
         }
-        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/child-env") => {
+        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/child-env" | "/orphan") => {
             Ok(Response::new(StatusCode::MethodNotAllowed))
         }
         _ => Ok(Response::new(StatusCode::NotFound)),

@@ -196,7 +196,8 @@ impl fmt::Display for Event<'_> {
                 generation,
                 resumed,
             } => {
-                write!(f, "supervising {workers} workers")?;
+                let plural = if *workers == 1 { "" } else { "s" };
+                write!(f, "supervising {workers} worker{plural}")?;
                 if *pid1 {
                     f.write_str(" as PID 1")?;
                 }
@@ -235,7 +236,7 @@ impl fmt::Display for Event<'_> {
             Event::Restarted {
                 generation,
                 workers,
-            } => write!(f, "restarted: generation {generation}, {workers} workers"),
+            } => write!(f, "restarted: generation {generation}, {workers} serving"),
             Event::Reexecuting { program } => {
                 write!(f, "re-executing in place: {}", program.display())
             }

@@ -28,15 +28,24 @@ fn pid_file_follows_the_serving_process_and_goes_at_shutdown() {
         assert_eq!(pid_in(&pid_file), Some(next));
         pid = next;
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&scratch.0)
+    let mut leftovers: Vec<_> = std::fs::read_dir(&scratch.0)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+    leftovers.sort();
+    // The PID file, and the record of the last restart that `hello reload` reads.
+    assert_eq!(
+        leftovers,
+        ["hello.pid", "hello.pid.restart"],
+        "temporary files left: {leftovers:?}"
+    );
+    let record = std::fs::read_to_string(scratch.0.join("hello.pid.restart")).unwrap();
+    assert_eq!(record, format!("restarts 3\nserving {pid}\nok\n"));
     signal(pid, Signal::TERM);
     assert!(wait_gone(pid, DEADLINE));
     assert!(!pid_file.exists(), "the final shutdown left the PID file");
+    assert!(!scratch.0.join("hello.pid.restart").exists());
 }
 
 #[test]
@@ -121,4 +130,23 @@ fn a_failed_restart_reports_ready_again() {
         seen[2].starts_with("READY=1\nSTATUS=restart failed: cannot start"),
         "{seen:?}"
     );
+}
+
+/// `hello reload` in the single-process model answers with the successor's pid.
+#[test]
+fn hello_reload_names_the_successor_in_the_single_process_model() {
+    let scratch = Scratch::new("reload-single");
+    let pid_file = scratch.0.join("hello.pid");
+    let path = pid_file.to_str().unwrap();
+    let server = Server::hello(&["--pid-file", path]);
+    let output = Command::new(example("hello"))
+        .args(["reload", "--pid-file", path])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let successor = pid_in(&pid_file).unwrap();
+    assert_ne!(successor, server.pid);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.trim(), format!("restarted: {successor} serves"));
+    assert!(wait_gone(server.pid, DEADLINE));
 }

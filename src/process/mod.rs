@@ -16,6 +16,8 @@
 //! it this process is gone. One reaper (`waitpid(-1)`) collects workers and any orphan that
 //! was reparented here (as PID 1, or as the child subreaper this process makes itself).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -30,7 +32,7 @@ use smol::{LocalExecutor, Task};
 use crate::config::Config;
 use crate::event::Event;
 use crate::handoff::relay::Relay;
-use crate::handoff::{self, Exec, Ready, Role};
+use crate::handoff::{self, Exec, NotReady, Ready, Role};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
 use crate::report::{Report, Stop};
 use crate::server::Server;
@@ -45,6 +47,8 @@ use state::{Carried, CarriedWorker};
 const QUICK_DEATH: Duration = Duration::from_secs(5);
 /// The longest a crash loop waits between two attempts.
 const MOST_BACKOFF: Duration = Duration::from_secs(10);
+/// How many exit statuses of other children are kept for failed starts to look up.
+const REAPED_KEPT: usize = 32;
 /// How long after the drain timeout a retiring worker is waited for before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
@@ -98,6 +102,9 @@ struct Supervising {
     next_respawn: Option<Instant>,
     /// Workers that exited unclean while retiring.
     unclean: usize,
+    /// The last children reaped that were neither workers nor retiring: orphans, and workers
+    /// that died before they were ready (so that a failed start can say how it ended).
+    reaped: Rc<RefCell<VecDeque<(u32, ExitStatus)>>>,
 }
 
 impl Supervising {
@@ -144,6 +151,7 @@ impl Supervising {
             quick_deaths: 0,
             next_respawn: None,
             unclean: 0,
+            reaped: Rc::default(),
         };
         if let Some(text) = supervisor_state {
             supervising.resume(&text)?;
@@ -272,16 +280,21 @@ impl Supervising {
             let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
             let emit = self.emit.clone();
             let timeout = self.config.upgrade_timeout;
+            let reaped = self.reaped.clone();
             tasks.push(executor.spawn(async move {
                 // A relay's first message is the (empty) state: the new worker serves at once.
                 let successor = spawn.start(&[]).await.map_err(|e| (None, e))?;
                 emit(&Event::Spawned {
                     pid: successor.pid(),
                 });
-                successor
-                    .ready(timeout)
-                    .await
-                    .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
+                successor.ready(timeout).await.map_err(|(pid, why)| {
+                    let status = reaped.borrow().iter().find(|(p, _)| *p == pid).map(|r| r.1);
+                    let why = match (why, status) {
+                        (NotReady::Exited(None), Some(status)) => NotReady::Exited(Some(status)),
+                        (why, _) => why,
+                    };
+                    (Some(pid), io::Error::from(why))
+                })
             }));
         }
         let task = executor.spawn(async move {
@@ -317,7 +330,8 @@ impl Supervising {
             Err((pid, error)) if restart => return self.restart_failed(pid, &error),
             Err((pid, error)) => {
                 (self.emit)(&Event::SpawnFailed { pid, error: &error });
-                return self.quick_death();
+                self.quick_death();
+                return;
             }
         };
         if restart || self.generation == 0 {
@@ -385,14 +399,15 @@ impl Supervising {
     }
 
     /// A worker died soon after it started, or never came up: the next replacement waits,
-    /// twice as long each time in a row (never a spinning core).
-    fn quick_death(&mut self) {
+    /// twice as long each time in a row (never a spinning core). Returns the wait.
+    fn quick_death(&mut self) -> Duration {
         self.quick_deaths += 1;
         let delay = match self.quick_deaths {
             0 | 1 => Duration::ZERO,
             n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
         };
         self.next_respawn = Some(Instant::now() + delay);
+        delay
     }
 
     /// Collects every child that exited: workers (replaced unless retiring), and orphans
@@ -405,15 +420,13 @@ impl Supervising {
             let status = ExitStatus::from_raw(status.as_raw());
             if let Some(at) = self.workers.iter().position(|w| w.pid == pid) {
                 let worker = self.workers.remove(at);
-                if worker.started.elapsed() < QUICK_DEATH {
-                    self.quick_death();
+                let replaced_in = if worker.started.elapsed() < QUICK_DEATH {
+                    self.quick_death()
                 } else {
                     self.quick_deaths = 0;
                     self.next_respawn = None;
-                }
-                let replaced_in = self.next_respawn.map_or(Duration::ZERO, |at| {
-                    at.saturating_duration_since(Instant::now())
-                });
+                    Duration::ZERO
+                };
                 (self.emit)(&Event::WorkerExited {
                     pid,
                     status,
@@ -429,6 +442,11 @@ impl Supervising {
                 });
             } else {
                 (self.emit)(&Event::ChildExited { pid, status });
+                let mut reaped = self.reaped.borrow_mut();
+                if reaped.len() == REAPED_KEPT {
+                    reaped.pop_front();
+                }
+                reaped.push_back((pid, status));
             }
         }
     }

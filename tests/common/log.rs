@@ -45,6 +45,21 @@ impl<'a> Line<'a> {
     }
 }
 
+impl<'a> Line<'a> {
+    /// The pid and generation of a `worker <pid> ready (generation <g>)` line.
+    pub fn worker_ready(&self) -> Option<(u32, u64)> {
+        let rest = self.message.strip_prefix("worker ")?;
+        let (pid, rest) = rest.split_once(" ready (generation ")?;
+        Some((pid.parse().ok()?, rest.strip_suffix(')')?.parse().ok()?))
+    }
+
+    /// The generation of a `restarted: generation <g>, ...` line.
+    pub fn restarted(&self) -> Option<u64> {
+        let rest = self.message.strip_prefix("restarted: generation ")?;
+        rest.split(',').next()?.parse().ok()
+    }
+}
+
 /// The pid in a `... child <pid> ready` (or `failed`, `exited`) line.
 pub fn child_pid(line: &str) -> u32 {
     line.split("child ")
@@ -67,4 +82,8 @@ fn parses_event_lines() {
         Some(7)
     );
     assert_eq!(parse("hello: oops"), None);
+    let ready = parse("baton[1]: worker 9 ready (generation 2)").unwrap();
+    assert_eq!(ready.worker_ready(), Some((9, 2)));
+    let restarted = parse("baton[1]: restarted: generation 3, 2 serving").unwrap();
+    assert_eq!(restarted.restarted(), Some(3));
 }

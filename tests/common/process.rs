@@ -50,12 +50,36 @@ struct Log {
     grew: Condvar,
 }
 
+impl Log {
+    /// Collects every line `stderr` carries, on a thread of its own.
+    fn follow(stderr: std::process::ChildStderr) -> Arc<Log> {
+        let log = Arc::new(Log::default());
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("BATON_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                writer.lines.lock().unwrap().push(line);
+                writer.grew.notify_all();
+            }
+        });
+        log
+    }
+}
+
 /// A running example server and every process it spawned, killed on drop.
 pub struct Server {
     child: Child,
     log: Arc<Log>,
     /// The first process's pid.
     pub pid: u32,
+    /// The same process's pid as its log lines show it: `pid`, or 1 in a PID namespace.
+    pub log_pid: u32,
+    /// Started in a PID namespace of its own: its log's pids are that namespace's, so they
+    /// must never be signalled from here; killing its init ends every process in it.
+    namespaced: bool,
     pub addr: SocketAddr,
 }
 
@@ -75,26 +99,76 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start the example");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Log::default());
-        let writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("BATON_TEST_LOG").is_some() {
-                    eprintln!("{line}");
-                }
-                writer.lines.lock().unwrap().push(line);
-                writer.grew.notify_all();
-            }
-        });
+        let log = Log::follow(stderr);
         let pid = child.id();
         let mut server = Server {
             child,
             log,
             pid,
+            log_pid: pid,
+            namespaced: false,
             addr: "0.0.0.0:0".parse().unwrap(),
         };
-        let needle = format!("baton[{pid}]: listening on ");
+        server.wait_listening();
+        server
+    }
+
+    /// Starts `command` as PID 1 of a new PID namespace (what `docker run` gives a process):
+    /// a launcher unshares the namespace and forks; its child, the namespace's init, execs
+    /// `command`. `pid` is that init's pid here; its log says `baton[1]`.
+    pub fn start_in_pid_namespace(mut command: Command) -> Server {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec, only async-signal-safe calls: unshare, fork, close,
+        // waitpid and _exit, on no memory but locals.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWPID) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                match libc::fork() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    // The namespace's init: goes on to exec the command.
+                    0 => Ok(()),
+                    init => {
+                        // The launcher: holds nothing open (the spawn's error pipe included,
+                        // or `spawn` would wait for it), waits for the init, exits with it.
+                        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                        let mut status = 0;
+                        while libc::waitpid(init, &mut status, 0) == -1 {}
+                        libc::_exit(if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        });
+                    }
+                }
+            });
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the launcher");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Log::follow(stderr);
+        let launcher = child.id();
+        let init = super::procfs::wait_for_child_of(launcher);
+        let mut server = Server {
+            child,
+            log,
+            pid: init,
+            log_pid: 1,
+            namespaced: true,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Waits until the first process logs that it listens, and notes its first address.
+    fn wait_listening(&mut self) {
+        let server = self;
+        let needle = format!("baton[{}]: listening on ", server.log_pid);
         let deadline = Instant::now() + DEADLINE;
         let line = loop {
             if let Some(line) = server.try_wait_line(&needle, Duration::from_millis(50)) {
@@ -119,7 +193,6 @@ impl Server {
             .map(|a| a.trim_start_matches("tls:"))
             .and_then(|a| a.parse().ok())
             .expect("address in the listening line");
-        server
     }
 
     /// The `n` addresses the first process listens on, in order (`unix:/path` for Unix
@@ -128,7 +201,7 @@ impl Server {
         self.wait_for("every listening line", |lines| {
             let found: Vec<String> = lines
                 .iter()
-                .filter_map(|l| log::parse(l).filter(|l| l.pid == self.pid)?.listening())
+                .filter_map(|l| log::parse(l).filter(|l| l.pid == self.log_pid)?.listening())
                 .map(str::to_owned)
                 .collect();
             (found.len() >= n).then_some(found)
@@ -242,6 +315,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.namespaced {
+            // The namespace ends with its init; the launcher then exits too.
+            let _ = kill(self.pid, Signal::KILL);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return;
+        }
         for pid in self.pids() {
             if pid != self.pid {
                 let _ = kill(pid, Signal::KILL);

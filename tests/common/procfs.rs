@@ -117,3 +117,32 @@ pub fn wait_until_read(server: SocketAddr, client: SocketAddr) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// The first child of `parent` (by `PPid` in `/proc/<pid>/status`); panics after [`DEADLINE`].
+pub fn wait_for_child_of(parent: u32) -> u32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(child) = children_of(parent).into_iter().next() {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "{parent} started no child");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every live process whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .any(|l| l.strip_prefix("PPid:").map(str::trim) == Some(&parent.to_string()))
+            })
+        })
+        .collect()
+}

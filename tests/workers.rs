@@ -1,0 +1,346 @@
+//! The supervising process (`hello --workers N`, and by default as PID 1): workers on one
+//! shared socket, a worker killed under load, restarts that replace every worker and keep the
+//! PID, `hello reload`, crash-loop back-off, a group Ctrl-C, and PID 1 of a new namespace.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Failure, Load, Scratch, Server, Signal, example, log, signal, wait_gone};
+
+fn binary() -> Vec<u8> {
+    std::fs::read(example("hello")).expect("the example binary")
+}
+
+/// The workers of generation `generation` once `count` of them are ready (their pids).
+fn workers_ready(server: &Server, generation: u64, count: usize) -> Vec<u32> {
+    server.wait_for(
+        &format!("{count} workers of generation {generation}"),
+        |lines| {
+            let ready: Vec<u32> = lines
+                .iter()
+                .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
+                .filter_map(|l| l.worker_ready())
+                .filter(|&(_, g)| g == generation)
+                .map(|(pid, _)| pid)
+                .collect();
+            (ready.len() >= count).then_some(ready)
+        },
+    )
+}
+
+/// SIGHUP to the supervising process; waits until generation `next` serves.
+fn restart(server: &Server, next: u64) {
+    signal(server.pid, Signal::HUP);
+    server.wait_for(&format!("generation {next} restarted"), |lines| {
+        lines
+            .iter()
+            .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
+            .any(|l| l.restarted() == Some(next))
+            .then_some(())
+    });
+}
+
+/// Distinct pids answering `/hello` on fresh connections, until `want` are seen.
+fn serving_pids(server: &Server, want: usize) -> HashSet<u32> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = HashSet::new();
+    while seen.len() < want {
+        assert!(Instant::now() < deadline, "only {seen:?} served");
+        // Concurrent connections, so a busy worker leaves some to the others.
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let addr = server.addr;
+                std::thread::spawn(move || common::get(addr, "/slow?ms=20").ok()?.pid())
+            })
+            .collect();
+        seen.extend(threads.into_iter().filter_map(|t| t.join().unwrap()));
+    }
+    seen
+}
+
+#[test]
+fn two_workers_serve_and_a_killed_one_is_replaced_without_refusing_anyone() {
+    let scratch = Scratch::new("workers-kill");
+    let pid_file = scratch.0.join("hello.pid");
+    let server = Server::hello(&["--workers", "2", "--pid-file", pid_file.to_str().unwrap()]);
+    let workers = workers_ready(&server, 1, 2);
+    assert_eq!(
+        serving_pids(&server, 2),
+        workers.iter().copied().collect::<HashSet<_>>()
+    );
+    assert!(
+        !workers.contains(&server.pid),
+        "the supervising process served"
+    );
+
+    let per_request = Load::per_request(server.addr, 4);
+    let keep_alive = Load::keep_alive(server.addr, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(workers[0], Signal::KILL);
+    server.wait_line(&format!("worker {} exited", workers[0]));
+    let replacement = server.wait_for("a replacement", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| log::parse(l)?.worker_ready())
+            .map(|(pid, _)| pid)
+            .find(|pid| !workers.contains(pid))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let per_request = per_request.finish();
+    let keep_alive = keep_alive.finish();
+    // The socket stayed open in the supervising process: nobody was refused. Only what the
+    // killed worker had in flight (at most one request per client) failed.
+    let failures: Vec<&Failure> = per_request
+        .failures
+        .iter()
+        .chain(&keep_alive.failures)
+        .collect();
+    assert!(!failures.contains(&&Failure::Refused), "{failures:?}");
+    assert!(
+        failures.len() <= 6,
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(per_request.ok > 50, "{} served", per_request.ok);
+    assert!(serving_pids(&server, 2).contains(&replacement));
+    let pid_file_text = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(pid_file_text.trim(), server.pid.to_string());
+}
+
+#[test]
+fn sighup_replaces_every_worker_under_load_and_keeps_pid_and_connections() {
+    let scratch = Scratch::new("workers-restart");
+    let pid_file = scratch.0.join("hello.pid");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    let pid_arg = pid_file.to_str().unwrap();
+    command.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--pid-file",
+        pid_arg,
+    ]);
+    let server = Server::start(command);
+    let mut old = workers_ready(&server, 1, 2);
+    let keep_alive = Load::keep_alive(server.addr, 4);
+    let per_request = Load::per_request(server.addr, 2);
+    for generation in 2..=4 {
+        // Each restart runs the binary now at the start path.
+        scratch.install("hello", &binary());
+        restart(&server, generation);
+        let new = workers_ready(&server, generation, 2);
+        for pid in &old {
+            assert!(wait_gone(*pid, DEADLINE), "old worker {pid} still runs");
+            assert!(!new.contains(pid));
+        }
+        let exe = std::fs::read_link(format!("/proc/{}/exe", server.pid)).unwrap();
+        assert_eq!(exe, path, "the supervising process runs {}", exe.display());
+        old = new;
+    }
+    let keep_alive = keep_alive.finish();
+    let per_request = per_request.finish();
+    keep_alive.assert_no_failures();
+    per_request.assert_no_failures();
+    // Keep-alive connections moved to the new workers: no client reconnected.
+    assert_eq!(keep_alive.connects, 4, "keep-alive clients reconnected");
+    assert!(keep_alive.pids.iter().any(|pid| old.contains(pid)));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        server.pid.to_string()
+    );
+    no_zombies(server.pid);
+}
+
+/// Polls until `pid` has no unreaped children (the reaper runs on SIGCHLD, shortly after).
+fn no_zombies(pid: u32) {
+    let deadline = Instant::now() + DEADLINE;
+    while !common::zombie_children(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "zombies of {pid}: {:?}",
+            common::zombie_children(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn hello_reload_exits_zero_after_a_good_restart_and_one_with_the_reason_after_a_bad_one() {
+    let scratch = Scratch::new("workers-reload");
+    let pid_file = scratch.0.join("hello.pid");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    let pid_arg = pid_file.to_str().unwrap();
+    command.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--pid-file",
+        pid_arg,
+    ]);
+    let server = Server::start(command);
+    workers_ready(&server, 1, 1);
+    let reload = |timeout: &str| {
+        let mut command = Command::new(example("hello"));
+        command.args(["reload", "--pid-file", pid_arg, "--timeout", timeout]);
+        command.output().expect("run hello reload")
+    };
+    let good = reload("15s");
+    assert!(good.status.success(), "{good:?}");
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(text.contains(&format!("{} serves", server.pid)), "{text}");
+    let [serving] = workers_ready(&server, 2, 1)[..] else {
+        panic!("one worker in generation 2")
+    };
+
+    scratch.install("hello", b"#!/bin/sh\necho 'broken build' >&2\nexit 3\n");
+    let bad = reload("15s");
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        text.contains("the restart failed") && text.contains("exit status: 3"),
+        "{text}"
+    );
+    // The old worker serves on.
+    assert_eq!(common::serving_pid(server.addr), serving);
+    let missing = Command::new(example("hello"))
+        .args(["reload", "--pid-file", "/nonexistent/x.pid"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.pid"));
+}
+
+#[test]
+fn a_worker_that_keeps_dying_is_replaced_with_growing_pauses() {
+    let server = Server::hello(&["--workers", "1"]);
+    let mut worker = workers_ready(&server, 1, 1)[0];
+    for _ in 0..4 {
+        signal(worker, Signal::KILL);
+        worker = server.wait_for("the next worker", |lines| {
+            lines
+                .iter()
+                .filter_map(|l| log::parse(l)?.worker_ready())
+                .map(|(pid, _)| pid)
+                .next_back()
+                .filter(|&pid| pid != worker)
+        });
+    }
+    let pauses: Vec<String> = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("unexpectedly"))
+        .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        .collect();
+    // The first death is replaced at once, then 100 ms, 200 ms, 400 ms.
+    assert_eq!(
+        pauses,
+        ["it", "100ms", "200ms", "400ms"],
+        "{}",
+        server.dump()
+    );
+    assert_eq!(
+        common::get(server.addr, "/hello").unwrap().pid(),
+        Some(worker)
+    );
+    // Waiting is not spinning.
+    assert!(common::status_cpu_ticks(server.pid) < 50);
+}
+
+#[test]
+fn ctrl_c_to_the_process_group_drains_every_worker_and_starts_none() {
+    let mut command = Command::new(example("hello"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--workers", "2"])
+        .process_group(0);
+    let mut server = Server::start(command);
+    workers_ready(&server, 1, 2);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=500"));
+    std::thread::sleep(Duration::from_millis(150));
+    let spawned_before = server.count("spawned child");
+    let group = rustix::process::Pid::from_raw(server.pid as i32).unwrap();
+    rustix::process::kill_process_group(group, Signal::INT).unwrap();
+    let reply = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(reply.status, 200);
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    assert_eq!(
+        server.count("spawned child"),
+        spawned_before,
+        "{}",
+        server.dump()
+    );
+    assert_eq!(server.count("replacing it"), 0, "{}", server.dump());
+}
+
+#[test]
+fn as_pid_1_of_a_new_namespace_restarts_keep_serving_and_orphans_are_reaped() {
+    let scratch = Scratch::new("workers-pid1");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0", "--drain-timeout", "2s"]);
+    let mut server = Server::start_in_pid_namespace(command);
+    server.wait_line("baton[1]: supervising 1 worker as PID 1");
+    workers_ready(&server, 1, 1);
+
+    let keep_alive = Load::keep_alive(server.addr, 2);
+    let per_request = Load::per_request(server.addr, 2);
+    for generation in 2..=6 {
+        scratch.install("hello", &binary());
+        restart(&server, generation);
+        workers_ready(&server, generation, 1);
+    }
+    let keep_alive = keep_alive.finish();
+    let per_request = per_request.finish();
+    keep_alive.assert_no_failures();
+    per_request.assert_no_failures();
+    assert!(per_request.ok > 20, "{} served", per_request.ok);
+    // Still the namespace's init, now running the binary at the start path.
+    assert!(common::alive(server.pid));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", server.pid)).unwrap();
+    assert_eq!(exe, path);
+
+    // A handler's orphan is reparented to PID 1 and reaped when it exits.
+    let reply = common::get(server.addr, "/orphan?ms=200").unwrap();
+    let orphan = reply.body.trim().to_owned();
+    server.wait_line(&format!("baton[1]: child {orphan} exited"));
+    no_zombies(server.pid);
+
+    signal(server.pid, Signal::TERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(4)),
+        Some(0),
+        "{}",
+        server.dump()
+    );
+}
+
+#[test]
+fn workers_zero_keeps_the_single_process_model() {
+    let server = Server::hello(&["--workers", "0"]);
+    assert_eq!(common::serving_pid(server.addr), server.pid);
+    assert_eq!(server.count("supervising"), 0);
+}
+
+/// Bad input for the supervising process's own state is refused with its name.
+#[test]
+fn a_malformed_supervisor_state_is_a_clear_error() {
+    let output = Command::new(example("hello"))
+        .args(["--addr", "127.0.0.1:0"])
+        .env("BATON_SUPERVISOR", "{not json")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("BATON_SUPERVISOR"), "{text}");
+}
