@@ -71,9 +71,9 @@ pub(crate) async fn serve<F, Fut>(
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
     let drain_started = std::pin::pin!(drain.started());
-    let mut idle = Idle::new(drain_started, &options);
+    let mut idle = Idle::new(drain_started, &options, None);
     loop {
-        if !idle.wait(&io.0, &drain, &options).await {
+        if idle.wait(&io.0, &drain, &options, None).await != Waited::Readable {
             break;
         }
         let head = async { Head::Decoded(async_h1::server::decode(io.clone()).await) };

@@ -131,9 +131,36 @@ impl Signals {
     /// meanwhile is handled now.
     pub(crate) fn register() -> io::Result<Signals> {
         use async_signal::Signal as S;
+        // Held while the stream is set up, so that any helper thread it starts (async-io's)
+        // inherits a mask that holds them: then only this thread, and the threads it starts
+        // later, take them, and holding them here holds them for the process (see
+        // `Signals::requeue`).
+        mask(libc::SIG_BLOCK, &HANDLED)?;
         let signals = Stream::new([S::Hup, S::Usr2, S::Int, S::Quit, S::Term, S::Child])?;
         mask(libc::SIG_UNBLOCK, &HANDLED)?;
         Ok(Signals(signals))
+    }
+
+    /// Before this process replaces its image: holds every handled signal on this thread, and
+    /// sends the ones that arrived but were not read yet back to the process, where they stay
+    /// pending across the `execve` instead of being lost with the handler's pipe.
+    pub(crate) async fn requeue(&mut self) -> io::Result<()> {
+        mask(libc::SIG_BLOCK, &HANDLED)?;
+        while let Some(Ok((signal, _))) = smol::future::poll_once(self.next()).await {
+            let number = match signal {
+                Signal::Hup => libc::SIGHUP,
+                Signal::Usr2 => libc::SIGUSR2,
+                Signal::Int => libc::SIGINT,
+                Signal::Quit => libc::SIGQUIT,
+                Signal::Term => libc::SIGTERM,
+                Signal::Child => libc::SIGCHLD,
+            };
+            // SAFETY: kill(2) on this process's own pid; it sends a signal, nothing more.
+            unsafe {
+                libc::kill(libc::getpid(), number);
+            }
+        }
+        Ok(())
     }
 
     /// The next signal, and what it asks for. Signals of one kind that arrive while none is

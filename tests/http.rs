@@ -322,3 +322,28 @@ fn an_unread_body_is_skipped_and_the_connection_reused() {
     assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
     assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
 }
+
+/// Methods are case-sensitive (RFC 9110 §9.1): `head` is not HEAD, and is refused with the
+/// connection closed, so no proxy can be made to wait for a body that never comes.
+#[test]
+fn a_lowercase_method_is_not_head_and_is_refused() {
+    let reply = until_close(
+        &server_for_methods(),
+        b"head /hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 501 "), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    let reply = until_close(
+        &server_for_methods(),
+        b"HEAD /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(
+        !reply.contains("Hello from"),
+        "a HEAD reply with a body: {reply}"
+    );
+}
+
+fn server_for_methods() -> Server {
+    Server::hello(&[])
+}

@@ -231,3 +231,31 @@ fn a_stalled_body_the_handler_ignored_closes_the_connection_at_the_body_timeout(
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     assert!(answered.elapsed() < DEADLINE);
 }
+
+/// A connection that never sends a byte gets 408 at the header timeout from its accept (not
+/// the keep-alive timeout), so silent sockets cannot hold `max_connections` slots.
+#[test]
+fn silent_connections_get_408_at_the_header_timeout_and_free_their_slots() {
+    let server = Server::hello(&["--header-timeout", "400ms", "--max-connections", "2"]);
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    for stream in &mut silent {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "silent connections were cut after {took:?}"
+    );
+    // Their slots are free again (once the clients close their side too).
+    drop(silent);
+    let mut next = TcpStream::connect(server.addr).unwrap();
+    next.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(hello_on(&mut next).status, 200);
+}

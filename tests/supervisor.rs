@@ -150,3 +150,35 @@ fn hello_reload_names_the_successor_in_the_single_process_model() {
     assert_eq!(text.trim(), format!("restarted: {successor} serves"));
     assert!(wait_gone(server.pid, DEADLINE));
 }
+
+/// A supervising process names itself as MAINPID before and after a restart, and says how
+/// many workers serve; its workers send nothing (they do not see NOTIFY_SOCKET).
+#[test]
+fn a_supervising_process_keeps_mainpid_and_reports_its_workers() {
+    let scratch = Scratch::new("notify-workers");
+    let (socket, path) = notify_socket(&scratch);
+    let mut command = Command::new(example("hello"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--workers", "2"])
+        .env("NOTIFY_SOCKET", &path);
+    let server = Server::start(command);
+    let mut seen = Vec::new();
+    until(&socket, "READY=1", &mut seen);
+    let ready = format!(
+        "MAINPID={}\nREADY=1\nSTATUS=2 workers serving (generation 1)\n",
+        server.pid
+    );
+    assert_eq!(seen, [ready]);
+    signal(server.pid, Signal::HUP);
+    until(&socket, "generation 2", &mut seen);
+    assert!(seen[1].starts_with("RELOADING=1"), "{seen:?}");
+    let ready = format!(
+        "MAINPID={}\nREADY=1\nSTATUS=2 workers serving (generation 2)\n",
+        server.pid
+    );
+    assert_eq!(seen[2], ready);
+    signal(server.pid, Signal::TERM);
+    until(&socket, "STOPPING=1", &mut seen);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(wait_gone(server.pid, DEADLINE));
+}

@@ -278,3 +278,28 @@ fn plain_and_tls_listeners_side_by_side() {
     let mut stream = connect(tls_addr, &setup.authority.client()).unwrap();
     assert_eq!(get(&mut stream, "/hello").unwrap().pid(), Some(next));
 }
+
+/// A certificate and key with no `tls:` address is refused at start-up, with what to add:
+/// the user asked for TLS and must not get plain HTTP without a word.
+#[test]
+fn tls_files_without_a_tls_address_are_refused_with_what_to_add() {
+    let setup = setup("tls-no-address");
+    let output = Command::new(example("hello"))
+        .args(["--addr", "127.0.0.1:0", "--tls-cert"])
+        .arg(&setup.cert)
+        .arg("--tls-key")
+        .arg(&setup.key)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("no address is a tls: one"), "{text}");
+    // And a tls: address without them.
+    let output = Command::new(example("hello"))
+        .args(["--addr", "tls:127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("needs a certificate and key"), "{text}");
+}

@@ -78,7 +78,9 @@ pub(crate) async fn serve<F, Fut>(
         local,
         tls,
         pending,
+        fresh,
     } = incoming;
+    let first_head = fresh.then(|| Instant::now() + options.header_timeout);
     let Some(stream) = handshake(stream, tls, options.header_timeout).await else {
         return;
     };
@@ -90,9 +92,10 @@ pub(crate) async fn serve<F, Fut>(
         eager: EagerRead::default(),
         drain: &drain,
         options,
+        first_head,
     };
     let drain_started = std::pin::pin!(drain.started());
-    let mut idle = Idle::new(drain_started, &options);
+    let mut idle = Idle::new(drain_started, &options, first_head);
     while let Some(next) = conn.next(&mut idle).await {
         match conn.answer(next, &*handler).await {
             After::KeepAlive => idle.restart(),
@@ -115,6 +118,9 @@ struct Connection<'d> {
     eager: EagerRead,
     drain: &'d Rc<Drain>,
     options: Options,
+    /// Until the first request head is read: when it must be complete (accept + header
+    /// timeout).
+    first_head: Option<Instant>,
 }
 
 impl Connection<'_> {
@@ -140,16 +146,30 @@ impl Connection<'_> {
                 Err(_) => return None,
             }
         }
-        if self.buf.pending().is_empty() && !idle.wait(io, drain, options).await {
-            // Idle when a drain started: hand over if possible, else close.
-            if drain.is_draining() {
-                hand_over(io, drain, &self.requests, self.buf.pending()).await;
+        let first_head = self.first_head.take();
+        if self.buf.pending().is_empty() {
+            match idle.wait(io, drain, options, first_head).await {
+                Waited::Readable => {}
+                Waited::HeadTimedOut => {
+                    let reject = Reject::HeadTimedOut;
+                    refuse(io, &mut self.out, reject.status(), &reject.to_string()).await;
+                    return None;
+                }
+                Waited::Close => {
+                    // Idle when a drain started: hand over if possible, else close.
+                    if drain.is_draining() {
+                        hand_over(io, drain, &self.requests, self.buf.pending()).await;
+                    }
+                    return None;
+                }
             }
-            return None;
         }
         let next = next_request(io, &mut self.buf, &mut self.requests, options);
         let timeout = async {
-            Timer::after(options.header_timeout).await;
+            match first_head {
+                Some(deadline) => Timer::at(deadline).await,
+                None => Timer::after(options.header_timeout).await,
+            };
             Err(HeadError::TimedOut)
         };
         let reject = match next.or(timeout).await {
@@ -276,6 +296,9 @@ pub(crate) struct Incoming {
     pub(crate) tls: Option<Tls>,
     /// Bytes already read from it (by the process that handed it over) and not yet parsed.
     pub(crate) pending: Vec<u8>,
+    /// Accepted here (not handed over mid-life): its first request head must arrive within
+    /// `header_timeout` of the accept, so a silent connection cannot hold a slot longer.
+    pub(crate) fresh: bool,
 }
 
 /// The TLS acceptor of a `tls:` listener (nothing without the `tls` feature).
@@ -379,16 +402,26 @@ async fn next_request(
 pub(crate) struct Idle<'a, D> {
     drain_started: Pin<&'a mut D>,
     timer: Timer,
+    /// When `timer` fires.
+    armed: Instant,
     since: Instant,
 }
 
 impl<'a, D: Future<Output = ()>> Idle<'a, D> {
-    /// `drain_started` is the connection's pinned `Drain::started()`.
-    pub(crate) fn new(drain_started: Pin<&'a mut D>, options: &Options) -> Self {
+    /// `drain_started` is the connection's pinned `Drain::started()`; `first_head`, when the
+    /// first request head is due (see [`Idle::wait`]).
+    pub(crate) fn new(
+        drain_started: Pin<&'a mut D>,
+        options: &Options,
+        first_head: Option<Instant>,
+    ) -> Self {
+        let since = Instant::now();
+        let armed = first_head.unwrap_or(since + options.keep_alive_timeout);
         Idle {
             drain_started,
-            timer: Timer::after(options.keep_alive_timeout),
-            since: Instant::now(),
+            timer: Timer::at(armed),
+            armed,
+            since,
         }
     }
 
@@ -397,16 +430,29 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
         self.since = Instant::now();
     }
 
-    /// Waits until the client sends something (or closes). Returns `false` if the connection
-    /// should be closed instead: idle past the keep-alive timeout, or idle through the grace
-    /// of a drain.
-    pub(crate) async fn wait(&mut self, io: &Stream, drain: &Drain, options: &Options) -> bool {
+    /// Waits until the client sends something (or closes): [`Waited::Readable`]. Or the
+    /// connection should be closed instead: idle past the keep-alive timeout, or through the
+    /// grace of a drain ([`Waited::Close`]), or, before its first request, past `first_head`
+    /// ([`Waited::HeadTimedOut`]).
+    pub(crate) async fn wait(
+        &mut self,
+        io: &Stream,
+        drain: &Drain,
+        options: &Options,
+        first_head: Option<Instant>,
+    ) -> Waited {
         let Idle {
             drain_started,
             timer,
+            armed,
             since,
         } = self;
-        let readable = async { io.readable().await.is_ok() };
+        let readable = async {
+            match io.readable().await {
+                Ok(()) => Waited::Readable,
+                Err(_) => Waited::Close,
+            }
+        };
         let grace = async {
             // Once draining, the drain future has completed and must not be polled again.
             if !drain.is_draining() {
@@ -416,22 +462,43 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
             if !relayable(io, drain) {
                 Timer::after(options.idle_grace).await;
             }
-            false
+            Waited::Close
         };
         let idle = async {
-            let deadline = *since + options.keep_alive_timeout;
+            let kept = *since + options.keep_alive_timeout;
+            let deadline = first_head.map_or(kept, |first| first.min(kept));
+            if *armed > deadline {
+                // Armed for the first head, which came: the keep-alive deadline is sooner.
+                timer.set_at(deadline);
+                *armed = deadline;
+            }
             loop {
                 if Instant::now() >= deadline {
-                    return false;
+                    return match first_head {
+                        Some(first) if first <= kept => Waited::HeadTimedOut,
+                        _ => Waited::Close,
+                    };
                 }
                 // The timer may still hold an earlier deadline: re-arm it only when it fires,
                 // not on every request.
                 (&mut *timer).await;
                 timer.set_at(deadline);
+                *armed = deadline;
             }
         };
         readable.or(grace).or(idle).await
     }
+}
+
+/// What ended [`Idle::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The client sent something (or closed: the read finds out).
+    Readable,
+    /// Idle too long, or through a drain's grace.
+    Close,
+    /// No first request head within the header timeout of the accept: answer 408.
+    HeadTimedOut,
 }
 
 /// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,

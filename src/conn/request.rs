@@ -32,6 +32,11 @@ impl Requests {
     }
 
     pub(super) fn build(&mut self, head: &codec::Head<'_, '_>) -> Result<Request, Reject> {
+        // Methods are case-sensitive (RFC 9110 §9.1), and http-types' parser is not: `head`
+        // would be taken for HEAD. Every method it knows is upper case.
+        if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(Reject::NotImplemented("method"));
+        }
         let method = Method::from_str(head.method).map_err(|_| Reject::NotImplemented("method"))?;
         let host = head.host.unwrap_or(self.local_text.as_bytes());
         let mut url = match &self.base {

@@ -119,6 +119,9 @@ impl Supervising {
             on_event: emit,
             ..
         } = server;
+        // Certificates are checked here too, so a broken set fails at start-up, not in every
+        // worker (each worker loads them itself, so a restart rotates them).
+        crate::server::load_tls(&listeners, &config.tls_files)?;
         let pid1 = std::process::id() == 1;
         if !pid1 {
             // Successors and orphans of workers stay this process's children.
@@ -189,8 +192,8 @@ impl Supervising {
         if self.workers.is_empty() {
             starting = Some(self.start_workers(executor, true)?);
         } else {
+            // Resumed after an exec: systemd heard READY before it; collect what exited since.
             self.reap();
-            self.ready();
         }
         let signal = loop {
             let respawn_due = starting.is_none() && self.workers.len() < self.count;
@@ -228,7 +231,11 @@ impl Supervising {
                 }
                 Wake::Started(outcome) => {
                     let restart = starting.take().is_some_and(|s| s.restart);
-                    self.started(restart, outcome);
+                    if self.started(restart, outcome) {
+                        if let Err(error) = self.reexec().await {
+                            (self.emit)(&Event::ReexecFailed { error: &error });
+                        }
+                    }
                 }
                 Wake::Signal(signal) => {
                     let (signal, command) = signal?;
@@ -323,15 +330,19 @@ impl Supervising {
         Ok(Starting { restart, task })
     }
 
-    /// New workers are ready, or one of them failed.
-    fn started(&mut self, restart: bool, outcome: Started) {
+    /// New workers are ready, or one of them failed. `true`: a restart is complete, and this
+    /// process should now re-execute itself.
+    fn started(&mut self, restart: bool, outcome: Started) -> bool {
         let ready = match outcome {
             Ok(ready) => ready,
-            Err((pid, error)) if restart => return self.restart_failed(pid, &error),
+            Err((pid, error)) if restart => {
+                self.restart_failed(pid, &error);
+                return false;
+            }
             Err((pid, error)) => {
                 (self.emit)(&Event::SpawnFailed { pid, error: &error });
                 self.quick_death();
-                return;
+                return false;
             }
         };
         if restart || self.generation == 0 {
@@ -376,10 +387,8 @@ impl Supervising {
                 workers: self.workers.len(),
             });
             self.notify.restart_outcome(std::process::id(), None);
-            if let Err(error) = self.reexec() {
-                (self.emit)(&Event::ReexecFailed { error: &error });
-            }
         }
+        restart
     }
 
     fn restart_failed(&mut self, pid: Option<u32>, error: &io::Error) {
@@ -517,7 +526,13 @@ impl Supervising {
     /// Replaces this process's image with the binary now at its start path, in place (the PID
     /// stays), carrying the listeners, the workers' control channels and the generation.
     /// Returns only if the exec failed; this process then carries on as it was.
-    fn reexec(&self) -> io::Result<()> {
+    async fn reexec(&mut self) -> io::Result<()> {
+        // From here, signals stay pending (and survive the exec) instead of reaching a
+        // handler whose pipe the exec discards.
+        if let Err(error) = self.signals.requeue().await {
+            let _ = crate::signals::mask(libc::SIG_UNBLOCK, &crate::signals::HANDLED);
+            return Err(error);
+        }
         let carried = Carried {
             generation: self.generation,
             workers: Vec::new(),

@@ -3,6 +3,8 @@
 
 mod run;
 
+pub(crate) use run::load_tls;
+
 use std::fmt;
 use std::future::Future;
 use std::io;

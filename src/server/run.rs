@@ -96,6 +96,7 @@ where
             local: handed.local,
             tls: None,
             pending: handed.pending,
+            fresh: false,
         };
         self.spawn(incoming, drain, drain.connection());
     }
@@ -416,6 +417,7 @@ where
             local: listener.local_text.clone(),
             tls,
             pending: Vec::new(),
+            fresh: true,
         };
         self.connections.spawn(incoming, &self.drain, counted);
     }
@@ -672,13 +674,21 @@ fn reap(children: &mut Vec<Child>, emit: &dyn Fn(&Event<'_>)) {
 }
 
 /// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
-/// needs one.
-fn load_tls(
+/// needs one. Certificate files without a `tls:` listener are refused too: the user asked for
+/// TLS and would otherwise get plain HTTP without a word.
+pub(crate) fn load_tls(
     listeners: &[Listener],
     files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
 ) -> io::Result<Option<conn::Tls>> {
     if !listeners.iter().any(|l| l.tls) {
-        return Ok(None);
+        return match files {
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TLS certificate and key are set (Server::tls_files, hello --tls-cert \
+                 --tls-key) but no address is a tls: one: add one such as tls:127.0.0.1:8443",
+            )),
+            None => Ok(None),
+        };
     }
     #[cfg(feature = "tls")]
     match files {
