@@ -9,7 +9,9 @@
 //! with a body of unknown length (sent chunked), `GET /count` counts its calls across
 //! restarts (the count is handed to each successor), `GET /child-env` starts `env` and answers
 //! with the names of the variables that child process sees, `GET /orphan?ms=N` leaves a
-//! process behind that exits N ms later (and answers its pid); anything else is 404.
+//! process behind that exits N ms later (and answers its pid), `GET /events` serves
+//! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
+//! starts); anything else is 404.
 
 use std::cell::Cell;
 use std::process::ExitCode;
@@ -17,6 +19,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use http_types::{Method, Request, Response, StatusCode};
+use smol::stream::Stream as _;
 
 /// The longest `/slow` waits.
 const SLOW_CAP_MS: u64 = 60_000;
@@ -223,6 +226,21 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
                 String::from_utf8_lossy(&output.stdout).into_owned(),
             ))
         }
+        (Method::Get, "/events") => {
+            // Server-sent events, one every 100 ms, from the one after the client's
+            // Last-Event-ID; the stream ends (cleanly) when this process starts draining, and
+            // the client reconnects, to whichever process serves then.
+            let after = req
+                .header("last-event-id")
+                .and_then(|v| v.as_str().trim().parse::<u64>().ok());
+            let mut response = Response::new(StatusCode::Ok);
+            response.insert_header("content-type", "text/event-stream");
+            response.insert_header("cache-control", "no-store");
+            let events = Events::new(after.map_or(0, |id| id + 1), pid);
+            let events = smol::io::BufReader::new(events);
+            response.set_body(http_types::Body::from_reader(events, None));
+            Ok(response)
+        }
         (Method::Get, "/stream") => {
             // A body of unknown length: sent chunked.
             let lines = query(&req, "lines").unwrap_or(3).min(10_000);
@@ -234,10 +252,60 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             response.set_body(http_types::Body::from_reader(reader, None));
             Ok(response)
         }
-        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/child-env" | "/orphan") => {
+        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/child-env" | "/orphan") => {
             Ok(Response::new(StatusCode::MethodNotAllowed))
         }
         _ => Ok(Response::new(StatusCode::NotFound)),
+    }
+}
+
+/// The `/events` body: `retry:` once, then an event every 100 ms until the drain starts.
+struct Events {
+    next: u64,
+    pid: u32,
+    tick: async_io::Timer,
+    draining: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    /// Bytes of the current event not yet read.
+    pending: Vec<u8>,
+}
+
+impl Events {
+    fn new(first: u64, pid: u32) -> Events {
+        Events {
+            next: first,
+            pid,
+            tick: async_io::Timer::interval(Duration::from_millis(100)),
+            draining: Box::pin(baton::draining()),
+            // Reconnect at once after the stream ends (a restart): the successor is serving.
+            pending: b"retry: 0\n\n".to_vec(),
+        }
+    }
+}
+
+impl smol::io::AsyncRead for Events {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            if this.draining.as_mut().poll(cx).is_ready() {
+                // The end of the stream: the last event is whole, the body ends cleanly.
+                return Poll::Ready(Ok(0));
+            }
+            if std::pin::Pin::new(&mut this.tick).poll_next(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let event = format!("id: {}\ndata: event {} from {}\n\n", this.next, this.next, this.pid);
+            this.pending = event.into_bytes();
+            this.next += 1;
+        }
+        let n = buf.len().min(this.pending.len());
+        buf[..n].copy_from_slice(&this.pending[..n]);
+        this.pending.drain(..n);
+        Poll::Ready(Ok(n))
     }
 }
 

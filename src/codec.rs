@@ -449,8 +449,9 @@ pub(crate) struct ResponseHead<'a> {
 
 impl ResponseHead<'_> {
     /// Appends the head to `out`: the status line, the handler's fields except the framing
-    /// ones this head decides (`content-length`, `transfer-encoding`, `connection`), a `date`
-    /// unless the handler set one, the framing, and the blank line.
+    /// ones this head decides (`content-length`, `transfer-encoding`, `connection`, except
+    /// on a 101, whose `connection: upgrade` is the handler's), a `date` unless the handler
+    /// set one, the framing, and the blank line.
     pub(crate) fn encode<'f>(
         &self,
         fields: impl Iterator<Item = (&'f str, &'f str)>,
@@ -467,7 +468,8 @@ impl ResponseHead<'_> {
         out.extend_from_slice(b"\r\n");
         let mut has_date = false;
         for (name, value) in fields {
-            if matches!(name, "content-length" | "transfer-encoding" | "connection") {
+            let framing = matches!(name, "content-length" | "transfer-encoding");
+            if framing || (name == "connection" && self.status != 101) {
                 continue;
             }
             has_date |= name == "date";

@@ -14,11 +14,25 @@ use smol::channel::{self, Receiver, Sender};
 thread_local! {
     /// Whether the server on this thread is draining, for handlers: see [`crate::is_draining`].
     static DRAINING: Cell<bool> = const { Cell::new(false) };
+    /// Closed when this thread's server starts draining; replaced if it serves again.
+    static NOTICE: std::cell::RefCell<(Sender<()>, Receiver<()>)> =
+        std::cell::RefCell::new(channel::bounded(1));
 }
 
 /// Serving again after a drain was given up (the successor died during it).
 pub(crate) fn resume() {
     DRAINING.with(|flag| flag.set(false));
+    NOTICE.with(|notice| *notice.borrow_mut() = channel::bounded(1));
+}
+
+/// A future that completes once the server on this thread starts draining (at once if it
+/// already is). The future itself can move to any thread.
+pub(crate) fn notice() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let receiver = NOTICE.with(|notice| notice.borrow().1.clone());
+    async move {
+        // Never carries a message: recv returns when the sender is closed.
+        let _ = receiver.recv().await;
+    }
 }
 
 /// `true` once the server running on this thread has started draining.
@@ -31,6 +45,8 @@ pub(crate) struct Drain {
     draining: Cell<bool>,
     connections: Cell<usize>,
     requests: Cell<usize>,
+    /// Connections upgraded (101) and still open.
+    upgraded: Cell<usize>,
     /// Closed when draining starts; every waiter wakes.
     started: (Sender<()>, Receiver<()>),
     /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
@@ -45,6 +61,7 @@ impl Drain {
             draining: Cell::new(false),
             connections: Cell::new(0),
             requests: Cell::new(0),
+            upgraded: Cell::new(0),
             started: channel::bounded(1),
             ended: channel::bounded(1),
             relay: std::cell::RefCell::new(None),
@@ -65,11 +82,22 @@ impl Drain {
         self.requests.get()
     }
 
+    pub(crate) fn upgraded_open(&self) -> usize {
+        self.upgraded.get()
+    }
+
+    /// Counts an upgraded connection (beside its connection guard) until the guard drops.
+    pub(crate) fn upgraded(self: &Rc<Self>) -> UpgradedGuard {
+        self.upgraded.set(self.upgraded.get() + 1);
+        UpgradedGuard(self.clone())
+    }
+
     /// Marks the process as draining: connections answer with `Connection: close` from now on
     /// and idle ones close after their grace.
     pub(crate) fn start(&self) {
         self.draining.set(true);
         DRAINING.with(|flag| flag.set(true));
+        NOTICE.with(|notice| notice.borrow().0.close());
         self.started.0.close();
     }
 
@@ -130,6 +158,15 @@ impl Drop for ConnectionGuard {
 }
 
 /// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct UpgradedGuard(Rc<Drain>);
+
+impl Drop for UpgradedGuard {
+    fn drop(&mut self) {
+        self.0.upgraded.set(self.0.upgraded.get() - 1);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct RequestGuard(Rc<Drain>);
 

@@ -137,6 +137,8 @@ pub enum Event<'a> {
         cut: usize,
         /// Connections still open at that point.
         dropped: usize,
+        /// Of those, upgraded connections (WebSockets, say).
+        upgraded: usize,
     },
 }
 
@@ -243,10 +245,20 @@ impl fmt::Display for Event<'_> {
             Event::ReexecFailed { error } => {
                 write!(f, "re-executing in place failed: {error}; carrying on")
             }
-            Event::Exiting { cut, dropped } => write!(
-                f,
-                "exiting: {cut} requests cut by the drain timeout, {dropped} connections dropped"
-            ),
+            Event::Exiting {
+                cut,
+                dropped,
+                upgraded,
+            } => {
+                write!(
+                    f,
+                    "exiting: {cut} requests cut by the drain timeout, {dropped} connections dropped"
+                )?;
+                if *upgraded > 0 {
+                    write!(f, " ({upgraded} of them upgraded)")?;
+                }
+                Ok(())
+            }
         }
     }
 }

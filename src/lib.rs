@@ -125,6 +125,14 @@ pub use event::Event;
 pub fn is_draining() -> bool {
     drain::is_draining()
 }
+
+/// Completes when the server serving on this thread starts draining (at once if it already
+/// is): call it in a handler, and await it wherever the long-lived work runs (the future can
+/// move to another thread). A streaming response or an upgraded connection (a WebSocket)
+/// uses it to end cleanly: end the body, or send close code 1012 (service restart).
+pub fn draining() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    drain::notice()
+}
 pub use listener::{Address, LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};

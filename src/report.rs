@@ -13,6 +13,9 @@ pub struct Report {
     pub cut: usize,
     /// Connections still open at that point.
     pub dropped: usize,
+    /// Of those, upgraded connections (WebSockets, say) that had not closed by then: closed
+    /// with the process, not counted in `cut`.
+    pub upgraded: usize,
 }
 
 impl Report {

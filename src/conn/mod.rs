@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use http_types::{Request, Response};
+use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
@@ -36,6 +36,7 @@ mod body;
 mod buf;
 mod request;
 mod response;
+mod upgrade;
 
 use body::{BodyState, Inbound};
 use buf::{EagerRead, ReadBuf};
@@ -210,12 +211,25 @@ impl Connection<'_> {
             &mut self.buf,
             options,
         );
-        let response = match handler(request).await {
+        let mut response = match handler(request).await {
             Ok(response) => response,
             Err(error) => error_response(error),
         };
         // Take the read buffer back from the body reader, whatever the handler did with it.
         let body = inbound.map(|shared| Inbound::take_back(&shared, &mut self.buf));
+        if response.status() == StatusCode::SwitchingProtocols {
+            let upgrade = (response.has_upgrade() && body.is_none() && minor == 1)
+                .then(|| response.send_upgrade());
+            let timeout = options.write_timeout;
+            let written =
+                write_response(io, &mut self.out, response, method, minor, false, timeout).await;
+            drop(in_flight);
+            return match (written, upgrade) {
+                (Ok(()), Some(upgrade)) => self.upgrade(upgrade).await,
+                // A 101 the handler takes no connection for: nothing can follow on it.
+                _ => After::Gone,
+            };
+        }
         let (response, after) = decide(response, keep_alive, body, io, self.drain);
         let close_after = after == After::Close;
         let timeout = options.write_timeout;
@@ -236,6 +250,23 @@ impl Connection<'_> {
             After::Discard(_) => After::KeepAlive,
             other => other,
         }
+    }
+}
+
+impl Connection<'_> {
+    /// Hands the connection, with what the client sent past the head, to the handler's
+    /// upgrade receiver, and waits until the handler is done with it. It counts as open
+    /// (and upgraded) meanwhile.
+    async fn upgrade(&mut self, sender: http_types::upgrade::Sender) -> After {
+        let _upgraded = self.drain.upgraded();
+        let pending = self.buf.pending().to_vec();
+        let (upgraded, closed) = upgrade::Upgraded::new(self.io.clone(), pending);
+        sender
+            .send(http_types::upgrade::Connection::new(upgraded))
+            .await;
+        // Every sender gone: the handler dropped the connection (or never took it).
+        let _ = closed.recv().await;
+        After::Gone
     }
 }
 

@@ -506,12 +506,17 @@ impl Supervising {
             let _ = std::fs::remove_file(path);
         }
         let cut = self.unclean;
-        (self.emit)(&Event::Exiting { cut, dropped: 0 });
+        (self.emit)(&Event::Exiting {
+            cut,
+            dropped: 0,
+            upgraded: 0,
+        });
         self.notify.exited();
         Report {
             stop: Stop::Shutdown { signal },
             cut,
             dropped: 0,
+            upgraded: 0,
         }
     }
 

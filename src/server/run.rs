@@ -546,11 +546,12 @@ where
         let deadline = Timer::after(self.config.drain_timeout);
         self.hooks.draining().await;
         let ending = self.drain_ending(&mut successor, deadline).await;
-        let (cut, dropped) = match ending {
-            Ending::Drained => (0, 0),
+        let (cut, dropped, upgraded) = match ending {
+            Ending::Drained => (0, 0, 0),
             Ending::Cut => {
                 let (connections, requests) = self.open();
-                (requests, connections)
+                let all = self.earlier.iter().chain(std::iter::once(&self.drain));
+                (requests, connections, all.map(|d| d.upgraded_open()).sum())
             }
             Ending::SuccessorExited(pid, status) => {
                 // The successor is gone and this process still holds the sockets: serve again.
@@ -564,11 +565,20 @@ where
         };
         // Stop listening here (the sockets live on in the successor, if any).
         self.listeners = Listeners::new(Vec::new());
-        (self.emit)(&Event::Exiting { cut, dropped });
+        (self.emit)(&Event::Exiting {
+            cut,
+            dropped,
+            upgraded,
+        });
         if last {
             self.supervisor.exited();
         }
-        Phase::Done(Report { stop, cut, dropped })
+        Phase::Done(Report {
+            stop,
+            cut,
+            dropped,
+            upgraded,
+        })
     }
 
     /// Connections and requests open in this drain and the ones given up before it.

@@ -1,0 +1,144 @@
+//! HTTP/1.1 upgrades through the real `websocket` example, with a Rust WebSocket client over a
+//! real socket: the echo, bytes pipelined behind the handshake, close 1012 when a restart
+//! drains, and a socket that ignores the drain closed (and counted) at the drain timeout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use async_io::Async;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use common::{DEADLINE, Server, Signal, example, signal, wait_gone};
+use futures_util::StreamExt as _;
+use smol::future::FutureExt as _;
+
+type Socket = WebSocketStream<Async<TcpStream>>;
+
+fn websocket(args: &[&str]) -> Server {
+    let mut command = Command::new(example("websocket"));
+    command.args(["--addr", "127.0.0.1:0"]).args(args);
+    Server::start(command)
+}
+
+/// A client WebSocket on `/ws`.
+fn connect(addr: SocketAddr) -> Socket {
+    smol::block_on(async {
+        let stream = Async::<TcpStream>::connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/ws");
+        let (socket, response) = async_tungstenite::client_async(url, stream)
+            .await
+            .expect("the WebSocket handshake");
+        assert_eq!(response.status(), 101);
+        socket
+    })
+}
+
+/// The next message, within [`DEADLINE`].
+fn next(socket: &mut Socket) -> Option<Message> {
+    smol::block_on(async {
+        let message = async { socket.next().await.and_then(Result::ok) };
+        let late = async {
+            async_io::Timer::after(DEADLINE).await;
+            panic!("no WebSocket message within {DEADLINE:?}");
+        };
+        message.or(late).await
+    })
+}
+
+fn say(socket: &mut Socket, text: &str) -> String {
+    smol::block_on(socket.send(Message::text(text))).unwrap();
+    match next(socket) {
+        Some(Message::Text(reply)) => reply.to_string(),
+        other => panic!("expected a text reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_echo_answers_with_the_pid_over_an_upgraded_connection() {
+    let server = websocket(&[]);
+    let mut socket = connect(server.addr);
+    assert_eq!(say(&mut socket, "hi"), format!("{}: hi", server.pid));
+    assert_eq!(say(&mut socket, "again"), format!("{}: again", server.pid));
+    // A plain request beside it is served as usual.
+    assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
+}
+
+#[test]
+fn bytes_pipelined_behind_the_handshake_reach_the_upgraded_handler() {
+    let server = websocket(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // The handshake and a masked text frame "early", in one write.
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x80 | 5]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(b"early".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    stream.write_all(&bytes).unwrap();
+    // The 101 head, then whatever follows it.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed inside the head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(!head.contains("content-length"), "a 101 with a length: {head}");
+    let stream = Async::new(stream).unwrap();
+    let mut socket = smol::block_on(WebSocketStream::from_raw_socket(stream, Role::Client, None));
+    match next(&mut socket) {
+        Some(Message::Text(reply)) => assert_eq!(reply.as_str(), format!("{}: early", server.pid)),
+        other => panic!("expected the early message's echo, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_restart_closes_websockets_with_1012_and_the_successor_answers_the_reconnect() {
+    let server = websocket(&["--drain-timeout", "5s"]);
+    let mut socket = connect(server.addr);
+    assert_eq!(say(&mut socket, "before"), format!("{}: before", server.pid));
+    let next_pid = server.restart(server.pid);
+    match next(&mut socket) {
+        Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected close 1012, got {other:?}"),
+    }
+    // Reading on sends the client's half of the close handshake, as any client does.
+    assert!(next(&mut socket).is_none());
+    // It closed well before the drain timeout: the old process is gone soon after.
+    assert!(wait_gone(server.pid, Duration::from_secs(3)), "{}", server.dump());
+    let mut again = connect(server.addr);
+    assert_eq!(say(&mut again, "after"), format!("{next_pid}: after"));
+}
+
+#[test]
+fn a_websocket_that_ignores_the_drain_is_closed_at_the_timeout_and_counted() {
+    let server = websocket(&["--drain-timeout", "400ms", "--ignore-drain"]);
+    let mut socket = connect(server.addr);
+    assert_eq!(say(&mut socket, "x"), format!("{}: x", server.pid));
+    signal(server.pid, Signal::TERM);
+    let exiting = server.wait_line(&format!("baton[{}]: exiting", server.pid));
+    assert!(
+        exiting.ends_with("0 requests cut by the drain timeout, 1 connections dropped (1 of them upgraded)"),
+        "{exiting}"
+    );
+    assert!(wait_gone(server.pid, DEADLINE));
+    // The client sees the connection end.
+    assert!(next(&mut socket).is_none_or(|m| m.is_close()));
+}
