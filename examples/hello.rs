@@ -295,10 +295,16 @@ impl smol::io::AsyncRead for Events {
                 // The end of the stream: the last event is whole, the body ends cleanly.
                 return Poll::Ready(Ok(0));
             }
-            if std::pin::Pin::new(&mut this.tick).poll_next(cx).is_pending() {
+            if std::pin::Pin::new(&mut this.tick)
+                .poll_next(cx)
+                .is_pending()
+            {
                 return Poll::Pending;
             }
-            let event = format!("id: {}\ndata: event {} from {}\n\n", this.next, this.next, this.pid);
+            let event = format!(
+                "id: {}\ndata: event {} from {}\n\n",
+                this.next, this.next, this.pid
+            );
             this.pending = event.into_bytes();
             this.next += 1;
         }

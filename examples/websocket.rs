@@ -17,9 +17,9 @@ use std::time::Duration;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
 use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::Role;
 use futures_util::StreamExt as _;
 use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
@@ -64,7 +64,9 @@ fn main() -> ExitCode {
 }
 
 fn usage(message: &str) -> ExitCode {
-    eprintln!("{message}\nusage: websocket [--addr HOST:PORT] [--drain-timeout 5s] [--ignore-drain]");
+    eprintln!(
+        "{message}\nusage: websocket [--addr HOST:PORT] [--drain-timeout 5s] [--ignore-drain]"
+    );
     ExitCode::from(2)
 }
 
@@ -72,15 +74,24 @@ fn usage(message: &str) -> ExitCode {
 fn parse_seconds(text: &str) -> Option<Duration> {
     match text.strip_suffix("ms") {
         Some(ms) => ms.parse().ok().map(Duration::from_millis),
-        None => text.strip_suffix('s')?.parse().ok().map(Duration::from_secs_f64),
+        None => text
+            .strip_suffix('s')?
+            .parse()
+            .ok()
+            .map(Duration::from_secs_f64),
     }
 }
 
 async fn route(mut req: Request, pid: u32, ignore_drain: bool) -> http_types::Result<Response> {
     match (req.method(), req.url().path()) {
         (Method::Get, "/ws") => {
-            let upgrade = req.header("upgrade").map(|v| v.as_str().to_ascii_lowercase());
-            let Some(key) = req.header("sec-websocket-key").map(|v| v.as_str().to_owned()) else {
+            let upgrade = req
+                .header("upgrade")
+                .map(|v| v.as_str().to_ascii_lowercase());
+            let Some(key) = req
+                .header("sec-websocket-key")
+                .map(|v| v.as_str().to_owned())
+            else {
                 return Ok(Response::new(StatusCode::BadRequest));
             };
             if upgrade.as_deref() != Some("websocket") {

@@ -17,7 +17,9 @@ use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::conn::{DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, close, error_response, wants_close};
+use crate::conn::{
+    DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, Waited, close, error_response, wants_close,
+};
 use crate::drain::{ConnectionGuard, Drain};
 use crate::stream::Stream;
 

@@ -437,7 +437,7 @@ fn event_stream(addr: std::net::SocketAddr, last: Option<u64>) -> Vec<u64> {
         if line == "\r\n" {
             break;
         }
-        chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+        chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
     }
     assert!(chunked, "an event stream of unknown length is chunked");
     let mut text = Vec::new();

@@ -100,7 +100,10 @@ fn bytes_pipelined_behind_the_handshake_reach_the_upgraded_handler() {
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
-    assert!(!head.contains("content-length"), "a 101 with a length: {head}");
+    assert!(
+        !head.contains("content-length"),
+        "a 101 with a length: {head}"
+    );
     let stream = Async::new(stream).unwrap();
     let mut socket = smol::block_on(WebSocketStream::from_raw_socket(stream, Role::Client, None));
     match next(&mut socket) {
@@ -113,7 +116,10 @@ fn bytes_pipelined_behind_the_handshake_reach_the_upgraded_handler() {
 fn a_restart_closes_websockets_with_1012_and_the_successor_answers_the_reconnect() {
     let server = websocket(&["--drain-timeout", "5s"]);
     let mut socket = connect(server.addr);
-    assert_eq!(say(&mut socket, "before"), format!("{}: before", server.pid));
+    assert_eq!(
+        say(&mut socket, "before"),
+        format!("{}: before", server.pid)
+    );
     let next_pid = server.restart(server.pid);
     match next(&mut socket) {
         Some(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Restart),
@@ -122,7 +128,11 @@ fn a_restart_closes_websockets_with_1012_and_the_successor_answers_the_reconnect
     // Reading on sends the client's half of the close handshake, as any client does.
     assert!(next(&mut socket).is_none());
     // It closed well before the drain timeout: the old process is gone soon after.
-    assert!(wait_gone(server.pid, Duration::from_secs(3)), "{}", server.dump());
+    assert!(
+        wait_gone(server.pid, Duration::from_secs(3)),
+        "{}",
+        server.dump()
+    );
     let mut again = connect(server.addr);
     assert_eq!(say(&mut again, "after"), format!("{next_pid}: after"));
 }
@@ -135,7 +145,9 @@ fn a_websocket_that_ignores_the_drain_is_closed_at_the_timeout_and_counted() {
     signal(server.pid, Signal::TERM);
     let exiting = server.wait_line(&format!("baton[{}]: exiting", server.pid));
     assert!(
-        exiting.ends_with("0 requests cut by the drain timeout, 1 connections dropped (1 of them upgraded)"),
+        exiting.ends_with(
+            "0 requests cut by the drain timeout, 1 connections dropped (1 of them upgraded)"
+        ),
         "{exiting}"
     );
     assert!(wait_gone(server.pid, DEADLINE));

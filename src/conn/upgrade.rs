@@ -28,7 +28,10 @@ pub(crate) struct Upgraded {
 
 impl Upgraded {
     /// The connection, its unread bytes, and the receiver that ends when the handler drops it.
-    pub(crate) fn new(io: Arc<Stream>, pending: Vec<u8>) -> (Upgraded, smol::channel::Receiver<()>) {
+    pub(crate) fn new(
+        io: Arc<Stream>,
+        pending: Vec<u8>,
+    ) -> (Upgraded, smol::channel::Receiver<()>) {
         let (open, closed) = smol::channel::bounded(1);
         let upgraded = Upgraded {
             io,
@@ -62,7 +65,11 @@ impl AsyncRead for Upgraded {
 }
 
 impl AsyncWrite for Upgraded {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.io.poll_write(cx, buf)
     }
 
