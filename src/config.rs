@@ -119,6 +119,16 @@ pub(crate) mod timing {
     /// How long a failed successor's exit status is waited for after its pipe closed.
     pub(crate) const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 
+    /// (Supervising process) a worker that lived shorter than this died quickly: replacements
+    /// of workers that keep dying quickly wait, from [`FIRST_BACKOFF`], twice as long each
+    /// time, up to [`MOST_BACKOFF`].
+    pub(crate) const QUICK_DEATH: Duration = Duration::from_secs(5);
+    pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    pub(crate) const MOST_BACKOFF: Duration = Duration::from_secs(10);
+    /// (Supervising process) how long past the drain timeout retiring workers are waited for
+    /// before they are killed.
+    pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);
+
     /// How many tasks run between two checks for I/O readiness while tasks are ready to run.
     /// `LocalExecutor::run` checks every 200; connections that read their next request without
     /// waiting (see `conn`) keep the executor busy under load, so a connection that does wait

@@ -30,6 +30,7 @@ use smol::future::FutureExt as _;
 use smol::{LocalExecutor, Task};
 
 use crate::config::Config;
+use crate::config::timing::{FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH};
 use crate::event::Event;
 use crate::handoff::relay::Relay;
 use crate::handoff::{self, Exec, NotReady, Ready, Role};
@@ -43,14 +44,8 @@ mod state;
 
 use state::{Carried, CarriedWorker};
 
-/// A worker that lived shorter than this counts as a quick death for the back-off.
-const QUICK_DEATH: Duration = Duration::from_secs(5);
-/// The longest a crash loop waits between two attempts.
-const MOST_BACKOFF: Duration = Duration::from_secs(10);
 /// How many exit statuses of other children are kept for failed starts to look up.
 const REAPED_KEPT: usize = 32;
-/// How long after the drain timeout a retiring worker is waited for before SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// A serving worker.
 struct Worker {
@@ -413,7 +408,7 @@ impl Supervising {
         self.quick_deaths += 1;
         let delay = match self.quick_deaths {
             0 | 1 => Duration::ZERO,
-            n => (Duration::from_millis(100) * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
+            n => (FIRST_BACKOFF * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
         };
         self.next_respawn = Some(Instant::now() + delay);
         delay
