@@ -131,6 +131,17 @@ impl Running {
         }
     }
 
+    /// Waits until `n` lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize) {
+        self.wait_line(needle, n.saturating_sub(1));
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().map(|(_, l)| l.clone()).collect()
+    }
+
     fn count(&self, needle: &str) -> usize {
         self.log
             .lines

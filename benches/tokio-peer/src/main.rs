@@ -50,12 +50,15 @@ struct Args {
     addr: String,
     drain: Duration,
     tls: Option<(String, String)>,
+    /// Runtime threads: 1 is tokio's current_thread runtime, more its multi_thread one.
+    threads: usize,
 }
 
 fn args() -> Args {
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut drain = Duration::from_secs(5);
     let (mut cert, mut key) = (None, None);
+    let mut threads = 1;
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         let value = argv.next().unwrap_or_default();
@@ -63,6 +66,7 @@ fn args() -> Args {
             "--addr" => addr = value,
             "--tls-cert" => cert = Some(value),
             "--tls-key" => key = Some(value),
+            "--threads" => threads = value.parse().expect("--threads N"),
             "--drain-timeout" => {
                 let ms: u64 = match value.strip_suffix("ms") {
                     Some(ms) => ms.parse().expect("--drain-timeout"),
@@ -73,7 +77,7 @@ fn args() -> Args {
             other => panic!("unknown option {other}"),
         }
     }
-    Args { addr, drain, tls: cert.zip(key) }
+    Args { addr, drain, tls: cert.zip(key), threads }
 }
 
 /// The same TLS setup as baton's: rustls with ring, TLS 1.2 and 1.3, ALPN http/1.1.
@@ -140,9 +144,17 @@ async fn handle(req: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>
     Ok(response)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> io::Result<()> {
-    let Args { addr, drain: drain_timeout, tls } = args();
+fn main() -> io::Result<()> {
+    let args = args();
+    let runtime = match args.threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> io::Result<()> {
+    let Args { addr, drain: drain_timeout, tls, .. } = args;
     #[cfg(feature = "tls")]
     let tls = match tls {
         Some((cert, key)) => Some(tls_acceptor(&cert, &key)?),
