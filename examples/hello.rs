@@ -11,7 +11,8 @@
 //! with the names of the variables that child process sees, `GET /orphan?ms=N` leaves a
 //! process behind that exits N ms later (and answers its pid), `GET /events` serves
 //! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
-//! starts); anything else is 404.
+//! starts), `GET /raw-echo` upgrades (101) to a connection that echoes every byte; anything
+//! else is 404.
 
 use std::cell::Cell;
 use std::process::ExitCode;
@@ -225,6 +226,24 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             Ok(Response::from(
                 String::from_utf8_lossy(&output.stdout).into_owned(),
             ))
+        }
+        (Method::Get, "/raw-echo") => {
+            // An HTTP/1.1 upgrade with http-types' own API: after the 101, every byte the client
+            // sends comes back.
+            let mut response = Response::new(StatusCode::SwitchingProtocols);
+            response.insert_header("upgrade", "raw-echo");
+            response.insert_header("connection", "Upgrade");
+            let upgrade = response.recv_upgrade().await;
+            smol::spawn(async move {
+                if let Some(connection) = upgrade.await {
+                    let (reader, writer) = smol::io::split(connection);
+                    let _ =
+                        smol::io::copy(reader, &mut smol::io::BufWriter::with_capacity(1, writer))
+                            .await;
+                }
+            })
+            .detach();
+            Ok(response)
         }
         (Method::Get, "/events") => {
             // Server-sent events, one every 100 ms, from the one after the client's

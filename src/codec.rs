@@ -469,7 +469,12 @@ impl ResponseHead<'_> {
         let mut has_date = false;
         for (name, value) in fields {
             let framing = matches!(name, "content-length" | "transfer-encoding");
-            if framing || (name == "connection" && self.status != 101) {
+            // A 101 has no body, so no content-type either (http-types adds a default one).
+            let switching = self.status == 101;
+            if framing
+                || (name == "connection" && !switching)
+                || (name == "content-type" && switching)
+            {
                 continue;
             }
             has_date |= name == "date";

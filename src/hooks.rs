@@ -34,7 +34,12 @@ pub(crate) struct Hooks {
     give: Option<Rc<dyn Fn() -> serde_json::Value>>,
     /// The previous process's state, before this one serves (new side).
     take: Option<Rc<dyn Fn(serde_json::Value)>>,
+    /// Handlers resuming upgraded connections the previous process handed over, by name.
+    resume: Vec<(String, Resume)>,
 }
+
+/// Resumes an upgraded connection with its state.
+pub(crate) type Resume = Rc<dyn Fn(crate::Upgraded, serde_json::Value)>;
 
 impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,6 +50,10 @@ impl fmt::Debug for Hooks {
             .field("exit", &self.exit.is_some())
             .field("give", &self.give.is_some())
             .field("take", &self.take.is_some())
+            .field(
+                "resume",
+                &self.resume.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -88,6 +97,21 @@ impl Hooks {
 
     pub(crate) fn set_take(&mut self, hook: impl Fn(serde_json::Value) + 'static) {
         self.take = Some(Rc::new(hook));
+    }
+
+    pub(crate) fn set_resume(
+        &mut self,
+        name: &str,
+        hook: impl Fn(crate::Upgraded, serde_json::Value) + 'static,
+    ) {
+        self.resume.retain(|(n, _)| n != name);
+        self.resume.push((name.to_owned(), Rc::new(hook)));
+    }
+
+    /// The handler for upgraded connections named `name`, if the application has one.
+    pub(crate) fn resumer(&self, name: &str) -> Option<Resume> {
+        let found = self.resume.iter().find(|(n, _)| n == name);
+        found.map(|(_, hook)| hook.clone())
     }
 
     /// The state to hand to a successor, as JSON text (empty: none).

@@ -118,6 +118,7 @@ pub mod fuzzing {
 }
 
 pub use config::Config;
+pub use conn::{UpgradeReceiver, Upgraded, upgrade};
 pub use event::Event;
 
 /// `true` once the server serving on this thread has started draining (after a restart handed

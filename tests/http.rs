@@ -347,3 +347,39 @@ fn a_lowercase_method_is_not_head_and_is_refused() {
 fn server_for_methods() -> Server {
     Server::hello(&[])
 }
+
+/// http-types' own upgrade API (`Response::recv_upgrade`): the 101 keeps `Connection:
+/// Upgrade` and has no length, and the bytes sent with the request head reach the handler.
+#[test]
+fn an_http_types_upgrade_gets_the_connection_and_the_bytes_behind_the_head() {
+    let server = Server::hello(&[]);
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /raw-echo HTTP/1.1\r\nHost: x\r\nUpgrade: raw-echo\r\nConnection: Upgrade\r\n\r\nearly")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"early") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "closed: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(
+        text.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("connection: upgrade\r\n"), "{text}");
+    assert!(
+        !text.contains("content-length") && !text.contains("content-type"),
+        "{text}"
+    );
+    stream.write_all(b" and later").unwrap();
+    let mut later = [0u8; 10];
+    stream.read_exact(&mut later).unwrap();
+    assert_eq!(&later, b" and later");
+}

@@ -113,8 +113,24 @@ fn bytes_pipelined_behind_the_handshake_reach_the_upgraded_handler() {
 }
 
 #[test]
-fn a_restart_closes_websockets_with_1012_and_the_successor_answers_the_reconnect() {
-    let server = websocket(&["--drain-timeout", "5s"]);
+fn one_websocket_stays_open_across_ten_restarts_answered_by_each_successor() {
+    let server = websocket(&[]);
+    let mut socket = connect(server.addr);
+    let mut pid = server.pid;
+    assert_eq!(say(&mut socket, "0"), format!("{pid}: 0"));
+    for i in 1..=10 {
+        let next = server.restart(pid);
+        assert!(wait_gone(pid, DEADLINE), "{}", server.dump());
+        // The same connection, now the successor's: no close, no reconnect.
+        assert_eq!(say(&mut socket, &i.to_string()), format!("{next}: {i}"));
+        pid = next;
+    }
+}
+
+#[test]
+fn without_hand_over_a_restart_closes_websockets_with_1012_and_the_successor_answers_the_reconnect()
+{
+    let server = websocket(&["--drain-timeout", "5s", "--no-hand-over"]);
     let mut socket = connect(server.addr);
     assert_eq!(
         say(&mut socket, "before"),

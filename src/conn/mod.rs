@@ -49,6 +49,7 @@ pub(crate) use body::DISCARD_LIMIT;
 #[cfg(feature = "async-h1")]
 pub(crate) use response::WRITE_BUFFER;
 pub(crate) use response::{close, error_response, wants_close, write_response};
+pub use upgrade::{UpgradeReceiver, Upgraded, upgrade};
 
 /// Per-connection settings, copied from the server's builder.
 #[derive(Debug, Clone, Copy)]
@@ -218,14 +219,22 @@ impl Connection<'_> {
         // Take the read buffer back from the body reader, whatever the handler did with it.
         let body = inbound.map(|shared| Inbound::take_back(&shared, &mut self.buf));
         if response.status() == StatusCode::SwitchingProtocols {
-            let upgrade = (response.has_upgrade() && body.is_none() && minor == 1)
-                .then(|| response.send_upgrade());
+            // baton's own upgrade (movable), else http-types' (recv_upgrade).
+            let slot = response.ext_mut().remove::<upgrade::Slot>();
+            let wanted = body.is_none() && minor == 1;
+            let to = match slot {
+                Some(slot) if wanted => Some(UpgradeTo::Baton(slot)),
+                None if wanted && response.has_upgrade() => {
+                    Some(UpgradeTo::HttpTypes(response.send_upgrade()))
+                }
+                _ => None,
+            };
             let timeout = options.write_timeout;
             let written =
                 write_response(io, &mut self.out, response, method, minor, false, timeout).await;
             drop(in_flight);
-            return match (written, upgrade) {
-                (Ok(()), Some(upgrade)) => self.upgrade(upgrade).await,
+            return match (written, to) {
+                (Ok(()), Some(to)) => self.upgrade(to).await,
                 // A 101 the handler takes no connection for: nothing can follow on it.
                 _ => After::Gone,
             };
@@ -254,20 +263,50 @@ impl Connection<'_> {
 }
 
 impl Connection<'_> {
-    /// Hands the connection, with what the client sent past the head, to the handler's
-    /// upgrade receiver, and waits until the handler is done with it. It counts as open
-    /// (and upgraded) meanwhile.
-    async fn upgrade(&mut self, sender: http_types::upgrade::Sender) -> After {
+    /// Hands the connection, with what the client sent past the head, to the handler, and
+    /// serves its requests to move until the handler is done with it. It counts as open (and
+    /// upgraded) meanwhile.
+    async fn upgrade(&mut self, to: UpgradeTo) -> After {
         let _upgraded = self.drain.upgraded();
         let pending = self.buf.pending().to_vec();
-        let (upgraded, closed) = upgrade::Upgraded::new(self.io.clone(), pending);
-        sender
-            .send(http_types::upgrade::Connection::new(upgraded))
-            .await;
+        let (upgraded, requests) = upgrade::Upgraded::new(self.io.clone(), pending);
+        match to {
+            UpgradeTo::Baton(slot) => {
+                let _ = slot.0.send(upgraded).await;
+            }
+            UpgradeTo::HttpTypes(sender) => {
+                sender
+                    .send(http_types::upgrade::Connection::new(upgraded))
+                    .await;
+            }
+        }
         // Every sender gone: the handler dropped the connection (or never took it).
-        let _ = closed.recv().await;
+        upgrade::serve(self.io.clone(), requests, self.drain).await;
         After::Gone
     }
+}
+
+/// Who gets an upgraded connection.
+enum UpgradeTo {
+    Baton(upgrade::Slot),
+    HttpTypes(http_types::upgrade::Sender),
+}
+
+/// Resumes an upgraded connection the previous process handed over: `resume` (the
+/// application's handler for its name) gets it, and this task serves its requests to move
+/// until it is dropped.
+pub(crate) async fn resume_upgraded(
+    stream: Stream,
+    held: Vec<u8>,
+    resume: impl FnOnce(upgrade::Upgraded),
+    drain: Rc<Drain>,
+    _connection: ConnectionGuard,
+) {
+    let _upgraded = drain.upgraded();
+    let io = Arc::new(stream);
+    let (upgraded, requests) = upgrade::Upgraded::new(io.clone(), held);
+    resume(upgraded);
+    upgrade::serve(io, requests, &drain).await;
 }
 
 /// What happens to a connection once its response is written.

@@ -1,46 +1,138 @@
-//! An upgraded connection (HTTP/1.1 `101 Switching Protocols`): the raw stream, plain or TLS,
-//! with the bytes the client sent past the request head, handed to the handler through
-//! http-types' upgrade API (`Response::recv_upgrade`).
+//! Upgraded connections (HTTP/1.1 `101 Switching Protocols`): the raw stream, plain or TLS,
+//! with the bytes the client sent past the request head.
 //!
-//! The connection loop writes the 101 head, sends an [`Upgraded`] and then only waits for it
-//! to be dropped: the connection stays counted (drain, `max_connections`) until then, and no
-//! HTTP timeout applies any more.
+//! A handler gets one in either of two ways: http-types' `Response::recv_upgrade` (the
+//! connection is boxed in an `http_types::upgrade::Connection`), or [`crate::upgrade`], which
+//! gives baton's own [`Upgraded`], a connection that can also move to the successor
+//! ([`Upgraded::hand_over`]) and be resumed there by name ([`crate::Server::on_upgraded`]).
+//!
+//! The connection loop writes the 101 head, hands the connection out and then only serves its
+//! requests to move: it stays counted (drain, `max_connections`) until the handler drops it,
+//! and no HTTP timeout applies any more.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use async_io::Timer;
+use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncWrite};
 
+use crate::config::timing::RELAY_TIMEOUT;
+use crate::drain::Drain;
 use crate::stream::Stream;
 
-/// The upgraded connection as the handler gets it (inside an `http_types::upgrade::Connection`).
+/// An upgraded connection: read and write it as the new protocol's byte stream. Dropping it
+/// closes the connection; [`Upgraded::hand_over`] moves it to the successor instead.
 #[derive(Debug)]
-pub(crate) struct Upgraded {
+pub struct Upgraded {
     io: Arc<Stream>,
-    /// What the client sent past the head, read before the socket.
+    /// What the client sent that was read before the handler got the connection.
     pending: Vec<u8>,
     at: usize,
-    /// Dropped with this value: the connection loop learns that the handler is done with it.
-    _open: smol::channel::Sender<()>,
+    /// To the task that handed it out, on the server's thread: requests to move it. When the
+    /// last sender is dropped (with this value), that task ends.
+    back: smol::channel::Sender<HandOver>,
+}
+
+/// A request to move an upgraded connection to the successor.
+#[derive(Debug)]
+pub(crate) struct HandOver {
+    name: String,
+    state: String,
+    held: Vec<u8>,
+    reply: smol::channel::Sender<io::Result<()>>,
 }
 
 impl Upgraded {
-    /// The connection, its unread bytes, and the receiver that ends when the handler drops it.
+    /// The connection, the bytes already read from it, and the receiver of its hand-over
+    /// requests (closed when the handler drops the connection).
     pub(crate) fn new(
         io: Arc<Stream>,
         pending: Vec<u8>,
-    ) -> (Upgraded, smol::channel::Receiver<()>) {
-        let (open, closed) = smol::channel::bounded(1);
+    ) -> (Upgraded, smol::channel::Receiver<HandOver>) {
+        let (back, requests) = smol::channel::bounded(1);
         let upgraded = Upgraded {
             io,
             pending,
             at: 0,
-            _open: open,
+            back,
         };
-        (upgraded, closed)
+        (upgraded, requests)
     }
+
+    /// Moves this connection to the successor, under `name` (its application resumes it with
+    /// the handler it registered for that name, see [`crate::Server::on_upgraded`]), with
+    /// `state` and the bytes `held` that were read from it but not consumed (a partial
+    /// frame, say). Call it at a message boundary of the protocol, once the drain has started
+    /// ([`crate::draining`]): only then is there a successor to take it.
+    ///
+    /// On success the connection is the successor's; the client notices nothing. Otherwise
+    /// (no successor, connection hand-over off, a TLS or Unix connection, the successor not
+    /// taking it within 1 s) the connection comes back with the reason, to be closed as the
+    /// protocol says (a WebSocket: 1012).
+    pub async fn hand_over(
+        self,
+        name: &str,
+        state: serde_json::Value,
+        held: &[u8],
+    ) -> Result<(), (Upgraded, io::Error)> {
+        let mut unread = held.to_vec();
+        unread.extend_from_slice(&self.pending[self.at..]);
+        let (reply, answer) = smol::channel::bounded(1);
+        let request = HandOver {
+            name: name.to_owned(),
+            state: state.to_string(),
+            held: unread,
+            reply,
+        };
+        if self.back.send(request).await.is_err() {
+            return Err((
+                self,
+                io::Error::other("the server of this connection is gone"),
+            ));
+        }
+        match answer.recv().await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err((self, error)),
+            Err(_) => Err((
+                self,
+                io::Error::other("the server of this connection is gone"),
+            )),
+        }
+    }
+}
+
+/// Serves an upgraded connection's requests to move until the handler drops it.
+pub(crate) async fn serve(
+    io: Arc<Stream>,
+    requests: smol::channel::Receiver<HandOver>,
+    drain: &Drain,
+) {
+    while let Ok(request) = requests.recv().await {
+        let moved = move_to_successor(&io, drain, &request).await;
+        let _ = request.reply.try_send(moved);
+    }
+}
+
+async fn move_to_successor(io: &Stream, drain: &Drain, request: &HandOver) -> io::Result<()> {
+    let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no successor to hand it to: not draining after a restart with connection \
+             hand-over, or not a plain TCP connection",
+        ));
+    };
+    let sent = relay.send_upgraded(tcp.get_ref(), &request.name, &request.state, &request.held);
+    let stalled = async {
+        Timer::after(RELAY_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the successor did not take the connection",
+        ))
+    };
+    sent.or(stalled).await
 }
 
 impl AsyncRead for Upgraded {
@@ -86,4 +178,37 @@ impl AsyncWrite for Upgraded {
             other => other,
         }
     }
+}
+
+/// Where a handler that called [`crate::upgrade`] gets its connection, once the 101 is
+/// written: a future of the [`Upgraded`] (`None` if the connection could not be upgraded).
+pub struct UpgradeReceiver(Pin<Box<dyn std::future::Future<Output = Option<Upgraded>> + Send>>);
+
+impl std::fmt::Debug for UpgradeReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpgradeReceiver")
+    }
+}
+
+impl std::future::Future for UpgradeReceiver {
+    type Output = Option<Upgraded>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Upgraded>> {
+        // One receive, kept across polls: its registration is what a send wakes.
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// Where the connection loop sends the [`Upgraded`] (kept in the response's extensions).
+#[derive(Debug, Clone)]
+pub(crate) struct Slot(pub(crate) smol::channel::Sender<Upgraded>);
+
+/// Asks for baton's own upgraded connection for this response (which the handler answers with
+/// `101 Switching Protocols`): unlike http-types' `recv_upgrade`, an [`Upgraded`] can move to
+/// the successor. Await the receiver in a task of its own: the connection comes once the
+/// handler has returned the response and its head is written.
+pub fn upgrade(response: &mut http_types::Response) -> UpgradeReceiver {
+    let (sender, receiver) = smol::channel::bounded(1);
+    response.ext_mut().insert(Slot(sender));
+    UpgradeReceiver(Box::pin(async move { receiver.recv().await.ok() }))
 }

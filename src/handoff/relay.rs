@@ -7,6 +7,10 @@
 //! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
 //! state, `S[JSON]` (empty: none).
 //!
+//! An upgraded connection (a WebSocket, say) moves as `U[name][state JSON][held bytes]` (each
+//! of the first two a u32 LE length and the text) with its fd: the successor's application
+//! resumes it by name.
+//!
 //! The same kind of channel connects a supervising process to each of its workers (the
 //! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
 //! worker's connections to (none: close them). Its EOF tells a worker that its supervising
@@ -52,6 +56,20 @@ pub(crate) enum Received {
     State(Vec<u8>),
     /// (Control channel) drain and exit, handing connections over on this relay, if any.
     Retire(Option<OwnedFd>),
+    /// An upgraded connection, to resume under its name.
+    Upgraded(HandedUpgrade),
+}
+
+/// An upgraded connection received from the previous process.
+#[derive(Debug)]
+pub(crate) struct HandedUpgrade {
+    pub(crate) fd: OwnedFd,
+    /// What the application named it (the successor's handler for that name resumes it).
+    pub(crate) name: String,
+    /// The application's JSON state for it.
+    pub(crate) state: String,
+    /// Bytes the old process had read from it and not consumed.
+    pub(crate) held: Vec<u8>,
 }
 
 /// A connection received from the previous process.
@@ -99,6 +117,30 @@ impl Relay {
         }
         self.send_with_fd(&[&head, pending], Some(conn.as_fd()))
             .await
+    }
+
+    /// Sends an upgraded connection under `name`, with its `state` (JSON text) and the bytes
+    /// `held` from it. On success the successor owns it.
+    pub(crate) async fn send_upgraded(
+        &self,
+        conn: impl AsFd,
+        name: &str,
+        state: &str,
+        held: &[u8],
+    ) -> io::Result<()> {
+        if name.len() + state.len() + held.len() + 9 > MAX_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the upgraded connection's name, state and held bytes are over 96 KiB",
+            ));
+        }
+        let mut head = Vec::with_capacity(9 + name.len() + state.len());
+        head.push(b'U');
+        for text in [name, state] {
+            head.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            head.extend_from_slice(text.as_bytes());
+        }
+        self.send_with_fd(&[&head, held], Some(conn.as_fd())).await
     }
 
     /// (Control channel) tells a worker to drain and exit, handing its connections over on
@@ -165,6 +207,16 @@ impl Relay {
                     peer,
                     local,
                     pending,
+                })))
+            }
+            (Some((b'U', message)), Some(fd)) => {
+                let (name, rest) = text(message)?;
+                let (state, rest) = text(rest)?;
+                Ok(Some(Received::Upgraded(HandedUpgrade {
+                    fd,
+                    name,
+                    state,
+                    held: rest.to_vec(),
                 })))
             }
             _ => Err(bad()),

@@ -283,6 +283,20 @@ impl Server {
         self
     }
 
+    /// Resumes upgraded connections that the previous process moved here under `name` (see
+    /// [`crate::Upgraded::hand_over`]): `hook` gets each one, with the bytes it held first in
+    /// its reads, and the JSON state it was handed over with. It runs on the server's thread;
+    /// spawn the connection's work from it. A connection under a name with no handler is
+    /// closed. Default: none.
+    pub fn on_upgraded(
+        mut self,
+        name: &str,
+        hook: impl Fn(crate::Upgraded, serde_json::Value) + 'static,
+    ) -> Self {
+        self.hooks.set_resume(name, hook);
+        self
+    }
+
     /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns.
     pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
     where

@@ -28,7 +28,7 @@ use crate::config::timing::STATE_TIMEOUT;
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain};
 use crate::event::Event;
-use crate::handoff::relay::{Handed, Received, Relay};
+use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
@@ -82,6 +82,26 @@ where
     fn spawn(&self, incoming: conn::Incoming, drain: &Rc<Drain>, counted: ConnectionGuard) {
         let handler = self.handler.clone();
         let task = conn::serve(incoming, handler, drain.clone(), counted, self.options);
+        self.executor.spawn(task).detach();
+    }
+
+    /// Resumes an upgraded connection the previous process handed over, with the handler the
+    /// application registered for its name; closes it if there is none.
+    fn spawn_upgraded(&self, handed: HandedUpgrade, drain: &Rc<Drain>, hooks: &Hooks) {
+        let Some(resume) = hooks.resumer(&handed.name) else {
+            return;
+        };
+        let Ok(stream) = async_io::Async::new(std::net::TcpStream::from(handed.fd)) else {
+            return;
+        };
+        let state = serde_json::from_str(&handed.state).unwrap_or(serde_json::Value::Null);
+        let task = conn::resume_upgraded(
+            Stream::Tcp(stream),
+            handed.held,
+            move |upgraded| resume(upgraded, state),
+            drain.clone(),
+            drain.connection(),
+        );
         self.executor.spawn(task).detach();
     }
 
@@ -274,6 +294,10 @@ where
             match self.next_wake(upgrade.as_mut()).await {
                 Wake::Relayed(Ok(Some(Received::Connection(handed)))) => {
                     self.connections.spawn_handed(handed, &self.drain);
+                }
+                Wake::Relayed(Ok(Some(Received::Upgraded(handed)))) => {
+                    self.connections
+                        .spawn_upgraded(handed, &self.drain, &self.hooks);
                 }
                 // The previous process is done handing over (or its relay broke).
                 Wake::Relayed(_) => self.inbound = None,
@@ -592,6 +616,7 @@ where
     async fn drain_ending(&mut self, successor: &mut Option<Child>, deadline: Timer) -> Ending {
         let Process {
             connections,
+            hooks,
             signals,
             emit,
             inbound,
@@ -609,6 +634,9 @@ where
                 match relay.receive(relay_buffer).await {
                     Ok(Some(Received::Connection(handed))) => {
                         connections.spawn_handed(handed, drain);
+                    }
+                    Ok(Some(Received::Upgraded(handed))) => {
+                        connections.spawn_upgraded(handed, drain, hooks);
                     }
                     _ => *inbound = None,
                 }
