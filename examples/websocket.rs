@@ -11,7 +11,8 @@
 //! `Server::on_upgraded` in the successor); the drain notice is `baton::draining()`. The
 //! WebSocket framing is a few lines of its own here, so that at a hand-over nothing is hidden
 //! in a library's buffers: what was read and not yet parsed travels with the connection.
-//! For tests: `--ignore-drain` leaves sockets open through the drain (the drain timeout then
+//! With `--features tls`, `--addr tls:HOST:PORT --tls-cert C --tls-key K` serves it over TLS
+//! (such sockets cannot move: they close with 1012 on a restart). For tests: `--ignore-drain` leaves sockets open through the drain (the drain timeout then
 //! closes them).
 
 use std::io;
@@ -39,28 +40,44 @@ fn main() -> ExitCode {
         hand_over: true,
         ignore_drain: false,
     };
+    let mut tls_files: (Option<String>, Option<String>) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--no-hand-over" => options.hand_over = false,
             "--ignore-drain" => options.ignore_drain = true,
-            "--addr" | "--drain-timeout" => {
+            "--addr" | "--drain-timeout" | "--tls-cert" | "--tls-key" => {
                 let Some(value) = args.next() else {
                     return usage(&format!("{flag} needs a value"));
                 };
-                if flag == "--addr" {
-                    addr = value;
-                } else if let Some(timeout) = parse_seconds(&value) {
-                    drain_timeout = timeout;
-                } else {
-                    return usage(&format!("--drain-timeout {value:?}: expected 5s or 500ms"));
+                match flag.as_str() {
+                    "--addr" => addr = value,
+                    "--tls-cert" => tls_files.0 = Some(value),
+                    "--tls-key" => tls_files.1 = Some(value),
+                    _ => match parse_seconds(&value) {
+                        Some(timeout) => drain_timeout = timeout,
+                        None => {
+                            return usage(&format!(
+                                "--drain-timeout {value:?}: expected 5s or 500ms"
+                            ));
+                        }
+                    },
                 }
             }
             _ => return usage(&format!("unknown option {flag}")),
         }
     }
     let pid = std::process::id();
-    let server = match baton::Server::bind(&addr) {
+    let server = baton::Server::bind(&addr).and_then(|server| match tls_files {
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => Ok(server.tls_files(cert, key)),
+        (None, None) => Ok(server),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls-cert and --tls-key go together, and need --features tls",
+        )),
+    });
+    let server = match server {
         Ok(server) => server
             .drain_timeout(drain_timeout)
             .hand_over_connections(options.hand_over)

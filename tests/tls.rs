@@ -303,3 +303,52 @@ fn tls_files_without_a_tls_address_are_refused_with_what_to_add() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("needs a certificate and key"), "{text}");
 }
+
+/// A WebSocket over TLS (the `websocket` example with a `tls:` address): the upgrade works,
+/// and on a restart, since a TLS session cannot move, the socket closes with 1012 and the
+/// successor answers the reconnect.
+#[test]
+fn a_websocket_over_tls_echoes_and_closes_with_1012_on_restart() {
+    use async_tungstenite::tungstenite::Message;
+    use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use futures_util::StreamExt as _;
+    let setup = setup("tls-websocket");
+    let mut command = Command::new(example("websocket"));
+    command
+        .args(["--addr", "tls:127.0.0.1:0", "--tls-cert"])
+        .arg(&setup.cert)
+        .arg("--tls-key")
+        .arg(&setup.key);
+    let server = Server::start(command);
+    let client = setup.authority.client();
+    let open = |addr: SocketAddr| {
+        smol::block_on(async {
+            let tcp = async_io::Async::<TcpStream>::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let connector = futures_rustls::TlsConnector::from(client.clone());
+            let tls = connector.connect(name, tcp).await.unwrap();
+            let url = format!("wss://127.0.0.1:{}/ws", addr.port());
+            async_tungstenite::client_async(url, tls).await.unwrap().0
+        })
+    };
+    let say = |socket: &mut async_tungstenite::WebSocketStream<_>, text: &str| {
+        smol::block_on(async {
+            socket.send(Message::text(text)).await.unwrap();
+            socket.next().await.unwrap().unwrap()
+        })
+    };
+    let mut socket = open(server.addr);
+    let reply = say(&mut socket, "secret");
+    assert_eq!(reply.to_text().unwrap(), format!("{}: secret", server.pid));
+    let next = server.restart(server.pid);
+    let closed = smol::block_on(socket.next());
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected close 1012, got {other:?}"),
+    }
+    let _ = smol::block_on(socket.next());
+    assert!(wait_gone(server.pid, DEADLINE));
+    let mut again = open(server.addr);
+    let reply = say(&mut again, "again");
+    assert_eq!(reply.to_text().unwrap(), format!("{next}: again"));
+}
