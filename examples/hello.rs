@@ -11,7 +11,7 @@
 //! with the names of the variables that child process sees, `GET /orphan?ms=N` leaves a
 //! process behind that exits N ms later (and answers its pid), `GET /events` serves
 //! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
-//! starts), `GET /raw-echo` upgrades (101) to a connection that echoes every byte; anything
+//! starts), `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a connection that echoes every byte; anything
 //! else is 404.
 
 use std::cell::Cell;
@@ -245,6 +245,19 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             .detach();
             Ok(response)
         }
+        (Method::Get, "/drip") => {
+            // A body of unknown length, one byte every `ms` (default 100) for up to a minute:
+            // a response a drain timeout cuts mid-body.
+            let ms = query(&req, "ms").unwrap_or(100).clamp(1, 1000);
+            let drip = Drip {
+                tick: async_io::Timer::interval(Duration::from_millis(ms)),
+                left: SLOW_CAP_MS / ms,
+            };
+            let reader = smol::io::BufReader::new(drip);
+            let mut response = Response::new(StatusCode::Ok);
+            response.set_body(http_types::Body::from_reader(reader, None));
+            Ok(response)
+        }
         (Method::Get, "/events") => {
             // Server-sent events, one every 100 ms, from the one after the client's
             // Last-Event-ID; the stream ends (cleanly) when this process starts draining, and
@@ -271,10 +284,38 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
             response.set_body(http_types::Body::from_reader(reader, None));
             Ok(response)
         }
-        (_, "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/child-env" | "/orphan") => {
-            Ok(Response::new(StatusCode::MethodNotAllowed))
-        }
+        (
+            _,
+            "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/drip" | "/child-env"
+            | "/orphan",
+        ) => Ok(Response::new(StatusCode::MethodNotAllowed)),
         _ => Ok(Response::new(StatusCode::NotFound)),
+    }
+}
+
+/// The `/drip` body: one byte per tick, `left` more.
+struct Drip {
+    tick: async_io::Timer,
+    left: u64,
+}
+
+impl smol::io::AsyncRead for Drip {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.left == 0 || buf.is_empty() {
+            return std::task::Poll::Ready(Ok(0));
+        }
+        match std::pin::Pin::new(&mut self.tick).poll_next(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(_) => {
+                self.left -= 1;
+                buf[0] = b'.';
+                std::task::Poll::Ready(Ok(1))
+            }
+        }
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) enum Reject {
     BodyTimedOut,
     /// 408: the head took longer than the header timeout.
     HeadTimedOut,
+    /// 414: the request line alone is longer than the head limit.
+    UriTooLong,
+    /// 417: an `Expect` other than `100-continue`.
+    ExpectationFailed,
     /// 501: a transfer coding or method this server does not implement.
     NotImplemented(&'static str),
 }
@@ -36,6 +40,8 @@ impl Reject {
             Reject::HeadTooLarge => StatusCode::RequestHeaderFieldsTooLarge,
             Reject::BodyTooLarge => StatusCode::PayloadTooLarge,
             Reject::BodyTimedOut | Reject::HeadTimedOut => StatusCode::RequestTimeout,
+            Reject::UriTooLong => StatusCode::UriTooLong,
+            Reject::ExpectationFailed => StatusCode::ExpectationFailed,
             Reject::NotImplemented(_) => StatusCode::NotImplemented,
         }
     }
@@ -49,6 +55,8 @@ impl fmt::Display for Reject {
             Reject::BodyTooLarge => f.write_str("request body too large"),
             Reject::BodyTimedOut => f.write_str("request body timed out"),
             Reject::HeadTimedOut => f.write_str("request head timed out"),
+            Reject::UriTooLong => f.write_str("request target too long"),
+            Reject::ExpectationFailed => f.write_str("unsupported expectation (only 100-continue)"),
             Reject::NotImplemented(what) => write!(f, "not implemented: {what}"),
         }
     }
@@ -113,14 +121,14 @@ pub(crate) fn parse_head<'b, 'h>(
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
             return if buf.len() >= max_head {
-                Err(Reject::HeadTooLarge)
+                Err(too_large(buf, max_head))
             } else {
                 Ok(None)
             };
         }
     };
     if len > max_head {
-        return Err(Reject::HeadTooLarge);
+        return Err(too_large(buf, max_head));
     }
     // httparse accepts a bare LF as a line ending; a proxy in front may not. Refuse it.
     if has_bare_lf(&buf[..len]) {
@@ -179,7 +187,7 @@ pub(crate) fn parse_head<'b, 'h>(
             if value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
-                return Err(Reject::BadRequest("unsupported Expect"));
+                return Err(Reject::ExpectationFailed);
             }
         }
     }
@@ -220,6 +228,19 @@ pub(crate) fn parse_head<'b, 'h>(
         expect_continue: expect_continue && minor == 1 && framing != Framing::None,
         len,
     }))
+}
+
+/// A head over the limit: 414 if the request line alone is (the target, then), else 431.
+fn too_large(buf: &[u8], max_head: usize) -> Reject {
+    let line = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
+    if line >= max_head {
+        Reject::UriTooLong
+    } else {
+        Reject::HeadTooLarge
+    }
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -457,11 +478,8 @@ impl ResponseHead<'_> {
         fields: impl Iterator<Item = (&'f str, &'f str)>,
         out: &mut Vec<u8>,
     ) {
-        out.extend_from_slice(if self.minor == 0 {
-            b"HTTP/1.0 "
-        } else {
-            b"HTTP/1.1 "
-        });
+        // The server's own version, whatever the request's (RFC 9110 §2.5).
+        out.extend_from_slice(b"HTTP/1.1 ");
         push_decimal(out, u64::from(self.status));
         out.push(b' ');
         out.extend_from_slice(self.reason.as_bytes());
@@ -665,7 +683,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
         ];
         for (raw, status) in cases {
             let got = parse(raw).map_err(|r| u16::from(r.status()));
@@ -689,6 +707,12 @@ mod tests {
         }
         many.extend(b"\r\n");
         assert_eq!(parse(&many), Err(Reject::HeadTooLarge));
+        // The request line alone over the limit: the target is too long.
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(parse(&long), Err(Reject::UriTooLong));
+        long.extend(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(parse(&long), Err(Reject::UriTooLong));
     }
 
     #[test]
@@ -789,7 +813,7 @@ mod tests {
         head.encode([("date", "x")].into_iter(), &mut out);
         assert_eq!(
             out,
-            b"HTTP/1.0 200 OK\r\ndate: x\r\nconnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ndate: x\r\nconnection: close\r\n\r\n"
         );
     }
 

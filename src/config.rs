@@ -116,6 +116,8 @@ pub(crate) mod timing {
     pub(crate) const LINGER: Duration = Duration::from_secs(2);
     /// How long an error response may take to write before the connection is dropped.
     pub(crate) const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// At a drain's cut, how long the cut connections get to say so (a 503, a reset).
+    pub(crate) const CUT_GRACE: Duration = Duration::from_millis(200);
     /// How long a failed successor's exit status is waited for after its pipe closed.
     pub(crate) const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
 

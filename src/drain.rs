@@ -49,6 +49,8 @@ pub(crate) struct Drain {
     upgraded: Cell<usize>,
     /// Closed when draining starts; every waiter wakes.
     started: (Sender<()>, Receiver<()>),
+    /// Closed when the drain gives up on what is left (timeout, second signal).
+    cut: (Sender<()>, Receiver<()>),
     /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
     ended: (Sender<()>, Receiver<()>),
     /// Where idle connections go instead of being closed, while the successor takes them.
@@ -63,6 +65,7 @@ impl Drain {
             requests: Cell::new(0),
             upgraded: Cell::new(0),
             started: channel::bounded(1),
+            cut: channel::bounded(1),
             ended: channel::bounded(1),
             relay: std::cell::RefCell::new(None),
         })
@@ -117,6 +120,17 @@ impl Drain {
     }
 
     /// Resolves once draining has started.
+    /// The drain gives up on what is left: requests still waiting for their handler are
+    /// answered 503, responses still being written are reset (see `conn`).
+    pub(crate) fn cut(&self) {
+        self.cut.0.close();
+    }
+
+    /// Resolves once [`Drain::cut`] was called.
+    pub(crate) async fn cut_off(&self) {
+        let _ = self.cut.1.recv().await;
+    }
+
     pub(crate) async fn started(&self) {
         // The channel never carries a message: recv returns only when it is closed.
         let _ = self.started.1.recv().await;

@@ -113,7 +113,8 @@ fn trailers_reach_the_handler() {
 fn http_1_0_closes_unless_keep_alive_is_asked_for() {
     let server = Server::hello(&[]);
     let all = until_close(&server, b"GET /hello HTTP/1.0\r\n\r\n");
-    assert!(all.starts_with("HTTP/1.0 200 OK\r\n"), "{all}");
+    // The server's own version in the status line, whatever the request's (RFC 9110 §2.5).
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
     assert!(
         all.ends_with(&format!("Hello from {}!\n", server.pid)),
         "{all}"
@@ -382,4 +383,31 @@ fn an_http_types_upgrade_gets_the_connection_and_the_bytes_behind_the_head() {
     let mut later = [0u8; 10];
     stream.read_exact(&mut later).unwrap();
     assert_eq!(&later, b" and later");
+}
+
+/// RFC conformance of the edges: 417 for an expectation other than 100-continue, 414 for a
+/// target over the head limit, 400 for userinfo in an absolute target; each closes.
+#[test]
+fn unknown_expectations_long_targets_and_userinfo_are_refused_with_their_status() {
+    let server = Server::hello(&["--max-head-bytes", "1024"]);
+    let reply = until_close(
+        &server,
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 417 "), "{reply}");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
+    let reply = until_close(&server, long.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 414 "), "{reply}");
+    let reply = until_close(
+        &server,
+        b"GET http://user:pw@x/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    assert!(reply.contains("userinfo"), "{reply}");
+    // Without userinfo the absolute form is served.
+    let reply = until_close(
+        &server,
+        b"GET http://x/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
 }

@@ -259,3 +259,45 @@ fn silent_connections_get_408_at_the_header_timeout_and_free_their_slots() {
     next.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(hello_on(&mut next).status, 200);
 }
+
+/// At the drain timeout, a request whose handler has not answered gets 503 with
+/// `Connection: close` and `Retry-After: 0`, not an empty reply a client could take for an
+/// answer; and a response cut mid-body (close-delimited, HTTP/1.0) ends with a reset, not a
+/// FIN that would look like its end.
+#[test]
+fn cuts_at_the_drain_timeout_are_visible_as_503_or_a_reset() {
+    let mut server = Server::hello(&["--drain-timeout", "300ms"]);
+    let mut waiting = TcpStream::connect(server.addr).unwrap();
+    waiting.set_read_timeout(Some(DEADLINE)).unwrap();
+    waiting
+        .write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut dripping = TcpStream::connect(server.addr).unwrap();
+    dripping.set_read_timeout(Some(DEADLINE)).unwrap();
+    dripping
+        .write_all(b"GET /drip?ms=20 HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = dripping.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200 "));
+    common::signal(server.pid, common::Signal::TERM);
+    let reply = read_reply(&mut BufReader::new(&waiting)).unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert_eq!(reply.header("retry-after"), Some("0"));
+    let mut rest = Vec::new();
+    let ended = dripping.read_to_end(&mut rest);
+    assert!(
+        ended
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a cut body ended with {ended:?} after {} bytes",
+        rest.len()
+    );
+    assert_eq!(server.wait_exit(DEADLINE), Some(1), "{}", server.dump());
+    assert!(
+        server.count("exiting: 2 requests cut") == 1,
+        "{}",
+        server.dump()
+    );
+}

@@ -212,9 +212,26 @@ impl Connection<'_> {
             &mut self.buf,
             options,
         );
-        let mut response = match handler(request).await {
-            Ok(response) => response,
-            Err(error) => error_response(error),
+        // At the drain's cut a request whose handler has not answered gets a visible 503
+        // (not a bare FIN a client could take for an empty answer).
+        let answered = async { Some(handler(request).await) };
+        let cut = async {
+            self.drain.cut_off().await;
+            None
+        };
+        let mut response = match answered.or(cut).await {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => error_response(error),
+            None => {
+                drop(in_flight);
+                let mut response =
+                    plain(StatusCode::ServiceUnavailable, "the server is restarting");
+                response.insert_header("retry-after", "0");
+                let timeout = options.write_timeout;
+                let _ =
+                    write_response(io, &mut self.out, response, method, minor, true, timeout).await;
+                return After::Close;
+            }
         };
         // Take the read buffer back from the body reader, whatever the handler did with it.
         let body = inbound.map(|shared| Inbound::take_back(&shared, &mut self.buf));
@@ -243,7 +260,13 @@ impl Connection<'_> {
         let close_after = after == After::Close;
         let timeout = options.write_timeout;
         let out = &mut self.out;
-        let written = write_response(io, out, response, method, minor, close_after, timeout).await;
+        let write = write_response(io, out, response, method, minor, close_after, timeout);
+        // Cut mid-response: a reset, so that no client can take what it got for all of it.
+        let cut = async {
+            self.drain.cut_off().await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "cut by the drain"))
+        };
+        let written = write.or(cut).await;
         drop(in_flight);
         if let Err(error) = written {
             if error.kind() == io::ErrorKind::TimedOut {

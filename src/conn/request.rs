@@ -66,6 +66,10 @@ impl Requests {
             url.set_query(query);
         } else if target.starts_with("http://") || target.starts_with("https://") {
             url = Url::parse(target).map_err(|_| Reject::BadRequest("invalid request target"))?;
+            // RFC 9110 §4.2.4: userinfo in an http(s) URI is not for a server to accept.
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(Reject::BadRequest("userinfo in the request target"));
+            }
         } else if target == "*" && method == Method::Options {
             // Asterisk-form: the server as a whole; the URL stays at "/".
         } else {

@@ -110,10 +110,24 @@ pub(crate) async fn write_response(
             send(io, out, timeout).await?;
             out.clear();
         }
-        let at = out.len();
+        let mut at = out.len();
         let room = (WRITE_BUFFER - at).min(usize::try_from(remaining).unwrap_or(usize::MAX));
         out.resize(at + room, 0);
-        let n = match body.read(&mut out[at..]).await {
+        // A body that has nothing yet (it streams): what is gathered goes out first, so the
+        // client sees the head and every byte without waiting for a full buffer.
+        let ready = smol::future::poll_once(body.read(&mut out[at..])).await;
+        let read = match ready {
+            Some(read) => read,
+            None => {
+                out.truncate(at);
+                send(io, out, timeout).await?;
+                out.clear();
+                at = 0;
+                out.resize(room.min(WRITE_BUFFER), 0);
+                body.read(&mut out[..]).await
+            }
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 out.truncate(at);

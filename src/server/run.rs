@@ -24,7 +24,7 @@ use smol::{LocalExecutor, Task};
 
 use super::Server;
 use crate::config::Config;
-use crate::config::timing::STATE_TIMEOUT;
+use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain};
 use crate::event::Event;
@@ -575,7 +575,22 @@ where
             Ending::Cut => {
                 let (connections, requests) = self.open();
                 let all = self.earlier.iter().chain(std::iter::once(&self.drain));
-                (requests, connections, all.map(|d| d.upgraded_open()).sum())
+                let upgraded = all.clone().map(|d| d.upgraded_open()).sum();
+                // Let the cut connections say so (503, or a reset), briefly.
+                for drain in all {
+                    drain.cut();
+                }
+                let said = async {
+                    for drain in self.earlier.iter().chain(std::iter::once(&self.drain)) {
+                        // Upgraded connections are not cut this way: they close at exit.
+                        drain.below(drain.upgraded_open() + 1).await;
+                    }
+                };
+                said.or(async {
+                    Timer::after(CUT_GRACE).await;
+                })
+                .await;
+                (requests, connections, upgraded)
             }
             Ending::SuccessorExited(pid, status) => {
                 // The successor is gone and this process still holds the sockets: serve again.
