@@ -344,3 +344,31 @@ fn a_malformed_supervisor_state_is_a_clear_error() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("BATON_SUPERVISOR"), "{text}");
 }
+
+/// A second shutdown signal to the supervising process stops its draining workers at once,
+/// whatever the drain timeout.
+#[test]
+fn a_second_sigterm_stops_draining_workers_at_once() {
+    let mut server = Server::hello(&["--workers", "1", "--drain-timeout", "60s"]);
+    workers_ready(&server, 1, 1);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=30000"));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(server.pid, Signal::TERM);
+    server.wait_line("draining 1 connections (1 requests in flight)");
+    let started = Instant::now();
+    signal(server.pid, Signal::TERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(5)),
+        Some(1),
+        "{}",
+        server.dump()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The cut request was told so.
+    assert_eq!(slow.join().unwrap().map(|r| r.status), Ok(503));
+}
