@@ -43,7 +43,8 @@ fn usage() -> String {
     let d = baton::Config::default();
     format!(
         "usage: hello [--addr HOST:PORT]... [options]
-  --addr                where to listen (default 127.0.0.1:8080; :8080 means every interface,
+  --addr                where to listen (default: what the parent handed over, else
+                        127.0.0.1:8080; :8080 means every interface,
                         unix:/path a Unix socket, tls:HOST:PORT TLS); repeat for several
   --drain-timeout       how long a draining process waits for in-flight requests ({:?})
   --upgrade-timeout     how long a restart waits for the new process to be ready ({:?})
@@ -58,6 +59,8 @@ fn usage() -> String {
   --tls-cert, --tls-key PEM certificate chain and key for tls: addresses (--features tls)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
+  --ready-after 1s      count a successor that cannot report readiness (a Go server)
+                        as ready once it has run this long (default: wait for its report)
   --workers N           a supervising process that keeps the PID and the sockets, serving
                         through N worker processes (default: 1 as PID 1, else 0: one
                         process that replaces itself on restart)
@@ -117,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
             "--max-connections" => config.max_connections = parse_number(&name, &value)?,
             "--workers" => config.workers = Some(parse_number(&name, &value)?),
+            "--ready-after" => config.successor_ready_after = Some(duration()?),
             "--pid-file" => config.pid_file = Some(value.into()),
             "--tls-cert" => tls_cert = Some(value),
             "--tls-key" => tls_key = Some(value),
@@ -141,9 +145,6 @@ fn parse_args() -> Result<Args, String> {
             );
         }
         _ => return Err("--tls-cert and --tls-key go together".into()),
-    }
-    if args.addrs.is_empty() {
-        args.addrs.push("127.0.0.1:8080".into());
     }
     Ok(args)
 }
@@ -431,7 +432,13 @@ fn main() -> ExitCode {
         }
     };
     std::thread::sleep(args.testing.startup_delay);
-    let server = match baton::Server::bind_all(&args.addrs) {
+    // Without --addr: whatever the parent handed over (a Go server re-executes its successor
+    // with no arguments), else the default address.
+    let bound = match args.addrs.is_empty() {
+        true => baton::Server::bind_inherited_or("127.0.0.1:8080"),
+        false => baton::Server::bind_all(&args.addrs),
+    };
+    let server = match bound {
         Ok(server) => server.with_config(args.config),
         Err(error) => {
             eprintln!("hello: {error}");

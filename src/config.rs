@@ -51,6 +51,14 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// PEM certificate chain and private key for `tls:` listeners (feature `tls`). Default: none.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// For successors that cannot report readiness (a Go server taking over, which knows
+    /// nothing of `ready_fd`): count one as ready once it has run this long without exiting.
+    /// The risk: a successor that is slower to start than that is taken for ready, and this
+    /// process drains while it is not yet accepting (connections then wait in the queue; a
+    /// successor that dies after it is lost, with no fallback). Default: none (wait for the
+    /// readiness pipe). Such a successor gets no relay: connections close as with
+    /// `hand_over_connections` off.
+    pub successor_ready_after: Option<Duration>,
     /// Run as a supervising process that keeps the PID and the sockets for the service's life
     /// and serves through this many worker processes, each a copy of this binary serving as a
     /// single-process server would. `Some(0)`: one process that restarts by replacing itself
@@ -79,6 +87,7 @@ impl Default for Config {
             hand_over_connections: true,
             pid_file: None,
             tls_files: None,
+            successor_ready_after: None,
             workers: None,
             async_h1: false,
         }

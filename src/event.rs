@@ -31,6 +31,12 @@ pub enum Event<'a> {
         /// Threads running at the time, if `/proc/self/stat` could be read.
         threads: Option<usize>,
     },
+    /// This process took over endless's sockets and told the endless parent (SIGTERM) that
+    /// it serves, as endless expects.
+    EndlessParentTold {
+        /// The parent's pid.
+        pid: u32,
+    },
     /// A handled signal arrived.
     Signal {
         /// Which.
@@ -164,6 +170,12 @@ impl fmt::Display for Event<'_> {
                     "LISTENER/LISTEN_* stay in the environment ({why} when Server::bind read \
                      them), so processes the handler starts inherit them; call Server::bind \
                      before starting threads"
+                )
+            }
+            Event::EndlessParentTold { pid } => {
+                write!(
+                    f,
+                    "serving endless's sockets: sent SIGTERM to its process {pid}"
                 )
             }
             Event::Signal { signal } => write!(f, "received {signal}"),

@@ -30,7 +30,8 @@
 //!
 //! The successor learns about the socket from the `LISTENER` environment variable,
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}`, the format of the Go
-//! original, so Go and Rust servers can hand over to each other. `Server::bind` reads it and
+//! original, so Go and Rust servers can hand over to each other (see
+//! [`Server::bind_inherited_or`] and [`Config::successor_ready_after`]). `Server::bind` reads it and
 //! takes it (and systemd's `LISTEN_*`) out of the process environment, so processes the
 //! handler starts never inherit it; call `bind` before starting threads, because the
 //! environment can only be changed soundly while the process has one thread (otherwise the

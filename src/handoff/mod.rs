@@ -259,8 +259,12 @@ pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], role: Role) -> io::Re
     for name in ACTIVATION_ENV {
         command.env_remove(name);
     }
-    // A supervising process's own state is for itself, after it re-executes.
+    // A supervising process's own state is for itself, after it re-executes; endless's
+    // variables were for this process only.
     command.env_remove(crate::listener::SUPERVISOR_ENV);
+    for name in crate::listener::ENDLESS_ENV {
+        command.env_remove(name);
+    }
     if control {
         command.env_remove("NOTIFY_SOCKET");
     }
@@ -417,14 +421,36 @@ impl Successor {
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
     /// failure the child is killed and reaped before this returns. On success: the child, and
     /// this process's end of the connection relay, if any.
-    pub(crate) async fn ready(mut self, timeout: Duration) -> Result<Ready, (u32, NotReady)> {
+    ///
+    /// With `settle`, a successor that cannot report readiness (a Go server that knows
+    /// nothing of `ready_fd`) counts as ready once it has run that long without exiting.
+    pub(crate) async fn ready(
+        mut self,
+        timeout: Duration,
+        settle: Option<Duration>,
+    ) -> Result<Ready, (u32, NotReady)> {
         let mut byte = [0u8; 1];
         let read = async { Some(self.ready.read(&mut byte).await) };
-        let outcome = read.or(async {
+        let settled = async {
+            match settle {
+                Some(settle) => Timer::after(settle).await,
+                None => std::future::pending().await,
+            };
+            Some(Ok(usize::MAX))
+        };
+        let outcome = read.or(settled).or(async {
             Timer::after(timeout).await;
             None
         });
-        let failure = match outcome.await {
+        let outcome = match outcome.await {
+            // Settled: ready if it still runs.
+            Some(Ok(usize::MAX)) => match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => Some(Ok(1)),
+                _ => Some(Ok(0)),
+            },
+            other => other,
+        };
+        let failure = match outcome {
             Some(Ok(1)) => {
                 if let Some(child) = self.child.take() {
                     return Ok(Ready {

@@ -194,6 +194,9 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
 /// workers, their control channels, its generation.
 pub(crate) const SUPERVISOR_ENV: &str = "BATON_SUPERVISOR";
 
+/// What endless hands its children: `ENDLESS_CONTINUE=1` and the sockets' addresses in fd order.
+pub(crate) const ENDLESS_ENV: [&str; 2] = ["ENDLESS_CONTINUE", "ENDLESS_SOCKET_ORDER"];
+
 /// Takes `LISTENER` and the `LISTEN_*` variables out of this process's environment once they
 /// are read, so processes the handler starts never see fds that were not meant for them (a
 /// grandchild that is itself a baton or Go server would otherwise try to adopt fd 3).
@@ -205,6 +208,7 @@ pub(crate) const SUPERVISOR_ENV: &str = "BATON_SUPERVISOR";
 pub(crate) fn scrub_environment() -> Option<Option<usize>> {
     let present: Vec<&str> = [LISTENER_ENV, SUPERVISOR_ENV]
         .into_iter()
+        .chain(ENDLESS_ENV)
         .chain(ACTIVATION_ENV)
         .filter(|name| std::env::var_os(name).is_some())
         .collect();
@@ -247,6 +251,9 @@ pub(crate) struct Inheritance {
     pub(crate) activated: Vec<(RawFd, Option<String>)>,
     /// A supervising process's state from before it re-executed itself, as JSON text.
     pub(crate) supervisor: Option<String>,
+    /// endless's parent (`ENDLESS_CONTINUE`): it hands over its sockets and waits for a
+    /// SIGTERM from this process once it serves.
+    pub(crate) endless_parent: Option<u32>,
 }
 
 impl Inheritance {
@@ -285,10 +292,29 @@ impl Inheritance {
             }
         }
         let supervisor = var(SUPERVISOR_ENV)?;
+        let mut descriptions = descriptions;
+        let mut endless_parent = None;
+        if descriptions.is_empty() && var(ENDLESS_ENV[0])?.as_deref() == Some("1") {
+            // endless: the sockets from fd 3, in the order of ENDLESS_SOCKET_ORDER.
+            let order = var(ENDLESS_ENV[1])?.unwrap_or_default();
+            for (i, addr) in order.split(',').filter(|a| !a.is_empty()).enumerate() {
+                descriptions.push(Description {
+                    addr: addr.to_owned(),
+                    fd: FIRST_FD + i as RawFd,
+                    filename: String::new(),
+                    ready_fd: None,
+                    relay_fd: None,
+                    control_fd: None,
+                });
+            }
+            endless_parent =
+                Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32));
+        }
         Ok(Inheritance {
             descriptions,
             activated,
             supervisor,
+            endless_parent,
         })
     }
 
@@ -330,6 +356,7 @@ impl Inheritance {
             descriptions: Description::parse_all(value)?,
             activated: Vec::new(),
             supervisor: None,
+            endless_parent: None,
         })
     }
 }

@@ -25,7 +25,8 @@ use crate::stream::Stream;
 mod inherit;
 
 pub(crate) use inherit::{
-    Description, Inheritance, SUPERVISOR_ENV, claim_channel, scrub_environment, set_cloexec,
+    Description, ENDLESS_ENV, Inheritance, SUPERVISOR_ENV, claim_channel, scrub_environment,
+    set_cloexec,
 };
 
 /// The environment variable that carries inherited listeners' descriptions.
@@ -219,6 +220,25 @@ impl Listener {
                 used.push(*fd);
             }
             plan.push((addr, spec, source));
+        }
+        // A listener handed over for an address nobody asked for: say so, naming both, rather
+        // than bind beside it (the usual cause: the parent listened on `:8080` and this
+        // process asks for `127.0.0.1:8080`, or takes a default address).
+        let unused: Vec<&Description> = inheritance
+            .descriptions
+            .iter()
+            .filter(|d| !used.contains(&d.fd))
+            .collect();
+        if let Some(first) = unused.first() {
+            return Err(invalid_msg(format!(
+                "{LISTENER_ENV} hands over {:?} (fd {}), but this process asks for {}: ask for \
+                 that address (hello --addr {:?}), or take what is handed over \
+                 (Server::bind_inherited_or; hello without --addr)",
+                first.addr,
+                first.fd,
+                addrs.join(", "),
+                first.addr
+            )));
         }
         let ready = inheritance.claim_ready()?;
         let relay = inheritance.claim_relay()?;
@@ -626,17 +646,19 @@ mod tests {
     }
 
     #[test]
-    fn a_listener_env_for_another_address_is_ignored() {
+    fn a_listener_env_for_another_address_is_an_error_naming_both() {
         let created = Listener::bind_all(&["127.0.0.1:0".into()], &Inheritance::default())
             .unwrap()
             .listeners;
         assert_eq!(created[0].origin, Origin::Created);
-        let other =
-            Inheritance::from_listener(r#"{"addr":"127.0.0.1:1","fd":0,"filename":""}"#).unwrap();
-        let fresh = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap();
-        assert_eq!(fresh.listeners[0].origin, Origin::Created);
-        assert_ne!(fresh.listeners[0].local, created[0].local);
-        assert!(fresh.ready.is_none());
+        let other = Inheritance::from_listener(r#"{"addr":":8080","fd":0,"filename":""}"#).unwrap();
+        let error = Listener::bind_all(&["127.0.0.1:0".into()], &other).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("\":8080\"") && text.contains("127.0.0.1:0"),
+            "{text}"
+        );
+        assert!(text.contains("bind_inherited_or"), "{text}");
     }
 
     #[test]

@@ -289,7 +289,7 @@ impl Supervising {
                 emit(&Event::Spawned {
                     pid: successor.pid(),
                 });
-                successor.ready(timeout).await.map_err(|(pid, why)| {
+                successor.ready(timeout, None).await.map_err(|(pid, why)| {
                     let status = reaped.borrow().iter().find(|(p, _)| *p == pid).map(|r| r.1);
                     let why = match (why, status) {
                         (NotReady::Exited(None), Some(status)) => NotReady::Exited(Some(status)),

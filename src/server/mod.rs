@@ -51,6 +51,8 @@ pub struct Server {
     pub(crate) control: Option<OwnedFd>,
     /// A supervising process's state from before it re-executed itself.
     pub(crate) supervisor_state: Option<String>,
+    /// The endless parent that handed the sockets over: told (SIGTERM) once this serves.
+    pub(crate) endless_parent: Option<u32>,
     /// `Some(threads)` if `LISTENER`/`LISTEN_*` had to stay in the environment.
     pub(crate) environment_kept: Option<Option<usize>>,
     pub(crate) signals: Signals,
@@ -90,18 +92,46 @@ impl Server {
 
     /// Like [`Server::bind`], for several addresses at once; a restart hands all of them over
     /// (as fds 3, 4, ... in the order given).
+    ///
+    /// A `LISTENER` (or endless's `ENDLESS_SOCKET_ORDER`) that hands over an address none of
+    /// `addrs` names is an error naming both, rather than a second listener beside it: see
+    /// [`Server::bind_inherited_or`] to take whatever was handed over.
     pub fn bind_all<I, S>(addrs: I) -> io::Result<Server>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        Server::bind_from(Some(addrs), None)
+    }
+
+    /// Takes over every listener the parent process handed over (`LISTENER`, from baton, the
+    /// Go original or a Go server doing the same, or endless's `ENDLESS_SOCKET_ORDER`),
+    /// whatever their addresses; with none, listens on `default` as [`Server::bind`] does.
+    /// For a binary that takes the place of one started without arguments (the Go original
+    /// re-executes itself with none).
+    pub fn bind_inherited_or(default: &str) -> io::Result<Server> {
+        Server::bind_from(None, Some(default))
+    }
+
+    fn bind_from(addrs: Option<Vec<String>>, default: Option<&str>) -> io::Result<Server> {
         // Read and take the inherited variables while this may still be the only thread:
         // signal registration below starts async-io's thread.
         let inheritance = Inheritance::from_env()?;
         let environment_kept = crate::listener::scrub_environment();
         let signals = Signals::register()?;
         let exec = Exec::capture()?;
-        let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let addrs = match (addrs, default) {
+            (Some(addrs), _) => addrs,
+            (None, default) if inheritance.descriptions.is_empty() => {
+                default.into_iter().map(str::to_owned).collect()
+            }
+            (None, _) => inheritance
+                .descriptions
+                .iter()
+                .map(|d| d.addr.clone())
+                .collect(),
+        };
         let bound = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
         Ok(Server {
@@ -111,6 +141,7 @@ impl Server {
             relay: bound.relay,
             control: bound.control,
             supervisor_state: inheritance.supervisor,
+            endless_parent: inheritance.endless_parent,
             environment_kept,
             signals,
             exec,
@@ -157,6 +188,13 @@ impl Server {
     /// today's single-process model. Default: [`Config::workers`].
     pub fn workers(mut self, n: usize) -> Self {
         self.config.workers = Some(n);
+        self
+    }
+
+    /// Counts a successor that cannot report readiness as ready after it has run `settle`
+    /// without exiting. Default: [`Config::successor_ready_after`].
+    pub fn successor_ready_after(mut self, settle: Duration) -> Self {
+        self.config.successor_ready_after = Some(settle);
         self
     }
 

@@ -186,6 +186,7 @@ async fn start<'e, F>(
         relay,
         control,
         supervisor_state: _,
+        endless_parent,
         environment_kept,
         signals,
         exec,
@@ -227,6 +228,17 @@ async fn start<'e, F>(
                 e,
             )
         })?;
+    }
+    if let Some(parent) = endless_parent {
+        // endless waits for this to shut down; only if it is still our parent (not init,
+        // after it died) and so still the process that handed the sockets over.
+        let now = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+        if now == parent && parent > 1 {
+            if let Some(pid) = rustix::process::Pid::from_raw(parent as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                emit(&Event::EndlessParentTold { pid: parent });
+            }
+        }
     }
     Ok(Process {
         connections: Connections {
@@ -476,12 +488,16 @@ where
     /// Starts a successor and waits until it is ready: the part of an upgrade that runs
     /// beside the serving loop.
     fn upgrade_task(&self) -> io::Result<impl Future<Output = Upgraded> + 'static> {
-        let hand_over = self.config.hand_over_connections;
+        // A successor that cannot report readiness (a Go server) cannot take connections over
+        // the relay either: they would be lost in it.
+        let hand_over =
+            self.config.hand_over_connections && self.config.successor_ready_after.is_none();
         let role = handoff::Role::Successor { relay: hand_over };
         let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), role)?;
         let emit = self.emit.clone();
         let hooks = self.hooks.clone();
         let timeout = self.config.upgrade_timeout;
+        let settle = self.config.successor_ready_after;
         Ok(async move {
             hooks.spawning().await;
             let successor = spawn.start(&hooks.state()).await.map_err(|e| (None, e))?;
@@ -489,7 +505,7 @@ where
                 pid: successor.pid(),
             });
             successor
-                .ready(timeout)
+                .ready(timeout, settle)
                 .await
                 .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
         })
