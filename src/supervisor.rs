@@ -58,6 +58,26 @@ impl Supervisor {
         }
     }
 
+    /// SIGUSR2 (nginx's binary upgrade): `true` once the successor serves, this process's
+    /// pid goes to `<pid file>.oldbin` (the successor has rewritten the PID file); `false`
+    /// when the successor is gone, the PID file names this process again and `.oldbin` goes.
+    pub(crate) fn old_binary(&self, old: bool) {
+        let Some(path) = &self.pid_file else {
+            return;
+        };
+        let oldbin = oldbin_file(path);
+        if old {
+            let _ = write_pid_file(&oldbin, std::process::id());
+        } else {
+            let _ = std::fs::remove_file(&oldbin);
+            let _ = write_pid_file(path, std::process::id());
+            let pid = std::process::id();
+            self.notify(&format!(
+                "MAINPID={pid}\nREADY=1\nSTATUS=the SIGUSR2 successor is gone; serving again\n"
+            ));
+        }
+    }
+
     /// A supervising process's workers serve.
     pub(crate) fn workers_ready(&self, workers: usize, generation: u64) {
         let pid = std::process::id();
@@ -123,8 +143,19 @@ impl Supervisor {
     }
 
     /// Serving is over for good: removes the PID file if it still names this process.
-    pub(crate) fn exited(&self) {
+    /// This process is done: its `.oldbin` goes (if it names it), and, when it was the last
+    /// process of the service, the PID file and the restart record (if they name it).
+    pub(crate) fn exited(&self, last: bool) {
         if let Some(path) = &self.pid_file {
+            let oldbin = oldbin_file(path);
+            let ours = std::fs::read_to_string(&oldbin)
+                .is_ok_and(|text| text.trim() == std::process::id().to_string());
+            if ours {
+                let _ = std::fs::remove_file(&oldbin);
+            }
+            if !last {
+                return;
+            }
             let ours = std::fs::read_to_string(path)
                 .is_ok_and(|text| text.trim() == std::process::id().to_string());
             if ours {
@@ -200,6 +231,13 @@ impl std::fmt::Display for RestartRecord {
     }
 }
 
+/// Where an old binary's pid goes during a SIGUSR2 upgrade: `<pid file>.oldbin`.
+fn oldbin_file(pid_file: &Path) -> PathBuf {
+    let mut path = pid_file.as_os_str().to_owned();
+    path.push(".oldbin");
+    PathBuf::from(path)
+}
+
 /// Where a server records its latest restart: `<pid file>.restart`.
 pub(crate) fn restart_file(pid_file: &Path) -> PathBuf {
     let mut path = pid_file.as_os_str().to_owned();
@@ -238,10 +276,10 @@ mod tests {
             format!("{}\n", std::process::id())
         );
         std::fs::write(&path, "1\n").unwrap();
-        supervisor.exited();
+        supervisor.exited(true);
         assert!(path.exists(), "removed a PID file naming another process");
         supervisor.serving(false).unwrap();
-        supervisor.exited();
+        supervisor.exited(true);
         assert!(!path.exists());
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),

@@ -182,3 +182,59 @@ fn a_supervising_process_keeps_mainpid_and_reports_its_workers() {
     assert_eq!(seen.len(), 4, "{seen:?}");
     assert!(wait_gone(server.pid, DEADLINE));
 }
+
+/// SIGUSR2 is nginx's binary upgrade: the new process gets the PID file, the old one's pid is
+/// kept in `<pid file>.oldbin`, a further SIGHUP or SIGUSR2 to the old one is refused, and
+/// SIGQUIT to the old one finishes the upgrade; SIGQUIT to the new one rolls it back.
+#[test]
+fn sigusr2_is_a_binary_upgrade_that_can_be_finished_or_rolled_back() {
+    let scratch = Scratch::new("usr2");
+    let pid_file = scratch.0.join("hello.pid");
+    let oldbin = scratch.0.join("hello.pid.oldbin");
+    let path = pid_file.to_str().unwrap();
+
+    // Rolled back: the new process goes, the old one has the PID file again.
+    let mut server = Server::hello(&["--pid-file", path]);
+    signal(server.pid, Signal::USR2);
+    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    let child = common::child_pid(&line);
+    assert_eq!(pid_in(&pid_file), Some(child));
+    let deadline = Instant::now() + DEADLINE;
+    while pid_in(&oldbin) != Some(server.pid) {
+        assert!(Instant::now() < deadline, "no .oldbin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(server.pid, Signal::HUP);
+    server.wait_line("ignored SIGHUP: the SIGUSR2 successor still runs");
+    signal(child, Signal::QUIT);
+    assert!(wait_gone(child, DEADLINE));
+    let deadline = Instant::now() + DEADLINE;
+    while pid_in(&pid_file) != Some(server.pid) || oldbin.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not take the PID file back"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(common::serving_pid(server.addr), server.pid);
+
+    // Finished: the old process goes, the new one keeps the PID file, .oldbin goes.
+    signal(server.pid, Signal::USR2);
+    let second = server.wait_for("the second SIGUSR2 child", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| common::log::parse(l))
+            .filter(|l| l.pid == server.pid)
+            .filter_map(|l| l.child())
+            .filter(|&(pid, outcome)| pid != child && outcome == "ready")
+            .map(|(pid, _)| pid)
+            .next()
+    });
+    signal(server.pid, Signal::QUIT);
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    assert_eq!(pid_in(&pid_file), Some(second));
+    assert!(!oldbin.exists(), ".oldbin left behind");
+    assert_eq!(common::serving_pid(server.addr), second);
+    signal(second, Signal::TERM);
+    assert!(wait_gone(second, DEADLINE));
+}

@@ -506,7 +506,7 @@ impl Supervising {
             dropped: 0,
             upgraded: 0,
         });
-        self.notify.exited();
+        self.notify.exited(true);
         Report {
             stop: Stop::Shutdown { signal },
             cut,

@@ -339,6 +339,14 @@ where
                                 reason: "an upgrade is already in progress",
                             });
                         }
+                        Command::Restart | Command::Spawn if !self.spawned.is_empty() => {
+                            // nginx's binary upgrade: finish it or roll it back first.
+                            (self.emit)(&Event::Ignored {
+                                signal,
+                                reason: "the SIGUSR2 successor still runs: SIGQUIT this process to \
+                                         finish the upgrade, or the successor to roll it back",
+                            });
+                        }
                         Command::Restart | Command::Spawn => {
                             if let Some(upgrade) = self.upgrade(command == Command::Restart) {
                                 return Ok(Phase::Upgrading(upgrade));
@@ -523,7 +531,10 @@ where
                 }
                 self.hooks.ready(pid).await;
                 if !restart {
-                    // A SIGUSR2 successor gets no connections: its relay closes here.
+                    // A SIGUSR2 successor gets no connections: its relay closes here. It has
+                    // the PID file now (and MAINPID); this process is `<pid file>.oldbin`.
+                    self.supervisor.successor_ready(pid);
+                    self.supervisor.old_binary(true);
                     self.spawned.push(child);
                     return Phase::Serving;
                 }
@@ -625,9 +636,7 @@ where
             dropped,
             upgraded,
         });
-        if last {
-            self.supervisor.exited();
-        }
+        self.supervisor.exited(last);
         Phase::Done(Report {
             stop,
             cut,
@@ -714,7 +723,12 @@ where
     }
 
     fn reap(&mut self) {
+        let had = !self.spawned.is_empty();
         reap(&mut self.spawned, &*self.emit);
+        if had && self.spawned.is_empty() && !self.drain.is_draining() {
+            // The SIGUSR2 successor is gone (rolled back): this process is the service again.
+            self.supervisor.old_binary(false);
+        }
     }
 }
 
