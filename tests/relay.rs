@@ -105,3 +105,36 @@ fn application_state_reaches_the_successor_before_it_serves() {
         format!("count 1 from {fresh}\n")
     );
 }
+
+/// A restart storm does not pile up generations: a process that drains forwards its
+/// predecessor's relay to its successor, so a generation with nothing left to drain exits
+/// at once, however long an older one is still busy.
+#[test]
+fn idle_generations_exit_at_once_while_an_older_one_still_drains() {
+    let server = common::Server::hello(&["--drain-timeout", "10s"]);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=4000"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut generations = vec![server.pid];
+    for _ in 0..4 {
+        let next = server.restart(*generations.last().unwrap());
+        generations.push(next);
+    }
+    // The middle generations had nothing to drain: gone at once, though the first one is
+    // still answering its slow request.
+    for &pid in &generations[1..4] {
+        assert!(
+            common::wait_gone(pid, std::time::Duration::from_secs(2)),
+            "generation {pid} is still alive; log:\n{}",
+            server.dump()
+        );
+    }
+    assert!(
+        common::alive(generations[0]),
+        "the first generation left early"
+    );
+    let reply = slow.join().unwrap().expect("the slow request is answered");
+    assert_eq!(reply.pid(), Some(generations[0]));
+    assert!(common::wait_gone(generations[0], common::DEADLINE));
+    assert_eq!(common::serving_pid(addr), generations[4]);
+}

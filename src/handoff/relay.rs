@@ -11,6 +11,9 @@
 //! of the first two a u32 LE length and the text) with its fd: the successor's application
 //! resumes it by name.
 //!
+//! A draining process forwards its own inbound relay, if it still has one, as `F` with that
+//! relay's fd, so that it need not stay alive for an older process that is still draining.
+//!
 //! The same kind of channel connects a supervising process to each of its workers (the
 //! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
 //! worker's connections to (none: close them). Its EOF tells a worker that its supervising
@@ -58,6 +61,9 @@ pub(crate) enum Received {
     Retire(Option<OwnedFd>),
     /// An upgraded connection, to resume under its name.
     Upgraded(HandedUpgrade),
+    /// An older process's relay, forwarded by a process that drains: take its connections
+    /// from it too, so the forwarding process need not wait for it.
+    Relay(OwnedFd),
 }
 
 /// An upgraded connection received from the previous process.
@@ -143,6 +149,11 @@ impl Relay {
         self.send_with_fd(&[&head, held], Some(conn.as_fd())).await
     }
 
+    /// Forwards `relay` (the relay this process receives on) to the successor.
+    pub(crate) async fn send_relay(&self, relay: &Relay) -> io::Result<()> {
+        self.send_with_fd(&[b"F"], Some(relay.as_fd())).await
+    }
+
     /// (Control channel) tells a worker to drain and exit, handing its connections over on
     /// `relay` if given. Does not wait: the channel holds it if the worker is busy.
     pub(crate) fn try_retire(&self, relay: Option<BorrowedFd<'_>>) -> io::Result<()> {
@@ -171,10 +182,35 @@ impl Relay {
 
     /// The next message, or `None` once the other process has closed the channel.
     pub(crate) async fn receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Received>> {
+        std::future::poll_fn(|cx| self.poll_receive(cx, buffer)).await
+    }
+
+    /// [`Relay::receive`], as a poll: the next message if one is there, else registers for
+    /// readability (so several relays can be waited on at once).
+    pub(crate) fn poll_receive(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buffer: &mut Vec<u8>,
+    ) -> std::task::Poll<io::Result<Option<Received>>> {
+        loop {
+            match self.try_receive(buffer) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return std::task::Poll::Ready(other),
+            }
+            match self.socket.poll_readable(cx) {
+                std::task::Poll::Ready(Ok(())) => continue,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+
+    /// The next message if one is there (`WouldBlock` if not).
+    fn try_receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Received>> {
         buffer.resize(MAX_MESSAGE, 0);
-        let (bytes, fd) = self
-            .socket
-            .read_with(|socket| {
+        let (bytes, fd) = {
+            let socket = self.socket.get_ref();
+            {
                 let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
                 let mut parts = [IoSliceMut::new(buffer)];
@@ -182,7 +218,7 @@ impl Relay {
                     socket,
                     &mut parts,
                     &mut control,
-                    RecvFlags::CMSG_CLOEXEC,
+                    RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
                 )?;
                 let mut fd = None;
                 for message in control.drain() {
@@ -190,14 +226,15 @@ impl Relay {
                         fd = fd.or(fds.next());
                     }
                 }
-                Ok((received.bytes, fd))
-            })
-            .await?;
+                (received.bytes, fd)
+            }
+        };
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
         match (buffer[..bytes].split_first(), fd) {
             (None, None) => Ok(None),
             (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
             (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
+            (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
             (Some((b'C', message)), Some(fd)) => {
                 let (peer, rest) = text(message)?;
                 let (local, rest) = text(rest)?;

@@ -24,7 +24,7 @@ use smol::{LocalExecutor, Task};
 
 use super::Server;
 use crate::config::Config;
-use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
+use crate::config::timing::{CUT_GRACE, RELAY_TIMEOUT, STATE_TIMEOUT};
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain};
 use crate::event::Event;
@@ -133,8 +133,9 @@ struct Process<'e, F> {
     emit: Rc<dyn Fn(&Event<'_>)>,
     hooks: Hooks,
     supervisor: Supervisor,
-    /// Connections the previous process hands over, until it closes the relay.
-    inbound: Option<Relay>,
+    /// Relays connections come in on, until each is closed: the previous process's, and
+    /// older ones it forwarded when it started draining.
+    inbound: Vec<Relay>,
     /// A worker's control channel to its supervising process: it restarts and stops this
     /// process, which then ignores SIGHUP and SIGUSR2.
     control: Option<Relay>,
@@ -219,6 +220,7 @@ async fn start<'e, F>(
         Some(relay) => inherit_state(relay, &mut relay_buffer, &hooks).await,
         None => None,
     };
+    let inbound: Vec<Relay> = inbound.into_iter().collect();
     if let Some(pipe) = ready {
         // Unannounced, the parent would kill this process at its upgrade timeout anyway.
         handoff::announce_ready(pipe).map_err(|e| {
@@ -285,8 +287,8 @@ async fn inherit_state(relay: Relay, buffer: &mut Vec<u8>, hooks: &Hooks) -> Opt
 
 /// What woke the serving loop.
 enum Wake {
-    /// A connection the previous process handed over, or the end of its relay.
-    Relayed(io::Result<Option<Received>>),
+    /// A message on inbound relay `.0`, or the end of that relay.
+    Relayed(usize, io::Result<Option<Received>>),
     Accepted(Result<(usize, Accepted), AcceptError>),
     Signal(io::Result<(Signal, Command)>),
     Upgraded(Upgraded),
@@ -304,15 +306,16 @@ where
     async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
         loop {
             match self.next_wake(upgrade.as_mut()).await {
-                Wake::Relayed(Ok(Some(Received::Connection(handed)))) => {
-                    self.connections.spawn_handed(handed, &self.drain);
+                Wake::Relayed(index, message) => {
+                    let Process {
+                        connections,
+                        hooks,
+                        inbound,
+                        drain,
+                        ..
+                    } = self;
+                    relayed(connections, hooks, drain, inbound, index, message);
                 }
-                Wake::Relayed(Ok(Some(Received::Upgraded(handed)))) => {
-                    self.connections
-                        .spawn_upgraded(handed, &self.drain, &self.hooks);
-                }
-                // The previous process is done handing over (or its relay broke).
-                Wake::Relayed(_) => self.inbound = None,
                 Wake::Accepted(Ok((index, connection))) => self.serve_accepted(index, connection),
                 Wake::Accepted(Err(failure)) => {
                     if failure.pause {
@@ -405,10 +408,8 @@ where
         };
         let signal = async { Wake::Signal(signals.next().await) };
         let relayed = async {
-            match inbound.as_ref() {
-                Some(relay) => Wake::Relayed(relay.receive(relay_buffer).await),
-                None => std::future::pending().await,
-            }
+            let (index, message) = receive_any(inbound, relay_buffer).await;
+            Wake::Relayed(index, message)
         };
         let upgraded = async {
             match upgrade {
@@ -588,6 +589,7 @@ where
         if let Some(relay) = outbound.take() {
             self.drain.set_relay(Rc::new(relay));
         }
+        forward_inbound(&self.drain, &mut self.inbound).await;
         self.drain.start();
         let (connections, requests) = self.open();
         (self.emit)(&Event::Draining {
@@ -667,19 +669,14 @@ where
             ..
         } = self;
         // A predecessor may still be handing connections over (a restart came before it was
-        // gone): keep taking them until it closes the relay, else they would be lost in the
-        // relay's buffer when this process exits.
+        // gone). With a successor to forward its relay to, that is the successor's business
+        // now (see `forward_inbound`); else keep taking them until it closes the relay, or
+        // they would be lost in the relay's buffer when this process exits.
         let relaying = async {
-            while let Some(relay) = inbound.as_ref() {
-                match relay.receive(relay_buffer).await {
-                    Ok(Some(Received::Connection(handed))) => {
-                        connections.spawn_handed(handed, drain);
-                    }
-                    Ok(Some(Received::Upgraded(handed))) => {
-                        connections.spawn_upgraded(handed, drain, hooks);
-                    }
-                    _ => *inbound = None,
-                }
+            while !inbound.is_empty() {
+                let (index, message) = receive_any(inbound, relay_buffer).await;
+                relayed(connections, hooks, drain, inbound, index, message);
+                forward_inbound(drain, inbound).await;
             }
         };
         let finished = async {
@@ -703,8 +700,15 @@ where
                     Ok((_, Command::Reap)) => {
                         reap(spawned, &**emit);
                         if let Some(child) = successor.as_mut() {
-                            if let Ok(Some(status)) = child.try_wait() {
-                                return Ending::SuccessorExited(child.id(), status);
+                            match child.try_wait() {
+                                // It failed (killed, crashed): serve again.
+                                Ok(Some(status)) if !status.success() => {
+                                    return Ending::SuccessorExited(child.id(), status);
+                                }
+                                // It drained and exited as it should (a later restart, or a
+                                // shutdown): nothing to take back.
+                                Ok(Some(_)) => *successor = None,
+                                _ => {}
                             }
                         }
                     }
@@ -730,6 +734,75 @@ where
             self.supervisor.old_binary(false);
         }
     }
+}
+
+/// The next message on any of `relays`, with the relay's index.
+async fn receive_any(
+    relays: &[Relay],
+    buffer: &mut Vec<u8>,
+) -> (usize, io::Result<Option<Received>>) {
+    if relays.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for (index, relay) in relays.iter().enumerate() {
+            if let std::task::Poll::Ready(message) = relay.poll_receive(cx, buffer) {
+                return std::task::Poll::Ready((index, message));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Acts on a message from inbound relay `index`: a connection to serve or resume, an older
+/// relay to take connections from too, or the end of that relay.
+fn relayed<F, Fut>(
+    connections: &Connections<'_, F>,
+    hooks: &Hooks,
+    drain: &Rc<Drain>,
+    inbound: &mut Vec<Relay>,
+    index: usize,
+    message: io::Result<Option<Received>>,
+) where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    match message {
+        Ok(Some(Received::Connection(handed))) => connections.spawn_handed(handed, drain),
+        Ok(Some(Received::Upgraded(handed))) => connections.spawn_upgraded(handed, drain, hooks),
+        Ok(Some(Received::Relay(fd))) => {
+            if let Ok(relay) = Relay::new(fd) {
+                inbound.push(relay);
+            }
+        }
+        // The process on the other end is done handing over (or its relay broke).
+        _ => {
+            inbound.swap_remove(index);
+        }
+    }
+}
+
+/// Draining with a successor to hand connections to: forwards every inbound relay to it, so
+/// that this process need not outlive the older processes still sending on them (restart
+/// storms would otherwise keep every generation alive until the oldest is done). A relay that
+/// cannot be forwarded stays, and this process goes on taking its connections.
+async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
+    let Some(outbound) = drain.relay() else {
+        return;
+    };
+    let mut kept = Vec::new();
+    for relay in inbound.drain(..) {
+        let sent = async { outbound.send_relay(&relay).await.is_ok() };
+        let stalled = async {
+            Timer::after(RELAY_TIMEOUT).await;
+            false
+        };
+        if !sent.or(stalled).await {
+            kept.push(relay);
+        }
+    }
+    *inbound = kept;
 }
 
 /// How a drain ended.
