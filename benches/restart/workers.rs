@@ -76,26 +76,31 @@ pub fn scenarios(baton: &Flavor, peer: &Flavor, plan: &Plan) -> String {
             }
         }
     }
-    let median = |v: Option<&Vec<f64>>| {
+    let sorted = |v: Option<&Vec<f64>>| {
         let mut v = v.cloned().unwrap_or_default();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        v
+    };
+    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    let cell = |v: &[f64]| match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) if v.len() > 1 => format!("{:.2} ({lo:.2}–{hi:.2})", median(v)),
+        _ => format!("{:.2}", median(v)),
     };
     let mut out = format!(
         "\n## Two cores: baton --workers 2 vs the peer on a 2-thread runtime\n\n\
-         Neither server pinned; medians of {} run(s).\n\n\
+         Neither server pinned; medians (and ranges) of {} interleaved run(s).\n\n\
          | figure | baton, 2 workers | tokio peer, 2 threads | baton / peer |\n|---|---:|---:|---:|\n",
         plan.runs
     );
     for (label, key) in ROWS {
-        let a = median(values[0].get(key));
-        let b = median(values[1].get(key));
-        let ratio = if b != 0.0 && a.is_finite() && b.is_finite() {
-            format!("{:.2}", a / b)
+        let (a, b) = (sorted(values[0].get(key)), sorted(values[1].get(key)));
+        let (ma, mb) = (median(&a), median(&b));
+        let ratio = if mb != 0.0 && ma.is_finite() && mb.is_finite() {
+            format!("{:.2}", ma / mb)
         } else {
             "-".into()
         };
-        out.push_str(&format!("| {label} | {a:.2} | {b:.2} | {ratio} |\n"));
+        out.push_str(&format!("| {label} | {} | {} | {ratio} |\n", cell(&a), cell(&b)));
     }
     out
 }
