@@ -41,6 +41,13 @@ pub struct Config {
     /// How long a request body may stall (no byte arrives) while it is read; the request then
     /// fails with 408 and the connection closes. Default: 30 s.
     pub body_timeout: Duration,
+    /// On a restart with state hand-over (`Server::on_hand_over_state`), how long the old
+    /// process, which has stopped serving, waits for its requests in flight before it sends
+    /// its state; the successor serves only once it has the state, so new connections wait
+    /// in the accept queue meanwhile. Within it the state is exact (the one after the old
+    /// process's last request); a request still running then may change state that is lost.
+    /// Default: 1 s.
+    pub state_wait: Duration,
     /// The most connections served at once; at the limit, new ones wait in the kernel's accept
     /// queue. At least 1. Default: 10 000.
     pub max_connections: usize,
@@ -83,6 +90,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             write_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            state_wait: Duration::from_secs(1),
             max_connections: 10_000,
             hand_over_connections: true,
             pid_file: None,

@@ -148,6 +148,13 @@ impl Drain {
         }
     }
 
+    /// Resolves when no request is in flight.
+    pub(crate) async fn requests_done(&self) {
+        while self.requests.get() > 0 {
+            let _ = self.ended.1.recv().await;
+        }
+    }
+
     pub(crate) fn connection(self: &Rc<Self>) -> ConnectionGuard {
         self.connections.set(self.connections.get() + 1);
         ConnectionGuard(self.clone())
@@ -187,6 +194,7 @@ pub(crate) struct RequestGuard(Rc<Drain>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.requests.set(self.0.requests.get() - 1);
+        let _ = self.0.ended.0.try_send(());
     }
 }
 

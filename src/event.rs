@@ -37,6 +37,14 @@ pub enum Event<'a> {
         /// The parent's pid.
         pid: u32,
     },
+    /// The previous process's state arrived (it sends it once it has stopped serving and
+    /// finished its requests; this process serves only then), or did not.
+    StateInherited {
+        /// Its size, or `None` if none came (the relay closed, or the wait ran out).
+        bytes: Option<usize>,
+        /// How long this process waited for it.
+        waited: std::time::Duration,
+    },
     /// A handled signal arrived.
     Signal {
         /// Which.
@@ -178,6 +186,20 @@ impl fmt::Display for Event<'_> {
                     "serving endless's sockets: sent SIGTERM to its process {pid}"
                 )
             }
+            Event::StateInherited {
+                bytes: Some(bytes),
+                waited,
+            } => write!(
+                f,
+                "state from the previous process ({bytes} bytes) after {waited:.1?}"
+            ),
+            Event::StateInherited {
+                bytes: None,
+                waited,
+            } => write!(
+                f,
+                "no state from the previous process after {waited:.1?}; starting cold"
+            ),
             Event::Signal { signal } => write!(f, "received {signal}"),
             Event::Ignored { signal, reason } => write!(f, "ignored {signal}: {reason}"),
             Event::Spawned { pid } => write!(f, "spawned child {pid}"),

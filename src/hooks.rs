@@ -114,6 +114,11 @@ impl Hooks {
         found.map(|(_, hook)| hook.clone())
     }
 
+    /// The application hands state to its successor.
+    pub(crate) fn has_state(&self) -> bool {
+        self.give.is_some()
+    }
+
     /// The state to hand to a successor, as JSON text (empty: none).
     pub(crate) fn state(&self) -> Vec<u8> {
         self.give

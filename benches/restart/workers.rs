@@ -100,7 +100,11 @@ pub fn scenarios(baton: &Flavor, peer: &Flavor, plan: &Plan) -> String {
         } else {
             "-".into()
         };
-        out.push_str(&format!("| {label} | {} | {} | {ratio} |\n", cell(&a), cell(&b)));
+        out.push_str(&format!(
+            "| {label} | {} | {} | {ratio} |\n",
+            cell(&a),
+            cell(&b)
+        ));
     }
     out
 }

@@ -29,7 +29,7 @@ use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
 use crate::config::timing::RELAY_TIMEOUT;
-use crate::drain::{ConnectionGuard, Drain};
+use crate::drain::{ConnectionGuard, Drain, RequestGuard};
 use crate::stream::Stream;
 
 mod body;
@@ -98,8 +98,8 @@ pub(crate) async fn serve<F, Fut>(
     };
     let drain_started = std::pin::pin!(drain.started());
     let mut idle = Idle::new(drain_started, &options, first_head);
-    while let Some(next) = conn.next(&mut idle).await {
-        match conn.answer(next, &*handler).await {
+    while let Some((next, in_flight)) = conn.next(&mut idle).await {
+        match conn.answer(next, in_flight, &*handler).await {
             After::KeepAlive => idle.restart(),
             After::Close => {
                 close(&conn.io).await;
@@ -128,7 +128,10 @@ struct Connection<'d> {
 impl Connection<'_> {
     /// Waits for the next request and reads its head. `None`: the connection is done (closed,
     /// handed to the successor, or refused with an error response).
-    async fn next<D: Future<Output = ()>>(&mut self, idle: &mut Idle<'_, D>) -> Option<Next> {
+    async fn next<D: Future<Output = ()>>(
+        &mut self,
+        idle: &mut Idle<'_, D>,
+    ) -> Option<(Next, RequestGuard)> {
         let (io, drain, options) = (&self.io, self.drain, &self.options);
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
@@ -166,6 +169,13 @@ impl Connection<'_> {
                 }
             }
         }
+        // The last check before this process commits to a request: a drain that started
+        // while it waited moves the connection now, with what it sent. From here the request
+        // counts as in flight (a drain hands its state over only after it).
+        if drain.is_draining() && hand_over(io, drain, &self.requests, self.buf.pending()).await {
+            return None;
+        }
+        let in_flight = self.drain.request();
         let next = next_request(io, &mut self.buf, &mut self.requests, options);
         let timeout = async {
             match first_head {
@@ -177,7 +187,7 @@ impl Connection<'_> {
         let reject = match next.or(timeout).await {
             Ok(next) => match next.framing {
                 Framing::Length(n) if n > options.max_body => Reject::BodyTooLarge,
-                _ => return Some(next),
+                _ => return Some((next, in_flight)),
             },
             Err(HeadError::Closed) => return None,
             Err(HeadError::TimedOut) => Reject::HeadTimedOut,
@@ -189,7 +199,7 @@ impl Connection<'_> {
 
     /// Calls the handler, writes its response, and says what follows: `KeepAlive`, `Close`
     /// (closing is left to the caller) or `Gone`; an unread body is skipped here.
-    async fn answer<F, Fut>(&mut self, next: Next, handler: &F) -> After
+    async fn answer<F, Fut>(&mut self, next: Next, in_flight: RequestGuard, handler: &F) -> After
     where
         F: Fn(Request) -> Fut,
         Fut: Future<Output = http_types::Result<Response>>,
@@ -202,7 +212,6 @@ impl Connection<'_> {
             minor,
         } = next;
         let (io, options) = (&self.io, &self.options);
-        let in_flight = self.drain.request();
         let method = request.method();
         let (request, inbound) = body::attach(
             request,

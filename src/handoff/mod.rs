@@ -315,7 +315,9 @@ impl Spawn {
     /// before the fork, so the successor, which reads it before it serves, never waits for
     /// this process to be scheduled again (it only waits, bounded, if the write could not be
     /// made at once).
-    pub(crate) async fn start(self, state: &[u8]) -> io::Result<Successor> {
+    /// `state: None` sends no state now: this process sends it later, once it has stopped
+    /// serving (see `server::run`), and the successor waits for it before it serves.
+    pub(crate) async fn start(self, state: Option<&[u8]>) -> io::Result<Successor> {
         let Spawn {
             mut command,
             fds,
@@ -326,9 +328,10 @@ impl Spawn {
         } = self;
         let relay = relay.map(crate::handoff::relay::Relay::new).transpose()?;
         let control = control.map(crate::handoff::relay::Relay::new).transpose()?;
-        let state_sent = relay
-            .as_ref()
-            .is_none_or(|r| r.try_send_state(state).is_ok());
+        let state_sent = match (&relay, state) {
+            (Some(relay), Some(state)) => relay.try_send_state(state).is_ok(),
+            _ => true,
+        };
         let (sender, receiver) = smol::channel::bounded(1);
         std::thread::Builder::new()
             .name("baton-spawn".into())
@@ -361,7 +364,7 @@ impl Spawn {
             relay,
             control,
         };
-        if !state_sent {
+        if let (false, Some(state)) = (state_sent, state) {
             successor.send_state(state).await;
         }
         Ok(successor)

@@ -285,7 +285,7 @@ impl Supervising {
             let reaped = self.reaped.clone();
             tasks.push(executor.spawn(async move {
                 // A relay's first message is the (empty) state: the new worker serves at once.
-                let successor = spawn.start(&[]).await.map_err(|e| (None, e))?;
+                let successor = spawn.start(Some(&[])).await.map_err(|e| (None, e))?;
                 emit(&Event::Spawned {
                     pid: successor.pid(),
                 });

@@ -175,11 +175,15 @@ where
 
 /// Everything before the first accept: certificates, the pid file, the predecessor's state,
 /// and telling the parent (if any) that this process serves.
-async fn start<'e, F>(
+async fn start<'e, F, Fut>(
     server: Server,
     executor: &'e LocalExecutor<'static>,
     handler: Rc<F>,
-) -> io::Result<Process<'e, F>> {
+) -> io::Result<Process<'e, F>>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
     let Server {
         config,
         listeners,
@@ -215,12 +219,6 @@ async fn start<'e, F>(
     if let Some(threads) = environment_kept {
         emit(&Event::EnvironmentKept { threads });
     }
-    let mut relay_buffer = Vec::new();
-    let inbound = match relay.map(Relay::new).transpose()? {
-        Some(relay) => inherit_state(relay, &mut relay_buffer, &hooks).await,
-        None => None,
-    };
-    let inbound: Vec<Relay> = inbound.into_iter().collect();
     if let Some(pipe) = ready {
         // Unannounced, the parent would kill this process at its upgrade timeout anyway.
         handoff::announce_ready(pipe).map_err(|e| {
@@ -230,6 +228,25 @@ async fn start<'e, F>(
                 e,
             )
         })?;
+    }
+    // The previous process, told that this one is ready, stops serving, finishes what it has
+    // in flight, and sends its state: nothing is served here until it has arrived, so the
+    // state is the one after its last request. Connections it hands over meanwhile wait.
+    let mut relay_buffer = Vec::new();
+    let mut waiting = Vec::new();
+    let mut inbound = Vec::new();
+    if let Some(relay) = relay.map(Relay::new).transpose()? {
+        let bound = config.drain_timeout + STATE_TIMEOUT;
+        let started = std::time::Instant::now();
+        let state = inherit_state(&relay, &mut relay_buffer, &mut waiting, bound).await;
+        if let Some(state) = &state {
+            hooks.inherit(state);
+        }
+        emit(&Event::StateInherited {
+            bytes: state.as_ref().map(Vec::len),
+            waited: started.elapsed(),
+        });
+        inbound.push(relay);
     }
     if let Some(parent) = endless_parent {
         // endless waits for this to shut down; only if it is still our parent (not init,
@@ -242,12 +259,24 @@ async fn start<'e, F>(
             }
         }
     }
+    let connections = Connections {
+        executor,
+        handler,
+        options: config.connection(),
+    };
+    let drain = Drain::new();
+    for message in waiting {
+        relayed(
+            &connections,
+            &hooks,
+            &drain,
+            &mut inbound,
+            usize::MAX,
+            Ok(Some(message)),
+        );
+    }
     Ok(Process {
-        connections: Connections {
-            executor,
-            handler,
-            options: config.connection(),
-        },
+        connections,
         config,
         listeners: Listeners::new(listeners),
         tls,
@@ -259,30 +288,36 @@ async fn start<'e, F>(
         inbound,
         control,
         relay_buffer,
-        drain: Drain::new(),
+        drain,
         earlier: Vec::new(),
         spawned: Vec::new(),
         is_worker,
     })
 }
 
-/// The first message on the predecessor's relay is its state (possibly none), awaited for a
-/// bounded time before this process serves. Returns the relay for the connections that
-/// follow, or `None` if the protocol broke.
-async fn inherit_state(relay: Relay, buffer: &mut Vec<u8>, hooks: &Hooks) -> Option<Relay> {
-    let first = async { relay.receive(buffer).await.ok().flatten() };
+/// Waits, up to `bound`, for the previous process's state on its relay; what arrives before it
+/// (connections it hands over, relays it forwards) is kept in `waiting`. `None`: no state
+/// came (the relay closed, broke, or the bound passed): this process starts cold.
+async fn inherit_state(
+    relay: &Relay,
+    buffer: &mut Vec<u8>,
+    waiting: &mut Vec<Received>,
+    bound: std::time::Duration,
+) -> Option<Vec<u8>> {
+    let receive = async {
+        loop {
+            match relay.receive(buffer).await {
+                Ok(Some(Received::State(state))) => return Some(state),
+                Ok(Some(other)) => waiting.push(other),
+                _ => return None,
+            }
+        }
+    };
     let late = async {
-        Timer::after(STATE_TIMEOUT).await;
+        Timer::after(bound).await;
         None
     };
-    match first.or(late).await {
-        Some(Received::State(state)) => {
-            hooks.inherit(&state);
-            Some(relay)
-        }
-        // Anything else breaks the protocol: no connections from that relay.
-        _ => None,
-    }
+    receive.or(late).await
 }
 
 /// What woke the serving loop.
@@ -509,7 +544,8 @@ where
         let settle = self.config.successor_ready_after;
         Ok(async move {
             hooks.spawning().await;
-            let successor = spawn.start(&hooks.state()).await.map_err(|e| (None, e))?;
+            // The state goes later, once this process has stopped serving (exact).
+            let successor = spawn.start(None).await.map_err(|e| (None, e))?;
             emit(&Event::Spawned {
                 pid: successor.pid(),
             });
@@ -532,8 +568,12 @@ where
                 }
                 self.hooks.ready(pid).await;
                 if !restart {
-                    // A SIGUSR2 successor gets no connections: its relay closes here. It has
-                    // the PID file now (and MAINPID); this process is `<pid file>.oldbin`.
+                    // A SIGUSR2 successor gets the state as it stands (both serve on), and no
+                    // connections: its relay closes here. It has the PID file now (and
+                    // MAINPID); this process is `<pid file>.oldbin`.
+                    if let Some(relay) = &relay {
+                        let _ = relay.try_send_state(&self.hooks.state());
+                    }
                     self.supervisor.successor_ready(pid);
                     self.supervisor.old_binary(true);
                     self.spawned.push(child);
@@ -584,7 +624,9 @@ where
         }
         // (async-h1's loop cannot hand connections over; with it they close as usual.)
         if cfg!(feature = "async-h1") && self.config.async_h1 {
-            outbound = None;
+            if let Some(relay) = outbound.take() {
+                let _ = relay.try_send_state(&self.hooks.state());
+            }
         }
         if let Some(relay) = outbound.take() {
             self.drain.set_relay(Rc::new(relay));
@@ -656,6 +698,10 @@ where
     /// How the drain ends: every connection done, the timer, a second shutdown signal, or the
     /// successor exiting.
     async fn drain_ending(&mut self, successor: &mut Option<Child>, deadline: Timer) -> Ending {
+        let state_wait = &self.config.state_wait;
+        // A successor this process spawned waits for the state; a worker's replacement got
+        // its (empty) state from the supervising process already.
+        let owes_state = !self.is_worker;
         let Process {
             connections,
             hooks,
@@ -679,7 +725,33 @@ where
                 forward_inbound(drain, inbound).await;
             }
         };
+        // The state, once what this process was answering is done: the successor serves
+        // only once it has it, so it starts from the state after this process's last request.
+        let state_sent = std::cell::Cell::new(false);
+        let hand_state = async {
+            if let Some(relay) = drain.relay().filter(|_| owes_state) {
+                if hooks.has_state() {
+                    let wait = Timer::after(*state_wait);
+                    drain
+                        .requests_done()
+                        .or(async {
+                            wait.await;
+                        })
+                        .await;
+                }
+                let state = hooks.state();
+                let sent = relay.send_state(&state);
+                let _ = sent
+                    .or(async {
+                        Timer::after(RELAY_TIMEOUT).await;
+                        Ok(())
+                    })
+                    .await;
+            }
+            state_sent.set(true);
+        };
         let finished = async {
+            hand_state.await;
             relaying.await;
             for drain in earlier.iter().chain(std::iter::once(&*drain)) {
                 drain.finished().await;
@@ -723,7 +795,14 @@ where
                 }
             }
         };
-        finished.or(signalled).or(timeout).await
+        let ending = finished.or(signalled).or(timeout).await;
+        if !state_sent.get() && !self.is_worker {
+            // Cut before the state went: the successor still gets it (best effort).
+            if let Some(relay) = self.drain.relay() {
+                let _ = relay.try_send_state(&self.hooks.state());
+            }
+        }
+        ending
     }
 
     fn reap(&mut self) {
@@ -776,10 +855,14 @@ fn relayed<F, Fut>(
                 inbound.push(relay);
             }
         }
+        // State comes first, before serving; one later (or a control message) is not for a
+        // relay that is serving: ignored.
+        Ok(Some(Received::State(_) | Received::Retire(_))) => {}
         // The process on the other end is done handing over (or its relay broke).
-        _ => {
+        _ if index < inbound.len() => {
             inbound.swap_remove(index);
         }
+        _ => {}
     }
 }
 
