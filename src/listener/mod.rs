@@ -66,6 +66,11 @@ enum Spec {
     Unix(PathBuf),
 }
 
+/// Flags for accepted sockets: non-blocking (the reactor's), close-on-exec.
+fn accept_flags() -> SocketFlags {
+    SocketFlags::NONBLOCK | SocketFlags::CLOEXEC
+}
+
 /// A listening socket of either kind.
 #[derive(Debug)]
 pub(crate) enum Socket {
@@ -81,11 +86,18 @@ impl Socket {
     pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
         loop {
             let accepted = match self {
-                Socket::Tcp(l) => l.get_ref().accept().and_then(|(s, peer)| {
-                    // Responses are written whole; Nagle would only delay them.
-                    s.set_nodelay(true)?;
-                    Ok((Stream::Tcp(Async::new(s)?), peer.to_string()))
-                }),
+                // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
+                Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
+                    .map_err(io::Error::from)
+                    .and_then(|(fd, peer)| {
+                        let s = std::net::TcpStream::from(fd);
+                        // Responses are written whole; Nagle would only delay them.
+                        s.set_nodelay(true)?;
+                        let peer = peer
+                            .and_then(|p| SocketAddr::try_from(p).ok())
+                            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                        Ok((Stream::Tcp(Async::new_nonblocking(s)?), peer))
+                    }),
                 Socket::Unix(l) => l
                     .get_ref()
                     .accept()
