@@ -59,6 +59,7 @@ fn usage() -> String {
   --tls-cert, --tls-key PEM certificate chain and key for tls: addresses (--features tls)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
                         instead of moving them to the new process
+  --max-generations N   most generations alive at once, the serving one counted ({})
   --ready-after 1s      count a successor that cannot report readiness (a Go server)
                         as ready once it has run this long (default: wait for its report)
   --workers N           a supervising process that keeps the PID and the sockets, serving
@@ -79,6 +80,7 @@ For tests and the benchmark:
         d.max_head_bytes,
         d.max_body_bytes,
         d.max_connections,
+        d.max_generations,
     )
 }
 
@@ -120,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
             "--max-connections" => config.max_connections = parse_number(&name, &value)?,
             "--workers" => config.workers = Some(parse_number(&name, &value)?),
+            "--max-generations" => config.max_generations = parse_number(&name, &value)?,
             "--ready-after" => config.successor_ready_after = Some(duration()?),
             "--pid-file" => config.pid_file = Some(value.into()),
             "--tls-cert" => tls_cert = Some(value),

@@ -48,6 +48,10 @@ pub struct Config {
     /// process's last request); a request still running then may change state that is lost.
     /// Default: 1 s.
     pub state_wait: Duration,
+    /// The most generations alive at once, counting the one serving (at least 2): a restart
+    /// that would exceed it first ends the oldest generations still draining (what they were
+    /// still doing is cut, and logged). Default: 3.
+    pub max_generations: usize,
     /// The most connections served at once; at the limit, new ones wait in the kernel's accept
     /// queue. At least 1. Default: 10 000.
     pub max_connections: usize,
@@ -91,6 +95,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             state_wait: Duration::from_secs(1),
+            max_generations: 3,
             max_connections: 10_000,
             hand_over_connections: true,
             pid_file: None,

@@ -45,6 +45,14 @@ pub enum Event<'a> {
         /// How long this process waited for it.
         waited: std::time::Duration,
     },
+    /// An old generation, still draining, was told to stop at once: a restart would have left
+    /// more than `max` generations alive.
+    GenerationEnded {
+        /// Its pid.
+        pid: u32,
+        /// `Config::max_generations`.
+        max: usize,
+    },
     /// A handled signal arrived.
     Signal {
         /// Which.
@@ -199,6 +207,10 @@ impl fmt::Display for Event<'_> {
             } => write!(
                 f,
                 "no state from the previous process after {waited:.1?}; starting cold"
+            ),
+            Event::GenerationEnded { pid, max } => write!(
+                f,
+                "ended generation {pid}, still draining: at most {max} generations alive"
             ),
             Event::Signal { signal } => write!(f, "received {signal}"),
             Event::Ignored { signal, reason } => write!(f, "ignored {signal}: {reason}"),

@@ -185,3 +185,37 @@ fn the_count_never_repeats_or_skips_across_fifty_fast_restarts() {
     );
     assert!(counts.len() > 50, "only {} requests", counts.len());
 }
+
+/// At most `--max-generations` processes are alive: a restart that would exceed it ends the
+/// oldest generation still draining first (its slow request is cut, with a 503).
+#[test]
+fn a_restart_beyond_max_generations_ends_the_oldest_draining_one() {
+    let server = common::Server::hello(&["--drain-timeout", "20s", "--max-generations", "3"]);
+    let addr = server.addr;
+    // A slow request to whichever generation serves now; answered by that one.
+    let slow = || {
+        let handle = std::thread::spawn(move || common::get(addr, "/slow?ms=8000"));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        handle
+    };
+    let first = server.pid;
+    let first_slow = slow();
+    let second = server.restart(first);
+    let second_slow = slow();
+    let third = server.restart(second);
+    // First, second (draining) and third (serving): three. One more restart would make four.
+    assert!(common::alive(first) && common::alive(second));
+    let fourth = server.restart(third);
+    server.wait_line(&format!(
+        "baton[{third}]: ended generation {first}, still draining"
+    ));
+    let cut = first_slow
+        .join()
+        .unwrap()
+        .expect("a reply for the cut request");
+    assert_eq!(cut.status, 503);
+    assert!(common::wait_gone(first, common::DEADLINE));
+    assert!(common::alive(second), "the second generation was ended too");
+    assert_eq!(common::serving_pid(addr), fourth);
+    let _ = second_slow;
+}

@@ -11,6 +11,7 @@
 //! of the first two a u32 LE length and the text) with its fd: the successor's application
 //! resumes it by name.
 //!
+//! A draining process also sends `G[JSON array of pids]`: the generations still draining.
 //! A draining process forwards its own inbound relay, if it still has one, as `F` with that
 //! relay's fd, so that it need not stay alive for an older process that is still draining.
 //!
@@ -64,6 +65,8 @@ pub(crate) enum Received {
     /// An older process's relay, forwarded by a process that drains: take its connections
     /// from it too, so the forwarding process need not wait for it.
     Relay(OwnedFd),
+    /// The pids of the generations still draining, oldest first, the sender last.
+    Generations(Vec<u32>),
 }
 
 /// An upgraded connection received from the previous process.
@@ -147,6 +150,13 @@ impl Relay {
             head.extend_from_slice(text.as_bytes());
         }
         self.send_with_fd(&[&head, held], Some(conn.as_fd())).await
+    }
+
+    /// Tells the successor which generations are still draining (oldest first, this one
+    /// last), so that it can keep their number bounded.
+    pub(crate) async fn send_generations(&self, pids: &[u32]) -> io::Result<()> {
+        let text = serde_json::to_string(pids).map_err(io::Error::other)?;
+        self.send_with_fd(&[b"G", text.as_bytes()], None).await
     }
 
     /// Forwards `relay` (the relay this process receives on) to the successor.
@@ -235,6 +245,9 @@ impl Relay {
             (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
             (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
             (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
+            (Some((b'G', list)), None) => serde_json::from_slice(list)
+                .map(|pids| Some(Received::Generations(pids)))
+                .map_err(|_| bad()),
             (Some((b'C', message)), Some(fd)) => {
                 let (peer, rest) = text(message)?;
                 let (local, rest) = text(rest)?;

@@ -122,6 +122,15 @@ where
     }
 }
 
+/// What comes from older processes: relays connections come in on, until each is closed (the
+/// previous process's, and older ones it forwarded when it started draining), and the
+/// generations still draining, oldest first.
+#[derive(Default)]
+struct Inbound {
+    relays: Vec<Relay>,
+    older: Vec<u32>,
+}
+
 /// Everything the phases share.
 struct Process<'e, F> {
     connections: Connections<'e, F>,
@@ -133,9 +142,8 @@ struct Process<'e, F> {
     emit: Rc<dyn Fn(&Event<'_>)>,
     hooks: Hooks,
     supervisor: Supervisor,
-    /// Relays connections come in on, until each is closed: the previous process's, and
-    /// older ones it forwarded when it started draining.
-    inbound: Vec<Relay>,
+    /// Relays connections come in on, and the older generations still draining.
+    inbound: Inbound,
     /// A worker's control channel to its supervising process: it restarts and stops this
     /// process, which then ignores SIGHUP and SIGUSR2.
     control: Option<Relay>,
@@ -234,7 +242,7 @@ where
     // state is the one after its last request. Connections it hands over meanwhile wait.
     let mut relay_buffer = Vec::new();
     let mut waiting = Vec::new();
-    let mut inbound = Vec::new();
+    let mut inbound = Inbound::default();
     if let Some(relay) = relay.map(Relay::new).transpose()? {
         let bound = config.drain_timeout + STATE_TIMEOUT;
         let started = std::time::Instant::now();
@@ -246,7 +254,7 @@ where
             bytes: state.as_ref().map(Vec::len),
             waited: started.elapsed(),
         });
-        inbound.push(relay);
+        inbound.relays.push(relay);
     }
     if let Some(parent) = endless_parent {
         // endless waits for this to shut down; only if it is still our parent (not init,
@@ -443,7 +451,7 @@ where
         };
         let signal = async { Wake::Signal(signals.next().await) };
         let relayed = async {
-            let (index, message) = receive_any(inbound, relay_buffer).await;
+            let (index, message) = receive_any(&inbound.relays, relay_buffer).await;
             Wake::Relayed(index, message)
         };
         let upgraded = async {
@@ -500,6 +508,23 @@ where
             fresh: true,
         };
         self.connections.spawn(incoming, &self.drain, counted);
+    }
+
+    /// At a restart: with this process, its successor and the older generations still
+    /// draining, more than `max_generations` are alive; the oldest draining ones are told to
+    /// stop at once (a second SIGTERM: what they still do is cut).
+    fn bound_generations(&mut self) {
+        let older = self.inbound.alive_older();
+        let max = self.config.max_generations.max(2);
+        let excess = (older.len() + 2).saturating_sub(max);
+        for &pid in &older[..excess.min(older.len())] {
+            if let Some(target) = rustix::process::Pid::from_raw(pid as i32) {
+                // Draining already: a shutdown signal ends its drain at once.
+                let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+                (self.emit)(&Event::GenerationEnded { pid, max });
+            }
+        }
+        self.inbound.older.drain(..excess.min(older.len()));
     }
 
     /// Starts a successor (SIGHUP: `restart`; SIGUSR2: beside this process); `None` if it
@@ -631,7 +656,18 @@ where
         if let Some(relay) = outbound.take() {
             self.drain.set_relay(Rc::new(relay));
         }
-        forward_inbound(&self.drain, &mut self.inbound).await;
+        forward_inbound(&self.drain, &mut self.inbound.relays).await;
+        if matches!(stop, Stop::Restart { .. }) {
+            // Checked now, once the successor serves: a generation that had nothing to drain
+            // has had the time to exit, and is not counted.
+            self.bound_generations();
+        }
+        if let Some(relay) = self.drain.relay() {
+            // The successor bounds the generations alive: tell it which are still draining.
+            let mut pids = self.inbound.alive_older();
+            pids.push(std::process::id());
+            let _ = relay.send_generations(&pids).await;
+        }
         self.drain.start();
         let (connections, requests) = self.open();
         (self.emit)(&Event::Draining {
@@ -719,10 +755,10 @@ where
         // now (see `forward_inbound`); else keep taking them until it closes the relay, or
         // they would be lost in the relay's buffer when this process exits.
         let relaying = async {
-            while !inbound.is_empty() {
-                let (index, message) = receive_any(inbound, relay_buffer).await;
+            while !inbound.relays.is_empty() {
+                let (index, message) = receive_any(&inbound.relays, relay_buffer).await;
                 relayed(connections, hooks, drain, inbound, index, message);
-                forward_inbound(drain, inbound).await;
+                forward_inbound(drain, &mut inbound.relays).await;
             }
         };
         // The state, once what this process was answering is done: the successor serves
@@ -815,6 +851,22 @@ where
     }
 }
 
+impl Inbound {
+    /// The older generations still running, oldest first.
+    fn alive_older(&mut self) -> Vec<u32> {
+        // Running, not a zombie: an exited generation waits for its (possibly new) parent to
+        // reap it, and must not count.
+        self.older.retain(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            matches!(state, Some(state) if state != 'Z' && state != 'X')
+        });
+        self.older.clone()
+    }
+}
+
 /// The next message on any of `relays`, with the relay's index.
 async fn receive_any(
     relays: &[Relay],
@@ -840,7 +892,7 @@ fn relayed<F, Fut>(
     connections: &Connections<'_, F>,
     hooks: &Hooks,
     drain: &Rc<Drain>,
-    inbound: &mut Vec<Relay>,
+    inbound: &mut Inbound,
     index: usize,
     message: io::Result<Option<Received>>,
 ) where
@@ -852,15 +904,16 @@ fn relayed<F, Fut>(
         Ok(Some(Received::Upgraded(handed))) => connections.spawn_upgraded(handed, drain, hooks),
         Ok(Some(Received::Relay(fd))) => {
             if let Ok(relay) = Relay::new(fd) {
-                inbound.push(relay);
+                inbound.relays.push(relay);
             }
         }
+        Ok(Some(Received::Generations(pids))) => inbound.older = pids,
         // State comes first, before serving; one later (or a control message) is not for a
         // relay that is serving: ignored.
         Ok(Some(Received::State(_) | Received::Retire(_))) => {}
         // The process on the other end is done handing over (or its relay broke).
-        _ if index < inbound.len() => {
-            inbound.swap_remove(index);
+        _ if index < inbound.relays.len() => {
+            inbound.relays.swap_remove(index);
         }
         _ => {}
     }
