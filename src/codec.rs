@@ -24,6 +24,8 @@ pub(crate) enum Reject {
     BodyTimedOut,
     /// 408: the head took longer than the header timeout.
     HeadTimedOut,
+    /// 400: not HTTP/1.x.
+    UnsupportedVersion,
     /// 414: the request line alone is longer than the head limit.
     UriTooLong,
     /// 417: an `Expect` other than `100-continue`.
@@ -36,7 +38,7 @@ impl Reject {
     pub(crate) fn status(self) -> http_types::StatusCode {
         use http_types::StatusCode;
         match self {
-            Reject::BadRequest(_) => StatusCode::BadRequest,
+            Reject::BadRequest(_) | Reject::UnsupportedVersion => StatusCode::BadRequest,
             Reject::HeadTooLarge => StatusCode::RequestHeaderFieldsTooLarge,
             Reject::BodyTooLarge => StatusCode::PayloadTooLarge,
             Reject::BodyTimedOut | Reject::HeadTimedOut => StatusCode::RequestTimeout,
@@ -51,6 +53,7 @@ impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reject::BadRequest(why) => write!(f, "bad request: {why}"),
+            Reject::UnsupportedVersion => f.write_str("bad request: unsupported HTTP version"),
             Reject::HeadTooLarge => f.write_str("request head too large"),
             Reject::BodyTooLarge => f.write_str("request body too large"),
             Reject::BodyTimedOut => f.write_str("request body timed out"),
@@ -98,9 +101,7 @@ pub(crate) fn parse_head<'b, 'h>(
     let status = match request.parse(buf) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
-        Err(httparse::Error::Version) => {
-            return Err(Reject::BadRequest("unsupported HTTP version"));
-        }
+        Err(httparse::Error::Version) => return Err(Reject::UnsupportedVersion),
         Err(httparse::Error::HeaderName) => {
             return Err(Reject::BadRequest(
                 "invalid header name (obs-fold or a stray character?)",
@@ -228,6 +229,32 @@ pub(crate) fn parse_head<'b, 'h>(
         expect_continue: expect_continue && minor == 1 && framing != Framing::None,
         len,
     }))
+}
+
+/// A request line ending in `HTTP/1.D` with D from 2 to 9 gets D = 1, in place: such a
+/// request is served as HTTP/1.1 (RFC 9112 §2.3). `false` if there is no such line (yet).
+pub(crate) fn downgrade_minor(buf: &mut [u8]) -> bool {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    match buf[..end] {
+        [
+            ..,
+            b' ',
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            b'1',
+            b'.',
+            ref mut minor,
+        ] if (b'2'..=b'9').contains(minor) => {
+            *minor = b'1';
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A head over the limit: 414 if the request line alone is (the target, then), else 431.
@@ -815,6 +842,19 @@ mod tests {
             out,
             b"HTTP/1.1 200 OK\r\ndate: x\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn later_http_1_minor_versions_become_1_1() {
+        let mut raw = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec();
+        assert_eq!(parse(&raw), Err(Reject::UnsupportedVersion));
+        assert!(downgrade_minor(&mut raw));
+        assert!(raw.starts_with(b"GET / HTTP/1.1\r\n"));
+        assert!(parse(&raw).unwrap().is_some());
+        let mut two = b"GET / HTTP/2.0\r\nHost: a\r\n\r\n".to_vec();
+        assert!(!downgrade_minor(&mut two));
+        let mut partial = b"GET / HTTP/1.2".to_vec();
+        assert!(!downgrade_minor(&mut partial));
     }
 
     #[test]

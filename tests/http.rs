@@ -404,6 +404,12 @@ fn unknown_expectations_long_targets_and_userinfo_are_refused_with_their_status(
     );
     assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
     assert!(reply.contains("userinfo"), "{reply}");
+    // A later HTTP/1.x minor version is served as HTTP/1.1 (RFC 9112 §2.3).
+    let reply = until_close(
+        &server,
+        b"GET /hello HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
     // Without userinfo the absolute form is served.
     let reply = until_close(
         &server,

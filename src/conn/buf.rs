@@ -29,6 +29,10 @@ impl ReadBuf {
         &self.data[self.start..self.end]
     }
 
+    pub(super) fn pending_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
     pub(super) fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {

@@ -475,10 +475,18 @@ async fn next_request(
                     expect_continue: head.expect_continue,
                     minor: head.minor,
                 };
-                Some((next, head.len))
+                Some(Ok((next, head.len)))
             }
             Ok(None) => None,
+            Err(Reject::UnsupportedVersion) => Some(Err(())),
             Err(reject) => return Err(HeadError::Reject(reject)),
+        };
+        let next = match next {
+            Some(Ok(next)) => Some(next),
+            // A later HTTP/1.x is served as 1.1 (RFC 9112 §2.3); httparse knows 1.0 and 1.1.
+            Some(Err(())) if codec::downgrade_minor(buf.pending_mut()) => continue,
+            Some(Err(())) => return Err(HeadError::Reject(Reject::UnsupportedVersion)),
+            None => None,
         };
         if let Some((next, len)) = next {
             buf.consume(len);
