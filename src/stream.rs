@@ -56,6 +56,8 @@ impl Stream {
         poll_fn(|cx| self.poll_read(cx, buf)).await
     }
 
+    /// (async-h1's loop) writes all of `buf`.
+    #[cfg(feature = "async-h1")]
     pub(crate) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             match poll_fn(|cx| self.poll_write(cx, buf)).await? {

@@ -59,7 +59,9 @@ fn server_side_closed(server: std::net::SocketAddr, client: std::net::SocketAddr
 
 #[test]
 fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
-    let server = Server::hello(&["--write-timeout", "300ms", "--max-body-bytes", "33554432"]);
+    // The write timeout bounds a stalled write to its setting (it used to take about twice
+    // as long: a write that only retried when its timer fired found a little room each time).
+    let server = Server::hello(&["--write-timeout", "1s", "--max-body-bytes", "33554432"]);
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     let client = stalled.local_addr().unwrap();
     // An echo larger than the socket buffers on both sides, never read.
@@ -78,6 +80,13 @@ fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Within 20% of the setting (the response starts as the upload ends; its buffers fill in
+    // a few ms on loopback).
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_millis(1200),
+        "cut after {took:?} for a 1 s write timeout"
+    );
     // Meanwhile and afterwards, others are served.
     assert_eq!(common::get(server.addr, "/hello").unwrap().status, 200);
 }

@@ -152,16 +152,50 @@ pub(crate) async fn write_response(
 }
 
 /// Writes all of `buf`, failing with `TimedOut` if the client takes longer than `timeout` to
-/// accept it (a client that stopped reading). The timer is armed only if the write has to wait.
-pub(super) async fn send(io: &Stream, buf: &[u8], timeout: Duration) -> io::Result<()> {
-    let stalled = async {
-        Timer::after(timeout).await;
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client stopped reading",
-        ))
-    };
-    io.write_all(buf).or(stalled).await
+/// accept it (a client that stopped reading). The timer is armed only if the write has to wait,
+/// and is looked at before the socket on every wake-up: a kernel that frees a little send
+/// space now and then (a client's receive buffer growing while it reads nothing) does not get
+/// a write that retries only when the timer fires a fresh timeout each time.
+pub(super) async fn send(io: &Stream, mut buf: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut stalled: Option<Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let Some(timer) = stalled.as_mut() {
+            if std::pin::Pin::new(timer).poll(cx).is_ready() {
+                return std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                )));
+            }
+        }
+        while !buf.is_empty() {
+            match io.poll_write(cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return std::task::Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                std::task::Poll::Ready(Ok(n)) => buf = &buf[n..],
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => {
+                    if stalled.is_none() {
+                        let mut timer = Timer::after(timeout);
+                        // Registered now, so that it wakes this task.
+                        let _ = std::pin::Pin::new(&mut timer).poll(cx);
+                        stalled = Some(timer);
+                    }
+                    return std::task::Poll::Pending;
+                }
+            }
+        }
+        match io.poll_flush(cx) {
+            std::task::Poll::Pending if stalled.is_none() => {
+                let mut timer = Timer::after(timeout);
+                let _ = std::pin::Pin::new(&mut timer).poll(cx);
+                stalled = Some(timer);
+                std::task::Poll::Pending
+            }
+            other => other,
+        }
+    })
+    .await
 }
 
 /// Streams a body of unknown length as chunks, each gathered into one write with its framing.
