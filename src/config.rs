@@ -149,6 +149,10 @@ pub(crate) mod timing {
     pub(crate) const QUICK_DEATH: Duration = Duration::from_secs(5);
     pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
     pub(crate) const MOST_BACKOFF: Duration = Duration::from_secs(10);
+    /// (Supervising process) a worker that exited cleanly (it drained, after a shutdown
+    /// signal that may be on its way here too) is replaced only this much later, if no
+    /// shutdown came meanwhile.
+    pub(crate) const CLEAN_EXIT_GRACE: Duration = Duration::from_millis(200);
     /// (Supervising process) how long past the drain timeout retiring workers are waited for
     /// before they are killed.
     pub(crate) const KILL_GRACE: Duration = Duration::from_secs(1);

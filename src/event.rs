@@ -266,6 +266,15 @@ impl fmt::Display for Event<'_> {
                 pid,
                 status,
                 replaced_in: Some(delay),
+            } if status.success() => write!(
+                f,
+                "worker {pid} exited ({status}); a new one starts in {delay:?} unless the \
+                 service is stopping"
+            ),
+            Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: Some(delay),
             } if delay.is_zero() => {
                 write!(
                     f,

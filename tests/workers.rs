@@ -32,7 +32,8 @@ fn workers_ready(server: &Server, generation: u64, count: usize) -> Vec<u32> {
     )
 }
 
-/// SIGHUP to the supervising process; waits until generation `next` serves.
+/// SIGHUP to the supervising process; waits until generation `next` serves and the
+/// supervising process has re-executed itself in place.
 fn restart(server: &Server, next: u64) {
     signal(server.pid, Signal::HUP);
     server.wait_for(&format!("generation {next} restarted"), |lines| {
@@ -40,6 +41,14 @@ fn restart(server: &Server, next: u64) {
             .iter()
             .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
             .any(|l| l.restarted() == Some(next))
+            .then_some(())
+    });
+    let resumed = format!("(re-executed in place, generation {next})");
+    server.wait_for(&resumed, |lines| {
+        lines
+            .iter()
+            .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
+            .any(|l| l.message.starts_with("supervising") && l.message.ends_with(&resumed))
             .then_some(())
     });
 }

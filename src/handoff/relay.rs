@@ -17,8 +17,8 @@
 //!
 //! The same kind of channel connects a supervising process to each of its workers (the
 //! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
-//! worker's connections to (none: close them). Its EOF tells a worker that its supervising
-//! process is gone.
+//! worker's connections to (none: close them); `K`, "stop at once" (a second shutdown
+//! signal). Its EOF tells a worker that its supervising process is gone.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -67,6 +67,8 @@ pub(crate) enum Received {
     Relay(OwnedFd),
     /// The pids of the generations still draining, oldest first, the sender last.
     Generations(Vec<u32>),
+    /// (Control channel) a draining worker stops at once: a second shutdown signal.
+    StopNow,
 }
 
 /// An upgraded connection received from the previous process.
@@ -170,6 +172,11 @@ impl Relay {
         send_with_fd(self.socket.get_ref(), &[b"R"], relay)
     }
 
+    /// (Control channel) tells a draining worker to stop at once.
+    pub(crate) fn try_stop_now(&self) -> io::Result<()> {
+        send_with_fd(self.socket.get_ref(), &[b"K"], None)
+    }
+
     async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
         self.socket
             .write_with(|socket| send_with_fd(socket, parts, fd))
@@ -244,6 +251,7 @@ impl Relay {
             (None, None) => Ok(None),
             (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
             (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
+            (Some((b'K', [])), None) => Ok(Some(Received::StopNow)),
             (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
             (Some((b'G', list)), None) => serde_json::from_slice(list)
                 .map(|pids| Some(Received::Generations(pids)))

@@ -30,7 +30,9 @@ use smol::future::FutureExt as _;
 use smol::{LocalExecutor, Task};
 
 use crate::config::Config;
-use crate::config::timing::{FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH};
+use crate::config::timing::{
+    CLEAN_EXIT_GRACE, FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH,
+};
 use crate::event::Event;
 use crate::handoff::relay::Relay;
 use crate::handoff::{self, Exec, NotReady, Ready, Role};
@@ -424,7 +426,14 @@ impl Supervising {
             let status = ExitStatus::from_raw(status.as_raw());
             if let Some(at) = self.workers.iter().position(|w| w.pid == pid) {
                 let worker = self.workers.remove(at);
-                let replaced_in = if worker.started.elapsed() < QUICK_DEATH {
+                let replaced_in = if status.success() {
+                    // A clean exit is a drain: it got a shutdown signal, most likely the same
+                    // one (a Ctrl-C to the group) that is on its way to this process. Replace
+                    // it only if no shutdown follows shortly.
+                    let at = Instant::now() + CLEAN_EXIT_GRACE;
+                    self.next_respawn = Some(self.next_respawn.map_or(at, |n| n.max(at)));
+                    CLEAN_EXIT_GRACE
+                } else if worker.started.elapsed() < QUICK_DEATH {
                     self.quick_death()
                 } else {
                     self.quick_deaths = 0;
@@ -459,9 +468,11 @@ impl Supervising {
     /// are killed); a second shutdown signal makes them stop at once.
     async fn shutdown(&mut self, signal: Signal) -> Report {
         self.notify.stopping();
+        let mut retired_channels = Vec::new();
         for worker in std::mem::take(&mut self.workers) {
             let _ = worker.control.try_retire(None);
             self.retiring.push(worker.pid);
+            retired_channels.push(worker.control);
         }
         let deadline = Instant::now() + self.config.drain_timeout + KILL_GRACE;
         let mut killed = false;
@@ -479,8 +490,10 @@ impl Supervising {
                 Some(Ok((_, Command::Reap))) => {}
                 Some(Ok((signal, Command::Shutdown))) => {
                     (self.emit)(&Event::Signal { signal });
-                    // A draining worker stops at once on a second shutdown signal.
-                    self.signal_retiring(rustix::process::Signal::TERM);
+                    // Draining workers stop at once on a second shutdown signal.
+                    for control in &retired_channels {
+                        let _ = control.try_stop_now();
+                    }
                 }
                 Some(Ok((signal, _))) => {
                     (self.emit)(&Event::Signal { signal });

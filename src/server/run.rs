@@ -416,11 +416,19 @@ where
                 // Retired by the supervising process (with the new worker to hand connections
                 // to), or the supervising process is gone: drain and exit either way.
                 Wake::Control(message) => {
+                    // Some(true): a retire message (the supervisor is there); else it is gone.
+                    let message_kind = match &message {
+                        Ok(Some(Received::Retire(_))) => Some(true),
+                        _ => None,
+                    };
                     let outbound = match message {
                         Ok(Some(Received::Retire(Some(relay)))) => Relay::new(relay).ok(),
                         _ => None,
                     };
-                    self.control = None;
+                    // The channel stays: a second shutdown comes on it as "stop at once".
+                    if !matches!(message_kind, Some(true)) {
+                        self.control = None;
+                    }
                     return Ok(Phase::Draining(Draining {
                         stop: Stop::Retired,
                         successor: None,
@@ -676,7 +684,8 @@ where
         });
         let deadline = Timer::after(self.config.drain_timeout);
         self.hooks.draining().await;
-        let ending = self.drain_ending(&mut successor, deadline).await;
+        let retired = matches!(stop, Stop::Retired);
+        let ending = self.drain_ending(&mut successor, deadline, retired).await;
         let (cut, dropped, upgraded) = match ending {
             Ending::Drained => (0, 0, 0),
             Ending::Cut => {
@@ -733,7 +742,12 @@ where
 
     /// How the drain ends: every connection done, the timer, a second shutdown signal, or the
     /// successor exiting.
-    async fn drain_ending(&mut self, successor: &mut Option<Child>, deadline: Timer) -> Ending {
+    async fn drain_ending(
+        &mut self,
+        successor: &mut Option<Child>,
+        deadline: Timer,
+        retired: bool,
+    ) -> Ending {
         let state_wait = &self.config.state_wait;
         // A successor this process spawned waits for the state; a worker's replacement got
         // its (empty) state from the supervising process already.
@@ -742,6 +756,7 @@ where
             connections,
             hooks,
             signals,
+            control,
             emit,
             inbound,
             relay_buffer,
@@ -798,9 +813,17 @@ where
             deadline.await;
             Ending::Cut
         };
+        // A worker retired by its supervising process takes a shutdown signal (a Ctrl-C to the
+        // whole group reaches it too) as the one that started this drain; a second one, or the
+        // supervisor's "stop at once", cuts it.
+        let mut group_copy_expected = retired;
         let signalled = async {
             loop {
                 match signals.next().await {
+                    Ok((signal, Command::Shutdown)) if group_copy_expected => {
+                        emit(&Event::Signal { signal });
+                        group_copy_expected = false;
+                    }
                     Ok((signal, Command::Shutdown)) => {
                         emit(&Event::Signal { signal });
                         return Ending::Cut;
@@ -831,7 +854,21 @@ where
                 }
             }
         };
-        let ending = finished.or(signalled).or(timeout).await;
+        let stop_now = async {
+            let mut buffer = Vec::new();
+            loop {
+                match control.as_ref() {
+                    Some(channel) => match channel.receive(&mut buffer).await {
+                        Ok(Some(Received::StopNow)) => return Ending::Cut,
+                        Ok(Some(_)) => {}
+                        // The supervising process is gone: drain on.
+                        _ => std::future::pending::<()>().await,
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let ending = finished.or(signalled).or(stop_now).or(timeout).await;
         if !state_sent.get() && !self.is_worker {
             // Cut before the state went: the successor still gets it (best effort).
             if let Some(relay) = self.drain.relay() {
