@@ -130,6 +130,18 @@ fn handle_signals() {
     }
 }
 
+/// Waits for SIGHUP or SIGTERM; a stand-in that hears neither within a minute exits, so that
+/// none outlives its test even if the test's guard missed it.
+fn wait_for_a_signal() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !HUP.load(Ordering::SeqCst) && !TERM.load(Ordering::SeqCst) {
+        if Instant::now() > deadline {
+            std::process::exit(3);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits (bounded) until nothing is in flight, as a server draining "at once" does.
 fn drain(stop: &AtomicBool, in_flight: &AtomicUsize) {
     stop.store(true, Ordering::SeqCst);
@@ -201,9 +213,7 @@ fn go_standin() {
         stop.clone(),
         in_flight.clone(),
     );
-    while !HUP.load(Ordering::SeqCst) && !TERM.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_signal();
     if HUP.load(Ordering::SeqCst) {
         let path = std::env::args().next().unwrap();
         let description = format!(r#"{{"addr":":{port}","fd":3,"filename":"tcp:[::]:{port}->"}}"#);
@@ -239,9 +249,7 @@ fn endless_standin() {
         stop.clone(),
         in_flight.clone(),
     );
-    while !HUP.load(Ordering::SeqCst) && !TERM.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_signal();
     if HUP.load(Ordering::SeqCst) && !TERM.load(Ordering::SeqCst) {
         let path = std::env::args().next().unwrap();
         let env = [
