@@ -130,6 +130,30 @@ fn handle_signals() {
     }
 }
 
+/// Logs that the stand-in listens (in baton's format: the test's process helper waits for
+/// that line) and serves on a copy of `listener`; returns its stop flag and in-flight count.
+fn start_serving(
+    listener: &TcpListener,
+    shown: &str,
+    what: &str,
+) -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let pid = std::process::id();
+    log(&format!(
+        "baton[{pid}]: listening on {shown} (fd {}, {what} stand-in)",
+        listener.as_raw_fd()
+    ));
+    let (stop, in_flight) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    serve(
+        listener.try_clone().unwrap(),
+        stop.clone(),
+        in_flight.clone(),
+    );
+    (stop, in_flight)
+}
+
 /// Waits for SIGHUP or SIGTERM; a stand-in that hears neither within a minute exits, so that
 /// none outlives its test even if the test's guard missed it.
 fn wait_for_a_signal() {
@@ -184,7 +208,6 @@ fn exec_with_fd3(path: &str, args: &[String], env: &[(&str, String)], listener: 
 /// re-executes its own path with no arguments and `LISTENER`, then drains at once.
 fn go_standin() {
     handle_signals();
-    let pid = std::process::id();
     let listener = match std::env::var("LISTENER") {
         Ok(value) => {
             let fd: i32 = value
@@ -199,20 +222,7 @@ fn go_standin() {
         Err(_) => TcpListener::bind("0.0.0.0:0").unwrap(),
     };
     let port = listener.local_addr().unwrap().port();
-    // The test's process helper waits for this line (the stand-in logs in baton's format).
-    log(&format!(
-        "baton[{pid}]: listening on 127.0.0.1:{port} (fd {}, go stand-in)",
-        listener.as_raw_fd()
-    ));
-    let (stop, in_flight) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    serve(
-        listener.try_clone().unwrap(),
-        stop.clone(),
-        in_flight.clone(),
-    );
+    let (stop, in_flight) = start_serving(&listener, &format!("127.0.0.1:{port}"), "go");
     wait_for_a_signal();
     if HUP.load(Ordering::SeqCst) {
         let path = std::env::args().next().unwrap();
@@ -235,20 +245,8 @@ fn endless_standin() {
         .cloned()
         .expect("--addr");
     let listener = TcpListener::bind(&addr).unwrap();
-    let local = listener.local_addr().unwrap();
-    log(&format!(
-        "baton[{pid}]: listening on {local} (fd {}, endless stand-in)",
-        listener.as_raw_fd()
-    ));
-    let (stop, in_flight) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    serve(
-        listener.try_clone().unwrap(),
-        stop.clone(),
-        in_flight.clone(),
-    );
+    let local = listener.local_addr().unwrap().to_string();
+    let (stop, in_flight) = start_serving(&listener, &local, "endless");
     wait_for_a_signal();
     if HUP.load(Ordering::SeqCst) && !TERM.load(Ordering::SeqCst) {
         let path = std::env::args().next().unwrap();

@@ -125,17 +125,7 @@ impl Supervising {
             let me = rustix::process::getpid();
             rustix::process::set_child_subreaper(Some(me)).map_err(io::Error::from)?;
         }
-        for listener in &listeners {
-            emit(&Event::Listening {
-                addr: &listener.local,
-                fd: listener.fd(),
-                origin: listener.origin,
-                tls: listener.tls,
-            });
-        }
-        if let Some(threads) = environment_kept {
-            emit(&Event::EnvironmentKept { threads });
-        }
+        crate::server::announce(&listeners, environment_kept, &*emit);
         let notify = Supervisor::new(config.pid_file.clone());
         let mut supervising = Supervising {
             count: config.workers.unwrap_or(1).max(1),

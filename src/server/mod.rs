@@ -3,7 +3,7 @@
 
 mod run;
 
-pub(crate) use run::load_tls;
+pub(crate) use run::{announce, load_tls};
 
 use std::fmt;
 use std::future::Future;

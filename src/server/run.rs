@@ -216,17 +216,7 @@ where
     let pid_file = config.pid_file.clone().filter(|_| control.is_none());
     let supervisor = Supervisor::new(pid_file);
     supervisor.serving(ready.is_some())?;
-    for listener in &listeners {
-        emit(&Event::Listening {
-            addr: &listener.local,
-            fd: listener.fd(),
-            origin: listener.origin,
-            tls: listener.tls,
-        });
-    }
-    if let Some(threads) = environment_kept {
-        emit(&Event::EnvironmentKept { threads });
-    }
+    announce(&listeners, environment_kept, &*emit);
     if let Some(pipe) = ready {
         // Unannounced, the parent would kill this process at its upgrade timeout anyway.
         handoff::announce_ready(pipe).map_err(|e| {
@@ -301,6 +291,25 @@ where
         spawned: Vec::new(),
         is_worker,
     })
+}
+
+/// Reports each listener, and whether the inherited variables had to stay in the environment.
+pub(crate) fn announce(
+    listeners: &[Listener],
+    environment_kept: Option<Option<usize>>,
+    emit: &dyn Fn(&Event<'_>),
+) {
+    for listener in listeners {
+        emit(&Event::Listening {
+            addr: &listener.local,
+            fd: listener.fd(),
+            origin: listener.origin,
+            tls: listener.tls,
+        });
+    }
+    if let Some(threads) = environment_kept {
+        emit(&Event::EnvironmentKept { threads });
+    }
 }
 
 /// Waits, up to `bound`, for the previous process's state on its relay; what arrives before it
