@@ -21,12 +21,20 @@
 //! | signal | effect |
 //! |---|---|
 //! | SIGHUP | restart: start a successor, wait until it is ready, then drain and return |
-//! | SIGUSR2 | start a successor and keep serving beside it |
+//! | SIGUSR2 | nginx's binary upgrade: start a successor and serve beside it (`<pid file>.oldbin`) |
 //! | SIGINT, SIGQUIT, SIGTERM | drain and return; a second one returns at once |
 //!
 //! Hooks (`on_spawn`, `on_ready`, `on_drain`, `on_exit`) run the application's code at those
 //! turning points; they are async and run on the server's thread (for synchronous work, do it
-//! and return `async {}`). Handlers can ask [`is_draining`] (a health check, say).
+//! and return `async {}`). Handlers can ask [`is_draining`] (a health check, say) or await
+//! [`draining`]; an upgraded connection ([`upgrade`], a WebSocket say) can move to the
+//! successor ([`Upgraded::hand_over`], [`Server::on_upgraded`]).
+//!
+//! With [`Server::workers`] (the default as PID 1, in a container), the process becomes a
+//! supervising process that keeps the PID and the sockets and serves through worker
+//! processes, each exactly such a server; a restart replaces every worker and then
+//! re-executes the supervising process in place. [`reload`] restarts a server by its pid file
+//! and says whether the new code serves.
 //!
 //! The successor learns about the socket from the `LISTENER` environment variable,
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}`, the format of the Go
