@@ -1,7 +1,8 @@
 //! baton against a tokio + hyper + shellflip peer, side by side in one run.
 //!
 //! Run with: `cargo bench --bench restart` (`-- --quick` for a short smoke run, `-- --two-cores`
-//! for only the supervising-process comparison, `-- --soak` for the soak).
+//! for only the supervising-process comparison, `-- --websocket` for only WebSockets across
+//! restarts, `-- --soak` for the soak).
 //!
 //! Builds the servers with the same release profile (baton, which hands keep-alive connections
 //! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
@@ -15,6 +16,7 @@
 mod load;
 mod procs;
 mod report;
+mod websocket;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -76,6 +78,13 @@ fn main() {
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let flavors = build(&root);
+    if std::env::args().any(|a| a == "--websocket") {
+        // Only WebSockets across restarts.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let _ = cores >= 2 && procs::pin_self(1);
+        println!("{}", websocket::scenarios(&root, &plan));
+        return;
+    }
     if std::env::args().any(|a| a == "--two-cores") {
         // Only the two-core comparison (supervising process with workers vs a 2-thread peer).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -127,10 +136,13 @@ fn main() {
     std::fs::write(out.join("restart.svg"), report::svg(&traces)).expect("write restart.svg");
     let two_cores = workers::scenarios(&flavors[0], &flavors[3], &plan);
     println!("{two_cores}");
+    let websockets = websocket::scenarios(&root, &plan);
+    println!("{websockets}");
     let tls = tls_scenarios(&root, &plan, server_cpu);
     println!("{tls}");
     let mut full = table.clone();
     full.push_str(&two_cores);
+    full.push_str(&websockets);
     full.push_str(&tls);
     std::fs::write(out.join("report.md"), &full).expect("write report.md");
     eprintln!(
