@@ -35,6 +35,8 @@ struct Args {
 /// Switches the integration tests and the benchmark use; a user's deployment needs none.
 #[derive(Default)]
 struct Testing {
+    /// Serve `/hello` from the lean handler path (`baton::lean`) instead of http-types.
+    lean: bool,
     /// Wait this long before binding, as an application that loads its configuration first.
     startup_delay: Duration,
 }
@@ -70,6 +72,7 @@ usage: hello reload --pid-file PATH [--timeout 30s]
   reason) if the restart failed
 For tests and the benchmark:
   --startup-delay       wait this long before binding (0s)
+  --lean                serve /hello from the lean handler path (no http-types values)
   --codec               baton (default) or async-h1 (--features async-h1)",
         d.drain_timeout,
         d.upgrade_timeout,
@@ -103,6 +106,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if name == "--no-hand-over" {
             config.hand_over_connections = false;
+            continue;
+        }
+        if name == "--lean" {
+            args.testing.lean = true;
             continue;
         }
         let value = match inline.or_else(|| argv.next()) {
@@ -449,6 +456,19 @@ fn main() -> ExitCode {
         }
     };
     let pid = std::process::id();
+    let server = match args.testing.lean {
+        true => {
+            let hello = format!("Hello from {pid}!\n").into_bytes();
+            server.lean(move |req, res| {
+                if req.path() != "/hello" || !matches!(req.method(), "GET" | "HEAD") {
+                    return false;
+                }
+                res.body().extend_from_slice(&hello);
+                true
+            })
+        }
+        false => server,
+    };
     let count = Rc::new(Cell::new(0u64));
     let (give, take) = (count.clone(), count.clone());
     let server = server

@@ -36,6 +36,8 @@ pub(crate) struct Hooks {
     take: Option<Rc<dyn Fn(serde_json::Value)>>,
     /// Handlers resuming upgraded connections the previous process handed over, by name.
     resume: Vec<(String, Resume)>,
+    /// The lean handler, tried before the http-types one.
+    lean: Option<crate::lean::Handler>,
 }
 
 /// Resumes an upgraded connection with its state.
@@ -106,6 +108,17 @@ impl Hooks {
     ) {
         self.resume.retain(|(n, _)| n != name);
         self.resume.push((name.to_owned(), Rc::new(hook)));
+    }
+
+    pub(crate) fn set_lean(
+        &mut self,
+        handler: impl Fn(&crate::lean::Request<'_>, &mut crate::lean::Response<'_>) -> bool + 'static,
+    ) {
+        self.lean = Some(Rc::new(handler));
+    }
+
+    pub(crate) fn lean(&self) -> Option<crate::lean::Handler> {
+        self.lean.clone()
     }
 
     /// The handler for upgraded connections named `name`, if the application has one.

@@ -62,6 +62,7 @@ mod event;
 mod h1;
 mod handoff;
 mod hooks;
+pub mod lean;
 mod listener;
 mod process;
 mod reload;

@@ -417,3 +417,35 @@ fn unknown_expectations_long_targets_and_userinfo_are_refused_with_their_status(
     );
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
 }
+
+/// The lean handler path (`hello --lean` serves `/hello` from it): the same answers, keep-alive
+/// and pipelining as the http-types path; what it does not take (a POST) falls through.
+#[test]
+fn the_lean_path_answers_like_the_http_types_one_and_passes_on_the_rest() {
+    let server = Server::hello(&["--lean"]);
+    let mut stream = connect(&server);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // Two pipelined requests in one write, then a HEAD, on one connection.
+    stream
+        .write_all(
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+    for _ in 0..2 {
+        let reply = read_reply(&mut reader).unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.pid(), Some(server.pid));
+        assert!(reply.header("date").is_some());
+    }
+    stream
+        .write_all(b"HEAD /hello HTTP/1.1\r\nHost: x\r\n\r\nPOST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    let (head, echo) = rest.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-length: "), "{head}");
+    // The HEAD had no body: what follows it is the POST's reply, from the http-types path.
+    assert!(echo.starts_with("HTTP/1.1 200 OK\r\n"), "{echo}");
+    assert!(echo.ends_with("\r\n\r\nhi"), "{echo}");
+}

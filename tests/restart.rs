@@ -61,6 +61,15 @@ fn keep_alive_load_survives_ten_restarts() {
     assert!(alive(last));
 }
 
+/// The lean handler path keeps the same drain and hand-over rules.
+#[test]
+fn lean_path_keep_alive_load_survives_ten_restarts() {
+    let server = Server::hello(&["--lean"]);
+    let load = Load::keep_alive(server.addr, 4);
+    restart_under_load(&server, load, 10);
+    assert_eq!(server.count("0 requests cut"), 10, "{}", server.dump());
+}
+
 #[test]
 fn per_request_load_survives_ten_restarts() {
     let server = Server::hello(&[]);

@@ -89,7 +89,7 @@ fn main() {
         // Only the two-core comparison (supervising process with workers vs a 2-thread peer).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = cores >= 2 && procs::pin_self(1);
-        let two_cores = workers::scenarios(&flavors[0], &flavors[3], &plan);
+        let two_cores = workers::scenarios(&flavors[0], &flavors[flavors.len() - 1], &plan);
         println!("{two_cores}");
         return;
     }
@@ -134,7 +134,7 @@ fn main() {
         .filter_map(|(f, runs)| Some((f.name, runs.first()?.trace.as_ref()?)))
         .collect();
     std::fs::write(out.join("restart.svg"), report::svg(&traces)).expect("write restart.svg");
-    let two_cores = workers::scenarios(&flavors[0], &flavors[3], &plan);
+    let two_cores = workers::scenarios(&flavors[0], &flavors[flavors.len() - 1], &plan);
     println!("{two_cores}");
     let websockets = websocket::scenarios(&root, &plan);
     println!("{websockets}");
@@ -476,6 +476,14 @@ fn build(root: &Path) -> Vec<Flavor> {
             args: vec!["--codec".into(), "async-h1".into()],
             addr: "127.0.0.1:0",
             features: "async-h1",
+        },
+        Flavor {
+            name: "baton lean",
+            binary: root.join("target/release/examples/hello"),
+            prefix: "baton",
+            args: vec!["--lean".into()],
+            addr: "127.0.0.1:0",
+            features: "",
         },
         Flavor {
             name: "tokio peer",

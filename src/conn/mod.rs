@@ -67,6 +67,7 @@ pub(crate) struct Options {
 pub(crate) async fn serve<F, Fut>(
     incoming: Incoming,
     handler: Rc<F>,
+    lean: Option<crate::lean::Handler>,
     drain: Rc<Drain>,
     _connection: ConnectionGuard,
     options: Options,
@@ -95,11 +96,20 @@ pub(crate) async fn serve<F, Fut>(
         drain: &drain,
         options,
         first_head,
+        lean: lean.map(|handler| Lean {
+            handler,
+            fields: Vec::new(),
+            body: Vec::new(),
+        }),
     };
     let drain_started = std::pin::pin!(drain.started());
     let mut idle = Idle::new(drain_started, &options, first_head);
-    while let Some((next, in_flight)) = conn.next(&mut idle).await {
-        match conn.answer(next, in_flight, &*handler).await {
+    while let Some((work, in_flight)) = conn.next(&mut idle).await {
+        let after = match work {
+            Work::Full(next) => conn.answer(next, in_flight, &*handler).await,
+            Work::Lean { close } => conn.answer_lean(close, in_flight).await,
+        };
+        match after {
             After::KeepAlive => idle.restart(),
             After::Close => {
                 close(&conn.io).await;
@@ -123,6 +133,25 @@ struct Connection<'d> {
     /// Until the first request head is read: when it must be complete (accept + header
     /// timeout).
     first_head: Option<Instant>,
+    /// The application's lean handler, with its buffers.
+    lean: Option<Lean>,
+}
+
+/// The lean handler and the buffers its responses are gathered in, reused.
+struct Lean {
+    handler: crate::lean::Handler,
+    fields: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// A request read: for the http-types handler, or already answered by the lean one (its
+/// response is in the connection's response buffer).
+// `Next` holds the http-types Request, moved as before; boxing it would cost an allocation
+// per request, which is what the lean path is there to avoid.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Full(Next),
+    Lean { close: bool },
 }
 
 impl Connection<'_> {
@@ -131,7 +160,7 @@ impl Connection<'_> {
     async fn next<D: Future<Output = ()>>(
         &mut self,
         idle: &mut Idle<'_, D>,
-    ) -> Option<(Next, RequestGuard)> {
+    ) -> Option<(Work, RequestGuard)> {
         let (io, drain, options) = (&self.io, self.drain, &self.options);
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
@@ -176,7 +205,11 @@ impl Connection<'_> {
             return None;
         }
         let in_flight = self.drain.request();
-        let next = next_request(io, &mut self.buf, &mut self.requests, options);
+        let lean = self
+            .lean
+            .as_mut()
+            .map(|lean| (lean, &mut self.out, &**drain));
+        let next = next_request(io, &mut self.buf, &mut self.requests, options, lean);
         let timeout = async {
             match first_head {
                 Some(deadline) => Timer::at(deadline).await,
@@ -185,10 +218,11 @@ impl Connection<'_> {
             Err(HeadError::TimedOut)
         };
         let reject = match next.or(timeout).await {
-            Ok(next) => match next.framing {
+            Ok(Work::Full(next)) => match next.framing {
                 Framing::Length(n) if n > options.max_body => Reject::BodyTooLarge,
-                _ => return Some((next, in_flight)),
+                _ => return Some((Work::Full(next), in_flight)),
             },
+            Ok(lean) => return Some((lean, in_flight)),
             Err(HeadError::Closed) => return None,
             Err(HeadError::TimedOut) => Reject::HeadTimedOut,
             Err(HeadError::Reject(reject)) => reject,
@@ -295,6 +329,22 @@ impl Connection<'_> {
 }
 
 impl Connection<'_> {
+    /// Writes the response the lean handler made (in the response buffer).
+    async fn answer_lean(&mut self, close: bool, in_flight: RequestGuard) -> After {
+        let written = response::send(&self.io, &self.out, self.options.write_timeout).await;
+        drop(in_flight);
+        match written {
+            Ok(()) if close => After::Close,
+            Ok(()) => After::KeepAlive,
+            Err(error) => {
+                if error.kind() == io::ErrorKind::TimedOut {
+                    self.io.abort();
+                }
+                After::Gone
+            }
+        }
+    }
+
     /// Hands the connection, with what the client sent past the head, to the handler, and
     /// serves its requests to move until the handler is done with it. It counts as open (and
     /// upgraded) meanwhile.
@@ -462,11 +512,20 @@ async fn next_request(
     buf: &mut ReadBuf,
     requests: &mut Requests,
     options: &Options,
-) -> Result<Next, HeadError> {
+    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Drain)>,
+) -> Result<Work, HeadError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
         let next = match codec::parse_head(buf.pending(), &mut headers, options.max_head) {
             Ok(Some(head)) => {
+                if let Some((lean, out, drain)) = lean.as_mut() {
+                    if let Some(used) = try_lean(&head, buf.pending(), lean, out, io, drain) {
+                        let close = used.1;
+                        buf.consume(used.0);
+                        buf.shrink();
+                        return Ok(Work::Lean { close });
+                    }
+                }
                 let request = requests.build(&head).map_err(HeadError::Reject)?;
                 let next = Next {
                     request,
@@ -491,7 +550,7 @@ async fn next_request(
         if let Some((next, len)) = next {
             buf.consume(len);
             buf.shrink();
-            return Ok(next);
+            return Ok(Work::Full(next));
         }
         match buf.fill(io, options.max_head).await {
             Ok(0) if buf.pending().is_empty() => return Err(HeadError::Closed),
@@ -504,6 +563,68 @@ async fn next_request(
             Err(_) => return Err(HeadError::Closed),
         }
     }
+}
+
+/// Offers a parsed request to the lean handler: only an origin-form request with an
+/// upper-case method and no body, or a body of known length already in `pending`. Taken: the
+/// response is encoded into `out`, and the bytes the request used and whether the
+/// connection closes after it come back.
+fn try_lean(
+    head: &codec::Head<'_, '_>,
+    pending: &[u8],
+    lean: &mut Lean,
+    out: &mut Vec<u8>,
+    io: &Stream,
+    drain: &Drain,
+) -> Option<(usize, bool)> {
+    let body_len = match head.framing {
+        Framing::None => 0,
+        Framing::Length(n) => usize::try_from(n).ok()?,
+        Framing::Chunked => return None,
+    };
+    let end = head.len.checked_add(body_len)?;
+    if end > pending.len() || head.expect_continue || !head.target.starts_with('/') {
+        return None;
+    }
+    if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    let (path, query) = match head.target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (head.target, None),
+    };
+    let request = crate::lean::Request {
+        method: head.method,
+        path,
+        query,
+        headers: head.headers,
+        body: &pending[head.len..end],
+    };
+    lean.fields.clear();
+    lean.body.clear();
+    let mut response = crate::lean::Response {
+        status: 200,
+        fields: &mut lean.fields,
+        body: &mut lean.body,
+    };
+    if !(lean.handler)(&request, &mut response) {
+        return None;
+    }
+    let status = response.status;
+    // The same rules as for the http-types handler: the request's keep-alive, and a drain
+    // closes connections it cannot hand over.
+    let close = !head.keep_alive || (drain.is_draining() && !relayable(io, drain));
+    let head_only = head.method == "HEAD";
+    crate::lean::encode(
+        out,
+        status,
+        &lean.fields,
+        &lean.body,
+        head_only,
+        close,
+        head.minor,
+    );
+    Some((end, close))
 }
 
 /// What a connection waits on between requests, kept for its whole life so that waiting

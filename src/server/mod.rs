@@ -335,6 +335,18 @@ impl Server {
         self
     }
 
+    /// A lean handler (see [`crate::lean`]), tried before the http-types handler for requests
+    /// with no body or a small one already read: it answers from the parsed head, writing
+    /// status, fields and body straight into the response buffer, and returns `true`; or
+    /// `false`, and the request goes to the http-types handler. Default: none.
+    pub fn lean(
+        mut self,
+        handler: impl Fn(&crate::lean::Request<'_>, &mut crate::lean::Response<'_>) -> bool + 'static,
+    ) -> Self {
+        self.hooks.set_lean(handler);
+        self
+    }
+
     /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns.
     pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
     where

@@ -66,10 +66,11 @@ struct Draining {
     outbound: Option<Relay>,
 }
 
-/// Starts connection tasks: the handler and the settings every connection gets.
+/// Starts connection tasks: the handlers and the settings every connection gets.
 struct Connections<'e, F> {
     executor: &'e LocalExecutor<'static>,
     handler: Rc<F>,
+    lean: Option<crate::lean::Handler>,
     options: conn::Options,
 }
 
@@ -81,7 +82,15 @@ where
     /// Serves `incoming` as one of `drain`'s connections (`counted` from its accept on).
     fn spawn(&self, incoming: conn::Incoming, drain: &Rc<Drain>, counted: ConnectionGuard) {
         let handler = self.handler.clone();
-        let task = conn::serve(incoming, handler, drain.clone(), counted, self.options);
+        let lean = self.lean.clone();
+        let task = conn::serve(
+            incoming,
+            handler,
+            lean,
+            drain.clone(),
+            counted,
+            self.options,
+        );
         self.executor.spawn(task).detach();
     }
 
@@ -260,6 +269,7 @@ where
     let connections = Connections {
         executor,
         handler,
+        lean: hooks.lean(),
         options: config.connection(),
     };
     let drain = Drain::new();
@@ -502,6 +512,7 @@ where
                 executor,
                 handler,
                 options,
+                ..
             } = &self.connections;
             let task = crate::h1::serve(
                 stream,
