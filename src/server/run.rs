@@ -435,17 +435,14 @@ where
                 // Retired by the supervising process (with the new worker to hand connections
                 // to), or the supervising process is gone: drain and exit either way.
                 Wake::Control(message) => {
-                    // Some(true): a retire message (the supervisor is there); else it is gone.
-                    let message_kind = match &message {
-                        Ok(Some(Received::Retire(_))) => Some(true),
-                        _ => None,
-                    };
+                    let retired = matches!(message, Ok(Some(Received::Retire(_))));
                     let outbound = match message {
                         Ok(Some(Received::Retire(Some(relay)))) => Relay::new(relay).ok(),
                         _ => None,
                     };
-                    // The channel stays: a second shutdown comes on it as "stop at once".
-                    if !matches!(message_kind, Some(true)) {
+                    // Retired, the channel stays: a second shutdown comes on it as "stop at
+                    // once". Otherwise the supervising process is gone, and so is the channel.
+                    if !retired {
                         self.control = None;
                     }
                     return Ok(Phase::Draining(Draining {
