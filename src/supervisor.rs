@@ -118,13 +118,12 @@ impl Supervisor {
         self.notify(&format!("MAINPID={pid}\nREADY=1\n"));
     }
 
-    /// Back to serving after a restart that did not happen.
+    /// Back to serving after a restart that did not happen: tells systemd, and records the
+    /// failure (this process serves on) for [`crate::reload`].
     pub(crate) fn upgrade_failed(&self, why: &str) {
-        let why: String = why
-            .chars()
-            .map(|c| if c == '\n' { ' ' } else { c })
-            .collect();
+        let why = why.replace('\n', " ");
         self.notify(&format!("READY=1\nSTATUS=restart failed: {why}\n"));
+        self.restart_outcome(std::process::id(), Some(&why));
     }
 
     /// The successor died during the drain and this process serves again.

@@ -380,10 +380,7 @@ impl Supervising {
 
     fn restart_failed(&mut self, pid: Option<u32>, error: &io::Error) {
         (self.emit)(&Event::SpawnFailed { pid, error });
-        let reason = error.to_string();
-        self.notify.upgrade_failed(&reason);
-        self.notify
-            .restart_outcome(std::process::id(), Some(&reason));
+        self.notify.upgrade_failed(&error.to_string());
     }
 
     /// Tells systemd how many workers serve, once they do.

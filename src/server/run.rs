@@ -566,9 +566,6 @@ where
             Err(error) => {
                 if restart {
                     self.supervisor.upgrade_failed(&error.to_string());
-                    let why = error.to_string();
-                    self.supervisor
-                        .restart_outcome(std::process::id(), Some(&why));
                 }
                 (self.emit)(&Event::SpawnFailed {
                     pid: None,
@@ -638,9 +635,6 @@ where
             Err((pid, error)) => {
                 if restart {
                     self.supervisor.upgrade_failed(&error.to_string());
-                    let why = error.to_string();
-                    self.supervisor
-                        .restart_outcome(std::process::id(), Some(&why));
                 }
                 (self.emit)(&Event::SpawnFailed { pid, error: &error });
                 Phase::Serving
