@@ -537,19 +537,20 @@ where
 
     /// At a restart: with this process, its successor and the older generations still
     /// draining, more than `max_generations` are alive; the oldest draining ones are told to
-    /// stop at once (a second SIGTERM: what they still do is cut).
+    /// stop at once (a second SIGTERM: what they still do is cut). Expects `inbound.older`
+    /// pruned of the generations that have exited.
     fn bound_generations(&mut self) {
-        let older = self.inbound.alive_older();
         let max = self.config.max_generations.max(2);
-        let excess = (older.len() + 2).saturating_sub(max);
-        for &pid in &older[..excess.min(older.len())] {
+        let older = &self.inbound.older;
+        let excess = (older.len() + 2).saturating_sub(max).min(older.len());
+        for &pid in &older[..excess] {
             if let Some(target) = rustix::process::Pid::from_raw(pid as i32) {
                 // Draining already: a shutdown signal ends its drain at once.
                 let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
                 (self.emit)(&Event::GenerationEnded { pid, max });
             }
         }
-        self.inbound.older.drain(..excess.min(older.len()));
+        self.inbound.older.drain(..excess);
     }
 
     /// Starts a successor (SIGHUP: `restart`; SIGUSR2: beside this process); `None` if it
@@ -676,6 +677,7 @@ where
             self.drain.set_relay(Rc::new(relay));
         }
         forward_inbound(&self.drain, &mut self.inbound.relays).await;
+        self.inbound.prune_exited();
         if matches!(stop, Stop::Restart { .. }) {
             // Checked now, once the successor serves: a generation that had nothing to drain
             // has had the time to exit, and is not counted.
@@ -683,7 +685,7 @@ where
         }
         if let Some(relay) = self.drain.relay() {
             // The successor bounds the generations alive: tell it which are still draining.
-            let mut pids = self.inbound.alive_older();
+            let mut pids = self.inbound.older.clone();
             pids.push(std::process::id());
             let _ = relay.send_generations(&pids).await;
         }
@@ -900,8 +902,8 @@ where
 }
 
 impl Inbound {
-    /// The older generations still running, oldest first.
-    fn alive_older(&mut self) -> Vec<u32> {
+    /// Keeps, of the older generations, those still running (oldest first).
+    fn prune_exited(&mut self) {
         // Running, not a zombie: an exited generation waits for its (possibly new) parent to
         // reap it, and must not count.
         self.older.retain(|&pid| {
@@ -911,7 +913,6 @@ impl Inbound {
                 .and_then(|(_, rest)| rest.chars().next());
             matches!(state, Some(state) if state != 'Z' && state != 'X')
         });
-        self.older.clone()
     }
 }
 
