@@ -535,26 +535,25 @@ impl Supervising {
         }
         let carried = Carried {
             generation: self.generation,
-            workers: Vec::new(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| CarriedWorker {
+                    pid: w.pid,
+                    control: w.control.as_fd().as_raw_fd(),
+                    generation: w.generation,
+                })
+                .collect(),
             retiring: self.retiring.clone(),
         };
-        let workers: Vec<CarriedWorker<RawFd>> = self
-            .workers
-            .iter()
-            .map(|w| CarriedWorker {
-                pid: w.pid,
-                control: w.control.as_fd().as_raw_fd(),
-                generation: w.generation,
-            })
-            .collect();
-        let state = carried.to_json(&workers);
+        let state = carried.to_json();
         let descriptions: Vec<Description> = self
             .listeners
             .iter()
             .map(|listener| listener.describe(listener.fd()))
             .collect();
         let mut keep: Vec<RawFd> = self.listeners.iter().map(Listener::fd).collect();
-        keep.extend(workers.iter().map(|w| w.control));
+        keep.extend(carried.workers.iter().map(|w| w.control));
         (self.emit)(&Event::Reexecuting {
             program: self.exec.program(),
         });

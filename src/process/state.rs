@@ -21,18 +21,20 @@ pub(crate) struct CarriedWorker<F> {
     pub(crate) generation: u64,
 }
 
+/// What is carried; `F` as for [`CarriedWorker`].
 #[derive(Debug)]
-pub(crate) struct Carried {
+pub(crate) struct Carried<F> {
     pub(crate) generation: u64,
-    pub(crate) workers: Vec<CarriedWorker<OwnedFd>>,
+    pub(crate) workers: Vec<CarriedWorker<F>>,
     /// Workers still draining.
     pub(crate) retiring: Vec<u32>,
 }
 
-impl Carried {
-    /// The JSON text, with `workers` (their fds as numbers).
-    pub(crate) fn to_json(&self, workers: &[CarriedWorker<RawFd>]) -> String {
-        let workers: Vec<serde_json::Value> = workers
+impl Carried<RawFd> {
+    /// The JSON text (the workers' fds as numbers).
+    pub(crate) fn to_json(&self) -> String {
+        let workers: Vec<serde_json::Value> = self
+            .workers
             .iter()
             .map(|w| {
                 serde_json::json!({
@@ -50,9 +52,11 @@ impl Carried {
         })
         .to_string()
     }
+}
 
+impl Carried<OwnedFd> {
     /// Parses the text and claims each worker's control channel (checked first).
-    pub(crate) fn parse(text: &str) -> io::Result<Carried> {
+    pub(crate) fn parse(text: &str) -> io::Result<Carried<OwnedFd>> {
         let bad = |what: &str| invalid_msg(format!("{SUPERVISOR_ENV}: {what}"));
         let json: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(&format!("not valid JSON: {e}")))?;
@@ -102,7 +106,7 @@ mod tests {
             workers: Vec::new(),
             retiring: vec![7, 8],
         };
-        let text = carried.to_json(&[]);
+        let text = carried.to_json();
         let back = Carried::parse(&text).unwrap();
         assert_eq!(back.generation, 3);
         assert_eq!(back.retiring, [7, 8]);
