@@ -114,18 +114,8 @@ impl Relay {
         local: &str,
         pending: &[u8],
     ) -> io::Result<()> {
-        if pending.len() + peer.len() + local.len() + 8 > MAX_MESSAGE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "too much unparsed input to hand over",
-            ));
-        }
-        let mut head = Vec::with_capacity(9 + peer.len() + local.len());
-        head.push(b'C');
-        for text in [peer, local] {
-            head.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            head.extend_from_slice(text.as_bytes());
-        }
+        let too_much = "too much unparsed input to hand over";
+        let head = head(b'C', [peer, local], pending.len(), too_much)?;
         self.send_with_fd(&[&head, pending], Some(conn.as_fd()))
             .await
     }
@@ -139,18 +129,8 @@ impl Relay {
         state: &str,
         held: &[u8],
     ) -> io::Result<()> {
-        if name.len() + state.len() + held.len() + 9 > MAX_MESSAGE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the upgraded connection's name, state and held bytes are over 96 KiB",
-            ));
-        }
-        let mut head = Vec::with_capacity(9 + name.len() + state.len());
-        head.push(b'U');
-        for text in [name, state] {
-            head.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            head.extend_from_slice(text.as_bytes());
-        }
+        let too_much = "the upgraded connection's name, state and held bytes are over 96 KiB";
+        let head = head(b'U', [name, state], held.len(), too_much)?;
         self.send_with_fd(&[&head, held], Some(conn.as_fd())).await
     }
 
@@ -282,6 +262,23 @@ impl Relay {
     }
 }
 
+/// The head of a `kind` message that carries two texts, each after its length (read back by
+/// [`text`]), and then `rest` bytes; `too_much` if the whole is over [`MAX_MESSAGE`].
+fn head(kind: u8, texts: [&str; 2], rest: usize, too_much: &'static str) -> io::Result<Vec<u8>> {
+    let len = 1 + texts.iter().map(|text| 4 + text.len()).sum::<usize>();
+    if len + rest > MAX_MESSAGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, too_much));
+    }
+    let mut head = Vec::with_capacity(len);
+    head.push(kind);
+    for text in texts {
+        head.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        head.extend_from_slice(text.as_bytes());
+    }
+    Ok(head)
+}
+
+/// One text of a message, after its length, and what follows it.
 fn text(message: &[u8]) -> io::Result<(String, &[u8])> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
     let len = message.get(..4).ok_or_else(bad)?;
@@ -367,6 +364,34 @@ mod tests {
             assert_eq!(state, br#"{"count":3}"#);
             drop(sender);
             assert!(receiver.receive(&mut buffer).await.unwrap().is_none());
+        });
+    }
+
+    /// A connection's message may fill a whole message, and not one byte more: the receiver
+    /// would cut the rest off.
+    #[test]
+    fn unparsed_input_up_to_the_message_size_crosses_whole() {
+        smol::block_on(async {
+            let (ours, theirs) = pair().unwrap();
+            let (sender, receiver) = (Relay::new(ours).unwrap(), Relay::new(theirs).unwrap());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            let (peer, local) = ("127.0.0.1:1234", "127.0.0.1:80");
+            let room = MAX_MESSAGE - (1 + 4 + peer.len() + 4 + local.len());
+            let over = vec![b'x'; room + 1];
+            let error = sender.send(&server_side, peer, local, &over).await;
+            assert_eq!(error.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            sender
+                .send(&server_side, peer, local, &over[..room])
+                .await
+                .unwrap();
+            let mut buffer = Vec::new();
+            let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
+            else {
+                panic!("expected a connection");
+            };
+            assert_eq!(handed.pending.len(), room);
         });
     }
 }
