@@ -536,23 +536,24 @@ async fn next_request(
                     expect_continue: head.expect_continue,
                     minor: head.minor,
                 };
-                Some(Ok((next, head.len)))
+                Ok(Some((next, head.len)))
             }
-            Ok(None) => None,
-            Err(Reject::UnsupportedVersion) => Some(Err(())),
-            Err(reject) => return Err(HeadError::Reject(reject)),
+            Ok(None) => Ok(None),
+            Err(reject) => Err(reject),
         };
-        let next = match next {
-            Some(Ok(next)) => Some(next),
+        // (Acted on once the head's borrow of the buffer has ended.)
+        match next {
+            Ok(Some((next, len))) => {
+                buf.consume(len);
+                buf.shrink();
+                return Ok(Work::Full(next));
+            }
+            Ok(None) => {}
             // A later HTTP/1.x is served as 1.1 (RFC 9112 §2.3); httparse knows 1.0 and 1.1.
-            Some(Err(())) if codec::downgrade_minor(buf.pending_mut()) => continue,
-            Some(Err(())) => return Err(HeadError::Reject(Reject::UnsupportedVersion)),
-            None => None,
-        };
-        if let Some((next, len)) = next {
-            buf.consume(len);
-            buf.shrink();
-            return Ok(Work::Full(next));
+            Err(Reject::UnsupportedVersion) if codec::downgrade_minor(buf.pending_mut()) => {
+                continue;
+            }
+            Err(reject) => return Err(HeadError::Reject(reject)),
         }
         match buf.fill(io, options.max_head).await {
             Ok(0) if buf.pending().is_empty() => return Err(HeadError::Closed),
