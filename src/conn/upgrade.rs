@@ -15,11 +15,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use async_io::Timer;
-use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::config::timing::RELAY_TIMEOUT;
 use crate::drain::Drain;
 use crate::stream::Stream;
 
@@ -124,15 +121,9 @@ async fn move_to_successor(io: &Stream, drain: &Drain, request: &HandOver) -> io
              hand-over, or not a plain TCP connection",
         ));
     };
-    let sent = relay.send_upgraded(tcp.get_ref(), &request.name, &request.state, &request.held);
-    let stalled = async {
-        Timer::after(RELAY_TIMEOUT).await;
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the successor did not take the connection",
-        ))
-    };
-    sent.or(stalled).await
+    relay
+        .send_upgraded(tcp.get_ref(), &request.name, &request.state, &request.held)
+        .await
 }
 
 impl AsyncRead for Upgraded {

@@ -25,7 +25,7 @@ use async_io::{Async, Timer};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
-use crate::config::timing::{EXIT_STATUS_WAIT, STATE_SEND_TIMEOUT};
+use crate::config::timing::EXIT_STATUS_WAIT;
 use crate::listener::{
     ACTIVATION_ENV, Description, FIRST_FD, LISTENER_ENV, Listener, MAX_LISTENERS,
 };
@@ -408,16 +408,10 @@ impl Successor {
     }
 
     /// Sends the application's state to the successor, when it could not be written before
-    /// the fork. Bounded: a successor that does not read it in time starts cold.
+    /// the fork. Bounded (by the relay): a successor that does not read it in time starts cold.
     async fn send_state(&self, state: &[u8]) {
         if let Some(relay) = &self.relay {
-            let sent = async {
-                let _ = relay.send_state(state).await;
-            };
-            sent.or(async {
-                Timer::after(STATE_SEND_TIMEOUT).await;
-            })
-            .await;
+            let _ = relay.send_state(state).await;
         }
     }
 

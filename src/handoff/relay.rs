@@ -19,17 +19,23 @@
 //! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
 //! worker's connections to (none: close them); `K`, "stop at once" (a second shutdown
 //! signal). Its EOF tells a worker that its supervising process is gone.
+//!
+//! Every async send is bounded by [`RELAY_TIMEOUT`]: a successor that stops reading its relay
+//! must not hold this process (or one of its connections) hostage.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use async_io::Async;
+use async_io::{Async, Timer};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
+use smol::future::FutureExt as _;
+
+use crate::config::timing::RELAY_TIMEOUT;
 
 /// Largest message: addresses plus at most a request head's worth of unparsed bytes.
 const MAX_MESSAGE: usize = 96 * 1024;
@@ -158,18 +164,22 @@ impl Relay {
     }
 
     async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        self.socket
-            .write_with(|socket| send_with_fd(socket, parts, fd))
-            .await
+        bounded(
+            self.socket
+                .write_with(|socket| send_with_fd(socket, parts, fd)),
+        )
+        .await
     }
 
     /// Sends the application's state (before the successor serves), waiting for room if the
     /// channel is full. Too large: an empty state is sent.
     pub(crate) async fn send_state(&self, state: &[u8]) -> io::Result<()> {
         let message = state_message(state);
-        self.socket
-            .write_with(|socket| send_whole(socket, &message))
-            .await
+        bounded(
+            self.socket
+                .write_with(|socket| send_whole(socket, &message)),
+        )
+        .await
     }
 
     /// Like [`Relay::send_state`], without waiting: `WouldBlock` if there is no room.
@@ -260,6 +270,19 @@ impl Relay {
             _ => Err(bad()),
         }
     }
+}
+
+/// `send`, or `TimedOut` if the other process has not made room for it within
+/// [`RELAY_TIMEOUT`].
+async fn bounded(send: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    let stalled = async {
+        Timer::after(RELAY_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the successor did not take it within 1 s",
+        ))
+    };
+    send.or(stalled).await
 }
 
 /// The head of a `kind` message that carries two texts, each after its length (read back by

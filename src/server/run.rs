@@ -24,7 +24,7 @@ use smol::{LocalExecutor, Task};
 
 use super::Server;
 use crate::config::Config;
-use crate::config::timing::{CUT_GRACE, RELAY_TIMEOUT, STATE_TIMEOUT};
+use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain};
 use crate::event::Event;
@@ -803,14 +803,8 @@ where
                         })
                         .await;
                 }
-                let state = hooks.state();
-                let sent = relay.send_state(&state);
-                let _ = sent
-                    .or(async {
-                        Timer::after(RELAY_TIMEOUT).await;
-                        Ok(())
-                    })
-                    .await;
+                // (Bounded by the relay: a successor that does not read it starts cold.)
+                let _ = relay.send_state(&hooks.state()).await;
             }
             state_sent.set(true);
         };
@@ -978,12 +972,7 @@ async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
     };
     let mut kept = Vec::new();
     for relay in inbound.drain(..) {
-        let sent = async { outbound.send_relay(&relay).await.is_ok() };
-        let stalled = async {
-            Timer::after(RELAY_TIMEOUT).await;
-            false
-        };
-        if !sent.or(stalled).await {
+        if outbound.send_relay(&relay).await.is_err() {
             kept.push(relay);
         }
     }
