@@ -130,23 +130,17 @@ impl Description {
                 )));
             }
         };
-        let ready_fd = match object.get("ready_fd") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(fd_number(value, "ready_fd")?),
-        };
         let optional_fd = |key: &str| match object.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(value) => fd_number(value, key).map(Some),
         };
-        let relay_fd = optional_fd("relay_fd")?;
-        let control_fd = optional_fd("control_fd")?;
         Ok(Description {
             addr,
             fd,
             filename,
-            ready_fd,
-            relay_fd,
-            control_fd,
+            ready_fd: optional_fd("ready_fd")?,
+            relay_fd: optional_fd("relay_fd")?,
+            control_fd: optional_fd("control_fd")?,
         })
     }
 
@@ -155,14 +149,15 @@ impl Description {
         object.insert("addr".into(), self.addr.clone().into());
         object.insert("fd".into(), self.fd.into());
         object.insert("filename".into(), self.filename.clone().into());
-        if let Some(ready_fd) = self.ready_fd {
-            object.insert("ready_fd".into(), ready_fd.into());
-        }
-        if let Some(relay_fd) = self.relay_fd {
-            object.insert("relay_fd".into(), relay_fd.into());
-        }
-        if let Some(control_fd) = self.control_fd {
-            object.insert("control_fd".into(), control_fd.into());
+        let channels = [
+            ("ready_fd", self.ready_fd),
+            ("relay_fd", self.relay_fd),
+            ("control_fd", self.control_fd),
+        ];
+        for (key, fd) in channels {
+            if let Some(fd) = fd {
+                object.insert(key.into(), fd.into());
+            }
         }
         serde_json::Value::Object(object)
     }
@@ -267,7 +262,7 @@ impl Inheritance {
                 format!("{name} is not valid UTF-8"),
             )),
         };
-        let descriptions = match var(LISTENER_ENV)? {
+        let mut descriptions = match var(LISTENER_ENV)? {
             Some(value) => Description::parse_all(&value)?,
             None => Vec::new(),
         };
@@ -292,7 +287,6 @@ impl Inheritance {
             }
         }
         let supervisor = var(SUPERVISOR_ENV)?;
-        let mut descriptions = descriptions;
         let mut endless_parent = None;
         if descriptions.is_empty() && var(ENDLESS_ENV[0])?.as_deref() == Some("1") {
             // endless: the sockets from fd 3, in the order of ENDLESS_SOCKET_ORDER.
