@@ -43,11 +43,16 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 pub(crate) struct Checked(RawFd);
 
 impl Checked {
+    pub(crate) fn fd(&self) -> RawFd {
+        self.0
+    }
+
     /// Takes ownership, and sets CLOEXEC again so later children do not inherit it.
     pub(crate) fn claim(self) -> io::Result<OwnedFd> {
         // SAFETY: the number was checked to be open and of the expected kind, and was handed to
-        // this process by its parent or systemd; a `Checked` is made once per number (bind_all
-        // skips numbers already used) and consumed here, so nothing else owns it.
+        // this process by its parent or systemd; only one `Checked` per number is claimed
+        // (bind_all skips numbers already used; the others are dropped unclaimed), so nothing
+        // else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(self.0) };
         rustix::io::fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
         Ok(owned)
@@ -362,25 +367,25 @@ pub(crate) fn activated_for(
     spec: Option<&Spec>,
     activated: &[(RawFd, Option<String>)],
     used: &[RawFd],
-) -> io::Result<Option<(RawFd, Address, Origin)>> {
+) -> io::Result<Option<(Checked, Address, Origin)>> {
     let mut bound = None;
     for (fd, name) in activated {
-        let local = validate(*fd, &format!("LISTEN_FDS: fd {fd}"))?;
+        let (checked, local) = validate_listener(*fd, &format!("LISTEN_FDS: fd {fd}"))?;
         if used.contains(fd) {
             continue;
         }
         if name.as_deref() == Some(addr) {
-            return Ok(Some((*fd, local, Origin::Activated)));
+            return Ok(Some((checked, local, Origin::Activated)));
         }
         if bound.is_none() && spec.is_some_and(|spec| spec.matches(&local)) {
-            bound = Some((*fd, local, Origin::Activated));
+            bound = Some((checked, local, Origin::Activated));
         }
     }
     Ok(bound)
 }
 
 /// Checks that `fd` is an open, listening stream socket (TCP or Unix) and returns its address.
-pub(crate) fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
+fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
     let fd = inspect(fd);
     let stat = rustix::fs::fstat(fd).map_err(|e| {
         let e = io::Error::from(e);

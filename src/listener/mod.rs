@@ -25,8 +25,8 @@ use crate::stream::Stream;
 mod inherit;
 
 pub(crate) use inherit::{
-    Description, ENDLESS_ENV, Inheritance, SUPERVISOR_ENV, claim_channel, scrub_environment,
-    set_cloexec,
+    Checked, Description, ENDLESS_ENV, Inheritance, SUPERVISOR_ENV, claim_channel,
+    scrub_environment, set_cloexec,
 };
 
 /// The environment variable that carries inherited listeners' descriptions.
@@ -182,7 +182,7 @@ pub(crate) struct Bound {
 
 /// Where one requested address's listener comes from: an fd handed to this process (validated,
 /// with its bound address), or nothing (create it).
-type Source = Option<(RawFd, Address, Origin)>;
+type Source = Option<(Checked, Address, Origin)>;
 
 impl Listener {
     /// For each requested address: the listener `LISTENER` describes for it, else a
@@ -211,13 +211,13 @@ impl Listener {
             let source = match described {
                 Some(description) => {
                     let what = format!("{LISTENER_ENV}: fd {}", description.fd);
-                    let local = inherit::validate(description.fd, &what)?;
+                    let (checked, local) = inherit::validate_listener(description.fd, &what)?;
                     if spec.as_ref().is_ok_and(|spec| !spec.matches(&local)) {
                         return Err(invalid_msg(format!(
                             "{what} listens on {local}, not on {addr} as \"addr\" says"
                         )));
                     }
-                    Some((description.fd, local, Origin::Inherited))
+                    Some((checked, local, Origin::Inherited))
                 }
                 None => {
                     inherit::activated_for(addr, spec.as_ref().ok(), &inheritance.activated, &used)?
@@ -228,8 +228,8 @@ impl Listener {
                 (Some(_), Err(_)) => None,
                 (None, Err(e)) => return Err(e),
             };
-            if let Some((fd, ..)) = &source {
-                used.push(*fd);
+            if let Some((checked, ..)) = &source {
+                used.push(checked.fd());
             }
             plan.push((addr, spec, source));
         }
@@ -259,7 +259,7 @@ impl Listener {
         let mut listeners = Vec::with_capacity(plan.len());
         for (addr, spec, source) in plan {
             let listener = match (source, spec) {
-                (Some((fd, _, origin)), _) => adopt(addr, fd, origin)?,
+                (Some((checked, local, origin)), _) => adopt(addr, checked, local, origin)?,
                 (None, Some(spec)) => create(addr, &spec)?,
                 (None, None) => unreachable!("an address without a source was parsed above"),
             };
@@ -488,8 +488,7 @@ fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> 
 }
 
 /// Takes ownership of an inherited listening socket (checked again, then claimed).
-fn adopt(addr: &str, fd: RawFd, origin: Origin) -> io::Result<Listener> {
-    let (checked, local) = inherit::validate_listener(fd, &format!("fd {fd}"))?;
+fn adopt(addr: &str, checked: Checked, local: Address, origin: Origin) -> io::Result<Listener> {
     let owned = checked.claim()?;
     let socket = match local {
         Address::Tcp(_) => Socket::Tcp(Async::new(TcpListener::from(owned))?),
