@@ -328,7 +328,7 @@ impl Inheritance {
     /// This process's end of the connection relay, if the parent hands connections over.
     pub(crate) fn claim_relay(&self) -> io::Result<Option<OwnedFd>> {
         match self.descriptions.iter().find_map(|d| d.relay_fd) {
-            Some(fd) => claim_channel(fd, "relay_fd").map(Some),
+            Some(fd) => claim_channel(fd, &format!("{LISTENER_ENV}: relay_fd")).map(Some),
             None => Ok(None),
         }
     }
@@ -336,7 +336,7 @@ impl Inheritance {
     /// This worker's end of the control channel, if a supervising process started it.
     pub(crate) fn claim_control(&self) -> io::Result<Option<OwnedFd>> {
         match self.descriptions.iter().find_map(|d| d.control_fd) {
-            Some(fd) => claim_channel(fd, "control_fd").map(Some),
+            Some(fd) => claim_channel(fd, &format!("{LISTENER_ENV}: control_fd")).map(Some),
             None => Ok(None),
         }
     }
@@ -454,14 +454,14 @@ fn validate_pipe(number: RawFd) -> io::Result<Checked> {
     Ok(Checked(number))
 }
 
-/// A relay or control channel handed to this process as `fd` (`what` names where the number
-/// came from): checked to be a SEQPACKET socket, then owned.
+/// A relay or control channel handed to this process as `number` (`what` names where the
+/// number came from, `LISTENER: relay_fd` say): checked to be a SEQPACKET socket, then owned.
 pub(crate) fn claim_channel(number: RawFd, what: &str) -> io::Result<OwnedFd> {
     validate_channel(number, what)?.claim()
 }
 
 fn validate_channel(number: RawFd, what: &str) -> io::Result<Checked> {
-    let what = format!("{LISTENER_ENV}: {what} {number}");
+    let what = format!("{what} {number}");
     let kind = sockopt::socket_type(inspect(number))
         .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
     if kind != SocketType::SEQPACKET {

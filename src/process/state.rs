@@ -79,7 +79,10 @@ impl Carried<OwnedFd> {
                 .map_err(|_| bad("a control_fd out of range"))?;
             workers.push(CarriedWorker {
                 pid: pid(number(worker, "pid")?)?,
-                control: crate::listener::claim_channel(fd, "control_fd")?,
+                control: crate::listener::claim_channel(
+                    fd,
+                    &format!("{SUPERVISOR_ENV}: control_fd"),
+                )?,
                 generation: number(worker, "generation")?,
             });
         }
@@ -115,5 +118,20 @@ mod tests {
         assert!(error.contains("version 9"), "{error}");
         let error = Carried::parse("{").unwrap_err().to_string();
         assert!(error.contains("BATON_SUPERVISOR"), "{error}");
+    }
+
+    #[test]
+    fn a_control_fd_that_is_no_channel_is_named_as_the_state_says() {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let text = format!(
+            r#"{{"version":1,"generation":1,"workers":[{{"pid":4,"control_fd":{fd},"generation":1}}],"retiring":[]}}"#
+        );
+        let error = Carried::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("BATON_SUPERVISOR: control_fd {fd}")),
+            "{error}"
+        );
     }
 }
