@@ -505,12 +505,7 @@ impl ResponseHead<'_> {
         fields: impl Iterator<Item = (&'f str, &'f str)>,
         out: &mut Vec<u8>,
     ) {
-        // The server's own version, whatever the request's (RFC 9110 §2.5).
-        out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(out, u64::from(self.status));
-        out.push(b' ');
-        out.extend_from_slice(self.reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        self.status_line(out);
         let mut has_date = false;
         for (name, value) in fields {
             let framing = matches!(name, "content-length" | "transfer-encoding");
@@ -528,6 +523,31 @@ impl ResponseHead<'_> {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        self.finish(has_date, out);
+    }
+
+    /// [`ResponseHead::encode`] with the handler's fields already encoded (`name: value\r\n`
+    /// each, none of them a framing one): the lean path's.
+    pub(crate) fn encode_raw_fields(&self, fields: &[u8], out: &mut Vec<u8>) {
+        self.status_line(out);
+        out.extend_from_slice(fields);
+        let has_date = fields
+            .split(|&b| b == b'\n')
+            .any(|line| line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"date:"));
+        self.finish(has_date, out);
+    }
+
+    fn status_line(&self, out: &mut Vec<u8>) {
+        // The server's own version, whatever the request's (RFC 9110 §2.5).
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// After the fields: a `date` unless they had one, the framing, the blank line.
+    fn finish(&self, has_date: bool, out: &mut Vec<u8>) {
         if !has_date {
             out.extend_from_slice(b"date: ");
             date::push_now(out);

@@ -124,33 +124,20 @@ pub(crate) fn encode(
     let reason = http_types::StatusCode::try_from(status)
         .map(|s| s.canonical_reason())
         .unwrap_or("");
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    codec::push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(fields);
-    let has_date = fields
-        .split(|&b| b == b'\n')
-        .any(|line| line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"date:"));
-    if !has_date {
-        out.extend_from_slice(b"date: ");
-        codec::date::push_now(out);
-        out.extend_from_slice(b"\r\n");
-    }
     let bodyless = (100..200).contains(&status) || status == 204;
-    if !bodyless {
-        out.extend_from_slice(b"content-length: ");
-        codec::push_decimal(out, body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if minor == 0 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let head = codec::ResponseHead {
+        status,
+        reason,
+        length: if bodyless {
+            codec::Length::Omitted
+        } else {
+            codec::Length::Known(body.len() as u64)
+        },
+        close,
+        minor,
+    };
+    out.clear();
+    head.encode_raw_fields(fields, out);
     if !head_only && !bodyless {
         out.extend_from_slice(body);
     }
