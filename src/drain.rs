@@ -51,7 +51,8 @@ pub(crate) struct Drain {
     started: (Sender<()>, Receiver<()>),
     /// Closed when the drain gives up on what is left (timeout, second signal).
     cut: (Sender<()>, Receiver<()>),
-    /// Gets a message when a connection ends (at most one waits unread: waiters recheck).
+    /// Gets a message when a connection or a request ends (at most one waits unread: waiters
+    /// recheck; one waiter at a time, `requests_done` then `finished`, each drain).
     ended: (Sender<()>, Receiver<()>),
     /// Where idle connections go instead of being closed, while the successor takes them.
     relay: std::cell::RefCell<Option<Rc<crate::handoff::relay::Relay>>>,
@@ -119,7 +120,6 @@ impl Drain {
         *self.relay.borrow_mut() = None;
     }
 
-    /// Resolves once draining has started.
     /// The drain gives up on what is left: requests still waiting for their handler are
     /// answered 503, responses still being written are reset (see `conn`).
     pub(crate) fn cut(&self) {
@@ -131,6 +131,7 @@ impl Drain {
         let _ = self.cut.1.recv().await;
     }
 
+    /// Resolves once draining has started.
     pub(crate) async fn started(&self) {
         // The channel never carries a message: recv returns only when it is closed.
         let _ = self.started.1.recv().await;
@@ -148,7 +149,7 @@ impl Drain {
         }
     }
 
-    /// Resolves when no request is in flight.
+    /// Resolves when no request is in flight. Call after [`Drain::start`].
     pub(crate) async fn requests_done(&self) {
         while self.requests.get() > 0 {
             let _ = self.ended.1.recv().await;
@@ -178,7 +179,7 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Counts one request in flight until dropped.
+/// Counts one upgraded connection until dropped.
 #[derive(Debug)]
 pub(crate) struct UpgradedGuard(Rc<Drain>);
 
@@ -188,13 +189,18 @@ impl Drop for UpgradedGuard {
     }
 }
 
+/// Counts one request in flight until dropped.
 #[derive(Debug)]
 pub(crate) struct RequestGuard(Rc<Drain>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.requests.set(self.0.requests.get() - 1);
-        let _ = self.0.ended.0.try_send(());
+        // Only a drain waits for requests to end (`requests_done`): serving, this would be a
+        // channel send per request, and a spurious wake of an accept loop at its limit.
+        if self.0.draining.get() {
+            let _ = self.0.ended.0.try_send(());
+        }
     }
 }
 
