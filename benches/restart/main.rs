@@ -284,7 +284,7 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
                         "tka_per_cpu_s"
                     })
                     .or_default()
-                    .push(if cpu > 0.0 { n / cpu } else { 0.0 });
+                    .push(per_cpu_second(n, cpu));
                 entry
                     .entry(if name == "handshakes" {
                         "hs_p99_ms"
@@ -496,6 +496,15 @@ fn build(root: &Path) -> Vec<Flavor> {
     ]
 }
 
+/// `requests` per second of server CPU (0 when none was measured).
+fn per_cpu_second(requests: f64, server_cpu: f64) -> f64 {
+    if server_cpu > 0.0 {
+        requests / server_cpu
+    } else {
+        0.0
+    }
+}
+
 fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -> RunFigures {
     let mut figures = RunFigures::default();
     let spawned = Instant::now();
@@ -525,14 +534,7 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
     let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
     let requests = latencies.len() as f64;
     figures.set("ka_rps", requests / outcome.elapsed.as_secs_f64());
-    figures.set(
-        "ka_per_cpu_s",
-        if server_cpu > 0.0 {
-            requests / server_cpu
-        } else {
-            0.0
-        },
-    );
+    figures.set("ka_per_cpu_s", per_cpu_second(requests, server_cpu));
     figures.set("ka_server_cpu", server_cpu / outcome.elapsed.as_secs_f64());
     figures.set("ka_p50_ms", report::percentile(&mut latencies, 50.0) / 1e3);
     figures.set("ka_p99_ms", report::percentile(&mut latencies, 99.0) / 1e3);
@@ -553,6 +555,7 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
     );
 
     // Steady connection per request.
+    let cpu_before = procs::cpu(server.pid);
     let outcome = load_for(
         server.addr,
         None,
@@ -561,11 +564,14 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
         plan.steady,
         |_| {},
     );
+    let server_cpu = procs::cpu(server.pid)
+        .saturating_sub(cpu_before)
+        .as_secs_f64();
     let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
-    figures.set(
-        "pr_rps",
-        latencies.len() as f64 / outcome.elapsed.as_secs_f64(),
-    );
+    let requests = latencies.len() as f64;
+    figures.set("pr_rps", requests / outcome.elapsed.as_secs_f64());
+    figures.set("pr_per_cpu_s", per_cpu_second(requests, server_cpu));
+    figures.set("pr_server_cpu", server_cpu / outcome.elapsed.as_secs_f64());
     figures.set("pr_p99_ms", report::percentile(&mut latencies, 99.0) / 1e3);
     figures.set(
         "pr_loadgen_cpu",

@@ -84,6 +84,16 @@ const ROWS: &[(&str, &str, &str)] = &[
         "higher",
     ),
     (
+        "connection per request: requests per server CPU-second",
+        "pr_per_cpu_s",
+        "higher",
+    ),
+    (
+        "connection per request: server CPU (cores)",
+        "pr_server_cpu",
+        "",
+    ),
+    (
         "connection per request: p99 latency (ms)",
         "pr_p99_ms",
         "lower",

@@ -148,7 +148,7 @@ fn measure(flavor: &Flavor, plan: &Plan, supervised: bool) -> Vec<(&'static str,
     let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
     let requests = latencies.len() as f64;
     figures.push(("rps", requests / outcome.elapsed.as_secs_f64()));
-    figures.push(("per_cpu_s", if used > 0.0 { requests / used } else { 0.0 }));
+    figures.push(("per_cpu_s", crate::per_cpu_second(requests, used)));
     figures.push(("p99_ms", report::percentile(&mut latencies, 99.0) / 1e3));
     let rss: u64 = pids.iter().map(|&p| procs::status(p, "VmRSS")).sum();
     figures.push(("rss_mb", rss as f64 / 1e6));
