@@ -483,6 +483,27 @@ pub(crate) enum Length {
     UntilClose,
 }
 
+/// A status whose responses never carry a body: 1xx, 204, 304 (RFC 9110 §6.4.1).
+pub(crate) fn bodyless(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
+}
+
+impl Length {
+    /// How a response with `status` is framed, its body `len` bytes long (`None`: not known)
+    /// and the request HTTP/1.`minor`. A 304 says `content-length: 0`; other bodyless
+    /// statuses have no length field.
+    pub(crate) fn of(status: u16, len: Option<u64>, minor: u8) -> Length {
+        match len {
+            _ if status == 304 => Length::Known(0),
+            _ if bodyless(status) => Length::Omitted,
+            Some(n) => Length::Known(n),
+            // Unknown: chunked for HTTP/1.1; an HTTP/1.0 client reads until the close.
+            None if minor == 1 => Length::Chunked,
+            None => Length::UntilClose,
+        }
+    }
+}
+
 /// A response head, as the connection loop decided it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ResponseHead<'a> {

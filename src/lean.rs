@@ -124,15 +124,12 @@ pub(crate) fn encode(
     let reason = http_types::StatusCode::try_from(status)
         .map(|s| s.canonical_reason())
         .unwrap_or("");
-    let bodyless = (100..200).contains(&status) || status == 204;
+    // The same framing as for the http-types handler: a 304 never sends its body either.
+    let bodyless = codec::bodyless(status);
     let head = codec::ResponseHead {
         status,
         reason,
-        length: if bodyless {
-            codec::Length::Omitted
-        } else {
-            codec::Length::Known(body.len() as u64)
-        },
+        length: codec::Length::of(status, Some(body.len() as u64), minor),
         close,
         minor,
     };
@@ -170,6 +167,11 @@ mod tests {
               connection: close\r\n\r\ngone"
                 .to_vec()
         );
+        // A 304's body is never sent (a client would read it as the next response).
+        encode(&mut out, 304, b"date: x\r\n", b"gone", false, false, 1);
+        // (The reason phrase is http-types' own: "Modified".)
+        assert!(out.starts_with(b"HTTP/1.1 304 "));
+        assert!(out.ends_with(b"\r\ndate: x\r\ncontent-length: 0\r\n\r\n"));
         encode(&mut out, 200, b"date: x\r\n", b"gone", true, false, 0);
         assert_eq!(
             out,

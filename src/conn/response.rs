@@ -68,22 +68,15 @@ pub(crate) async fn write_response(
 ) -> io::Result<()> {
     let status = u16::from(response.status());
     let mut body = response.take_body();
-    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+    let bodyless = codec::bodyless(status);
     let len = if bodyless {
         Some(0)
     } else {
         body.len().map(|n| n as u64)
     };
-    // Unknown length: chunked for HTTP/1.1; an HTTP/1.0 client reads until the close.
-    let chunked = len.is_none() && minor == 1;
-    let close = close || (len.is_none() && minor == 0);
-
-    let length = match (len, bodyless) {
-        (_, true) if status != 304 => codec::Length::Omitted,
-        (Some(n), _) => codec::Length::Known(n),
-        (None, _) if chunked => codec::Length::Chunked,
-        (None, _) => codec::Length::UntilClose,
-    };
+    let length = codec::Length::of(status, len, minor);
+    let chunked = length == codec::Length::Chunked;
+    let close = close || length == codec::Length::UntilClose;
     let head = codec::ResponseHead {
         status,
         reason: response.status().canonical_reason(),
