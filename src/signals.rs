@@ -147,18 +147,16 @@ impl Signals {
     pub(crate) async fn requeue(&mut self) -> io::Result<()> {
         mask(libc::SIG_BLOCK, &HANDLED)?;
         while let Some(Ok((signal, _))) = smol::future::poll_once(self.next()).await {
+            use rustix::process::Signal as R;
             let number = match signal {
-                Signal::Hup => libc::SIGHUP,
-                Signal::Usr2 => libc::SIGUSR2,
-                Signal::Int => libc::SIGINT,
-                Signal::Quit => libc::SIGQUIT,
-                Signal::Term => libc::SIGTERM,
-                Signal::Child => libc::SIGCHLD,
+                Signal::Hup => R::HUP,
+                Signal::Usr2 => R::USR2,
+                Signal::Int => R::INT,
+                Signal::Quit => R::QUIT,
+                Signal::Term => R::TERM,
+                Signal::Child => R::CHILD,
             };
-            // SAFETY: kill(2) on this process's own pid; it sends a signal, nothing more.
-            unsafe {
-                libc::kill(libc::getpid(), number);
-            }
+            let _ = rustix::process::kill_process(rustix::process::getpid(), number);
         }
         Ok(())
     }
