@@ -15,7 +15,7 @@
 //! service's life; it sends `MAINPID=<itself>`, `READY=1` and a `STATUS=` with its workers
 //! once they serve, and around each restart `RELOADING=1` and again `READY=1`. After each
 //! restart it also writes `<pid file>.restart` (see [`crate::reload`]): the number of
-//! restarts so far, the generation, and `ok` or `failed: <why>`.
+//! restarts so far, the pid serving after it, and `ok` or `failed: <why>`.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -232,15 +232,18 @@ impl std::fmt::Display for RestartRecord {
 
 /// Where an old binary's pid goes during a SIGUSR2 upgrade: `<pid file>.oldbin`.
 fn oldbin_file(pid_file: &Path) -> PathBuf {
-    let mut path = pid_file.as_os_str().to_owned();
-    path.push(".oldbin");
-    PathBuf::from(path)
+    beside(pid_file, ".oldbin")
 }
 
 /// Where a server records its latest restart: `<pid file>.restart`.
 pub(crate) fn restart_file(pid_file: &Path) -> PathBuf {
+    beside(pid_file, ".restart")
+}
+
+/// `<pid file><suffix>`.
+fn beside(pid_file: &Path, suffix: &str) -> PathBuf {
     let mut path = pid_file.as_os_str().to_owned();
-    path.push(".restart");
+    path.push(suffix);
     PathBuf::from(path)
 }
 
