@@ -65,6 +65,7 @@ mod hooks;
 pub mod lean;
 mod listener;
 mod process;
+mod ready;
 mod reload;
 mod report;
 mod server;

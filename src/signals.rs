@@ -10,7 +10,9 @@
 use std::io;
 
 use async_signal::Signals as Stream;
-use smol::stream::StreamExt as _;
+use smol::stream::{Stream as _, StreamExt as _};
+
+use crate::ready::Gate;
 
 /// A signal baton handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,7 +125,7 @@ pub(crate) fn ignore_sigpipe() {
 
 /// The handled signals, registered at construction.
 #[derive(Debug)]
-pub(crate) struct Signals(Stream);
+pub(crate) struct Signals(Stream, Gate);
 
 impl Signals {
     /// Installs the handlers, then unblocks them: a successor starts with SIGHUP and SIGUSR2
@@ -138,7 +140,7 @@ impl Signals {
         mask(libc::SIG_BLOCK, &HANDLED)?;
         let signals = Stream::new([S::Hup, S::Usr2, S::Int, S::Quit, S::Term, S::Child])?;
         mask(libc::SIG_UNBLOCK, &HANDLED)?;
-        Ok(Signals(signals))
+        Ok(Signals(signals, Gate::default()))
     }
 
     /// Before this process replaces its image: holds every handled signal on this thread, and
@@ -146,15 +148,18 @@ impl Signals {
     /// pending across the `execve` instead of being lost with the handler's pipe.
     pub(crate) async fn requeue(&mut self) -> io::Result<()> {
         mask(libc::SIG_BLOCK, &HANDLED)?;
-        while let Some(Ok((signal, _))) = smol::future::poll_once(self.next()).await {
+        // Straight from the pipe, not through the gate: a signal written there whose
+        // readiness the reactor has not reported yet must be found too.
+        while let Some(Some(Ok(signal))) = smol::future::poll_once(self.0.next()).await {
             use rustix::process::Signal as R;
-            let number = match signal {
-                Signal::Hup => R::HUP,
-                Signal::Usr2 => R::USR2,
-                Signal::Int => R::INT,
-                Signal::Quit => R::QUIT,
-                Signal::Term => R::TERM,
-                Signal::Child => R::CHILD,
+            let number = match ours(signal) {
+                Some(Signal::Hup) => R::HUP,
+                Some(Signal::Usr2) => R::USR2,
+                Some(Signal::Int) => R::INT,
+                Some(Signal::Quit) => R::QUIT,
+                Some(Signal::Term) => R::TERM,
+                Some(Signal::Child) => R::CHILD,
+                None => continue,
             };
             let _ = rustix::process::kill_process(rustix::process::getpid(), number);
         }
@@ -164,22 +169,34 @@ impl Signals {
     /// The next signal, and what it asks for. Signals of one kind that arrive while none is
     /// being read may coalesce into one.
     pub(crate) async fn next(&mut self) -> io::Result<(Signal, Command)> {
-        use async_signal::Signal as S;
+        let Signals(stream, gate) = self;
         loop {
-            let signal = match self.0.next().await {
+            // Polled only when its pipe woke it: the serving loop's other wake-ups make no
+            // `recv` on the signal pipe.
+            let next = std::future::poll_fn(|cx| {
+                gate.poll(cx, |cx| std::pin::Pin::new(&mut *stream).poll_next(cx))
+            });
+            let signal = match next.await {
                 Some(signal) => signal?,
                 None => return Err(io::Error::other("the signal stream ended")),
             };
-            let signal = match signal {
-                S::Hup => Signal::Hup,
-                S::Usr2 => Signal::Usr2,
-                S::Int => Signal::Int,
-                S::Quit => Signal::Quit,
-                S::Term => Signal::Term,
-                S::Child => Signal::Child,
-                _ => continue,
-            };
-            return Ok((signal, signal.command()));
+            if let Some(signal) = ours(signal) {
+                return Ok((signal, signal.command()));
+            }
         }
     }
+}
+
+/// The handled signals in this crate's terms.
+fn ours(signal: async_signal::Signal) -> Option<Signal> {
+    use async_signal::Signal as S;
+    Some(match signal {
+        S::Hup => Signal::Hup,
+        S::Usr2 => Signal::Usr2,
+        S::Int => Signal::Int,
+        S::Quit => Signal::Quit,
+        S::Term => Signal::Term,
+        S::Child => Signal::Child,
+        _ => return None,
+    })
 }

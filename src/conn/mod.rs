@@ -95,6 +95,7 @@ pub(crate) async fn serve<F, Fut>(
         drain: &drain,
         options,
         first_head,
+        peer_done: false,
         lean: lean.map(|handler| Lean {
             handler,
             fields: Vec::new(),
@@ -106,10 +107,21 @@ pub(crate) async fn serve<F, Fut>(
     while let Some((work, in_flight)) = conn.next(&mut idle).await {
         let after = match work {
             Work::Full(next) => conn.answer(next, in_flight, &*handler).await,
-            Work::Lean { close } => conn.answer_lean(close, in_flight).await,
+            Work::Lean { close, keep_alive } => {
+                conn.peer_done = !keep_alive;
+                conn.answer_lean(close, in_flight).await
+            }
         };
         match after {
             After::KeepAlive => idle.restart(),
+            // The client said it sends nothing more and all it sent was read: FIN, and the
+            // close follows at once (its `Connection: close` promises no further request).
+            After::Close if conn.peer_done && conn.buf.pending().is_empty() => {
+                conn.io.shutdown_write();
+                break;
+            }
+            // Otherwise it may still be sending: read until it closes too, so that the close
+            // cannot turn into a reset that destroys the response.
             After::Close => {
                 close(&conn.io).await;
                 break;
@@ -132,6 +144,9 @@ struct Connection<'d> {
     /// Until the first request head is read: when it must be complete (accept + header
     /// timeout).
     first_head: Option<Instant>,
+    /// The last request asked to close (`Connection: close`, or HTTP/1.0 without keep-alive)
+    /// and its body was read to the end: the client sends nothing more.
+    peer_done: bool,
     /// The application's lean handler, with its buffers.
     lean: Option<Lean>,
 }
@@ -150,7 +165,7 @@ struct Lean {
 #[allow(clippy::large_enum_variant)]
 enum Work {
     Full(Next),
-    Lean { close: bool },
+    Lean { close: bool, keep_alive: bool },
 }
 
 impl Connection<'_> {
@@ -244,6 +259,7 @@ impl Connection<'_> {
             expect_continue,
             minor,
         } = next;
+        self.peer_done = false;
         let (io, options) = (&self.io, &self.options);
         let method = request.method();
         let (request, inbound) = body::attach(
@@ -298,6 +314,10 @@ impl Connection<'_> {
                 _ => After::Gone,
             };
         }
+        self.peer_done = !keep_alive
+            && body
+                .as_ref()
+                .is_none_or(|b| b.state == BodyState::Done && b.failed.is_none());
         let (response, after) = decide(response, keep_alive, body, io, self.drain);
         let close_after = after == After::Close;
         let timeout = options.write_timeout;
@@ -519,12 +539,13 @@ async fn next_request(
             Ok(Some(head)) => {
                 if let Some((lean, out, drain)) = lean.as_mut() {
                     let max_body = options.max_body;
+                    let keep_alive = head.keep_alive;
                     let taken = try_lean(&head, buf.pending(), max_body, lean, out, io, drain);
                     if let Some(used) = taken {
                         let close = used.1;
                         buf.consume(used.0);
                         buf.shrink();
-                        return Ok(Work::Lean { close });
+                        return Ok(Work::Lean { close, keep_alive });
                     }
                 }
                 let request = requests.build(&head).map_err(HeadError::Reject)?;

@@ -36,6 +36,7 @@ use rustix::net::{
 use smol::future::FutureExt as _;
 
 use crate::config::timing::RELAY_TIMEOUT;
+use crate::ready::Readiness;
 
 /// Largest message: addresses plus at most a request head's worth of unparsed bytes.
 const MAX_MESSAGE: usize = 96 * 1024;
@@ -56,6 +57,8 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug)]
 pub(crate) struct Relay {
     socket: Async<UnixStream>,
+    /// Whether a receive may find a message without waiting.
+    ready: Readiness,
 }
 
 /// What arrives on the relay.
@@ -108,6 +111,7 @@ impl Relay {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Relay> {
         Ok(Relay {
             socket: Async::new(UnixStream::from(fd))?,
+            ready: Readiness::default(),
         })
     }
 
@@ -199,17 +203,11 @@ impl Relay {
         cx: &mut std::task::Context<'_>,
         buffer: &mut Vec<u8>,
     ) -> std::task::Poll<io::Result<Option<Received>>> {
-        loop {
-            match self.try_receive(buffer) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return std::task::Poll::Ready(other),
-            }
-            match self.socket.poll_readable(cx) {
-                std::task::Poll::Ready(Ok(())) => continue,
-                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
-        }
+        self.ready.poll(
+            cx,
+            |cx| self.socket.poll_readable(cx),
+            || self.try_receive(buffer),
+        )
     }
 
     /// The next message if one is there (`WouldBlock` if not).

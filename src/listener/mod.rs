@@ -20,6 +20,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockop
 
 use crate::config::timing::ACCEPT_BACKOFF;
 use crate::error::{invalid, invalid_msg};
+use crate::ready::Readiness;
 use crate::stream::Stream;
 
 mod inherit;
@@ -82,41 +83,35 @@ pub(crate) enum Socket {
 pub(crate) type Accepted = (Stream, String);
 
 impl Socket {
-    /// Accepts one connection if one is waiting; otherwise registers for the next.
-    pub(crate) fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
-        loop {
-            let accepted = match self {
-                // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
-                Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
-                    .map_err(io::Error::from)
-                    .and_then(|(fd, peer)| {
-                        let s = std::net::TcpStream::from(fd);
-                        // Responses are written whole; Nagle would only delay them.
-                        s.set_nodelay(true)?;
-                        let peer = peer
-                            .and_then(|p| SocketAddr::try_from(p).ok())
-                            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                        Ok((Stream::Tcp(Async::new_nonblocking(s)?), peer))
-                    }),
-                Socket::Unix(l) => l
-                    .get_ref()
-                    .accept()
-                    .and_then(|(s, _)| Ok((Stream::Unix(Async::new(s)?), "unix".to_owned()))),
-            };
-            match accepted {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return Poll::Ready(other),
-            }
-            let readable = match self {
-                Socket::Tcp(l) => l.poll_readable(cx),
-                Socket::Unix(l) => l.poll_readable(cx),
-            };
-            match readable {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+    /// Accepts one connection if one is waiting; otherwise registers for the next. After an
+    /// `EAGAIN` only the reactor is asked, until it reports the listener readable.
+    pub(crate) fn poll_accept(
+        &self,
+        ready: &Readiness,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Accepted>> {
+        let readable = |cx: &mut Context<'_>| match self {
+            Socket::Tcp(l) => l.poll_readable(cx),
+            Socket::Unix(l) => l.poll_readable(cx),
+        };
+        ready.poll(cx, readable, || match self {
+            // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
+            Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
+                .map_err(io::Error::from)
+                .and_then(|(fd, peer)| {
+                    let s = std::net::TcpStream::from(fd);
+                    // Responses are written whole; Nagle would only delay them.
+                    s.set_nodelay(true)?;
+                    let peer = peer
+                        .and_then(|p| SocketAddr::try_from(p).ok())
+                        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                    Ok((Stream::Tcp(Async::new_nonblocking(s)?), peer))
+                }),
+            Socket::Unix(l) => l
+                .get_ref()
+                .accept()
+                .and_then(|(s, _)| Ok((Stream::Unix(Async::new(s)?), "unix".to_owned()))),
+        })
     }
 
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -168,6 +163,8 @@ pub(crate) struct Listener {
     pub(crate) origin: Origin,
     /// Requested as `tls:host:port`: connections start with a TLS handshake.
     pub(crate) tls: bool,
+    /// Whether an accept may find a connection without waiting.
+    ready: Readiness,
 }
 
 /// What [`Listener::bind_all`] found and made: the listeners, and the other fds a parent
@@ -358,7 +355,10 @@ impl Listeners {
         let next = self.next.get();
         for offset in 0..self.all.len() {
             let index = (next + offset) % self.all.len();
-            if let Poll::Ready(accepted) = self.all[index].socket.poll_accept(cx) {
+            if let Poll::Ready(accepted) = self.all[index]
+                .socket
+                .poll_accept(&self.all[index].ready, cx)
+            {
                 self.next.set(index + 1);
                 return Poll::Ready(accepted.map(|connection| (index, connection)));
             }
@@ -484,6 +484,7 @@ fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> 
         local_text,
         origin,
         tls,
+        ready: Readiness::default(),
     }
 }
 
