@@ -2,7 +2,9 @@
 //!
 //! Run with: `cargo bench --bench restart` (`-- --quick` for a short smoke run, `-- --two-cores`
 //! for only the supervising-process comparison, `-- --websocket` for only WebSockets across
-//! restarts, `-- --soak` for the soak).
+//! restarts, `-- --layers` for only the layers (baton's two handler paths, the peer and a raw
+//! epoll server, with instructions, allocations and syscalls per request), `-- --soak` for the
+//! soak).
 //!
 //! Builds the servers with the same release profile (baton, which hands keep-alive connections
 //! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
@@ -13,8 +15,10 @@
 //! baton/peer, also written to `target/bench/report.md`, with an SVG of latency across one
 //! restart in `target/bench/restart.svg`.
 
+mod layers;
 mod load;
 mod procs;
+mod raw;
 mod report;
 mod websocket;
 mod workers;
@@ -55,6 +59,9 @@ impl RunFigures {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--raw-epoll-server") {
+        raw::serve();
+    }
     if std::env::args().any(|a| a == "--soak") {
         return soak();
     }
@@ -83,6 +90,18 @@ fn main() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = cores >= 2 && procs::pin_self(1);
         println!("{}", websocket::scenarios(&root, &plan));
+        return;
+    }
+    if std::env::args().any(|a| a == "--layers") {
+        // Only the layers: handler paths, the peer, the raw epoll limit.
+        let machine = machine();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = cores >= 2 && procs::pin_self(1);
+        let layers = layers::scenarios(&layers::flavors(&flavors), &plan, pinned.then_some(0));
+        println!("Machine: {machine}.\n{layers}");
+        let out = root.join("target/bench");
+        std::fs::create_dir_all(&out).expect("create target/bench");
+        std::fs::write(out.join("layers.md"), &layers).expect("write layers.md");
         return;
     }
     if std::env::args().any(|a| a == "--two-cores") {
@@ -134,6 +153,8 @@ fn main() {
         .filter_map(|(f, runs)| Some((f.name, runs.first()?.trace.as_ref()?)))
         .collect();
     std::fs::write(out.join("restart.svg"), report::svg(&traces)).expect("write restart.svg");
+    let layers = layers::scenarios(&layers::flavors(&flavors), &plan, server_cpu);
+    println!("{layers}");
     let two_cores = workers::scenarios(&flavors[0], &flavors[flavors.len() - 1], &plan);
     println!("{two_cores}");
     let websockets = websocket::scenarios(&root, &plan);
@@ -141,6 +162,7 @@ fn main() {
     let tls = tls_scenarios(&root, &plan, server_cpu);
     println!("{tls}");
     let mut full = table.clone();
+    full.push_str(&layers);
     full.push_str(&two_cores);
     full.push_str(&websockets);
     full.push_str(&tls);

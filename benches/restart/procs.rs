@@ -59,7 +59,24 @@ impl Running {
     /// Starts `flavor` on a kernel-chosen loopback port, pinned to `cpu` if given (successors
     /// inherit the pinning).
     pub fn start(flavor: &Flavor, cpu: Option<usize>) -> Running {
-        let mut command = Command::new(&flavor.binary);
+        Running::start_wrapped(flavor, cpu, "", &[])
+    }
+
+    /// [`Running::start`] under `wrapper` (with `wrapper_args`) if not empty: valgrind, say,
+    /// which runs the server in the process it starts (same pid).
+    pub fn start_wrapped(
+        flavor: &Flavor,
+        cpu: Option<usize>,
+        wrapper: &str,
+        wrapper_args: &[String],
+    ) -> Running {
+        let mut command = if wrapper.is_empty() {
+            Command::new(&flavor.binary)
+        } else {
+            let mut command = Command::new(wrapper);
+            command.args(wrapper_args).arg(&flavor.binary);
+            command
+        };
         command
             .args(["--addr", flavor.addr, "--drain-timeout", "5s"])
             .args(&flavor.args)
