@@ -56,6 +56,7 @@ mod codec;
 mod config;
 mod conn;
 mod drain;
+mod edge;
 mod error;
 mod event;
 #[cfg(feature = "async-h1")]

@@ -3,7 +3,7 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
@@ -14,7 +14,8 @@ use smol::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug)]
 pub(crate) enum Stream {
-    Tcp(Async<TcpStream>),
+    /// Plain TCP, registered with the connections' edge-triggered epoll.
+    Tcp(crate::edge::Conn),
     Unix(Async<UnixStream>),
     #[cfg(feature = "tls")]
     Tls(Box<crate::tls::Session>),
@@ -27,7 +28,7 @@ impl Stream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(s) => Pin::new(&mut &*s).poll_read(cx, buf),
+            Stream::Tcp(s) => s.poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(&mut &*s).poll_read(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.poll_read(cx, buf),
@@ -36,7 +37,7 @@ impl Stream {
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(s) => Pin::new(&mut &*s).poll_write(cx, buf),
+            Stream::Tcp(s) => s.poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(&mut &*s).poll_write(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.poll_write(cx, buf),
@@ -72,7 +73,7 @@ impl Stream {
     /// nothing is there yet (always, for TLS, whose records go through the session).
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => std::io::Read::read(&mut s.get_ref(), buf),
+            Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => std::io::Read::read(&mut s.get_ref(), buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
@@ -91,7 +92,10 @@ impl Stream {
     /// Resolves once there is something to read (or the peer closed).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.readable().await,
+            Stream::Tcp(s) => {
+                s.readable().await;
+                Ok(())
+            }
             Stream::Unix(s) => s.readable().await,
             #[cfg(feature = "tls")]
             Stream::Tls(s) if s.has_plaintext() => Ok(()),

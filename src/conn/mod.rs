@@ -195,9 +195,19 @@ impl Connection<'_> {
             }
         }
         let first_head = self.first_head.take();
-        if self.buf.pending().is_empty() {
+        while self.buf.pending().is_empty() {
             match idle.wait(io, drain, options, first_head).await {
-                Waited::Readable => {}
+                // Readiness can be stale (the bytes that caused it were read already): only
+                // a byte that is really there starts a request, and counts it as in flight.
+                Waited::Readable if io.can_try_read() => {
+                    match self.buf.try_fill(io, options.max_head) {
+                        Ok(0) => return None,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return None,
+                    }
+                }
+                Waited::Readable => break,
                 Waited::HeadTimedOut => {
                     let reject = Reject::HeadTimedOut;
                     refuse(io, &mut self.out, reject.status(), &reject.to_string()).await;
@@ -487,10 +497,15 @@ async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Optio
     };
     #[cfg(feature = "tls")]
     {
-        let Stream::Tcp(tcp) = stream else {
+        let Stream::Tcp(conn) = stream else {
             return Some(stream);
         };
-        let tcp = Arc::new(tcp);
+        // A TLS session reads through async-io's source: move the socket there (a duplicate
+        // fd; the edge registration is deleted with the original).
+        conn.sharing();
+        let tcp = conn.get_ref().try_clone().ok()?;
+        drop(conn);
+        let tcp = Arc::new(async_io::Async::new_nonblocking(tcp).ok()?);
         let accepted = async { acceptor.accept(crate::tls::Tcp(tcp.clone())).await.ok() };
         let expired = async {
             Timer::after(timeout).await;
@@ -770,6 +785,8 @@ async fn hand_over(io: &Stream, drain: &Drain, requests: &Requests, pending: &[u
     let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
         return false;
     };
+    // The successor keeps the file open: its registration here must go with it explicitly.
+    tcp.sharing();
     // (Bounded: a successor that stops reading its relay does not hold this connection.)
     let sent = relay.send(tcp.get_ref(), &requests.peer, &requests.local_text, pending);
     match sent.await {

@@ -121,6 +121,7 @@ async fn move_to_successor(io: &Stream, drain: &Drain, request: &HandOver) -> io
              hand-over, or not a plain TCP connection",
         ));
     };
+    tcp.sharing();
     relay
         .send_upgraded(tcp.get_ref(), &request.name, &request.state, &request.held)
         .await

@@ -13,12 +13,14 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_io::Async;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
 use crate::config::timing::ACCEPT_BACKOFF;
+use crate::edge::Edge;
 use crate::error::{invalid, invalid_msg};
 use crate::ready::Readiness;
 use crate::stream::Stream;
@@ -88,6 +90,7 @@ impl Socket {
     pub(crate) fn poll_accept(
         &self,
         ready: &Readiness,
+        edge: &Arc<Edge>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Accepted>> {
         let readable = |cx: &mut Context<'_>| match self {
@@ -105,7 +108,7 @@ impl Socket {
                     let peer = peer
                         .and_then(|p| SocketAddr::try_from(p).ok())
                         .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                    Ok((Stream::Tcp(Async::new_nonblocking(s)?), peer))
+                    Ok((Stream::Tcp(edge.register(s)?), peer))
                 }),
             Socket::Unix(l) => l
                 .get_ref()
@@ -333,11 +336,11 @@ impl Listeners {
     /// The next connection from any listener, with the listener it came from. An error that
     /// needs a pause (out of fds or buffers) is returned once, and the next call waits
     /// [`ACCEPT_BACKOFF`] first; any other error concerns one connection only.
-    pub(crate) async fn accept(&self) -> Result<(usize, Accepted), AcceptError> {
+    pub(crate) async fn accept(&self, edge: &Arc<Edge>) -> Result<(usize, Accepted), AcceptError> {
         if self.backoff.replace(false) {
             async_io::Timer::after(ACCEPT_BACKOFF).await;
         }
-        let accepted = std::future::poll_fn(|cx| self.poll_any(cx)).await;
+        let accepted = std::future::poll_fn(|cx| self.poll_any(edge, cx)).await;
         match accepted {
             Ok(accepted) => Ok(accepted),
             Err(error) => {
@@ -351,14 +354,16 @@ impl Listeners {
         }
     }
 
-    fn poll_any(&self, cx: &mut Context<'_>) -> Poll<io::Result<(usize, Accepted)>> {
+    fn poll_any(
+        &self,
+        edge: &Arc<Edge>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(usize, Accepted)>> {
         let next = self.next.get();
         for offset in 0..self.all.len() {
             let index = (next + offset) % self.all.len();
-            if let Poll::Ready(accepted) = self.all[index]
-                .socket
-                .poll_accept(&self.all[index].ready, cx)
-            {
+            let listener = &self.all[index];
+            if let Poll::Ready(accepted) = listener.socket.poll_accept(&listener.ready, edge, cx) {
                 self.next.set(index + 1);
                 return Poll::Ready(accepted.map(|connection| (index, connection)));
             }

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::process::{Child, ExitStatus};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use async_io::Timer;
 use http_types::{Request, Response};
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain};
+use crate::edge::Edge;
 use crate::event::Event;
 use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
 use crate::handoff::{self, Exec};
@@ -72,6 +74,8 @@ struct Connections<'e, F> {
     handler: Rc<F>,
     lean: Option<crate::lean::Handler>,
     options: conn::Options,
+    /// The edge-triggered epoll every plain TCP connection is registered with.
+    edge: Arc<Edge>,
 }
 
 impl<F, Fut> Connections<'_, F>
@@ -94,13 +98,21 @@ where
         self.executor.spawn(task).detach();
     }
 
+    /// A connection the previous process handed over (non-blocking already, as the flag
+    /// belongs to the open file both share; set again all the same).
+    fn adopt(&self, fd: std::os::fd::OwnedFd) -> io::Result<crate::edge::Conn> {
+        let tcp = std::net::TcpStream::from(fd);
+        tcp.set_nonblocking(true)?;
+        self.edge.register(tcp)
+    }
+
     /// Resumes an upgraded connection the previous process handed over, with the handler the
     /// application registered for its name; closes it if there is none.
     fn spawn_upgraded(&self, handed: HandedUpgrade, drain: &Rc<Drain>, hooks: &Hooks) {
         let Some(resume) = hooks.resumer(&handed.name) else {
             return;
         };
-        let Ok(stream) = async_io::Async::new(std::net::TcpStream::from(handed.fd)) else {
+        let Ok(stream) = self.adopt(handed.fd) else {
             return;
         };
         let state = serde_json::from_str(&handed.state).unwrap_or(serde_json::Value::Null);
@@ -116,7 +128,7 @@ where
 
     /// Serves a connection the previous process handed over, as if this one had accepted it.
     fn spawn_handed(&self, handed: Handed, drain: &Rc<Drain>) {
-        let Ok(stream) = async_io::Async::new(std::net::TcpStream::from(handed.fd)) else {
+        let Ok(stream) = self.adopt(handed.fd) else {
             return;
         };
         let incoming = conn::Incoming {
@@ -266,11 +278,14 @@ where
             }
         }
     }
+    let edge = Edge::new()?;
+    executor.spawn(edge.clone().drive()).detach();
     let connections = Connections {
         executor,
         handler,
         lean: hooks.lean(),
         options: config.connection(),
+        edge,
     };
     let drain = Drain::new();
     for message in waiting {
@@ -463,6 +478,7 @@ where
             inbound,
             control,
             relay_buffer,
+            connections,
             drain,
             config,
             ..
@@ -470,7 +486,7 @@ where
         let accept = async {
             // At the limit, leave new connections in the kernel's queue until one ends.
             drain.below(config.max_connections.max(1)).await;
-            let accepted = listeners.accept().await;
+            let accepted = listeners.accept(&connections.edge).await;
             Wake::Accepted(accepted)
         };
         let signal = async { Wake::Signal(signals.next().await) };

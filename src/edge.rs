@@ -1,0 +1,404 @@
+//! Edge-triggered readiness for plain TCP client connections.
+//!
+//! async-io registers every source in one-shot mode: each wait on a socket re-arms it with an
+//! `epoll_ctl`, so a keep-alive connection whose next request has not arrived yet costs one
+//! `epoll_ctl` per request, and every connection one more to register and one to deregister.
+//! Here client sockets go into an epoll instance of their own, once, edge-triggered (as tokio
+//! and the raw limit do); that epoll fd is itself one source of async-io's reactor, so a batch
+//! of ready connections costs one `epoll_wait` and one re-arm, whatever its size. A socket's
+//! registration goes with its close (the kernel removes it), unless its fd was handed to
+//! another process, which keeps the file open: then it is deleted explicitly.
+//!
+//! Readiness follows tokio's rule: a direction is ready until an attempt returns
+//! `WouldBlock` (unless an event arrived meanwhile, which the tick tells); a waiter parks its
+//! waker until the next event for that direction.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use async_io::Async;
+use rustix::event::epoll;
+
+/// Events taken per `epoll_wait`.
+const BATCH: usize = 256;
+
+/// The epoll instance of this process's client connections.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    epoll: Async<OwnedFd>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Bumped each time the entry is reused: an event for an earlier socket is ignored.
+    generation: u32,
+    live: bool,
+    read: Direction,
+    write: Direction,
+}
+
+#[derive(Debug, Default)]
+struct Direction {
+    ready: bool,
+    /// Events seen for this direction: a `WouldBlock` clears `ready` only if none came since
+    /// the attempt began.
+    tick: u64,
+    waker: Option<Waker>,
+}
+
+impl Direction {
+    fn fire(&mut self) -> Option<Waker> {
+        self.ready = true;
+        self.tick += 1;
+        self.waker.take()
+    }
+
+    fn park(&mut self, cx: &Context<'_>) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Way {
+    Read,
+    Write,
+}
+
+impl Entry {
+    fn way(&mut self, way: Way) -> &mut Direction {
+        match way {
+            Way::Read => &mut self.read,
+            Way::Write => &mut self.write,
+        }
+    }
+}
+
+impl Edge {
+    pub(crate) fn new() -> io::Result<Arc<Edge>> {
+        let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        Ok(Arc::new(Edge {
+            epoll: Async::new(fd)?,
+            slots: Mutex::new(Slots::default()),
+        }))
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the events of ready connections to their wakers, for as long as the process
+    /// serves connections: run it as a task on the server's executor.
+    pub(crate) async fn drive(self: Arc<Edge>) {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(BATCH);
+        let mut wake: Vec<Waker> = Vec::new();
+        loop {
+            if self.epoll.readable().await.is_err() {
+                return;
+            }
+            loop {
+                events.clear();
+                let zero = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let spare = rustix::buffer::spare_capacity(&mut events);
+                match epoll::wait(self.epoll.as_fd(), spare, Some(&zero)) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => return,
+                }
+                {
+                    let mut slots = self.slots();
+                    for event in &events {
+                        let data = event.data.u64();
+                        let (index, generation) = (data as u32 as usize, (data >> 32) as u32);
+                        let Some(entry) = slots.entries.get_mut(index) else {
+                            continue;
+                        };
+                        if !entry.live || entry.generation != generation {
+                            continue;
+                        }
+                        let flags = event.flags;
+                        let broken = epoll::EventFlags::ERR
+                            | epoll::EventFlags::HUP
+                            | epoll::EventFlags::RDHUP;
+                        if flags.intersects(epoll::EventFlags::IN | broken) {
+                            wake.extend(entry.read.fire());
+                        }
+                        if flags.intersects(epoll::EventFlags::OUT | broken) {
+                            wake.extend(entry.write.fire());
+                        }
+                    }
+                }
+                // Woken outside the lock: a waker may poll (and lock) at once.
+                for waker in wake.drain(..) {
+                    waker.wake();
+                }
+                if events.len() < BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Registers an accepted (non-blocking) connection, once, for both directions.
+    pub(crate) fn register(self: &Arc<Edge>, tcp: TcpStream) -> io::Result<Conn> {
+        let (index, generation) = {
+            let mut slots = self.slots();
+            let index = match slots.free.pop() {
+                Some(index) => index,
+                None => {
+                    slots.entries.push(Entry::default());
+                    (slots.entries.len() - 1) as u32
+                }
+            };
+            let entry = &mut slots.entries[index as usize];
+            entry.generation = entry.generation.wrapping_add(1);
+            entry.live = true;
+            // Unknown at first: try, and learn from `WouldBlock`.
+            entry.read = Direction {
+                ready: true,
+                ..Direction::default()
+            };
+            entry.write = Direction {
+                ready: true,
+                ..Direction::default()
+            };
+            (index, entry.generation)
+        };
+        let conn = Conn {
+            tcp,
+            edge: self.clone(),
+            index,
+            shared: AtomicBool::new(false),
+        };
+        let data = epoll::EventData::new_u64((u64::from(generation) << 32) | u64::from(index));
+        let flags = epoll::EventFlags::IN
+            | epoll::EventFlags::OUT
+            | epoll::EventFlags::RDHUP
+            | epoll::EventFlags::ET;
+        epoll::add(self.epoll.as_fd(), conn.tcp.as_fd(), data, flags)?;
+        Ok(conn)
+    }
+}
+
+/// A client connection registered with [`Edge`].
+#[derive(Debug)]
+pub(crate) struct Conn {
+    tcp: TcpStream,
+    edge: Arc<Edge>,
+    index: u32,
+    /// Its fd went to another process: the registration outlives the close here, so it is
+    /// deleted explicitly.
+    shared: AtomicBool,
+}
+
+impl Conn {
+    pub(crate) fn get_ref(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Marks the fd as sent to another process (before it is).
+    pub(crate) fn sharing(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs `attempt` while `way` may be ready; parks the waker once it says `WouldBlock`.
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        way: Way,
+        mut attempt: impl FnMut(&TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            let tick = {
+                let mut slots = self.edge.slots();
+                let direction = slots.entries[self.index as usize].way(way);
+                if !direction.ready {
+                    direction.park(cx);
+                    return Poll::Pending;
+                }
+                direction.tick
+            };
+            match attempt(&self.tcp) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut slots = self.edge.slots();
+                    let direction = slots.entries[self.index as usize].way(way);
+                    if direction.tick == tick {
+                        direction.ready = false;
+                        direction.park(cx);
+                        return Poll::Pending;
+                    }
+                    // An event came while it ran: try again.
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, Way::Read, |mut tcp| tcp.read(buf))
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, Way::Write, |mut tcp| tcp.write(buf))
+    }
+
+    /// One read that never waits: `WouldBlock` without a syscall if the last attempt said so
+    /// and no event came since.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let tick = {
+            let mut slots = self.edge.slots();
+            let direction = slots.entries[self.index as usize].way(Way::Read);
+            if !direction.ready {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            direction.tick
+        };
+        match (&self.tcp).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut slots = self.edge.slots();
+                let direction = slots.entries[self.index as usize].way(Way::Read);
+                if direction.tick == tick {
+                    direction.ready = false;
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Resolves once a read may find something (or the peer closed).
+    pub(crate) async fn readable(&self) {
+        std::future::poll_fn(|cx| {
+            let mut slots = self.edge.slots();
+            let direction = slots.entries[self.index as usize].way(Way::Read);
+            if direction.ready {
+                return Poll::Ready(());
+            }
+            direction.park(cx);
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp.as_fd()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.shared.load(Ordering::Relaxed) {
+            let _ = epoll::delete(self.edge.epoll.as_fd(), self.tcp.as_fd());
+        }
+        let mut slots = self.edge.slots();
+        let entry = &mut slots.entries[self.index as usize];
+        entry.live = false;
+        entry.read = Direction::default();
+        entry.write = Direction::default();
+        slots.free.push(self.index);
+    }
+}
+
+/// For unit tests: an edge whose events are handed out by a thread of its own.
+#[cfg(test)]
+pub(crate) fn driven() -> Arc<Edge> {
+    let edge = Edge::new().expect("epoll");
+    let driver = edge.clone();
+    std::thread::spawn(move || smol::block_on(driver.drive()));
+    edge
+}
+
+/// For unit tests: `tcp` (made non-blocking) registered with a driven edge.
+#[cfg(test)]
+pub(crate) fn conn(tcp: TcpStream) -> Conn {
+    tcp.set_nonblocking(true).expect("non-blocking");
+    driven().register(tcp).expect("register")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair() -> (Conn, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (conn(listener.accept().unwrap().0), client)
+    }
+
+    /// A read that finds nothing waits for the client's bytes, woken by the edge.
+    #[test]
+    fn a_read_waits_for_the_next_edge() {
+        let (server, mut client) = pair();
+        let mut buf = [0u8; 64];
+        let err = server.try_read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            client.write_all(b"ping").unwrap();
+            client
+        });
+        let n = smol::block_on(std::future::poll_fn(|cx| server.poll_read(cx, &mut buf)));
+        assert_eq!(&buf[..n.unwrap()], b"ping");
+        drop(writer.join().unwrap());
+        // The client's close is an edge too: the read sees the end.
+        let n = smol::block_on(std::future::poll_fn(|cx| server.poll_read(cx, &mut buf)));
+        assert_eq!(n.unwrap(), 0);
+    }
+
+    /// A write that fills the socket's buffers waits until the client reads, then goes on.
+    #[test]
+    fn a_full_write_waits_for_room() {
+        let (server, mut client) = pair();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        smol::block_on(async {
+            // Until the kernel's buffers are full and the write waits: then read it all.
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut total = 0usize;
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            });
+            while sent < 8 * 1024 * 1024 {
+                let n = std::future::poll_fn(|cx| server.poll_write(cx, &chunk))
+                    .await
+                    .unwrap();
+                sent += n;
+            }
+            server
+                .get_ref()
+                .shutdown(std::net::Shutdown::Write)
+                .unwrap();
+            assert_eq!(reader.join().unwrap(), sent);
+        });
+    }
+}
