@@ -86,11 +86,12 @@ fn allocations_per_keep_alive_request_are_few_and_flat() {
          for the request, {response:.2} for the response"
     );
     // Whether the client's next request is already there when the connection looks (the
-    // eager read) depends on timing, and a readiness wait costs one allocation that a hit
-    // does not: the same binary measures 25.0 in one run and 26.1 in the next. Growth
-    // beyond that one is what this looks for.
+    // eager read) depends on timing, and so does which thread runs the reactor (async-io's
+    // own thread takes it when this one is idle; what it allocates for a wake-up is not
+    // counted here): the same binary measures 20.6 in one run and 22.5 in the next. Growth
+    // beyond that is what this looks for.
     assert!(
-        (first - second).abs() < 1.5,
+        (first - second).abs() < 2.5,
         "allocations grow with requests: {first} then {second}"
     );
     // Everything beyond http-types' own construction is the codec's and the loop's.

@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use http_types::headers::HeaderName;
 use http_types::{Method, Request, Url, Version};
 
 use crate::codec::{self, Reject};
@@ -37,7 +38,17 @@ impl Requests {
         if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
             return Err(Reject::NotImplemented("method"));
         }
-        let method = Method::from_str(head.method).map_err(|_| Reject::NotImplemented("method"))?;
+        let method = match head.method {
+            // The common ones without http-types' parser (which allocates an upper-case copy).
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "PATCH" => Method::Patch,
+            other => Method::from_str(other).map_err(|_| Reject::NotImplemented("method"))?,
+        };
         let host = head.host.unwrap_or(self.local_text.as_bytes());
         let mut url = match &self.base {
             Some((cached, url)) if cached == host => url.clone(),
@@ -83,10 +94,53 @@ impl Requests {
         }));
         request.set_peer_addr(Some(&self.peer));
         request.set_local_addr(Some(&self.local_text));
-        for header in head.headers {
+        for (i, header) in head.headers.iter().enumerate() {
             let value = ascii_value(header.value, "non-ASCII header value")?;
-            request.append_header(header.name, value);
+            let name = known(header.name).unwrap_or_else(|| HeaderName::from(header.name));
+            // `append` looks the name up with a copy of it; a first occurrence needs no lookup.
+            let again = head.headers[..i]
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(header.name));
+            if again {
+                request.append_header(name, value);
+            } else {
+                request.insert_header(name, value);
+            }
         }
         Ok(request)
     }
+}
+
+/// The usual request fields, as http-types' constants: a borrowed name, nothing allocated.
+const KNOWN: [HeaderName; 20] = {
+    use http_types::headers::*;
+    [
+        HOST,
+        ACCEPT,
+        ACCEPT_ENCODING,
+        ACCEPT_LANGUAGE,
+        USER_AGENT,
+        CONNECTION,
+        CONTENT_LENGTH,
+        CONTENT_TYPE,
+        TRANSFER_ENCODING,
+        COOKIE,
+        AUTHORIZATION,
+        CACHE_CONTROL,
+        ORIGIN,
+        REFERER,
+        UPGRADE,
+        EXPECT,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        PRAGMA,
+        TE,
+    ]
+};
+
+fn known(name: &str) -> Option<HeaderName> {
+    KNOWN
+        .iter()
+        .find(|k| k.as_str().len() == name.len() && k.as_str().eq_ignore_ascii_case(name))
+        .cloned()
 }
