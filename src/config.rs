@@ -164,4 +164,12 @@ pub(crate) mod timing {
     /// runs each: p99 0.72-0.93 ms checking every 200 tasks, 0.19-0.27 ms (one run 0.7) every
     /// 16, for ~3% of throughput.
     pub(crate) const TASKS_BETWEEN_IO_CHECKS: usize = 16;
+    /// The check above looks only at the connections' own epoll (one `epoll_wait`); every
+    /// this many checks, a whole round of the reactor (signals, listeners, timers: five
+    /// syscalls with async-io's poller) runs too. An executor that runs out of tasks waits in
+    /// the reactor anyway.
+    pub(crate) const IO_LOOKS_BETWEEN_REACTOR_ROUNDS: usize = 8;
+    /// How often idle connections' deadlines (keep-alive, first head) are checked while any
+    /// is waiting: a deadline fires up to this much late (see `deadline`).
+    pub(crate) const DEADLINE_GRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 }

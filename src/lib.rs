@@ -55,6 +55,7 @@ compile_error!(
 mod codec;
 mod config;
 mod conn;
+mod deadline;
 mod drain;
 mod edge;
 mod error;

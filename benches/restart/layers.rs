@@ -7,15 +7,14 @@
 //! - syscalls per keep-alive request and per connection, from the kernel's syscall
 //!   tracepoints (`perf stat -e 'syscalls:sys_enter_*'` attached to the server);
 //! - user-space instructions per keep-alive request (valgrind's callgrind), and heap
-//!   allocations per request (valgrind's DHAT), both as the difference between a run of
-//!   `LONG` and one of `SHORT` requests on one connection, so start-up and shutdown cancel.
+//!   allocations per request (valgrind's DHAT), under the same keep-alive load (64
+//!   connections) for `SHORT` and for `LONG`: the difference in the count over the
+//!   difference in requests answered, so start-up and shutdown cancel.
 //!
 //! A count whose tool is missing (no `perf`, no `valgrind`) shows as "-".
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,9 +25,9 @@ use crate::load::Mode;
 use crate::procs::{self, Flavor, Running};
 use crate::{Plan, load_for, per_cpu_second, report};
 
-/// Requests on one connection in the short and the long valgrind run.
-const SHORT: usize = 200;
-const LONG: usize = 2200;
+/// How long the load runs in the short and the long valgrind run.
+const SHORT: Duration = Duration::from_secs(1);
+const LONG: Duration = Duration::from_secs(3);
 /// How long each syscall count runs its load.
 const COUNTED: Duration = Duration::from_millis(1500);
 
@@ -191,18 +190,26 @@ enum Tool {
     Dhat,
 }
 
-/// Per request: (count in a run of `LONG` requests − count in a run of `SHORT`) / difference.
+/// Per request: (count in the `LONG` run − count in the `SHORT` run) / (requests answered
+/// in the one − in the other).
 fn valgrind_difference(flavor: &Flavor, tool: Tool) -> Option<f64> {
-    let short = under_valgrind(flavor, tool, SHORT)?;
-    let long = under_valgrind(flavor, tool, LONG)?;
-    Some((long - short) / (LONG - SHORT) as f64)
+    let (short, short_requests) = under_valgrind(flavor, tool, SHORT)?;
+    let (long, long_requests) = under_valgrind(flavor, tool, LONG)?;
+    let requests = long_requests
+        .checked_sub(short_requests)
+        .filter(|&n| n > 0)?;
+    Some((long - short) / requests as f64)
 }
 
-/// Runs `flavor` under valgrind's `tool`, sends `requests` keep-alive requests on one
-/// connection, stops it with SIGTERM, and returns the tool's total: instructions executed
-/// (callgrind) or heap blocks allocated (DHAT).
-fn under_valgrind(flavor: &Flavor, tool: Tool, requests: usize) -> Option<f64> {
-    let out = scratch(&format!("valgrind-{}-{requests}.out", flavor.prefix));
+/// Runs `flavor` under valgrind's `tool` with keep-alive load (64 connections) for `load`,
+/// stops it with SIGTERM, and returns the tool's total (instructions executed by callgrind,
+/// heap blocks allocated by DHAT) and the requests answered.
+fn under_valgrind(flavor: &Flavor, tool: Tool, load: Duration) -> Option<(f64, usize)> {
+    let out = scratch(&format!(
+        "valgrind-{}-{}.out",
+        flavor.prefix,
+        load.as_millis()
+    ));
     let tool_args = match tool {
         Tool::Callgrind => vec![
             "--tool=callgrind".to_owned(),
@@ -223,7 +230,8 @@ fn under_valgrind(flavor: &Flavor, tool: Tool, requests: usize) -> Option<f64> {
         return None;
     }
     let server = Running::start_wrapped(flavor, None, "valgrind", &tool_args);
-    let answered = keep_alive_requests(server.addr, requests);
+    let outcome = load_for(server.addr, None, Mode::KeepAlive, 64, load, |_| {});
+    let answered = outcome.samples.len();
     procs::kill(server.pid, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(30);
     while procs::alive(server.pid) && Instant::now() < deadline {
@@ -249,62 +257,13 @@ fn under_valgrind(flavor: &Flavor, tool: Tool, requests: usize) -> Option<f64> {
         }
     };
     let _ = std::fs::remove_file(&out);
-    assert_eq!(
-        answered, requests,
-        "{} under valgrind answered {answered} of {requests} requests",
-        flavor.name
+    assert!(
+        outcome.failures.is_empty(),
+        "{} under valgrind: {} failed requests",
+        flavor.name,
+        outcome.failures.len()
     );
-    total
-}
-
-/// Sends `n` requests one after the other on one keep-alive connection; how many were
-/// answered with a whole 200 response.
-fn keep_alive_requests(addr: SocketAddr, n: usize) -> usize {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buffer = vec![0u8; 4096];
-    let mut held = Vec::new();
-    for answered in 0..n {
-        if stream
-            .write_all(b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .is_err()
-        {
-            return answered;
-        }
-        // Read until one whole response (head + content-length body) is held.
-        loop {
-            if let Some(used) = whole_response(&held) {
-                held.drain(..used);
-                break;
-            }
-            match stream.read(&mut buffer) {
-                Ok(0) | Err(_) => return answered,
-                Ok(got) => held.extend_from_slice(&buffer[..got]),
-            }
-        }
-    }
-    n
-}
-
-/// The length of the 200 response at the start of `held`, if it is all there.
-fn whole_response(held: &[u8]) -> Option<usize> {
-    let end = held.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&held[..end]).ok()?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    (held.len() >= end + length).then_some(end + length)
+    Some((total?, answered))
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -324,8 +283,9 @@ fn render(
         out,
         "Timed rows: median (min–max) of {runs} interleaved run(s), servers pinned as above. \
          Counted rows: once per server (syscalls from the kernel's tracepoints with `perf \
-         stat`; instructions and heap allocations with valgrind, the difference between {LONG} \
-         and {SHORT} requests on one connection). Ratios against the tokio peer.\n"
+         stat`; instructions and heap allocations with valgrind, under keep-alive load with \
+         64 connections: the difference between a {LONG:?} and a {SHORT:?} run over the \
+         difference in requests). Ratios against the tokio peer.\n"
     );
     let names: Vec<&str> = flavors.iter().map(|f| f.name).collect();
     let _ = writeln!(

@@ -28,6 +28,7 @@ use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
+use crate::deadline::Deadline;
 use crate::drain::{ConnectionGuard, Drain, RequestGuard};
 use crate::stream::Stream;
 
@@ -673,7 +674,7 @@ fn try_lean(
 /// only when it fires, and when the last request was done.
 pub(crate) struct Idle<'a, D> {
     drain_started: Pin<&'a mut D>,
-    timer: Timer,
+    timer: Deadline,
     /// When `timer` fires.
     armed: Instant,
     since: Instant,
@@ -691,7 +692,7 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
         let armed = first_head.unwrap_or(since + options.keep_alive_timeout);
         Idle {
             drain_started,
-            timer: Timer::at(armed),
+            timer: Deadline::at(armed),
             armed,
             since,
         }

@@ -18,7 +18,9 @@ use smol::LocalExecutor;
 use smol::future::FutureExt as _;
 
 use crate::config::Config;
-use crate::config::timing::TASKS_BETWEEN_IO_CHECKS;
+use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
+use crate::deadline::Deadlines;
+use crate::edge::Edge;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
@@ -402,23 +404,44 @@ impl Server {
         Fut: Future<Output = http_types::Result<Response>> + 'static,
     {
         let executor = LocalExecutor::new();
+        if self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0) {
+            // The supervising process: it never serves, so the handler is for its workers.
+            let tasks = async {
+                loop {
+                    for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                        if !executor.try_tick() {
+                            executor.tick().await;
+                        }
+                    }
+                    smol::future::yield_now().await;
+                }
+            };
+            return crate::process::supervise(self).or(tasks).await;
+        }
+        // Connections' readiness comes from their own epoll (see `edge`), their idle
+        // timeouts from one sweeper (see `deadline`).
+        let edge = Edge::new()?;
+        executor.spawn(edge.clone().drive()).detach();
+        executor.spawn(Deadlines::install()).detach();
         let tasks = async {
             loop {
-                for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                    if !executor.try_tick() {
-                        executor.tick().await;
+                for _ in 0..IO_LOOKS_BETWEEN_REACTOR_ROUNDS {
+                    for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                        if !executor.try_tick() {
+                            executor.tick().await;
+                        }
                     }
+                    // Connections that became ready meanwhile, with one epoll_wait.
+                    let _ = edge.poll_now();
                 }
                 // Back to `block_on`, which polls the reactor (without blocking) before
-                // polling this future again.
+                // polling this future again: signals, listeners, relays, timers.
                 smol::future::yield_now().await;
             }
         };
-        if self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0) {
-            // The supervising process: it never serves, so the handler is for its workers.
-            return crate::process::supervise(self).or(tasks).await;
-        }
-        run::run(self, &executor, Rc::new(handler)).or(tasks).await
+        run::run(self, &executor, edge.clone(), Rc::new(handler))
+            .or(tasks)
+            .await
     }
 
     /// How many workers a supervising process runs: as configured, else one when this

@@ -182,13 +182,14 @@ struct Process<'e, F> {
 pub(super) async fn run<F, Fut>(
     server: Server,
     executor: &LocalExecutor<'static>,
+    edge: Arc<Edge>,
     handler: Rc<F>,
 ) -> io::Result<Report>
 where
     F: Fn(Request) -> Fut + 'static,
     Fut: Future<Output = http_types::Result<Response>> + 'static,
 {
-    let mut process = start(server, executor, handler).await?;
+    let mut process = start(server, executor, edge, handler).await?;
     let mut phase = Phase::Serving;
     let report = loop {
         phase = match phase {
@@ -207,6 +208,7 @@ where
 async fn start<'e, F, Fut>(
     server: Server,
     executor: &'e LocalExecutor<'static>,
+    edge: Arc<Edge>,
     handler: Rc<F>,
 ) -> io::Result<Process<'e, F>>
 where
@@ -278,8 +280,6 @@ where
             }
         }
     }
-    let edge = Edge::new()?;
-    executor.spawn(edge.clone().drive()).detach();
     let connections = Connections {
         executor,
         handler,

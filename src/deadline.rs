@@ -1,0 +1,290 @@
+//! Coarse deadlines for idle connections: the keep-alive timeout and the first head's.
+//!
+//! An async-io timer costs a write to the reactor's eventfd each time one is armed (to wake
+//! the reactor and recompute its timeout), and the next wait of the reactor then returns at
+//! once to read it back: with a connection per request, most connections armed one for the
+//! wait before their first request. These deadlines are entries in one heap per server
+//! thread instead, checked by one sweeper task every [`GRAIN`] while any entry is waiting:
+//! arming one is a heap push, no syscall; a deadline fires up to [`GRAIN`] late, which is
+//! nothing next to timeouts counted in seconds.
+//!
+//! Without a sweeper on the thread (unit tests, a server not started by baton's loop) a
+//! deadline is an ordinary async-io timer.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use async_io::Timer;
+
+pub(crate) use crate::config::timing::DEADLINE_GRAIN as GRAIN;
+
+thread_local! {
+    static SHARED: RefCell<Option<Rc<Deadlines>>> = const { RefCell::new(None) };
+}
+
+/// The deadlines of one server thread.
+#[derive(Default)]
+pub(crate) struct Deadlines {
+    /// (when, slot, generation); entries of dropped or re-armed deadlines stay until due.
+    heap: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    /// The sweeper, parked while nothing waits.
+    sweeper: RefCell<Option<Waker>>,
+    live: Cell<usize>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    armed: bool,
+    waker: Option<Waker>,
+}
+
+impl Deadlines {
+    /// Makes deadlines on this thread coarse; returns the sweeper to run as a task on it.
+    /// Dropping the sweeper (with its executor) makes them ordinary timers again.
+    pub(crate) fn install() -> impl Future<Output = ()> {
+        let shared = Rc::new(Deadlines::default());
+        SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
+        let installed = Installed(shared.clone());
+        async move {
+            let _installed = installed;
+            shared.sweep().await
+        }
+    }
+
+    async fn sweep(self: Rc<Self>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.live.get() > 0 {
+                    return Poll::Ready(());
+                }
+                *self.sweeper.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            Timer::after(GRAIN).await;
+            let now = Instant::now();
+            let mut due = Vec::new();
+            {
+                let mut heap = self.heap.borrow_mut();
+                let mut slots = self.slots.borrow_mut();
+                while let Some(Reverse((at, index, generation))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    let slot = &mut slots[index as usize];
+                    if slot.generation == generation && slot.armed {
+                        slot.armed = false;
+                        self.live.set(self.live.get() - 1);
+                        due.extend(slot.waker.take());
+                    }
+                }
+            }
+            for waker in due {
+                waker.wake();
+            }
+        }
+    }
+
+    fn arm(&self, slot: Option<u32>, at: Instant) -> u32 {
+        let mut slots = self.slots.borrow_mut();
+        let index = slot.unwrap_or_else(|| match self.free.borrow_mut().pop() {
+            Some(index) => index,
+            None => {
+                slots.push(Slot::default());
+                (slots.len() - 1) as u32
+            }
+        });
+        let entry = &mut slots[index as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        if !entry.armed {
+            entry.armed = true;
+            self.live.set(self.live.get() + 1);
+        }
+        self.heap
+            .borrow_mut()
+            .push(Reverse((at, index, entry.generation)));
+        if let Some(sweeper) = self.sweeper.borrow_mut().take() {
+            sweeper.wake();
+        }
+        index
+    }
+
+    fn release(&self, index: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let entry = &mut slots[index as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        if entry.armed {
+            entry.armed = false;
+            self.live.set(self.live.get() - 1);
+        }
+        entry.waker = None;
+        self.free.borrow_mut().push(index);
+    }
+}
+
+/// Uninstalls its deadlines from the thread when dropped (if still the installed ones).
+struct Installed(Rc<Deadlines>);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        SHARED.with(|s| {
+            let mut installed = s.borrow_mut();
+            if installed.as_ref().is_some_and(|d| Rc::ptr_eq(d, &self.0)) {
+                *installed = None;
+            }
+        });
+    }
+}
+
+/// A deadline that can be moved, like async-io's `Timer::at` (which it is without a sweeper).
+pub(crate) struct Deadline(Kind);
+
+enum Kind {
+    Coarse {
+        shared: Rc<Deadlines>,
+        at: Instant,
+        /// Its slot while armed (an entry in the heap is due at `at`).
+        slot: Option<u32>,
+        /// Whether the heap holds an entry for `at` in `slot`.
+        queued: bool,
+    },
+    Timer(Timer),
+}
+
+impl Deadline {
+    pub(crate) fn at(at: Instant) -> Deadline {
+        match SHARED.with(|s| s.borrow().clone()) {
+            Some(shared) => Deadline(Kind::Coarse {
+                shared,
+                at,
+                slot: None,
+                queued: false,
+            }),
+            None => Deadline(Kind::Timer(Timer::at(at))),
+        }
+    }
+
+    pub(crate) fn set_at(&mut self, when: Instant) {
+        match &mut self.0 {
+            Kind::Coarse { at, queued, .. } => {
+                *at = when;
+                *queued = false;
+            }
+            Kind::Timer(timer) => timer.set_at(when),
+        }
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            Kind::Timer(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+            Kind::Coarse {
+                shared,
+                at,
+                slot,
+                queued,
+            } => {
+                if Instant::now() >= *at {
+                    if let Some(index) = slot.take() {
+                        shared.release(index);
+                    }
+                    *queued = false;
+                    return Poll::Ready(());
+                }
+                if !*queued {
+                    *slot = Some(shared.arm(*slot, *at));
+                    *queued = true;
+                }
+                let index = slot.expect("armed above") as usize;
+                let mut slots = shared.slots.borrow_mut();
+                let entry = &mut slots[index];
+                if !entry.armed {
+                    // Fired (it is due by now, give or take the grain): the next poll sees
+                    // the time; arm again if the clock says otherwise.
+                    drop(slots);
+                    *queued = false;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if !entry
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    entry.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Kind::Coarse {
+            shared,
+            slot: Some(index),
+            ..
+        } = &self.0
+        {
+            shared.release(*index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// With a sweeper: a deadline fires no earlier than it is due, within the grain (and
+    /// a generous margin for a busy machine); one moved later fires at the later time; a
+    /// dropped one leaves nothing live, so the sweeper parks.
+    #[test]
+    fn coarse_deadlines_fire_when_due() {
+        let executor = smol::LocalExecutor::new();
+        smol::block_on(executor.run(async {
+            executor.spawn(Deadlines::install()).detach();
+            let shared = SHARED.with(|s| s.borrow().clone()).expect("installed");
+            let start = Instant::now();
+            let mut deadline = Deadline::at(start + Duration::from_millis(120));
+            assert!(matches!(deadline.0, Kind::Coarse { .. }));
+            (&mut deadline).await;
+            let fired = start.elapsed();
+            assert!(fired >= Duration::from_millis(120), "{fired:?}");
+            assert!(fired < Duration::from_millis(120) + GRAIN + Duration::from_secs(1));
+            deadline.set_at(Instant::now() + Duration::from_millis(80));
+            let again = Instant::now();
+            (&mut deadline).await;
+            assert!(again.elapsed() >= Duration::from_millis(80));
+            let pending = Deadline::at(Instant::now() + Duration::from_secs(60));
+            let mut pending = Box::pin(pending);
+            assert!(futures_poll(&mut pending).is_pending());
+            assert_eq!(shared.live.get(), 1);
+            drop(pending);
+            assert_eq!(shared.live.get(), 0);
+        }));
+        drop(executor);
+        // The executor is gone with its sweeper: deadlines are plain timers again.
+        assert!(matches!(Deadline::at(Instant::now()).0, Kind::Timer(_)));
+    }
+
+    fn futures_poll(deadline: &mut Pin<Box<Deadline>>) -> Poll<()> {
+        deadline
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }
+}
