@@ -62,6 +62,37 @@ fn main() {
     if std::env::args().any(|a| a == "--raw-epoll-server") {
         raw::serve();
     }
+    if let Some(at) = std::env::args().position(|a| a == "--load-only") {
+        // Only the load generator, for profiling a server started by hand:
+        // `--load-only 127.0.0.1:8080 keep-alive|per-request SECONDS`.
+        let args: Vec<String> = std::env::args().skip(at + 1).collect();
+        let addr = args
+            .first()
+            .and_then(|a| a.parse().ok())
+            .expect("an address");
+        let mode = match args.get(1).map(String::as_str) {
+            Some("per-request") => Mode::PerRequest,
+            _ => Mode::KeepAlive,
+        };
+        let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+        let clients = if mode == Mode::KeepAlive { 64 } else { 16 };
+        let _ = procs::pin_self(1);
+        let outcome = load_for(
+            addr,
+            None,
+            mode,
+            clients,
+            Duration::from_secs(seconds),
+            |_| {},
+        );
+        println!(
+            "{} requests in {:.1?}, {} failed",
+            outcome.samples.len(),
+            outcome.elapsed,
+            outcome.failures.len()
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--soak") {
         return soak();
     }

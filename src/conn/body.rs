@@ -267,17 +267,17 @@ fn deliver_trailers(
 /// Gives the request its body: a reader over the connection's buffer and socket, sharing the
 /// buffer with this loop until the request is done.
 pub(super) fn attach(
-    mut request: Request,
+    request: &mut Request,
     framing: Framing,
     expect_continue: bool,
     io: &Arc<Stream>,
     buf: &mut ReadBuf,
     options: &Options,
-) -> (Request, Option<Arc<Mutex<Inbound>>>) {
+) -> Option<Arc<Mutex<Inbound>>> {
     // Only a chunked body has trailers: otherwise `recv_trailers` gets `None` at once.
     let trailers = request.send_trailers();
     let (body, len, trailers) = match framing {
-        Framing::None => return (request, None),
+        Framing::None => return None,
         Framing::Length(n) => (BodyState::Length(n), usize::try_from(n).ok(), None),
         Framing::Chunked => (BodyState::Chunked(Chunked::new()), None, Some(trailers)),
     };
@@ -290,7 +290,7 @@ pub(super) fn attach(
         smol::io::BufReader::with_capacity(4096, reader),
         len,
     ));
-    (request, Some(shared))
+    Some(shared)
 }
 
 /// Reads and drops what the handler left of the body, up to [`DISCARD_LIMIT`]. `false` if the

@@ -163,10 +163,13 @@ struct Lean {
 /// response is in the connection's response buffer).
 // `Next` holds the http-types Request, moved as before; boxing it would cost an allocation
 // per request, which is what the lean path is there to avoid.
-#[allow(clippy::large_enum_variant)]
 enum Work {
-    Full(Next),
-    Lean { close: bool, keep_alive: bool },
+    /// Boxed: the request is large, and moves through the loop's futures several times.
+    Full(Box<Next>),
+    Lean {
+        close: bool,
+        keep_alive: bool,
+    },
 }
 
 impl Connection<'_> {
@@ -258,23 +261,28 @@ impl Connection<'_> {
 
     /// Calls the handler, writes its response, and says what follows: `KeepAlive`, `Close`
     /// (closing is left to the caller) or `Gone`; an unread body is skipped here.
-    async fn answer<F, Fut>(&mut self, next: Next, in_flight: RequestGuard, handler: &F) -> After
+    async fn answer<F, Fut>(
+        &mut self,
+        next: Box<Next>,
+        in_flight: RequestGuard,
+        handler: &F,
+    ) -> After
     where
         F: Fn(Request) -> Fut,
         Fut: Future<Output = http_types::Result<Response>>,
     {
         let Next {
-            request,
+            mut request,
             framing,
             keep_alive,
             expect_continue,
             minor,
-        } = next;
+        } = *next;
         self.peer_done = false;
         let (io, options) = (&self.io, &self.options);
         let method = request.method();
-        let (request, inbound) = body::attach(
-            request,
+        let inbound = body::attach(
+            &mut request,
             framing,
             expect_continue,
             io,
@@ -297,8 +305,16 @@ impl Connection<'_> {
                     plain(StatusCode::ServiceUnavailable, "the server is restarting");
                 response.insert_header("retry-after", "0");
                 let timeout = options.write_timeout;
-                let _ =
-                    write_response(io, &mut self.out, response, method, minor, true, timeout).await;
+                let _ = write_response(
+                    io,
+                    &mut self.out,
+                    &mut response,
+                    method,
+                    minor,
+                    true,
+                    timeout,
+                )
+                .await;
                 return After::Close;
             }
         };
@@ -316,8 +332,16 @@ impl Connection<'_> {
                 _ => None,
             };
             let timeout = options.write_timeout;
-            let written =
-                write_response(io, &mut self.out, response, method, minor, false, timeout).await;
+            let written = write_response(
+                io,
+                &mut self.out,
+                &mut response,
+                method,
+                minor,
+                false,
+                timeout,
+            )
+            .await;
             drop(in_flight);
             return match (written, to) {
                 (Ok(()), Some(to)) => self.upgrade(to).await,
@@ -329,11 +353,11 @@ impl Connection<'_> {
             && body
                 .as_ref()
                 .is_none_or(|b| b.state == BodyState::Done && b.failed.is_none());
-        let (response, after) = decide(response, keep_alive, body, io, self.drain);
+        let after = decide(&mut response, keep_alive, body, io, self.drain);
         let close_after = after == After::Close;
         let timeout = options.write_timeout;
         let out = &mut self.out;
-        let write = write_response(io, out, response, method, minor, close_after, timeout);
+        let write = write_response(io, out, &mut response, method, minor, close_after, timeout);
         // Cut mid-response: a reset, so that no client can take what it got for all of it.
         let cut = async {
             self.drain.cut_off().await;
@@ -438,32 +462,35 @@ enum After {
 /// `Connection` header), what became of its body, the response, and the drain; replaces the
 /// response if the body broke its framing or a limit.
 fn decide(
-    response: Response,
+    response: &mut Response,
     keep_alive: bool,
     body: Option<body::Outcome>,
     io: &Stream,
     drain: &Drain,
-) -> (Response, After) {
+) -> After {
     // A draining process closes connections, unless it can hand them over.
     let closing = drain.is_draining() && !relayable(io, drain);
-    let after = if !keep_alive || closing || wants_close(&response) {
+    let after = if !keep_alive || closing || wants_close(response) {
         After::Close
     } else {
         After::KeepAlive
     };
     let Some(body) = body else {
-        return (response, after);
+        return after;
     };
     match body.failed {
         // The body broke its framing or a limit: whatever the handler made of that, the client
         // learns what was wrong, and the connection cannot be trusted further.
-        Some(reject) => (plain(reject.status(), &reject.to_string()), After::Close),
-        // Never asked for: the client may not send it at all, so do not wait for it.
-        None if body.continue_pending && body.state != BodyState::Done => (response, After::Close),
-        None if body.state != BodyState::Done && after == After::KeepAlive => {
-            (response, After::Discard(body.state))
+        Some(reject) => {
+            *response = plain(reject.status(), &reject.to_string());
+            After::Close
         }
-        None => (response, after),
+        // Never asked for: the client may not send it at all, so do not wait for it.
+        None if body.continue_pending && body.state != BodyState::Done => After::Close,
+        None if body.state != BodyState::Done && after == After::KeepAlive => {
+            After::Discard(body.state)
+        }
+        None => after,
     }
 }
 
@@ -565,13 +592,13 @@ async fn next_request(
                     }
                 }
                 let request = requests.build(&head).map_err(HeadError::Reject)?;
-                let next = Next {
+                let next = Box::new(Next {
                     request,
                     framing: head.framing,
                     keep_alive: head.keep_alive,
                     expect_continue: head.expect_continue,
                     minor: head.minor,
-                };
+                });
                 Ok(Some((next, head.len)))
             }
             Ok(None) => Ok(None),

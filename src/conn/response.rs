@@ -47,9 +47,17 @@ pub(crate) fn error_response(error: http_types::Error) -> Response {
 
 /// Answers a request that cannot be served, and closes the connection.
 pub(super) async fn refuse(io: &Stream, out: &mut Vec<u8>, status: StatusCode, message: &str) {
-    let response = plain(status, message);
-    let written =
-        write_response(io, out, response, Method::Get, 1, true, ERROR_WRITE_TIMEOUT).await;
+    let mut response = plain(status, message);
+    let written = write_response(
+        io,
+        out,
+        &mut response,
+        Method::Get,
+        1,
+        true,
+        ERROR_WRITE_TIMEOUT,
+    )
+    .await;
     if written.is_ok() {
         close(io).await;
     }
@@ -60,7 +68,7 @@ pub(super) async fn refuse(io: &Stream, out: &mut Vec<u8>, status: StatusCode, m
 pub(crate) async fn write_response(
     io: &Stream,
     out: &mut Vec<u8>,
-    mut response: Response,
+    response: &mut Response,
     method: Method,
     minor: u8,
     close: bool,
