@@ -180,44 +180,149 @@ impl Edge {
         }
     }
 
+    /// Runs `attempt` while `way` of slot `index` may be ready; parks the waker once it says
+    /// `WouldBlock` (unless an event came meanwhile: then it tries again).
+    fn poll_slot<T>(
+        &self,
+        index: u32,
+        cx: &mut Context<'_>,
+        way: Way,
+        mut attempt: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            let tick = {
+                let mut slots = self.slots();
+                let direction = slots.entries[index as usize].way(way);
+                if !direction.ready {
+                    direction.park(cx);
+                    return Poll::Pending;
+                }
+                direction.tick
+            };
+            match attempt() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut slots = self.slots();
+                    let direction = slots.entries[index as usize].way(way);
+                    if direction.tick == tick {
+                        direction.ready = false;
+                        direction.park(cx);
+                        return Poll::Pending;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    /// A free slot, live, ready both ways (unknown at first: try, and learn from
+    /// `WouldBlock`); its index and generation.
+    fn slot(&self) -> (u32, u32) {
+        let mut slots = self.slots();
+        let index = match slots.free.pop() {
+            Some(index) => index,
+            None => {
+                slots.entries.push(Entry::default());
+                (slots.entries.len() - 1) as u32
+            }
+        };
+        let entry = &mut slots.entries[index as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.live = true;
+        entry.read = Direction {
+            ready: true,
+            ..Direction::default()
+        };
+        entry.write = Direction {
+            ready: true,
+            ..Direction::default()
+        };
+        (index, entry.generation)
+    }
+
+    fn free(&self, index: u32) {
+        let mut slots = self.slots();
+        let entry = &mut slots.entries[index as usize];
+        entry.live = false;
+        entry.read = Direction::default();
+        entry.write = Direction::default();
+        slots.free.push(index);
+    }
+
+    fn data(index: u32, generation: u32) -> epoll::EventData {
+        epoll::EventData::new_u64((u64::from(generation) << 32) | u64::from(index))
+    }
+
+    /// Watches a listening socket for incoming connections (edge-triggered): the serving
+    /// loop's accepts are then woken, and looked for between tasks, like connections.
+    pub(crate) fn watch(self: &Arc<Edge>, listener: BorrowedFd<'_>) -> io::Result<Watched> {
+        let (index, generation) = self.slot();
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        if let Err(e) = epoll::add(
+            self.epoll.as_fd(),
+            listener,
+            Edge::data(index, generation),
+            flags,
+        ) {
+            self.free(index);
+            return Err(e.into());
+        }
+        Ok(Watched {
+            edge: self.clone(),
+            index,
+        })
+    }
+
     /// Registers an accepted (non-blocking) connection, once, for both directions.
     pub(crate) fn register(self: &Arc<Edge>, tcp: TcpStream) -> io::Result<Conn> {
-        let (index, generation) = {
-            let mut slots = self.slots();
-            let index = match slots.free.pop() {
-                Some(index) => index,
-                None => {
-                    slots.entries.push(Entry::default());
-                    (slots.entries.len() - 1) as u32
-                }
-            };
-            let entry = &mut slots.entries[index as usize];
-            entry.generation = entry.generation.wrapping_add(1);
-            entry.live = true;
-            // Unknown at first: try, and learn from `WouldBlock`.
-            entry.read = Direction {
-                ready: true,
-                ..Direction::default()
-            };
-            entry.write = Direction {
-                ready: true,
-                ..Direction::default()
-            };
-            (index, entry.generation)
-        };
+        let (index, generation) = self.slot();
         let conn = Conn {
             tcp,
             edge: self.clone(),
             index,
             shared: AtomicBool::new(false),
         };
-        let data = epoll::EventData::new_u64((u64::from(generation) << 32) | u64::from(index));
         let flags = epoll::EventFlags::IN
             | epoll::EventFlags::OUT
             | epoll::EventFlags::RDHUP
             | epoll::EventFlags::ET;
-        epoll::add(self.epoll.as_fd(), conn.tcp.as_fd(), data, flags)?;
+        epoll::add(
+            self.epoll.as_fd(),
+            conn.tcp.as_fd(),
+            Edge::data(index, generation),
+            flags,
+        )?;
         Ok(conn)
+    }
+}
+
+/// A listening socket watched by [`Edge`].
+#[derive(Debug)]
+pub(crate) struct Watched {
+    edge: Arc<Edge>,
+    index: u32,
+}
+
+impl Watched {
+    /// Runs `attempt` (an accept) while the listener may have a connection waiting.
+    pub(crate) fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        attempt: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        self.edge.poll_slot(self.index, cx, Way::Read, attempt)
+    }
+
+    /// Stops watching `listener` (the fd this watches): it stays open in other processes,
+    /// and so would its registration here.
+    pub(crate) fn unwatch(self, listener: BorrowedFd<'_>) {
+        let _ = epoll::delete(self.edge.epoll.as_fd(), listener);
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.edge.free(self.index);
     }
 }
 
@@ -249,31 +354,8 @@ impl Conn {
         way: Way,
         mut attempt: impl FnMut(&TcpStream) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        loop {
-            let tick = {
-                let mut slots = self.edge.slots();
-                let direction = slots.entries[self.index as usize].way(way);
-                if !direction.ready {
-                    direction.park(cx);
-                    return Poll::Pending;
-                }
-                direction.tick
-            };
-            match attempt(&self.tcp) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut slots = self.edge.slots();
-                    let direction = slots.entries[self.index as usize].way(way);
-                    if direction.tick == tick {
-                        direction.ready = false;
-                        direction.park(cx);
-                        return Poll::Pending;
-                    }
-                    // An event came while it ran: try again.
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return Poll::Ready(other),
-            }
-        }
+        self.edge
+            .poll_slot(self.index, cx, way, || attempt(&self.tcp))
     }
 
     /// After a read of `n` bytes into a buffer of `len`: a short read emptied the socket's
@@ -366,12 +448,7 @@ impl Drop for Conn {
         if self.shared.load(Ordering::Relaxed) {
             let _ = epoll::delete(self.edge.epoll.as_fd(), self.tcp.as_fd());
         }
-        let mut slots = self.edge.slots();
-        let entry = &mut slots.entries[self.index as usize];
-        entry.live = false;
-        entry.read = Direction::default();
-        entry.write = Direction::default();
-        slots.free.push(self.index);
+        self.edge.free(self.index);
     }
 }
 

@@ -20,7 +20,7 @@ use async_io::Async;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
 use crate::config::timing::ACCEPT_BACKOFF;
-use crate::edge::Edge;
+use crate::edge::{Edge, Watched};
 use crate::error::{invalid, invalid_msg};
 use crate::ready::Readiness;
 use crate::stream::Stream;
@@ -90,14 +90,11 @@ impl Socket {
     pub(crate) fn poll_accept(
         &self,
         ready: &Readiness,
+        watch: Option<&Watched>,
         edge: &Arc<Edge>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Accepted>> {
-        let readable = |cx: &mut Context<'_>| match self {
-            Socket::Tcp(l) => l.poll_readable(cx),
-            Socket::Unix(l) => l.poll_readable(cx),
-        };
-        ready.poll(cx, readable, || match self {
+        let attempt = || match self {
             // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
             Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
                 .map_err(io::Error::from)
@@ -114,7 +111,17 @@ impl Socket {
                 .get_ref()
                 .accept()
                 .and_then(|(s, _)| Ok((Stream::Unix(Async::new(s)?), "unix".to_owned()))),
-        })
+        };
+        // Watched by the connections' epoll (woken by it, and found by its look between
+        // tasks); else through async-io's reactor.
+        if let Some(watch) = watch {
+            return watch.poll(cx, attempt);
+        }
+        let readable = |cx: &mut Context<'_>| match self {
+            Socket::Tcp(l) => l.poll_readable(cx),
+            Socket::Unix(l) => l.poll_readable(cx),
+        };
+        ready.poll(cx, readable, attempt)
     }
 
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -166,8 +173,11 @@ pub(crate) struct Listener {
     pub(crate) origin: Origin,
     /// Requested as `tls:host:port`: connections start with a TLS handshake.
     pub(crate) tls: bool,
-    /// Whether an accept may find a connection without waiting.
+    /// Whether an accept may find a connection without waiting (through async-io, if the
+    /// edge cannot watch it).
     ready: Readiness,
+    /// Its registration with the connections' epoll, while this process accepts.
+    watch: std::cell::RefCell<Option<Watched>>,
 }
 
 /// What [`Listener::bind_all`] found and made: the listeners, and the other fds a parent
@@ -325,6 +335,17 @@ impl Listeners {
         }
     }
 
+    /// Stops watching the listeners while this process does not accept (it drains): the
+    /// successor accepts on the same sockets, and each connection it gets would wake this
+    /// process too. The next accept watches them again.
+    pub(crate) fn unwatch(&self) {
+        for listener in &self.all {
+            if let Some(watch) = listener.watch.borrow_mut().take() {
+                watch.unwatch(listener.socket.as_fd());
+            }
+        }
+    }
+
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Listener> {
         self.all.iter()
     }
@@ -363,7 +384,14 @@ impl Listeners {
         for offset in 0..self.all.len() {
             let index = (next + offset) % self.all.len();
             let listener = &self.all[index];
-            if let Poll::Ready(accepted) = listener.socket.poll_accept(&listener.ready, edge, cx) {
+            let mut watch = listener.watch.borrow_mut();
+            if watch.is_none() {
+                *watch = edge.watch(listener.socket.as_fd()).ok();
+            }
+            let socket = &listener.socket;
+            if let Poll::Ready(accepted) =
+                socket.poll_accept(&listener.ready, watch.as_ref(), edge, cx)
+            {
                 self.next.set(index + 1);
                 return Poll::Ready(accepted.map(|connection| (index, connection)));
             }
@@ -490,6 +518,7 @@ fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> 
         origin,
         tls,
         ready: Readiness::default(),
+        watch: std::cell::RefCell::new(None),
     }
 }
 

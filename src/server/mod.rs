@@ -427,7 +427,9 @@ impl Server {
             loop {
                 for _ in 0..IO_LOOKS_BETWEEN_REACTOR_ROUNDS {
                     for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                        if !executor.try_tick() {
+                        // Out of tasks: look at the connections and listeners first (one
+                        // epoll_wait), and wait in the reactor only if nothing is ready.
+                        if !executor.try_tick() && !edge.poll_now().is_ok_and(|n| n > 0) {
                             executor.tick().await;
                         }
                     }

@@ -672,6 +672,8 @@ where
             mut outbound,
         } = draining;
         self.reap();
+        // Not accepting any more: accepts by the successor should not wake this process.
+        self.listeners.unwatch();
         // A worker's sockets belong to its supervising process, which ends the service.
         let last =
             matches!(stop, Stop::Shutdown { .. }) && self.spawned.is_empty() && !self.is_worker;
