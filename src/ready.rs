@@ -6,9 +6,10 @@
 //! each relay and on the control channel, only to learn `EAGAIN`; and the first poll after a
 //! delivered readiness event reports it again, so each accepted connection was followed by
 //! two `accept4` calls returning `EAGAIN` instead of one. [`Readiness`] remembers that a
-//! source said `EAGAIN` and asks the reactor (no syscall) until it reports the source ready;
-//! [`Gate`] does the same for a source whose syscall is hidden (async-signal's stream), by
-//! polling it only once its own waker fired.
+//! source said `EAGAIN` and asks the reactor (no syscall) until it reports the source ready
+//! (relays, the control channel, and listeners the connections' epoll cannot watch, see
+//! `edge`); [`Gate`] does the same for a source whose syscall is hidden (async-signal's
+//! stream), by polling it only once its own waker fired.
 
 use std::cell::Cell;
 use std::io;
