@@ -23,7 +23,7 @@ use rustix::process::Signal;
 
 use crate::load::Mode;
 use crate::procs::{self, Flavor, Running};
-use crate::{Plan, load_for, per_cpu_second, report};
+use crate::{Plan, interleaved, load_for, per_cpu_second, report};
 
 /// How long the load runs in the short and the long valgrind run.
 const SHORT: Duration = Duration::from_secs(1);
@@ -58,39 +58,32 @@ pub fn flavors(all: &[Flavor]) -> Vec<Flavor> {
 /// Runs the section and returns its part of the report.
 pub fn scenarios(flavors: &[Flavor], plan: &Plan, cpu: Option<usize>) -> String {
     let mut timed: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(); flavors.len()];
-    for run in 0..plan.runs {
-        let mut order: Vec<usize> = (0..flavors.len()).collect();
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for index in order {
-            let flavor = &flavors[index];
-            eprintln!(
-                "[bench] layers run {}/{}: {}",
-                run + 1,
-                plan.runs,
-                flavor.name
-            );
-            let server = Running::start(flavor, cpu);
-            for (mode, clients, tag) in [
-                (Mode::KeepAlive, plan.keep_alive_clients, "ka"),
-                (Mode::PerRequest, plan.per_request_clients, "pr"),
-            ] {
-                let before = procs::cpu(server.pid);
-                let outcome = load_for(server.addr, None, mode, clients, plan.steady, |_| {});
-                let used = procs::cpu(server.pid).saturating_sub(before).as_secs_f64();
-                let mut latencies: Vec<u64> =
-                    outcome.samples.iter().map(|s| s.latency_us).collect();
-                let n = latencies.len() as f64;
-                let entry = &mut timed[index];
-                let per_cpu = per_cpu_second(n, used);
-                entry.entry(key(tag, "per_cpu")).or_default().push(per_cpu);
-                let p99 = report::percentile(&mut latencies, 99.0) / 1e3;
-                entry.entry(key(tag, "p99")).or_default().push(p99);
-                let failed = outcome.failures.len() as f64;
-                entry.entry(key(tag, "failed")).or_default().push(failed);
-                eprintln!("[bench]   {tag}: {per_cpu:.0} requests per CPU-second");
-            }
+    for (run, index) in interleaved(plan.runs, flavors.len()) {
+        let flavor = &flavors[index];
+        eprintln!(
+            "[bench] layers run {}/{}: {}",
+            run + 1,
+            plan.runs,
+            flavor.name
+        );
+        let server = Running::start(flavor, cpu);
+        for (mode, clients, tag) in [
+            (Mode::KeepAlive, plan.keep_alive_clients, "ka"),
+            (Mode::PerRequest, plan.per_request_clients, "pr"),
+        ] {
+            let before = procs::cpu(server.pid);
+            let outcome = load_for(server.addr, None, mode, clients, plan.steady, |_| {});
+            let used = procs::cpu(server.pid).saturating_sub(before).as_secs_f64();
+            let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
+            let n = latencies.len() as f64;
+            let entry = &mut timed[index];
+            let per_cpu = per_cpu_second(n, used);
+            entry.entry(key(tag, "per_cpu")).or_default().push(per_cpu);
+            let p99 = report::percentile(&mut latencies, 99.0) / 1e3;
+            entry.entry(key(tag, "p99")).or_default().push(p99);
+            let failed = outcome.failures.len() as f64;
+            entry.entry(key(tag, "failed")).or_default().push(failed);
+            eprintln!("[bench]   {tag}: {per_cpu:.0} requests per CPU-second");
         }
     }
     let mut counted: Vec<Counts> = Vec::new();

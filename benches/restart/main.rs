@@ -159,17 +159,10 @@ fn main() {
     );
     let started = Instant::now();
     let mut results: Vec<Vec<RunFigures>> = vec![Vec::new(); flavors.len()];
-    for run in 0..plan.runs {
-        // A B C, then C B A: drift over the run hits all.
-        let mut order: Vec<usize> = (0..flavors.len()).collect();
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for index in order {
-            let flavor = &flavors[index];
-            eprintln!("[bench] run {}/{}: {}", run + 1, plan.runs, flavor.name);
-            results[index].push(measure(flavor, &plan, server_cpu, run == 0));
-        }
+    for (run, index) in interleaved(plan.runs, flavors.len()) {
+        let flavor = &flavors[index];
+        eprintln!("[bench] run {}/{}: {}", run + 1, plan.runs, flavor.name);
+        results[index].push(measure(flavor, &plan, server_cpu, run == 0));
     }
     let statics: Vec<BTreeMap<&'static str, f64>> =
         flavors.iter().map(|f| static_figures(f, &root)).collect();
@@ -547,6 +540,13 @@ fn build(root: &Path) -> Vec<Flavor> {
             features: "",
         },
     ]
+}
+
+/// (run, flavor index) for `runs` runs of `n` flavors: A B C, then C B A, so that drift over
+/// the run hits all.
+fn interleaved(runs: usize, n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..runs)
+        .flat_map(move |run| (0..n).map(move |i| (run, if run % 2 == 1 { n - 1 - i } else { i })))
 }
 
 /// `requests` per second of server CPU (0 when none was measured).
