@@ -4,9 +4,9 @@
 //! the reactor and recompute its timeout), and the next wait of the reactor then returns at
 //! once to read it back: with a connection per request, most connections armed one for the
 //! wait before their first request. These deadlines are entries in one heap per server
-//! thread instead, checked by one sweeper task every [`GRAIN`] while any entry is waiting:
-//! arming one is a heap push, no syscall; a deadline fires up to [`GRAIN`] late, which is
-//! nothing next to timeouts counted in seconds.
+//! thread instead, and one sweeper task sleeps until the earliest of them, sweeping at most
+//! once a [`GRAIN`]: arming one is a heap push, no syscall; a deadline fires up to [`GRAIN`]
+//! late, which is nothing next to timeouts counted in seconds.
 //!
 //! Without a sweeper on the thread (unit tests, a server not started by baton's loop) a
 //! deadline is an ordinary async-io timer.
@@ -35,9 +35,15 @@ pub(crate) struct Deadlines {
     heap: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
-    /// The sweeper, parked while nothing waits.
+    /// The sweeper, parked while nothing waits or until its timer fires.
     sweeper: RefCell<Option<Waker>>,
     live: Cell<usize>,
+    /// When the sweeper's timer fires next (`None`: it is not set).
+    target: Cell<Option<Instant>>,
+    /// A deadline earlier than `target` was armed: the sweeper sets its timer again.
+    replan: Cell<bool>,
+    /// Times the sweeper's timer fired.
+    sweeps: Cell<u64>,
 }
 
 #[derive(Default)]
@@ -60,18 +66,46 @@ impl Deadlines {
         }
     }
 
+    /// Sleeps until the earliest deadline (at most once a [`GRAIN`]), wakes what is due,
+    /// and parks while nothing waits: an idle server with open connections wakes only when
+    /// one of them is due.
     async fn sweep(self: Rc<Self>) {
+        let mut timer = Timer::never();
+        let mut last: Option<Instant> = None;
         loop {
-            std::future::poll_fn(|cx| {
+            // The earliest entry (perhaps one released since: then this wakes for nothing).
+            let earliest = std::future::poll_fn(|cx| {
                 if self.live.get() > 0 {
-                    return Poll::Ready(());
+                    if let Some(Reverse((at, ..))) = self.heap.borrow().peek() {
+                        return Poll::Ready(*at);
+                    }
                 }
                 *self.sweeper.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             })
             .await;
-            Timer::after(GRAIN).await;
+            let next = last.map_or(earliest, |last| earliest.max(last + GRAIN));
+            self.target.set(Some(next));
+            self.replan.set(false);
+            timer.set_at(next);
+            let fired = std::future::poll_fn(|cx| {
+                if Pin::new(&mut timer).poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                if self.replan.replace(false) {
+                    return Poll::Ready(false);
+                }
+                *self.sweeper.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            self.target.set(None);
+            if !fired {
+                continue;
+            }
             let now = Instant::now();
+            last = Some(now);
+            self.sweeps.set(self.sweeps.get() + 1);
             let mut due = Vec::new();
             {
                 let mut heap = self.heap.borrow_mut();
@@ -113,8 +147,13 @@ impl Deadlines {
         self.heap
             .borrow_mut()
             .push(Reverse((at, index, entry.generation)));
-        if let Some(sweeper) = self.sweeper.borrow_mut().take() {
-            sweeper.wake();
+        // Earlier than the sweeper's timer (or it has none): it must look again. Usually not:
+        // a new deadline is a timeout from now, later than those armed before it.
+        if self.target.get().is_none_or(|target| at < target) {
+            self.replan.set(true);
+            if let Some(sweeper) = self.sweeper.borrow_mut().take() {
+                sweeper.wake();
+            }
         }
         index
     }
@@ -251,8 +290,8 @@ mod tests {
     use std::time::Duration;
 
     /// With a sweeper: a deadline fires no earlier than it is due, within the grain (and
-    /// a generous margin for a busy machine); one moved later fires at the later time; a
-    /// dropped one leaves nothing live, so the sweeper parks.
+    /// a generous margin for a busy machine); one moved later fires at the later time; one
+    /// far off does not wake the sweeper meanwhile; a dropped one leaves nothing live.
     #[test]
     fn coarse_deadlines_fire_when_due() {
         let executor = smol::LocalExecutor::new();
@@ -274,6 +313,12 @@ mod tests {
             let mut pending = Box::pin(pending);
             assert!(futures_poll(&mut pending).is_pending());
             assert_eq!(shared.live.get(), 1);
+            // Nothing is due for a minute: the sweeper sleeps until then, not every grain
+            // (once the entries of the deadlines before, if any is left, are gone).
+            Timer::after(GRAIN * 2).await;
+            let sweeps = shared.sweeps.get();
+            Timer::after(GRAIN * 6).await;
+            assert_eq!(shared.sweeps.get(), sweeps, "woke with nothing due");
             drop(pending);
             assert_eq!(shared.live.get(), 0);
         }));
