@@ -64,6 +64,10 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Direction {
     ready: bool,
+    /// The peer closed this direction (or the socket failed): an edge-triggered epoll
+    /// reports that once, so a short read does not mark it drained (the next read finds the
+    /// end, a write the error); only a `WouldBlock` from the kernel does.
+    closed: bool,
     /// Events seen for this direction: a `WouldBlock` clears `ready` only if none came since
     /// the attempt began.
     tick: u64,
@@ -77,9 +81,13 @@ impl Direction {
         self.waker.take()
     }
 
+    /// Parks this task's waker. Another task's waiting here is woken (as async-io does), so
+    /// that it polls again and parks its own: two waiters alternate, neither is lost.
     fn park(&mut self, cx: &Context<'_>) {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            self.waker = Some(cx.waker().clone());
+            if let Some(previous) = self.waker.replace(cx.waker().clone()) {
+                previous.wake();
+            }
         }
     }
 }
@@ -160,12 +168,14 @@ impl Edge {
                         continue;
                     }
                     let flags = event.flags;
-                    let broken =
-                        epoll::EventFlags::ERR | epoll::EventFlags::HUP | epoll::EventFlags::RDHUP;
-                    if flags.intersects(epoll::EventFlags::IN | broken) {
+                    let broken = epoll::EventFlags::ERR | epoll::EventFlags::HUP;
+                    let read_closed = broken | epoll::EventFlags::RDHUP;
+                    if flags.intersects(epoll::EventFlags::IN | read_closed) {
+                        entry.read.closed |= flags.intersects(read_closed);
                         wake.extend(entry.read.fire());
                     }
                     if flags.intersects(epoll::EventFlags::OUT | broken) {
+                        entry.write.closed |= flags.intersects(broken);
                         wake.extend(entry.write.fire());
                     }
                 }
@@ -365,7 +375,7 @@ impl Conn {
         if n > 0 && n < len {
             let mut slots = self.edge.slots();
             let direction = slots.entries[self.index as usize].way(Way::Read);
-            if direction.tick == tick {
+            if direction.tick == tick && !direction.closed {
                 direction.ready = false;
             }
         }
@@ -497,6 +507,45 @@ mod tests {
         // The client's close is an edge too: the read sees the end.
         let n = smol::block_on(std::future::poll_fn(|cx| server.poll_read(cx, &mut buf)));
         assert_eq!(n.unwrap(), 0);
+    }
+
+    /// Bytes and the client's FIN in one edge: the short read that takes the bytes does
+    /// not mark the connection drained, so a wait for more ends at once with the end.
+    #[test]
+    fn a_close_seen_with_the_last_bytes_is_not_lost() {
+        let (server, mut client) = pair();
+        client.write_all(b"last").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // Until the drive has dispatched that edge (the close) for this connection.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !server.edge.slots().entries[server.index as usize]
+            .read
+            .closed
+        {
+            assert!(std::time::Instant::now() < deadline, "no close event");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut buf = [0u8; 64];
+        assert_eq!(server.try_read(&mut buf).unwrap(), 4);
+        let waited = smol::block_on(async {
+            let wait = server.readable();
+            let timeout = async {
+                async_io::Timer::after(Duration::from_secs(5)).await;
+            };
+            smol::future::or(
+                async {
+                    wait.await;
+                    true
+                },
+                async {
+                    timeout.await;
+                    false
+                },
+            )
+            .await
+        });
+        assert!(waited, "the wait after the last bytes did not end");
+        assert_eq!(server.try_read(&mut buf).unwrap(), 0);
     }
 
     /// A write that fills the socket's buffers waits until the client reads, then goes on.
