@@ -190,12 +190,13 @@ impl Edge {
         }
     }
 
-    /// Runs `attempt` while `way` of slot `index` may be ready; parks the waker once it says
-    /// `WouldBlock` (unless an event came meanwhile: then it tries again).
+    /// Runs `attempt` while `way` of slot `index` may be ready; once it says `WouldBlock`
+    /// (unless an event came meanwhile: then it tries again), `Pending`, with the waker of
+    /// `cx` parked if there is one (none: a try that never waits).
     fn poll_slot<T>(
         &self,
         index: u32,
-        cx: &mut Context<'_>,
+        cx: Option<&Context<'_>>,
         way: Way,
         mut attempt: impl FnMut() -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
@@ -204,7 +205,9 @@ impl Edge {
                 let mut slots = self.slots();
                 let direction = slots.entries[index as usize].way(way);
                 if !direction.ready {
-                    direction.park(cx);
+                    if let Some(cx) = cx {
+                        direction.park(cx);
+                    }
                     return Poll::Pending;
                 }
                 direction.tick
@@ -215,7 +218,9 @@ impl Edge {
                     let direction = slots.entries[index as usize].way(way);
                     if direction.tick == tick {
                         direction.ready = false;
-                        direction.park(cx);
+                        if let Some(cx) = cx {
+                            direction.park(cx);
+                        }
                         return Poll::Pending;
                     }
                 }
@@ -320,7 +325,8 @@ impl Watched {
         cx: &mut Context<'_>,
         attempt: impl FnMut() -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        self.edge.poll_slot(self.index, cx, Way::Read, attempt)
+        self.edge
+            .poll_slot(self.index, Some(cx), Way::Read, attempt)
     }
 
     /// Stops watching `listener` (the fd this watches): it stays open in other processes,
@@ -357,17 +363,6 @@ impl Conn {
         self.shared.store(true, Ordering::Relaxed);
     }
 
-    /// Runs `attempt` while `way` may be ready; parks the waker once it says `WouldBlock`.
-    fn poll_io<T>(
-        &self,
-        cx: &mut Context<'_>,
-        way: Way,
-        mut attempt: impl FnMut(&TcpStream) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
-        self.edge
-            .poll_slot(self.index, cx, way, || attempt(&self.tcp))
-    }
-
     /// After a read of `n` bytes into a buffer of `len`: a short read emptied the socket's
     /// queue, so the next attempt would only learn `WouldBlock`. Not ready, unless an event
     /// came since `tick` (the same rule as tokio's).
@@ -385,50 +380,39 @@ impl Conn {
         self.edge.slots().entries[self.index as usize].read.tick
     }
 
-    pub(crate) fn poll_read(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
+    /// A read while the socket may have something, noting a short read; `Pending` once it
+    /// has nothing (parking `cx`'s waker, if any).
+    fn read(&self, cx: Option<&Context<'_>>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let len = buf.len();
         let tick = self.read_tick();
-        let read = self.poll_io(cx, Way::Read, |mut tcp| tcp.read(buf));
+        let read = self
+            .edge
+            .poll_slot(self.index, cx, Way::Read, || (&self.tcp).read(buf));
         if let Poll::Ready(Ok(n)) = read {
             self.read_short(n, len, tick);
         }
         read
     }
 
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.read(Some(cx), buf)
+    }
+
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, Way::Write, |mut tcp| tcp.write(buf))
+        self.edge
+            .poll_slot(self.index, Some(cx), Way::Write, || (&self.tcp).write(buf))
     }
 
     /// One read that never waits: `WouldBlock` without a syscall if the last attempt said so
     /// and no event came since.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let tick = {
-            let mut slots = self.edge.slots();
-            let direction = slots.entries[self.index as usize].way(Way::Read);
-            if !direction.ready {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            direction.tick
-        };
-        let len = buf.len();
-        match (&self.tcp).read(buf) {
-            Ok(n) => {
-                self.read_short(n, len, tick);
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut slots = self.edge.slots();
-                let direction = slots.entries[self.index as usize].way(Way::Read);
-                if direction.tick == tick {
-                    direction.ready = false;
-                }
-                Err(e)
-            }
-            other => other,
+        match self.read(None, buf) {
+            Poll::Ready(read) => read,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
