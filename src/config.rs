@@ -169,7 +169,8 @@ pub(crate) mod timing {
     /// syscalls with async-io's poller) runs too. An executor that runs out of tasks waits in
     /// the reactor anyway.
     pub(crate) const IO_LOOKS_BETWEEN_REACTOR_ROUNDS: usize = 8;
-    /// How often idle connections' deadlines (keep-alive, first head) are checked while any
-    /// is waiting: a deadline fires up to this much late (see `deadline`).
+    /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
+    /// deadline fires up to this much late when others fell due just before it (see
+    /// `deadline`).
     pub(crate) const DEADLINE_GRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 }

@@ -406,16 +406,7 @@ impl Server {
         let executor = LocalExecutor::new();
         if self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0) {
             // The supervising process: it never serves, so the handler is for its workers.
-            let tasks = async {
-                loop {
-                    for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                        if !executor.try_tick() {
-                            executor.tick().await;
-                        }
-                    }
-                    smol::future::yield_now().await;
-                }
-            };
+            let tasks = run_tasks(&executor, None);
             return crate::process::supervise(self).or(tasks).await;
         }
         // Connections' readiness comes from their own epoll (see `edge`), their idle
@@ -423,24 +414,7 @@ impl Server {
         let edge = Edge::new()?;
         executor.spawn(edge.clone().drive()).detach();
         executor.spawn(Deadlines::install()).detach();
-        let tasks = async {
-            loop {
-                for _ in 0..IO_LOOKS_BETWEEN_REACTOR_ROUNDS {
-                    for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                        // Out of tasks: look at the connections and listeners first (one
-                        // epoll_wait), and wait in the reactor only if nothing is ready.
-                        if !executor.try_tick() && !edge.poll_now().is_ok_and(|n| n > 0) {
-                            executor.tick().await;
-                        }
-                    }
-                    // Connections that became ready meanwhile, with one epoll_wait.
-                    let _ = edge.poll_now();
-                }
-                // Back to `block_on`, which polls the reactor (without blocking) before
-                // polling this future again: signals, listeners, relays, timers.
-                smol::future::yield_now().await;
-            }
-        };
+        let tasks = run_tasks(&executor, Some(&edge));
         run::run(self, &executor, edge.clone(), Rc::new(handler))
             .or(tasks)
             .await
@@ -452,5 +426,33 @@ impl Server {
         self.config
             .workers
             .unwrap_or(usize::from(std::process::id() == 1))
+    }
+}
+
+/// Runs `executor`'s tasks for ever, checking for I/O every [`TASKS_BETWEEN_IO_CHECKS`]
+/// tasks: with `edge`, by one look at the connections' epoll (and before waiting, when the
+/// executor runs out of tasks), and a whole round of the reactor every
+/// [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks; without, by a round of the reactor each time.
+async fn run_tasks<T>(executor: &LocalExecutor<'static>, edge: Option<&Edge>) -> T {
+    // One look at the connections and listeners (one epoll_wait): whether it found any.
+    let look = || edge.is_some_and(|edge| edge.poll_now().is_ok_and(|n| n > 0));
+    let looks = if edge.is_some() {
+        IO_LOOKS_BETWEEN_REACTOR_ROUNDS
+    } else {
+        1
+    };
+    loop {
+        for _ in 0..looks {
+            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                // Out of tasks: look first, and wait in the reactor only if nothing is ready.
+                if !executor.try_tick() && !look() {
+                    executor.tick().await;
+                }
+            }
+            look();
+        }
+        // Back to `block_on`, which polls the reactor (without blocking) before polling this
+        // future again: signals, listeners, relays, timers.
+        smol::future::yield_now().await;
     }
 }
