@@ -286,72 +286,68 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
         },
     ];
     let mut values: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(), BTreeMap::new()];
-    for run in 0..plan.runs {
-        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
-        for index in order {
-            eprintln!(
-                "[bench] TLS run {}/{}: {}",
-                run + 1,
-                plan.runs,
-                flavors[index].name
+    for (run, index) in interleaved(plan.runs, flavors.len()) {
+        eprintln!(
+            "[bench] TLS run {}/{}: {}",
+            run + 1,
+            plan.runs,
+            flavors[index].name
+        );
+        let server = Running::start(&flavors[index], cpu);
+        let scenarios = [
+            ("handshakes", Mode::PerRequest, plan.per_request_clients),
+            ("keep_alive", Mode::KeepAlive, plan.keep_alive_clients),
+        ];
+        for (name, mode, clients) in scenarios {
+            let before = procs::cpu(server.pid);
+            let outcome = load_for(
+                server.addr,
+                Some(client.clone()),
+                mode,
+                clients,
+                plan.steady,
+                |_| {},
             );
-            let server = Running::start(&flavors[index], cpu);
-            let scenarios = [
-                ("handshakes", Mode::PerRequest, plan.per_request_clients),
-                ("keep_alive", Mode::KeepAlive, plan.keep_alive_clients),
-            ];
-            for (name, mode, clients) in scenarios {
-                let before = procs::cpu(server.pid);
-                let outcome = load_for(
-                    server.addr,
-                    Some(client.clone()),
-                    mode,
-                    clients,
-                    plan.steady,
-                    |_| {},
-                );
-                let cpu = procs::cpu(server.pid).saturating_sub(before).as_secs_f64();
-                let mut latencies: Vec<u64> =
-                    outcome.samples.iter().map(|s| s.latency_us).collect();
-                let n = latencies.len() as f64;
-                let entry = &mut values[index];
-                entry
-                    .entry(if name == "handshakes" {
-                        "hs_rps"
-                    } else {
-                        "tka_rps"
-                    })
-                    .or_default()
-                    .push(n / outcome.elapsed.as_secs_f64());
-                entry
-                    .entry(if name == "handshakes" {
-                        "hs_per_cpu_s"
-                    } else {
-                        "tka_per_cpu_s"
-                    })
-                    .or_default()
-                    .push(per_cpu_second(n, cpu));
-                entry
-                    .entry(if name == "handshakes" {
-                        "hs_p99_ms"
-                    } else {
-                        "tka_p99_ms"
-                    })
-                    .or_default()
-                    .push(report::percentile(&mut latencies, 99.0) / 1e3);
-                entry
-                    .entry(if name == "handshakes" {
-                        "hs_failed"
-                    } else {
-                        "tka_failed"
-                    })
-                    .or_default()
-                    .push(outcome.failures.len() as f64);
-                eprintln!(
-                    "[bench]   TLS {name}: {:.0} req/s",
-                    n / outcome.elapsed.as_secs_f64()
-                );
-            }
+            let cpu = procs::cpu(server.pid).saturating_sub(before).as_secs_f64();
+            let mut latencies: Vec<u64> = outcome.samples.iter().map(|s| s.latency_us).collect();
+            let n = latencies.len() as f64;
+            let entry = &mut values[index];
+            entry
+                .entry(if name == "handshakes" {
+                    "hs_rps"
+                } else {
+                    "tka_rps"
+                })
+                .or_default()
+                .push(n / outcome.elapsed.as_secs_f64());
+            entry
+                .entry(if name == "handshakes" {
+                    "hs_per_cpu_s"
+                } else {
+                    "tka_per_cpu_s"
+                })
+                .or_default()
+                .push(per_cpu_second(n, cpu));
+            entry
+                .entry(if name == "handshakes" {
+                    "hs_p99_ms"
+                } else {
+                    "tka_p99_ms"
+                })
+                .or_default()
+                .push(report::percentile(&mut latencies, 99.0) / 1e3);
+            entry
+                .entry(if name == "handshakes" {
+                    "hs_failed"
+                } else {
+                    "tka_failed"
+                })
+                .or_default()
+                .push(outcome.failures.len() as f64);
+            eprintln!(
+                "[bench]   TLS {name}: {:.0} req/s",
+                n / outcome.elapsed.as_secs_f64()
+            );
         }
     }
     let rows = [

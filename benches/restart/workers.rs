@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::load::{Kind, Mode};
 use crate::procs::{self, Flavor, Running};
-use crate::{Plan, load_for, report};
+use crate::{Plan, interleaved, load_for, report};
 
 const RESTARTS: usize = 5;
 
@@ -62,18 +62,15 @@ pub fn scenarios(baton: &Flavor, peer: &Flavor, plan: &Plan) -> String {
         },
     ];
     let mut values: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(), BTreeMap::new()];
-    for run in 0..plan.runs {
-        let order: Vec<usize> = if run % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
-        for index in order {
-            eprintln!(
-                "[bench] two cores, run {}/{}: {}",
-                run + 1,
-                plan.runs,
-                flavors[index].name
-            );
-            for (key, value) in measure(&flavors[index], plan, index == 0) {
-                values[index].entry(key).or_default().push(value);
-            }
+    for (run, index) in interleaved(plan.runs, flavors.len()) {
+        eprintln!(
+            "[bench] two cores, run {}/{}: {}",
+            run + 1,
+            plan.runs,
+            flavors[index].name
+        );
+        for (key, value) in measure(&flavors[index], plan, index == 0) {
+            values[index].entry(key).or_default().push(value);
         }
     }
     let sorted = |v: Option<&Vec<f64>>| {
