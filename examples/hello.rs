@@ -8,7 +8,8 @@
 //! `echo-trailer-<name>` headers), `GET /stream?lines=N` answers
 //! with a body of unknown length (sent chunked), `GET /count` counts its calls across
 //! restarts (the count is handed to each successor), `GET /child-env` starts `env` and answers
-//! with the names of the variables that child process sees, `GET /orphan?ms=N` leaves a
+//! with the names of the variables that child process sees, `GET /exit-status?code=N` runs
+//! `sh -c "exit N"` and answers the exit status it got, `GET /orphan?ms=N` leaves a
 //! process behind that exits N ms later (and answers its pid), `GET /events` serves
 //! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
 //! starts), `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a connection that echoes every byte; anything
@@ -223,6 +224,18 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
                 .collect();
             Ok(Response::from(names))
         }
+        (Method::Get, "/exit-status") => {
+            // A child the handler waits for itself: its exit status must reach the handler,
+            // whoever else in the process tree reaps orphans.
+            let code = query(&req, "code").unwrap_or(0).min(255);
+            let output = smol::unblock(move || {
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("exit {code}")])
+                    .output()
+            })
+            .await?;
+            Ok(Response::from(format!("{}\n", output.status)))
+        }
         (Method::Get, "/orphan") => {
             // A process that outlives the request: `sh` starts `sleep` in the background and
             // exits, so `sleep` is orphaned, and whoever reaps orphans here must reap it.
@@ -298,7 +311,7 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
         (
             _,
             "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/drip" | "/child-env"
-            | "/orphan",
+            | "/orphan" | "/exit-status",
         ) => Ok(Response::new(StatusCode::MethodNotAllowed)),
         _ => Ok(Response::new(StatusCode::NotFound)),
     }

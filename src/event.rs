@@ -132,8 +132,10 @@ pub enum Event<'a> {
         pid: u32,
         /// How it ended.
         status: ExitStatus,
-        /// `Some(delay)`: unexpectedly; it is replaced after `delay` (0 unless workers keep
-        /// dying soon after they start). `None`: it was retiring.
+        /// `Some(delay)`: unexpectedly; it is replaced after `delay`: 0 unless the workers in
+        /// its place keep dying before or soon after they are ready (a crash loop, counted
+        /// per place; a serving worker killed by SIGKILL is always replaced at once). `None`:
+        /// it was retiring.
         replaced_in: Option<std::time::Duration>,
     },
     /// A restart is complete: every worker is of the new generation.
@@ -287,8 +289,8 @@ impl fmt::Display for Event<'_> {
                 replaced_in: Some(delay),
             } => write!(
                 f,
-                "worker {pid} exited ({status}) unexpectedly; workers keep dying soon after \
-                 they start, replacing it in {delay:?}"
+                "worker {pid} exited ({status}) unexpectedly; the workers in its place keep \
+                 dying soon after they start, replacing it in {delay:?}"
             ),
             Event::Restarted {
                 generation,

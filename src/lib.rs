@@ -68,6 +68,7 @@ pub mod lean;
 mod listener;
 mod process;
 mod ready;
+mod reap;
 mod reload;
 mod report;
 mod server;

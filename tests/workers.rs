@@ -227,12 +227,14 @@ fn hello_reload_exits_zero_after_a_good_restart_and_one_with_the_reason_after_a_
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.pid"));
 }
 
+/// A crash loop: each worker crashes (SIGABRT, as an abort would) soon after it is ready. Its
+/// slot backs off, twice as long each time.
 #[test]
-fn a_worker_that_keeps_dying_is_replaced_with_growing_pauses() {
+fn a_worker_that_keeps_crashing_soon_after_start_is_replaced_with_growing_pauses() {
     let server = Server::hello(&["--workers", "1"]);
     let mut worker = workers_ready(&server, 1, 1)[0];
     for _ in 0..4 {
-        signal(worker, Signal::KILL);
+        signal(worker, Signal::ABORT);
         worker = server.wait_for("the next worker", |lines| {
             lines
                 .iter()
@@ -261,6 +263,71 @@ fn a_worker_that_keeps_dying_is_replaced_with_growing_pauses() {
     );
     // Waiting is not spinning.
     assert!(common::status_cpu_ticks(server.pid) < 50);
+}
+
+/// Serving workers killed from outside (SIGKILL: the OOM killer, an operator) are replaced at
+/// once, however often it happens: a random worker killed every second for 10 s never leaves
+/// the service without a worker for long.
+#[test]
+fn serving_workers_killed_every_second_are_replaced_at_once() {
+    let server = Server::hello(&["--workers", "2"]);
+    workers_ready(&server, 1, 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = server.addr;
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if common::get(addr, "/hello").is_ok_and(|r| r.status == 200) {
+                    answers.push(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            answers
+        })
+    };
+    let alive = |server: &Server| -> Vec<u32> {
+        let lines = server.lines();
+        let parsed: Vec<_> = lines.iter().filter_map(|l| log::parse(l)).collect();
+        let exited: HashSet<u32> = parsed.iter().filter_map(|l| l.worker_exited()).collect();
+        parsed
+            .iter()
+            .filter_map(|l| l.worker_ready())
+            .map(|(pid, _)| pid)
+            .filter(|pid| !exited.contains(pid))
+            .collect()
+    };
+    let mut seed = u64::from(std::process::id()) | 1;
+    let mut killed = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(1));
+        let workers = alive(&server);
+        if workers.is_empty() {
+            continue;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let _ = common::kill(workers[seed as usize % workers.len()], Signal::KILL);
+        killed += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = client.join().unwrap();
+    let longest = answers
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or(Duration::MAX);
+    assert!(killed >= 8, "{killed} kills");
+    assert!(answers.len() > 100, "{} answers", answers.len());
+    assert!(
+        longest < Duration::from_secs(1),
+        "{longest:?} without an answer\n{}",
+        server.dump()
+    );
+    assert_eq!(server.count("keep dying"), 0, "{}", server.dump());
 }
 
 #[test]
@@ -324,6 +391,7 @@ fn as_pid_1_of_a_new_namespace_restarts_keep_serving_and_orphans_are_reaped() {
     let orphan = reply.body.trim().to_owned();
     server.wait_line(&format!("baton[1]: child {orphan} exited"));
     no_zombies(server.pid);
+    handlers_get_their_childrens_exit_status(&server);
 
     signal(server.pid, Signal::TERM);
     assert_eq!(
@@ -380,4 +448,123 @@ fn a_second_sigterm_stops_draining_workers_at_once() {
     );
     // The cut request was told so.
     assert_eq!(slow.join().unwrap().map(|r| r.status), Ok(503));
+}
+
+/// What a broken deploy can leave at the start path.
+#[derive(Debug, Clone, Copy)]
+enum Broken {
+    Directory,
+    NotExecutable,
+    Removed,
+}
+
+/// Restarts whose successor cannot even be executed (the start path is a directory, not
+/// executable, or gone), 20 of each kind: the supervising process survives every one, keeps
+/// serving through its workers, and `hello reload` exits 1 with the reason. Then a good
+/// binary restarts as usual.
+fn a_successor_that_cannot_be_executed_never_takes_the_service_down(workers: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new(&format!("workers-noexec-{workers}"));
+    let pid_file = scratch.0.join("hello.pid");
+    let pid_arg = pid_file.to_str().unwrap().to_owned();
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0", "--workers", workers]);
+    command.args(["--pid-file", &pid_arg]);
+    let server = Server::start(command);
+    let count: usize = workers.parse().unwrap();
+    let serving = workers_ready(&server, 1, count);
+    let reload = || {
+        Command::new(example("hello"))
+            .args(["reload", "--pid-file", &pid_arg, "--timeout", "10s"])
+            .output()
+            .expect("run hello reload")
+    };
+    for kind in [Broken::Directory, Broken::NotExecutable, Broken::Removed] {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&path);
+        match kind {
+            Broken::Directory => std::fs::create_dir(&path).unwrap(),
+            Broken::NotExecutable => {
+                std::fs::write(&path, binary()).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+            Broken::Removed => {}
+        }
+        for attempt in 0..20 {
+            let failed = reload();
+            let text = String::from_utf8_lossy(&failed.stderr);
+            assert_eq!(
+                failed.status.code(),
+                Some(1),
+                "{kind:?} #{attempt}: {failed:?}\n{}",
+                server.dump()
+            );
+            assert!(
+                text.contains("the restart failed") && text.contains("cannot start"),
+                "{kind:?} #{attempt}: {text}"
+            );
+            assert!(
+                common::alive(server.pid),
+                "{kind:?} #{attempt}\n{}",
+                server.dump()
+            );
+        }
+        // The first generation serves on.
+        let pid = common::get(server.addr, "/hello").unwrap().pid().unwrap();
+        assert!(serving.contains(&pid), "{kind:?}: {pid} answered");
+    }
+    assert_eq!(server.count("panicked"), 0, "{}", server.dump());
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&path);
+    scratch.install("hello", &binary());
+    let good = reload();
+    assert!(good.status.success(), "{good:?}\n{}", server.dump());
+    workers_ready(&server, 2, count);
+    no_zombies(server.pid);
+}
+
+#[test]
+fn an_unexecutable_successor_leaves_one_worker_serving() {
+    a_successor_that_cannot_be_executed_never_takes_the_service_down("1");
+}
+
+#[test]
+fn an_unexecutable_successor_leaves_two_workers_serving() {
+    a_successor_that_cannot_be_executed_never_takes_the_service_down("2");
+}
+
+#[test]
+fn an_unexecutable_successor_leaves_four_workers_serving() {
+    a_successor_that_cannot_be_executed_never_takes_the_service_down("4");
+}
+
+/// Handlers that wait for their own children (`Command::output()`) get each one's exit status,
+/// while orphans exit and are reaped around them.
+fn handlers_get_their_childrens_exit_status(server: &Server) {
+    let addr = server.addr;
+    let threads: Vec<_> = (0..4u32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                for round in 0..10u32 {
+                    let code = (i * 10 + round) % 7 + 1;
+                    let _ = common::get(addr, "/orphan?ms=1");
+                    let reply = common::get(addr, &format!("/exit-status?code={code}")).unwrap();
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    assert_eq!(reply.body.trim(), format!("exit status: {code}"));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("every handler got its child's status");
+    }
+}
+
+#[test]
+fn a_handler_gets_its_childs_exit_status_under_a_supervising_process() {
+    let server = Server::hello(&["--workers", "2"]);
+    workers_ready(&server, 1, 2);
+    handlers_get_their_childrens_exit_status(&server);
+    no_zombies(server.pid);
 }

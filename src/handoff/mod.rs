@@ -336,7 +336,7 @@ impl Spawn {
         std::thread::Builder::new()
             .name("baton-spawn".into())
             .spawn(move || {
-                let spawned = command.spawn();
+                let spawned = crate::reap::spawn(&mut command);
                 // The child has its copies; dropping ours now means a child that dies before
                 // it is ready shows up at once as EOF on the reader.
                 drop(fds);
@@ -479,6 +479,7 @@ impl Successor {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                crate::reap::disown(self.pid());
                 return Some(status);
             }
             if std::time::Instant::now() >= deadline {
@@ -497,6 +498,7 @@ impl Drop for Successor {
                 // Bounded: SIGKILL cannot be caught, so the child is gone promptly.
                 let _ = child.wait();
             }
+            crate::reap::disown(child.id());
         }
     }
 }

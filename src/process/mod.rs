@@ -13,16 +13,16 @@
 //!
 //! Workers ignore SIGHUP and SIGUSR2 and drain on SIGINT/SIGQUIT/SIGTERM, so a signal to the
 //! whole process group acts as one to this process. EOF on a worker's control channel tells
-//! it this process is gone. One reaper (`waitpid(-1)`) collects workers and any orphan that
-//! was reparented here (as PID 1, or as the child subreaper this process makes itself).
+//! it this process is gone. The reaper ([`crate::reap`]) collects workers by pid, and any
+//! orphan that was reparented here (as PID 1, or as the child subreaper this process makes
+//! itself), but never a child that a `std::process::Child` here waits for.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
@@ -35,8 +35,9 @@ use crate::config::timing::{
 };
 use crate::event::Event;
 use crate::handoff::relay::Relay;
-use crate::handoff::{self, Exec, NotReady, Ready, Role};
+use crate::handoff::{self, Exec, Ready, Role};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
+use crate::reap::Found;
 use crate::report::{Report, Stop};
 use crate::server::Server;
 use crate::signals::{Command, Signal, Signals};
@@ -46,15 +47,29 @@ mod state;
 
 use state::{Carried, CarriedWorker};
 
-/// How many exit statuses of other children are kept for failed starts to look up.
-const REAPED_KEPT: usize = 32;
+/// How soon the reaper looks again when an exited child was someone else's to collect.
+const REAP_AGAIN: Duration = Duration::from_millis(20);
 
 /// A serving worker.
 struct Worker {
     pid: u32,
     control: Relay,
     generation: u64,
+    /// When it reported ready.
     started: Instant,
+    /// Its place among the `count` workers: a replacement takes the slot of the worker it
+    /// replaces, and a new generation's worker `i` takes over from the old worker `i`.
+    slot: usize,
+}
+
+/// One worker's place: whether its workers keep dying soon after they start (a crash loop,
+/// counted per slot, so one slot's back-off never holds up another's replacement).
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    /// Workers of this slot that died before they were ready, or soon after, in a row.
+    quick_deaths: u32,
+    /// When the next replacement may start (`None`: at once).
+    not_before: Option<Instant>,
 }
 
 /// Workers that came up, or the first failure (with the pid, if it got one).
@@ -62,8 +77,11 @@ type Started = Result<Vec<Ready>, (Option<u32>, io::Error)>;
 
 /// Workers being started, and what they are for.
 struct Starting {
-    /// A restart (SIGHUP): the whole next generation. Else: one replacement.
+    /// A restart (SIGHUP): the whole next generation. Else: the first generation, or one
+    /// replacement.
     restart: bool,
+    /// The slots they are for, in the order of the workers the task returns.
+    slots: Vec<usize>,
     task: Task<Started>,
 }
 
@@ -93,15 +111,16 @@ struct Supervising {
     /// Workers told to retire, still draining.
     retiring: Vec<u32>,
     generation: u64,
-    /// Workers that died quickly (or never came up) in a row.
-    quick_deaths: u32,
-    /// When the next replacement may start.
-    next_respawn: Option<Instant>,
+    /// Each worker's place, `count` of them.
+    slots: Vec<Slot>,
+    /// Replacements being started, one slot each (beside a restart's generation, if any).
+    replacing: Vec<Starting>,
+    /// An exited child was left for its owner to collect: look again shortly.
+    reap_again: bool,
     /// Workers that exited unclean while retiring.
     unclean: usize,
-    /// The last children reaped that were neither workers nor retiring: orphans, and workers
-    /// that died before they were ready (so that a failed start can say how it ended).
-    reaped: Rc<RefCell<VecDeque<(u32, ExitStatus)>>>,
+    /// The application's hooks: only `on_exit` runs in the supervising process.
+    hooks: crate::hooks::Hooks,
 }
 
 impl Supervising {
@@ -114,6 +133,7 @@ impl Supervising {
             signals,
             exec,
             on_event: emit,
+            hooks,
             ..
         } = server;
         // Certificates are checked here too, so a broken set fails at start-up, not in every
@@ -127,8 +147,9 @@ impl Supervising {
         }
         crate::server::announce(&listeners, environment_kept, &*emit);
         let notify = Supervisor::new(config.pid_file.clone());
+        let count = config.workers.unwrap_or(1).max(1);
         let mut supervising = Supervising {
-            count: config.workers.unwrap_or(1).max(1),
+            count,
             listeners,
             exec,
             config,
@@ -138,10 +159,11 @@ impl Supervising {
             workers: Vec::new(),
             retiring: Vec::new(),
             generation: 0,
-            quick_deaths: 0,
-            next_respawn: None,
+            slots: vec![Slot::default(); count],
+            replacing: Vec::new(),
+            reap_again: false,
             unclean: 0,
-            reaped: Rc::default(),
+            hooks,
         };
         if let Some(text) = supervisor_state {
             supervising.resume(&text)?;
@@ -163,12 +185,13 @@ impl Supervising {
         let carried = Carried::parse(text)?;
         self.generation = carried.generation;
         self.retiring = carried.retiring;
-        for worker in carried.workers {
+        for (slot, worker) in carried.workers.into_iter().enumerate() {
             self.workers.push(Worker {
                 pid: worker.pid,
                 control: Relay::new(worker.control)?,
                 generation: worker.generation,
                 started: Instant::now(),
+                slot: worker.slot.filter(|&s| s < self.count).unwrap_or(slot),
             });
         }
         Ok(())
@@ -177,15 +200,23 @@ impl Supervising {
     async fn run(&mut self, executor: &LocalExecutor<'static>) -> io::Result<Report> {
         let mut starting: Option<Starting> = None;
         if self.workers.is_empty() {
-            starting = Some(self.start_workers(executor, true)?);
+            let all = (0..self.count).collect();
+            starting = Some(self.start_workers(executor, all, false)?);
         } else {
             // Resumed after an exec: systemd heard READY before it; collect what exited since.
             self.reap();
         }
         let signal = loop {
-            let respawn_due = starting.is_none() && self.workers.len() < self.count;
-            let next_respawn = self.next_respawn;
-            let Supervising { signals, .. } = self;
+            // While a generation starts, it fills every slot; else each empty slot gets a
+            // replacement once its back-off (if any) has passed.
+            let respawn_at = match starting {
+                Some(_) => None,
+                None => self.next_vacancy(),
+            };
+            let reap_again = self.reap_again;
+            let Supervising {
+                signals, replacing, ..
+            } = self;
             let signal = async { Wake::Signal(signals.next().await) };
             let started = async {
                 match starting.as_mut() {
@@ -193,32 +224,54 @@ impl Supervising {
                     None => std::future::pending().await,
                 }
             };
+            let replaced = std::future::poll_fn(|cx| {
+                for (at, replacement) in replacing.iter_mut().enumerate() {
+                    if let Poll::Ready(outcome) = replacement.task.poll(cx) {
+                        return Poll::Ready(Wake::Replaced(at, outcome));
+                    }
+                }
+                Poll::Pending
+            });
             let respawn = async {
-                if !respawn_due {
+                match respawn_at {
+                    Some((slot, at)) => {
+                        Timer::at(at).await;
+                        Wake::Respawn(slot)
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let again = async {
+                if !reap_again {
                     std::future::pending::<()>().await;
                 }
-                if let Some(at) = next_respawn {
-                    Timer::at(at).await;
-                }
-                Wake::Respawn
+                Timer::after(REAP_AGAIN).await;
+                Wake::Reap
             };
-            match signal.or(started).or(respawn).await {
-                Wake::Respawn => {
-                    self.next_respawn = None;
-                    match self.start_workers(executor, false) {
-                        Ok(next) => starting = Some(next),
+            match signal.or(started).or(replaced).or(respawn).or(again).await {
+                Wake::Reap => self.reap(),
+                Wake::Respawn(slot) => {
+                    self.slots[slot].not_before = None;
+                    match self.start_workers(executor, vec![slot], false) {
+                        Ok(next) => self.replacing.push(next),
                         Err(error) => {
                             (self.emit)(&Event::SpawnFailed {
                                 pid: None,
                                 error: &error,
                             });
-                            self.quick_death();
+                            self.quick_death(slot);
                         }
                     }
                 }
+                Wake::Replaced(at, outcome) => {
+                    let replacement = self.replacing.swap_remove(at);
+                    self.started(replacement.restart, &replacement.slots, outcome);
+                }
                 Wake::Started(outcome) => {
-                    let restart = starting.take().is_some_and(|s| s.restart);
-                    if self.started(restart, outcome) {
+                    let Some(started) = starting.take() else {
+                        continue;
+                    };
+                    if self.started(started.restart, &started.slots, outcome) {
                         if let Err(error) = self.reexec().await {
                             (self.emit)(&Event::ReexecFailed { error: &error });
                         }
@@ -243,10 +296,13 @@ impl Supervising {
                             });
                         }
                         Command::Restart => {
-                            // A replacement still starting is of the generation that goes:
-                            // dropping its task kills it.
+                            // Replacements still starting are of the generation that goes:
+                            // dropping their tasks kills them.
+                            self.replacing.clear();
                             self.notify.reloading();
-                            starting = match self.start_workers(executor, true) {
+                            let all = (0..self.count).collect();
+                            let restart = self.generation > 0;
+                            starting = match self.start_workers(executor, all, restart) {
                                 Ok(next) => Some(next),
                                 Err(error) => {
                                     self.restart_failed(None, &error);
@@ -258,37 +314,52 @@ impl Supervising {
                 }
             }
         };
-        // Workers still starting are killed with their task.
+        // Workers still starting are killed with their tasks.
         drop(starting);
-        Ok(self.shutdown(signal).await)
+        self.replacing.clear();
+        let report = self.shutdown(signal).await;
+        self.hooks.exiting(&report).await;
+        Ok(report)
     }
 
-    /// Starts the next generation (`all`: `count` workers at once), or one replacement.
-    /// The next generation gets a relay each, for the connections of the workers it replaces.
-    fn start_workers(&self, executor: &LocalExecutor<'static>, all: bool) -> io::Result<Starting> {
-        let count = if all { self.count } else { 1 };
-        let restart = all && self.generation > 0;
+    /// The empty slot whose replacement may start first, and when.
+    fn next_vacancy(&self) -> Option<(usize, Instant)> {
+        let now = Instant::now();
+        let filled = |slot: usize| {
+            self.workers.iter().any(|w| w.slot == slot)
+                || self.replacing.iter().any(|r| r.slots.contains(&slot))
+        };
+        (0..self.count)
+            .filter(|&slot| !filled(slot))
+            .map(|slot| (slot, self.slots[slot].not_before.unwrap_or(now)))
+            .min_by_key(|&(_, at)| at)
+    }
+
+    /// Starts workers for `slots` (a restart, with `restart`: the next generation, each with
+    /// a relay for the connections and state of the worker it replaces).
+    fn start_workers(
+        &self,
+        executor: &LocalExecutor<'static>,
+        slots: Vec<usize>,
+        restart: bool,
+    ) -> io::Result<Starting> {
         let relay = restart && self.config.hand_over_connections;
-        let mut tasks = Vec::with_capacity(count);
-        for _ in 0..count {
+        let mut tasks = Vec::with_capacity(slots.len());
+        for _ in &slots {
             let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
             let emit = self.emit.clone();
             let timeout = self.config.upgrade_timeout;
-            let reaped = self.reaped.clone();
             tasks.push(executor.spawn(async move {
-                // A relay's first message is the (empty) state: the new worker serves at once.
-                let successor = spawn.start(Some(&[])).await.map_err(|e| (None, e))?;
+                // With a relay, the state comes later, from the worker this one replaces,
+                // once that one has stopped serving: exact, as for a single process.
+                let successor = spawn.start(None).await.map_err(|e| (None, e))?;
                 emit(&Event::Spawned {
                     pid: successor.pid(),
                 });
-                successor.ready(timeout, None).await.map_err(|(pid, why)| {
-                    let status = reaped.borrow().iter().find(|(p, _)| *p == pid).map(|r| r.1);
-                    let why = match (why, status) {
-                        (NotReady::Exited(None), Some(status)) => NotReady::Exited(Some(status)),
-                        (why, _) => why,
-                    };
-                    (Some(pid), io::Error::from(why))
-                })
+                successor
+                    .ready(timeout, None)
+                    .await
+                    .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
             }));
         }
         let task = executor.spawn(async move {
@@ -314,12 +385,16 @@ impl Supervising {
                 }
             }
         });
-        Ok(Starting { restart, task })
+        Ok(Starting {
+            restart,
+            slots,
+            task,
+        })
     }
 
-    /// New workers are ready, or one of them failed. `true`: a restart is complete, and this
-    /// process should now re-execute itself.
-    fn started(&mut self, restart: bool, outcome: Started) -> bool {
+    /// New workers for `slots` are ready, or one of them failed. `true`: a restart is
+    /// complete, and this process should now re-execute itself.
+    fn started(&mut self, restart: bool, slots: &[usize], outcome: Started) -> bool {
         let ready = match outcome {
             Ok(ready) => ready,
             Err((pid, error)) if restart => {
@@ -328,7 +403,9 @@ impl Supervising {
             }
             Err((pid, error)) => {
                 (self.emit)(&Event::SpawnFailed { pid, error: &error });
-                self.quick_death();
+                for &slot in slots {
+                    self.quick_death(slot);
+                }
                 return false;
             }
         };
@@ -338,30 +415,43 @@ impl Supervising {
         let generation = self.generation;
         let mut relays = Vec::with_capacity(ready.len());
         let mut fresh = Vec::with_capacity(ready.len());
-        for Ready {
-            child,
-            relay,
-            control,
-        } in ready
+        for (
+            &slot,
+            Ready {
+                child,
+                relay,
+                control,
+            },
+        ) in slots.iter().zip(ready)
         {
-            let Some(control) = control else { continue };
             let pid = child.id();
+            // Collected by pid from here on (see `reap`).
+            crate::reap::disown(pid);
+            let Some(control) = control else { continue };
             (self.emit)(&Event::WorkerReady { pid, generation });
-            relays.push(relay);
+            relays.push((slot, relay));
             fresh.push(Worker {
                 pid,
                 control,
                 generation,
                 started: Instant::now(),
+                slot,
             });
         }
         if restart {
-            // Old worker i hands its connections to new worker i (modulo the count).
-            for (i, worker) in std::mem::take(&mut self.workers).into_iter().enumerate() {
-                let relay = relays.get(i % relays.len().max(1)).and_then(Option::as_ref);
+            // The old worker of each slot hands its connections and state to the new one. A
+            // new worker whose slot had none (it died, and was not yet replaced) sees its
+            // relay close when our end does, below, and serves at once, with no state.
+            for worker in std::mem::take(&mut self.workers) {
+                let relay = relays
+                    .iter()
+                    .find(|(slot, _)| *slot == worker.slot)
+                    .and_then(|(_, relay)| relay.as_ref());
                 let _ = worker.control.try_retire(relay.map(|r| r.as_fd()));
                 self.retiring.push(worker.pid);
             }
+            // A new binary: the slots' crash counts start again.
+            self.slots = vec![Slot::default(); self.count];
         }
         // Our ends of the relays close here: each new worker's relay ends when the worker it
         // took over from exits.
@@ -391,63 +481,86 @@ impl Supervising {
         }
     }
 
-    /// A worker died soon after it started, or never came up: the next replacement waits,
-    /// twice as long each time in a row (never a spinning core). Returns the wait.
-    fn quick_death(&mut self) -> Duration {
-        self.quick_deaths += 1;
-        let delay = match self.quick_deaths {
+    /// A worker of `slot` died soon after it started, or never came up: the slot's next
+    /// replacement waits, twice as long each time in a row (never a spinning core). Returns
+    /// the wait.
+    fn quick_death(&mut self, slot: usize) -> Duration {
+        let slot = &mut self.slots[slot];
+        slot.quick_deaths += 1;
+        let delay = match slot.quick_deaths {
             0 | 1 => Duration::ZERO,
             n => (FIRST_BACKOFF * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
         };
-        self.next_respawn = Some(Instant::now() + delay);
+        slot.not_before = Some(Instant::now() + delay);
         delay
     }
 
-    /// Collects every child that exited: workers (replaced unless retiring), and orphans
-    /// reparented to this process.
+    fn is_known(&self, pid: u32) -> bool {
+        self.workers.iter().any(|w| w.pid == pid) || self.retiring.contains(&pid)
+    }
+
+    /// Collects every child that exited and is this process's to collect: workers (by pid;
+    /// replaced unless retiring), and orphans reparented to this process. A child that a
+    /// `Child` here waits for (a worker still starting) is left to it.
     fn reap(&mut self) {
-        while let Ok(Some((pid, status))) =
-            rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
-        {
-            let pid = pid.as_raw_nonzero().get() as u32;
-            let status = ExitStatus::from_raw(status.as_raw());
-            if let Some(at) = self.workers.iter().position(|w| w.pid == pid) {
-                let worker = self.workers.remove(at);
-                let replaced_in = if status.success() {
-                    // A clean exit is a drain: it got a shutdown signal, most likely the same
-                    // one (a Ctrl-C to the group) that is on its way to this process. Replace
-                    // it only if no shutdown follows shortly.
-                    let at = Instant::now() + CLEAN_EXIT_GRACE;
-                    self.next_respawn = Some(self.next_respawn.map_or(at, |n| n.max(at)));
-                    CLEAN_EXIT_GRACE
-                } else if worker.started.elapsed() < QUICK_DEATH {
-                    self.quick_death()
-                } else {
-                    self.quick_deaths = 0;
-                    self.next_respawn = None;
-                    Duration::ZERO
-                };
-                (self.emit)(&Event::WorkerExited {
-                    pid,
-                    status,
-                    replaced_in: Some(replaced_in),
-                });
-            } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
-                self.retiring.remove(at);
-                self.unclean += usize::from(!status.success());
-                (self.emit)(&Event::WorkerExited {
-                    pid,
-                    status,
-                    replaced_in: None,
-                });
-            } else {
-                (self.emit)(&Event::ChildExited { pid, status });
-                let mut reaped = self.reaped.borrow_mut();
-                if reaped.len() == REAPED_KEPT {
-                    reaped.pop_front();
-                }
-                reaped.push_back((pid, status));
+        self.reap_again = false;
+        let known: Vec<u32> = self.workers.iter().map(|w| w.pid).collect();
+        for pid in known.into_iter().chain(self.retiring.clone()) {
+            if let Some(status) = crate::reap::reap_pid(pid) {
+                self.exited(pid, status);
             }
+        }
+        loop {
+            match crate::reap::next_orphan(|pid| self.is_known(pid)) {
+                Found::Nothing => break,
+                Found::Known(pid) => match crate::reap::reap_pid(pid) {
+                    Some(status) => self.exited(pid, status),
+                    None => break,
+                },
+                Found::Orphan(pid, status) => (self.emit)(&Event::ChildExited { pid, status }),
+                Found::Later => {
+                    self.reap_again = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A worker (serving or retiring) exited.
+    fn exited(&mut self, pid: u32, status: ExitStatus) {
+        if let Some(at) = self.workers.iter().position(|w| w.pid == pid) {
+            let worker = self.workers.remove(at);
+            let killed = status.signal() == Some(libc::SIGKILL);
+            let replaced_in = if status.success() {
+                // A clean exit is a drain: it got a shutdown signal, most likely the same
+                // one (a Ctrl-C to the group) that is on its way to this process. Replace
+                // it only if no shutdown follows shortly.
+                let slot = &mut self.slots[worker.slot];
+                let at = Instant::now() + CLEAN_EXIT_GRACE;
+                slot.not_before = Some(slot.not_before.map_or(at, |n| n.max(at)));
+                CLEAN_EXIT_GRACE
+            } else if !killed && worker.started.elapsed() < QUICK_DEATH {
+                // A crash soon after start: maybe a crash loop.
+                self.quick_death(worker.slot)
+            } else {
+                // It was serving, and something ended it (OOM, SIGKILL, an operator, a
+                // crash long after start): replaced at once.
+                self.slots[worker.slot] = Slot::default();
+                Duration::ZERO
+            };
+            (self.emit)(&Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: Some(replaced_in),
+            });
+        } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
+            self.retiring.remove(at);
+            self.unclean += usize::from(!status.success());
+            (self.emit)(&Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: None,
+            });
         }
     }
 
@@ -542,6 +655,7 @@ impl Supervising {
                     pid: w.pid,
                     control: w.control.as_fd().as_raw_fd(),
                     generation: w.generation,
+                    slot: Some(w.slot),
                 })
                 .collect(),
             retiring: self.retiring.clone(),
@@ -585,8 +699,14 @@ impl Supervising {
 /// What woke the supervising loop.
 enum Wake {
     Signal(io::Result<(Signal, Command)>),
+    /// The next generation (or the first) is up, or failed.
     Started(Started),
-    Respawn,
+    /// Replacement `.0` of `replacing` is up, or failed.
+    Replaced(usize, Started),
+    /// A slot's replacement may start.
+    Respawn(usize),
+    /// Look for exited children again.
+    Reap,
 }
 
 /// Before the supervising process's execve: hold every handled signal (they stay pending

@@ -3,7 +3,8 @@
 //! listeners travel as `LISTENER` does for any successor.
 //!
 //! `{"version":1,"generation":2,"workers":[{"pid":41,"control_fd":9,
-//! "generation":2}],"retiring":[38]}`; a version this build does not know is an error.
+//! "generation":2,"slot":0}],"retiring":[38]}`; a version this build does not know is an error
+//! (`slot` may be missing, as builds before it wrote none: the worker's index then).
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -19,6 +20,8 @@ pub(crate) struct CarriedWorker<F> {
     pub(crate) pid: u32,
     pub(crate) control: F,
     pub(crate) generation: u64,
+    /// Its place among the workers, if the state says.
+    pub(crate) slot: Option<usize>,
 }
 
 /// What is carried; `F` as for [`CarriedWorker`].
@@ -41,6 +44,7 @@ impl Carried<RawFd> {
                     "pid": w.pid,
                     "control_fd": w.control,
                     "generation": w.generation,
+                    "slot": w.slot,
                 })
             })
             .collect();
@@ -84,6 +88,10 @@ impl Carried<OwnedFd> {
                     &format!("{SUPERVISOR_ENV}: control_fd"),
                 )?,
                 generation: number(worker, "generation")?,
+                slot: worker
+                    .get("slot")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|slot| usize::try_from(slot).ok()),
             });
         }
         let mut retiring = Vec::new();

@@ -53,6 +53,13 @@ impl<'a> Line<'a> {
         Some((pid.parse().ok()?, rest.strip_suffix(')')?.parse().ok()?))
     }
 
+    /// The pid of a `worker <pid> exited (...)...` line.
+    pub fn worker_exited(&self) -> Option<u32> {
+        let rest = self.message.strip_prefix("worker ")?;
+        let (pid, _) = rest.split_once(" exited (")?;
+        pid.parse().ok()
+    }
+
     /// The generation of a `restarted: generation <g>, ...` line.
     pub fn restarted(&self) -> Option<u64> {
         let rest = self.message.strip_prefix("restarted: generation ")?;
@@ -84,6 +91,8 @@ fn parses_event_lines() {
     assert_eq!(parse("hello: oops"), None);
     let ready = parse("baton[1]: worker 9 ready (generation 2)").unwrap();
     assert_eq!(ready.worker_ready(), Some((9, 2)));
+    let exited = parse("baton[1]: worker 9 exited (signal: 9 (SIGKILL)) unexpectedly").unwrap();
+    assert_eq!(exited.worker_exited(), Some(9));
     let restarted = parse("baton[1]: restarted: generation 3, 2 serving").unwrap();
     assert_eq!(restarted.restarted(), Some(3));
 }
