@@ -114,6 +114,12 @@ pub enum Event<'a> {
         workers: usize,
         /// This process is PID 1 (a container's init).
         pid1: bool,
+        /// This process's parent is the init of a PID namespace that is not the host's (tini,
+        /// dumb-init, `docker run --init`), which would end the service if this process
+        /// replaced itself.
+        behind_init: bool,
+        /// The number of workers was configured, rather than chosen because of the above.
+        configured: bool,
         /// The workers' generation (0 until the first ones are ready).
         generation: u64,
         /// It re-executed itself in place and took its workers back.
@@ -243,6 +249,8 @@ impl fmt::Display for Event<'_> {
             Event::Supervising {
                 workers,
                 pid1,
+                behind_init,
+                configured,
                 generation,
                 resumed,
             } => {
@@ -250,6 +258,15 @@ impl fmt::Display for Event<'_> {
                 write!(f, "supervising {workers} worker{plural}")?;
                 if *pid1 {
                     f.write_str(" as PID 1")?;
+                }
+                if *behind_init {
+                    f.write_str(" behind the init of a PID namespace")?;
+                }
+                if !*configured && !*resumed && (*pid1 || *behind_init) {
+                    f.write_str(
+                        " (by default: a process that replaced itself here would end the \
+                         namespace, and the service with it)",
+                    )?;
                 }
                 if *resumed {
                     write!(f, " (re-executed in place, generation {generation})")?;

@@ -568,3 +568,49 @@ fn a_handler_gets_its_childs_exit_status_under_a_supervising_process() {
     handlers_get_their_childrens_exit_status(&server);
     no_zombies(server.pid);
 }
+
+/// Behind an init (the stand-in behaves as tini and dumb-init do: it exits with its only
+/// child), hello supervises by default, says why, and restarts under load lose nothing: the
+/// init's child never exits.
+#[test]
+fn behind_an_init_the_default_supervises_and_restarts_lose_nothing() {
+    let scratch = Scratch::new("workers-init");
+    let path = scratch.install("hello", &binary());
+    let mut command = Command::new(&path);
+    command.args(["--addr", "127.0.0.1:0"]);
+    let server = Server::start_behind_init(command);
+    server
+        .wait_line("baton[2]: supervising 1 worker behind the init of a PID namespace (by default");
+    workers_ready(&server, 1, 1);
+    let keep_alive = Load::keep_alive(server.addr, 2);
+    let per_request = Load::per_request(server.addr, 2);
+    for generation in 2..=11 {
+        scratch.install("hello", &binary());
+        restart(&server, generation);
+        workers_ready(&server, generation, 1);
+    }
+    let keep_alive = keep_alive.finish();
+    let per_request = per_request.finish();
+    keep_alive.assert_no_failures();
+    per_request.assert_no_failures();
+    assert!(per_request.ok > 20, "{} served", per_request.ok);
+    assert!(common::alive(server.pid) && server.init_alive());
+    no_zombies(server.pid);
+}
+
+/// A single process forced behind an init (`--workers 0`) refuses to restart, with the reason,
+/// and serves on: replacing itself would end the namespace, its successor with it.
+#[test]
+fn behind_an_init_a_single_process_refuses_a_restart_that_would_end_the_service() {
+    let mut command = Command::new(example("hello"));
+    command.args(["--addr", "127.0.0.1:0", "--workers", "0"]);
+    let server = Server::start_behind_init(command);
+    assert_eq!(common::serving_pid(server.addr), 2);
+    signal(server.pid, Signal::HUP);
+    server.wait_line(
+        "baton[2]: ignored SIGHUP: this process's parent is the init of its PID namespace",
+    );
+    assert_eq!(server.count("spawned child"), 0, "{}", server.dump());
+    assert_eq!(common::serving_pid(server.addr), 2);
+    assert!(server.init_alive());
+}

@@ -47,6 +47,51 @@ mod state;
 
 use state::{Carried, CarriedWorker};
 
+/// Where a process that replaces itself on a restart would take the service down with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alone {
+    /// It is PID 1 of its namespace: when it exits, the kernel kills every process left in
+    /// the namespace, the successor included.
+    Pid1,
+    /// Its parent is the init of a PID namespace that is not the host's (tini as `docker run
+    /// --init`, dumb-init, catatonit, a pod's shared namespace), which exits when its only
+    /// child does, and the kernel then kills the successor.
+    BehindInit,
+}
+
+impl Alone {
+    /// This process's situation, if it is one of those. Detected, not guessed from a name:
+    /// the parent is PID 1 and this PID namespace is not the host's (the initial namespace
+    /// has a fixed inode, `PROC_PID_INIT_INO`). Under the host's init (systemd, or a daemon
+    /// reparented to it) there is no such risk.
+    pub(crate) fn here() -> Option<Alone> {
+        /// The inode of the initial PID namespace (the kernel's `PROC_PID_INIT_INO`).
+        const HOST_PID_NAMESPACE: &str = "pid:[4026531836]";
+        if std::process::id() == 1 {
+            return Some(Alone::Pid1);
+        }
+        let parent_is_init = rustix::process::getppid().is_some_and(|p| p.is_init());
+        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        (parent_is_init && namespace.as_os_str() != HOST_PID_NAMESPACE).then_some(Alone::BehindInit)
+    }
+
+    /// Why a single process here must not restart by replacing itself.
+    pub(crate) fn why_no_restart(self) -> &'static str {
+        match self {
+            Alone::Pid1 => {
+                "this process is PID 1: once it exits the kernel ends its PID namespace, the \
+                 successor with it; run a supervising process (Server::workers, hello \
+                 --workers N; the default as PID 1)"
+            }
+            Alone::BehindInit => {
+                "this process's parent is the init of its PID namespace, which exits with its \
+                 only child and ends the namespace, the successor with it; run a supervising \
+                 process (Server::workers, hello --workers N; the default here)"
+            }
+        }
+    }
+}
+
 /// How soon the reaper looks again when an exited child was someone else's to collect.
 const REAP_AGAIN: Duration = Duration::from_millis(20);
 
@@ -139,7 +184,8 @@ impl Supervising {
         // Certificates are checked here too, so a broken set fails at start-up, not in every
         // worker (each worker loads them itself, so a restart rotates them).
         crate::server::load_tls(&listeners, &config.tls_files)?;
-        let pid1 = std::process::id() == 1;
+        let alone = Alone::here();
+        let pid1 = alone == Some(Alone::Pid1);
         if !pid1 {
             // Successors and orphans of workers stay this process's children.
             let me = rustix::process::getpid();
@@ -171,6 +217,8 @@ impl Supervising {
         (supervising.emit)(&Event::Supervising {
             workers: supervising.count,
             pid1,
+            behind_init: alone == Some(Alone::BehindInit),
+            configured: supervising.config.workers.is_some(),
             generation: supervising.generation,
             resumed: supervising.generation > 0,
         });

@@ -421,11 +421,12 @@ impl Server {
     }
 
     /// How many workers a supervising process runs: as configured, else one when this
-    /// process is PID 1 (a container's init), else none (single-process model).
+    /// process is PID 1 (a container's init) or behind the init of a PID namespace (see
+    /// [`crate::process::Alone`]), else none (single-process model).
     fn worker_count(&self) -> usize {
         self.config
             .workers
-            .unwrap_or(usize::from(std::process::id() == 1))
+            .unwrap_or_else(|| usize::from(crate::process::Alone::here().is_some()))
     }
 }
 

@@ -176,6 +176,9 @@ struct Process<'e, F> {
     spawned: Vec<Child>,
     /// Started by a supervising process.
     is_worker: bool,
+    /// A single process that must not replace itself (PID 1, or behind a namespace's init):
+    /// restarts are refused, with the reason, rather than end the service.
+    alone: Option<crate::process::Alone>,
 }
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
@@ -315,6 +318,7 @@ where
         earlier: Vec::new(),
         spawned: Vec::new(),
         is_worker,
+        alone: crate::process::Alone::here().filter(|_| !is_worker),
     })
 }
 
@@ -412,6 +416,14 @@ where
                                 signal,
                                 reason: "a worker: its supervising process restarts it",
                             });
+                        }
+                        Command::Restart | Command::Spawn if self.alone.is_some() => {
+                            let reason =
+                                self.alone.map_or("", crate::process::Alone::why_no_restart);
+                            if command == Command::Restart {
+                                self.supervisor.upgrade_failed(reason);
+                            }
+                            (self.emit)(&Event::Ignored { signal, reason });
                         }
                         Command::Restart | Command::Spawn if upgrade.is_some() => {
                             (self.emit)(&Event::Ignored {

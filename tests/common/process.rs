@@ -165,6 +165,85 @@ impl Server {
         server
     }
 
+    /// Starts `command` behind an init, as `docker run --init` (tini), dumb-init or a pod's
+    /// shared PID namespace give it: a launcher unshares a PID namespace and forks its init,
+    /// a stand-in that behaves as those inits do where it matters here: it forks the
+    /// command, reaps every process reparented to it, and exits (with the command's status)
+    /// as soon as the command itself exits. The command is PID 2 there; `pid` is its pid
+    /// here, and its log says `baton[2]`.
+    pub fn start_behind_init(mut command: Command) -> Server {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec, only async-signal-safe calls: unshare, fork, close,
+        // waitpid and _exit, on no memory but locals.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWPID) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let exit_with = |status: libc::c_int| -> ! {
+                    libc::_exit(if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    })
+                };
+                match libc::fork() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    0 => match libc::fork() {
+                        -1 => libc::_exit(127),
+                        // The command, PID 2: goes on to exec.
+                        0 => Ok(()),
+                        service => {
+                            // The init stand-in, PID 1: holds nothing open, reaps everything,
+                            // and ends with its one child, as tini does.
+                            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                            loop {
+                                let mut status = 0;
+                                let pid = libc::waitpid(-1, &mut status, 0);
+                                if pid == service {
+                                    exit_with(status);
+                                }
+                                if pid == -1 && *libc::__errno_location() == libc::ECHILD {
+                                    libc::_exit(127);
+                                }
+                            }
+                        }
+                    },
+                    init => {
+                        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                        let mut status = 0;
+                        while libc::waitpid(init, &mut status, 0) == -1 {}
+                        exit_with(status);
+                    }
+                }
+            });
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the launcher");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Log::follow(stderr);
+        let init = super::procfs::wait_for_child_of(child.id());
+        let service = super::procfs::wait_for_child_of(init);
+        let mut server = Server {
+            child,
+            log,
+            pid: service,
+            log_pid: 2,
+            namespaced: true,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// The init in front of a server started with [`Server::start_behind_init`] is running.
+    pub fn init_alive(&self) -> bool {
+        super::procfs::parent_of(self.pid).is_some_and(super::procfs::alive)
+    }
+
     /// Waits until the first process logs that it listens, and notes its first address.
     fn wait_listening(&mut self) {
         let server = self;
@@ -316,7 +395,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.namespaced {
-            // The namespace ends with its init; the launcher then exits too.
+            // The namespace ends with its init (behind an init, the init ends with this
+            // process); the launcher then exits too.
             let _ = kill(self.pid, Signal::KILL);
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -146,3 +146,10 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+/// `pid`'s parent, if `pid` runs.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("PPid:"))?;
+    line.trim().parse().ok()
+}
