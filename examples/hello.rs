@@ -12,10 +12,12 @@
 //! `sh -c "exit N"` and answers the exit status it got, `GET /orphan?ms=N` leaves a
 //! process behind that exits N ms later (and answers its pid), `GET /events` serves
 //! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
-//! starts), `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a connection that echoes every byte; anything
-//! else is 404.
+//! starts), `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a
+//! connection that echoes every byte, `PUT /note` keeps the request body (UTF-8 text, up to
+//! `--max-body-bytes`) in the state handed to each successor and `GET /note` answers it;
+//! anything else is 404.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -58,6 +60,7 @@ fn usage() -> String {
   --max-head-bytes      largest request head accepted ({})
   --max-body-bytes      largest request body accepted ({})
   --max-connections     most connections served at once ({})
+  --max-state-bytes     largest state (/count, /note) a restart hands over ({})
   --pid-file PATH       keep the serving process's pid in this file
   --tls-cert, --tls-key PEM certificate chain and key for tls: addresses (--features tls)
   --no-hand-over        on a restart, close keep-alive connections (Connection: close)
@@ -84,6 +87,7 @@ For tests and the benchmark:
         d.max_head_bytes,
         d.max_body_bytes,
         d.max_connections,
+        d.max_state_bytes,
         d.max_generations,
     )
 }
@@ -129,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
             "--max-head-bytes" => config.max_head_bytes = parse_number(&name, &value)?,
             "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
             "--max-connections" => config.max_connections = parse_number(&name, &value)?,
+            "--max-state-bytes" => config.max_state_bytes = parse_number(&name, &value)?,
             "--workers" => config.workers = Some(parse_number(&name, &value)?),
             "--max-generations" => config.max_generations = parse_number(&name, &value)?,
             "--ready-after" => config.successor_ready_after = Some(duration()?),
@@ -183,8 +188,28 @@ fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{flag} {text:?}: {e}"))
 }
 
-async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::Result<Response> {
+/// What `hello` hands to each successor: the `/count` counter and the `/note`.
+#[derive(Default)]
+struct State {
+    count: Cell<u64>,
+    note: RefCell<String>,
+}
+
+async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Result<Response> {
+    let count = &state.count;
     match (req.method(), req.url().path()) {
+        (Method::Put, "/note") => {
+            let body = req.body_bytes().await?;
+            let Ok(text) = String::from_utf8(body) else {
+                let mut response = Response::new(StatusCode::BadRequest);
+                response.set_body("a note is UTF-8 text\n");
+                return Ok(response);
+            };
+            let bytes = text.len();
+            *state.note.borrow_mut() = text;
+            Ok(Response::from(format!("kept {bytes} bytes\n")))
+        }
+        (Method::Get, "/note") => Ok(Response::from(state.note.borrow().clone())),
         (Method::Get, "/count") => {
             // Counts across restarts: the count travels to each successor with hand-over.
             count.set(count.get() + 1);
@@ -311,7 +336,7 @@ async fn route(mut req: Request, pid: u32, count: Rc<Cell<u64>>) -> http_types::
         (
             _,
             "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/drip" | "/child-env"
-            | "/orphan" | "/exit-status",
+            | "/orphan" | "/exit-status" | "/note",
         ) => Ok(Response::new(StatusCode::MethodNotAllowed)),
         _ => Ok(Response::new(StatusCode::NotFound)),
     }
@@ -482,12 +507,21 @@ fn main() -> ExitCode {
         }
         false => server,
     };
-    let count = Rc::new(Cell::new(0u64));
-    let (give, take) = (count.clone(), count.clone());
+    let state = Rc::new(State::default());
+    let (give, take) = (state.clone(), state.clone());
     let server = server
-        .on_hand_over_state(move || serde_json::json!({ "count": give.get() }))
-        .on_inherit_state(move |state| take.set(state["count"].as_u64().unwrap_or(0)));
-    match smol::block_on(server.serve(move |req| route(req, pid, count.clone()))) {
+        .on_hand_over_state(
+            move || serde_json::json!({ "count": give.count.get(), "note": *give.note.borrow() }),
+        )
+        .on_inherit_state(move |state| {
+            take.count.set(state["count"].as_u64().unwrap_or(0));
+            *take.note.borrow_mut() = state["note"].as_str().unwrap_or_default().to_owned();
+        })
+        .on_exit(move |report| {
+            eprintln!("hello[{pid}]: on_exit: {:?}", report.stop);
+            async {}
+        });
+    match smol::block_on(server.serve(move |req| route(req, pid, state.clone()))) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {

@@ -48,6 +48,12 @@ pub struct Config {
     /// process's last request); a request still running then may change state that is lost.
     /// Default: 1 s.
     pub state_wait: Duration,
+    /// The largest application state (`Server::on_hand_over_state`, as JSON text) a restart
+    /// carries to the successor: a state up to 64 KiB travels in the relay message, a larger
+    /// one in a sealed memfd passed over it. A larger state is not sent: the old process says
+    /// so in an event, and the successor starts with none (and says why). The successor
+    /// applies its own bound too. Default: 64 MiB.
+    pub max_state_bytes: usize,
     /// The most generations alive at once, counting the one serving (at least 2): a restart
     /// that would exceed it first ends the oldest generations still draining (what they were
     /// still doing is cut, and logged). Default: 3.
@@ -95,6 +101,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             state_wait: Duration::from_secs(1),
+            max_state_bytes: 64 * 1024 * 1024,
             max_generations: 3,
             max_connections: 10_000,
             hand_over_connections: true,

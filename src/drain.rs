@@ -43,6 +43,8 @@ pub(crate) fn is_draining() -> bool {
 #[derive(Debug)]
 pub(crate) struct Drain {
     draining: Cell<bool>,
+    /// The drain ends the service (a shutdown), rather than hand over to a successor.
+    shutdown: Cell<bool>,
     connections: Cell<usize>,
     requests: Cell<usize>,
     /// Connections upgraded (101) and still open.
@@ -62,6 +64,7 @@ impl Drain {
     pub(crate) fn new() -> Rc<Drain> {
         Rc::new(Drain {
             draining: Cell::new(false),
+            shutdown: Cell::new(false),
             connections: Cell::new(0),
             requests: Cell::new(0),
             upgraded: Cell::new(0),
@@ -74,6 +77,11 @@ impl Drain {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.get()
+    }
+
+    /// Draining for a shutdown (not a restart).
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.shutdown.get()
     }
 
     /// Open connections.
@@ -96,9 +104,10 @@ impl Drain {
         UpgradedGuard(self.clone())
     }
 
-    /// Marks the process as draining: connections answer with `Connection: close` from now on
-    /// and idle ones close after their grace.
-    pub(crate) fn start(&self) {
+    /// Marks the process as draining (for a `shutdown`, or a restart): connections answer
+    /// with `Connection: close` from now on and idle ones close after their grace.
+    pub(crate) fn start(&self, shutdown: bool) {
+        self.shutdown.set(shutdown);
         self.draining.set(true);
         DRAINING.with(|flag| flag.set(true));
         NOTICE.with(|notice| notice.borrow().0.close());
@@ -217,7 +226,7 @@ mod tests {
             let b = drain.connection();
             let request = drain.request();
             assert_eq!((drain.connections(), drain.requests()), (2, 1));
-            drain.start();
+            drain.start(false);
             drain.started().await;
             drop(request);
             drop(a);

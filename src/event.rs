@@ -40,10 +40,21 @@ pub enum Event<'a> {
     /// The previous process's state arrived (it sends it once it has stopped serving and
     /// finished its requests; this process serves only then), or did not.
     StateInherited {
-        /// Its size, or `None` if none came (the relay closed, or the wait ran out).
+        /// Its size, or `None` if there is none.
         bytes: Option<usize>,
+        /// Why there is none: the previous process had none, did not send it (too large),
+        /// the relay closed first (it exited, or there was no worker to take over from), the
+        /// wait ran out, or it could not be read.
+        why_none: Option<&'a str>,
         /// How long this process waited for it.
         waited: std::time::Duration,
+    },
+    /// The application's state did not go to the successor, which starts without it.
+    StateNotHandedOver {
+        /// Its size.
+        bytes: usize,
+        /// Why: over [`crate::Config::max_state_bytes`], or the send failed.
+        reason: &'a str,
     },
     /// An old generation, still draining, was told to stop at once: a restart would have left
     /// more than `max` generations alive.
@@ -205,16 +216,24 @@ impl fmt::Display for Event<'_> {
             Event::StateInherited {
                 bytes: Some(bytes),
                 waited,
+                ..
             } => write!(
                 f,
                 "state from the previous process ({bytes} bytes) after {waited:.1?}"
             ),
             Event::StateInherited {
                 bytes: None,
+                why_none,
                 waited,
             } => write!(
                 f,
-                "no state from the previous process after {waited:.1?}; starting cold"
+                "no state from the previous process ({}) after {waited:.1?}",
+                why_none.unwrap_or("none came")
+            ),
+            Event::StateNotHandedOver { bytes, reason } => write!(
+                f,
+                "the state ({bytes} bytes) was not handed over: {reason}; the successor starts \
+                 without it"
             ),
             Event::GenerationEnded { pid, max } => write!(
                 f,

@@ -132,21 +132,22 @@ impl Hooks {
         self.give.is_some()
     }
 
-    /// The state to hand to a successor, as JSON text (empty: none).
-    pub(crate) fn state(&self) -> Vec<u8> {
+    /// The state to hand to a successor, as JSON text (`None`: the application has none).
+    pub(crate) fn state(&self) -> Option<Vec<u8>> {
         self.give
             .as_ref()
             .map(|give| give().to_string().into_bytes())
-            .unwrap_or_default()
     }
 
-    /// Passes on the previous process's state, if it sent some and it parses.
-    pub(crate) fn inherit(&self, state: &[u8]) {
-        if let (Some(take), false) = (&self.take, state.is_empty()) {
-            if let Ok(value) = serde_json::from_slice(state) {
-                take(value);
-            }
+    /// Passes on the previous process's state (if the application takes it). A state that
+    /// is not JSON is an error that says so.
+    pub(crate) fn inherit(&self, state: &[u8]) -> Result<(), String> {
+        if let Some(take) = &self.take {
+            let value = serde_json::from_slice(state)
+                .map_err(|e| format!("the state is not valid JSON: {e}"))?;
+            take(value);
         }
+        Ok(())
     }
 
     pub(crate) async fn spawning(&self) {

@@ -45,6 +45,20 @@ impl Signal {
         }
     }
 
+    /// The signal named `name` (`SIGTERM`, ...), if baton handles it.
+    pub(crate) fn from_name(name: &str) -> Option<Signal> {
+        [
+            Signal::Hup,
+            Signal::Usr2,
+            Signal::Int,
+            Signal::Quit,
+            Signal::Term,
+            Signal::Child,
+        ]
+        .into_iter()
+        .find(|signal| signal.name() == name)
+    }
+
     /// What the server does about it.
     pub(crate) fn command(self) -> Command {
         match self {

@@ -301,8 +301,11 @@ impl Connection<'_> {
             Some(Err(error)) => error_response(error),
             None => {
                 drop(in_flight);
-                let mut response =
-                    plain(StatusCode::ServiceUnavailable, "the server is restarting");
+                let why = match self.drain.is_shutdown() {
+                    true => "the server is shutting down",
+                    false => "the server is restarting",
+                };
+                let mut response = plain(StatusCode::ServiceUnavailable, why);
                 response.insert_header("retry-after", "0");
                 let timeout = options.write_timeout;
                 let _ = write_response(

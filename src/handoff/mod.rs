@@ -10,6 +10,7 @@
 //! died first.
 
 pub(crate) mod relay;
+pub(crate) mod state;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -310,14 +311,10 @@ pub(crate) struct Spawn {
 }
 
 impl Spawn {
-    /// Puts the application's `state` (JSON text, empty for none) on the relay, then forks and
-    /// execs on a helper thread; resolves once the child has exec'd. The state is written
-    /// before the fork, so the successor, which reads it before it serves, never waits for
-    /// this process to be scheduled again (it only waits, bounded, if the write could not be
-    /// made at once).
-    /// `state: None` sends no state now: this process sends it later, once it has stopped
-    /// serving (see `server::run`), and the successor waits for it before it serves.
-    pub(crate) async fn start(self, state: Option<&[u8]>) -> io::Result<Successor> {
+    /// Forks and execs on a helper thread; resolves once the child has exec'd. With a relay,
+    /// the state goes later, once this process (or, for a worker, the worker it replaces) has
+    /// stopped serving (see `server::run`); the successor waits for it before it serves.
+    pub(crate) async fn start(self) -> io::Result<Successor> {
         let Spawn {
             mut command,
             fds,
@@ -328,10 +325,6 @@ impl Spawn {
         } = self;
         let relay = relay.map(crate::handoff::relay::Relay::new).transpose()?;
         let control = control.map(crate::handoff::relay::Relay::new).transpose()?;
-        let state_sent = match (&relay, state) {
-            (Some(relay), Some(state)) => relay.try_send_state(state).is_ok(),
-            _ => true,
-        };
         let (sender, receiver) = smol::channel::bounded(1);
         std::thread::Builder::new()
             .name("baton-spawn".into())
@@ -358,16 +351,12 @@ impl Spawn {
         let child = spawned.map_err(|e| {
             crate::error::context(e.kind(), format!("cannot start {}", program.display()), e)
         })?;
-        let successor = Successor {
+        Ok(Successor {
             child: Some(child),
             ready: Async::new(ready_reader)?,
             relay,
             control,
-        };
-        if let (false, Some(state)) = (state_sent, state) {
-            successor.send_state(state).await;
-        }
-        Ok(successor)
+        })
     }
 }
 
@@ -405,14 +394,6 @@ fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
 impl Successor {
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Sends the application's state to the successor, when it could not be written before
-    /// the fork. Bounded (by the relay): a successor that does not read it in time starts cold.
-    async fn send_state(&self, state: &[u8]) {
-        if let Some(relay) = &self.relay {
-            let _ = relay.send_state(state).await;
-        }
     }
 
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any

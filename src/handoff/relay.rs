@@ -5,7 +5,7 @@
 //!
 //! Messages: a connection, `C[peer length: u32 LE][peer][local length: u32 LE][local]
 //! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
-//! state, `S[JSON]` (empty: none).
+//! state, `S...` (see [`super::state`]: inline, or in a sealed memfd passed as its fd).
 //!
 //! An upgraded connection (a WebSocket, say) moves as `U[name][state JSON][held bytes]` (each
 //! of the first two a u32 LE length and the text) with its fd: the successor's application
@@ -17,8 +17,9 @@
 //!
 //! The same kind of channel connects a supervising process to each of its workers (the
 //! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
-//! worker's connections to (none: close them); `K`, "stop at once" (a second shutdown
-//! signal). Its EOF tells a worker that its supervising process is gone.
+//! worker's connections and state to (none: close them); `Q[signal]`, "the service shuts
+//! down: stop accepting at once, drain and exit" (the signal's name); `K`, "stop at once" (a
+//! second shutdown signal). Its EOF tells a worker that its supervising process is gone.
 //!
 //! Every async send is bounded by [`RELAY_TIMEOUT`]: a successor that stops reading its relay
 //! must not hold this process (or one of its connections) hostage.
@@ -38,10 +39,9 @@ use smol::future::FutureExt as _;
 use crate::config::timing::RELAY_TIMEOUT;
 use crate::ready::Readiness;
 
-/// Largest message: addresses plus at most a request head's worth of unparsed bytes.
+/// Largest message: addresses plus at most a request head's worth of unparsed bytes (and an
+/// inline state, [`super::state::INLINE`]).
 const MAX_MESSAGE: usize = 96 * 1024;
-/// Largest application state handed over; larger state is not sent (the successor starts cold).
-pub(crate) const MAX_STATE: usize = 64 * 1024;
 
 /// A new socket pair for one successor: (this process's end, the successor's end).
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -65,10 +65,13 @@ pub(crate) struct Relay {
 #[derive(Debug)]
 pub(crate) enum Received {
     Connection(Handed),
-    /// The application's state as JSON text (empty: the old process had none).
-    State(Vec<u8>),
+    /// The application's state (or why there is none).
+    State(super::state::Arrived),
     /// (Control channel) drain and exit, handing connections over on this relay, if any.
     Retire(Option<OwnedFd>),
+    /// (Control channel) the service shuts down (on this signal, by name): stop accepting at
+    /// once, drain and exit.
+    Quit(String),
     /// An upgraded connection, to resume under its name.
     Upgraded(HandedUpgrade),
     /// An older process's relay, forwarded by a process that drains: take its connections
@@ -162,6 +165,15 @@ impl Relay {
         send_with_fd(self.socket.get_ref(), &[b"R"], relay)
     }
 
+    /// (Control channel) tells a worker that the service shuts down, on `signal`.
+    pub(crate) fn try_quit(&self, signal: crate::signals::Signal) -> io::Result<()> {
+        send_with_fd(
+            self.socket.get_ref(),
+            &[b"Q", signal.name().as_bytes()],
+            None,
+        )
+    }
+
     /// (Control channel) tells a draining worker to stop at once.
     pub(crate) fn try_stop_now(&self) -> io::Result<()> {
         send_with_fd(self.socket.get_ref(), &[b"K"], None)
@@ -176,19 +188,16 @@ impl Relay {
     }
 
     /// Sends the application's state (before the successor serves), waiting for room if the
-    /// channel is full. Too large: an empty state is sent.
-    pub(crate) async fn send_state(&self, state: &[u8]) -> io::Result<()> {
-        let message = state_message(state);
-        bounded(
-            self.socket
-                .write_with(|socket| send_whole(socket, &message)),
-        )
-        .await
+    /// channel is full.
+    pub(crate) async fn send_state(&self, state: &super::state::Outgoing) -> io::Result<()> {
+        let fd = state.fd.as_ref().map(AsFd::as_fd);
+        self.send_with_fd(&[&state.message], fd).await
     }
 
     /// Like [`Relay::send_state`], without waiting: `WouldBlock` if there is no room.
-    pub(crate) fn try_send_state(&self, state: &[u8]) -> io::Result<()> {
-        send_whole(self.socket.get_ref(), &state_message(state))
+    pub(crate) fn try_send_state(&self, state: &super::state::Outgoing) -> io::Result<()> {
+        let fd = state.fd.as_ref().map(AsFd::as_fd);
+        send_with_fd(self.socket.get_ref(), &[&state.message], fd)
     }
 
     /// The next message, or `None` once the other process has closed the channel.
@@ -237,7 +246,12 @@ impl Relay {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
         match (buffer[..bytes].split_first(), fd) {
             (None, None) => Ok(None),
-            (Some((b'S', state)), None) => Ok(Some(Received::State(state.to_vec()))),
+            (Some((b'S', state)), fd) => super::state::Arrived::parse(state, fd)
+                .map(|state| Some(Received::State(state)))
+                .ok_or_else(bad),
+            (Some((b'Q', signal)), None) => Ok(Some(Received::Quit(
+                String::from_utf8_lossy(signal).into_owned(),
+            ))),
             (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
             (Some((b'K', [])), None) => Ok(Some(Received::StopNow)),
             (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
@@ -309,16 +323,6 @@ fn text(message: &[u8]) -> io::Result<(String, &[u8])> {
     Ok((text, &message[4 + len..]))
 }
 
-/// The state message: `S` and the JSON text (empty when it is over [`MAX_STATE`]).
-fn state_message(state: &[u8]) -> Vec<u8> {
-    let state = if state.len() > MAX_STATE {
-        &[][..]
-    } else {
-        state
-    };
-    [&b"S"[..], state].concat()
-}
-
 /// One datagram of `parts`, with `fd` as `SCM_RIGHTS` if given.
 fn send_with_fd(
     socket: &UnixStream,
@@ -333,13 +337,6 @@ fn send_with_fd(
     }
     let parts: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
     rustix::net::sendmsg(socket, &parts, &mut control, SendFlags::NOSIGNAL)
-        .map(drop)
-        .map_err(io::Error::from)
-}
-
-/// One datagram, all of it (a SEQPACKET send is all or nothing).
-fn send_whole(socket: &UnixStream, message: &[u8]) -> io::Result<()> {
-    rustix::net::send(socket, message, SendFlags::NOSIGNAL)
         .map(drop)
         .map_err(io::Error::from)
 }
@@ -378,11 +375,21 @@ mod tests {
             let mut got = [0u8; 4];
             received.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"ping");
-            sender.send_state(br#"{"count":3}"#).await.unwrap();
+            let state = crate::handoff::state::Outgoing::new(Some(br#"{"count":3}"#), 1 << 20);
+            sender.send_state(&state).await.unwrap();
             let Some(Received::State(state)) = receiver.receive(&mut buffer).await.unwrap() else {
                 panic!("expected the state");
             };
-            assert_eq!(state, br#"{"count":3}"#);
+            assert_eq!(state.into_state(1 << 20).unwrap(), br#"{"count":3}"#);
+            // A state too large for a message comes in a sealed memfd, whole.
+            let large = vec![b'7'; 1 << 20];
+            let state = crate::handoff::state::Outgoing::new(Some(&large), 1 << 21);
+            sender.send_state(&state).await.unwrap();
+            let Some(Received::State(state)) = receiver.receive(&mut buffer).await.unwrap() else {
+                panic!("expected the state");
+            };
+            let back = state.into_state(1 << 21).unwrap();
+            assert!(back == large, "{} bytes came back changed", back.len());
             drop(sender);
             assert!(receiver.receive(&mut buffer).await.unwrap().is_none());
         });

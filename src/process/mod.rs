@@ -400,7 +400,7 @@ impl Supervising {
             tasks.push(executor.spawn(async move {
                 // With a relay, the state comes later, from the worker this one replaces,
                 // once that one has stopped serving: exact, as for a single process.
-                let successor = spawn.start(None).await.map_err(|e| (None, e))?;
+                let successor = spawn.start().await.map_err(|e| (None, e))?;
                 emit(&Event::Spawned {
                     pid: successor.pid(),
                 });
@@ -612,13 +612,21 @@ impl Supervising {
         }
     }
 
-    /// Retires every worker and waits for them all, bounded by the drain timeout (then they
-    /// are killed); a second shutdown signal makes them stop at once.
+    /// Stops accepting at once (this process's listeners close, and each worker closes its
+    /// copies when told), then waits for every worker to drain, bounded by the drain timeout
+    /// (then they are killed); a second shutdown signal makes them stop at once.
     async fn shutdown(&mut self, signal: Signal) -> Report {
         self.notify.stopping();
+        let unix_paths: Vec<std::path::PathBuf> = self
+            .listeners
+            .iter()
+            .filter_map(Listener::unix_path)
+            .map(Into::into)
+            .collect();
+        self.listeners.clear();
         let mut retired_channels = Vec::new();
         for worker in std::mem::take(&mut self.workers) {
-            let _ = worker.control.try_retire(None);
+            let _ = worker.control.try_quit(signal);
             self.retiring.push(worker.pid);
             retired_channels.push(worker.control);
         }
@@ -658,7 +666,7 @@ impl Supervising {
             }
             self.reap();
         }
-        for path in self.listeners.iter().filter_map(Listener::unix_path) {
+        for path in unix_paths {
             let _ = std::fs::remove_file(path);
         }
         let cut = self.unclean;

@@ -308,16 +308,22 @@ impl Server {
         self
     }
 
-    /// On a restart with connection hand-over, `hook`'s value (at most 64 KiB of JSON) goes to
-    /// the successor before it serves: warm caches, counters. Default: none.
+    /// On a restart with connection hand-over, `hook`'s value goes to the successor before it
+    /// serves: warm caches, counters, a session table. It is called once this process has
+    /// stopped serving and finished its requests in flight (up to [`Config::state_wait`]), so
+    /// the successor starts from the state after this process's last request. Any size up to
+    /// [`Config::max_state_bytes`] (64 MiB by default; over 64 KiB it travels in a sealed
+    /// memfd); a larger one is not sent, and an event says so. With workers, each new worker
+    /// gets the state of the worker whose place it takes; a worker that crashed leaves none.
+    /// A synchronous closure on the server's thread. Default: none.
     pub fn on_hand_over_state(mut self, hook: impl Fn() -> serde_json::Value + 'static) -> Self {
         self.hooks.set_give(hook);
         self
     }
 
     /// Receives the state the previous process handed over (see
-    /// [`Server::on_hand_over_state`]), before this process serves; not called if it sent none
-    /// or took over a second to send it. Default: none.
+    /// [`Server::on_hand_over_state`]), before this process serves; not called if none came
+    /// (the event `StateInherited` says why). A synchronous closure. Default: none.
     pub fn on_inherit_state(mut self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
         self.hooks.set_take(hook);
         self
@@ -349,7 +355,9 @@ impl Server {
         self
     }
 
-    /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns.
+    /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns, in every
+    /// process model: a single process, each worker, and the supervising process (whose only
+    /// hook this is; its report is a shutdown's).
     pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Report) -> Fut + 'static,
@@ -378,6 +386,13 @@ impl Server {
     /// that cannot be handed over is closed as before. Default: [`Config::hand_over_connections`].
     pub fn hand_over_connections(mut self, on: bool) -> Self {
         self.config.hand_over_connections = on;
+        self
+    }
+
+    /// The largest state a restart carries to the successor (see
+    /// [`Server::on_hand_over_state`]). Default: [`Config::max_state_bytes`].
+    pub fn max_state_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_state_bytes = bytes;
         self
     }
 

@@ -31,6 +31,7 @@ use crate::drain::{ConnectionGuard, Drain};
 use crate::edge::Edge;
 use crate::event::Event;
 use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
+use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
@@ -66,6 +67,9 @@ struct Draining {
     successor: Option<Child>,
     /// This process's end of the successor's relay, for handing connections over.
     outbound: Option<Relay>,
+    /// A worker told to drain by its supervising process (which may send a shutdown signal
+    /// to the whole group as well).
+    from_supervisor: bool,
 }
 
 /// Starts connection tasks: the handlers and the settings every connection gets.
@@ -263,11 +267,12 @@ where
         let bound = config.drain_timeout + STATE_TIMEOUT;
         let started = std::time::Instant::now();
         let state = inherit_state(&relay, &mut relay_buffer, &mut waiting, bound).await;
-        if let Some(state) = &state {
-            hooks.inherit(state);
-        }
+        let state = state
+            .and_then(|state| state.into_state(config.max_state_bytes))
+            .and_then(|state| hooks.inherit(&state).map(|()| state.len()));
         emit(&Event::StateInherited {
-            bytes: state.as_ref().map(Vec::len),
+            bytes: state.as_ref().ok().copied(),
+            why_none: state.as_ref().err().map(String::as_str),
             waited: started.elapsed(),
         });
         inbound.relays.push(relay);
@@ -342,28 +347,61 @@ pub(crate) fn announce(
 }
 
 /// Waits, up to `bound`, for the previous process's state on its relay; what arrives before it
-/// (connections it hands over, relays it forwards) is kept in `waiting`. `None`: no state
-/// came (the relay closed, broke, or the bound passed): this process starts cold.
+/// (connections it hands over, relays it forwards) is kept in `waiting`. An error says why
+/// none came (the relay closed or broke, or the bound passed): this process starts without.
 async fn inherit_state(
     relay: &Relay,
     buffer: &mut Vec<u8>,
     waiting: &mut Vec<Received>,
     bound: std::time::Duration,
-) -> Option<Vec<u8>> {
+) -> Result<Arrived, String> {
     let receive = async {
         loop {
             match relay.receive(buffer).await {
-                Ok(Some(Received::State(state))) => return Some(state),
+                Ok(Some(Received::State(state))) => return Ok(state),
                 Ok(Some(other)) => waiting.push(other),
-                _ => return None,
+                Ok(None) => {
+                    return Err("the relay closed before it came: the previous process \
+                                exited first, or there was none to take over from"
+                        .into());
+                }
+                Err(e) => return Err(format!("the relay failed: {e}")),
             }
         }
     };
     let late = async {
         Timer::after(bound).await;
-        None
+        Err(format!("none came within {bound:?}"))
     };
     receive.or(late).await
+}
+
+/// The application's state as a message for the successor; an event says so when the state
+/// cannot go (over `max` bytes).
+fn outgoing_state(hooks: &Hooks, max: usize, emit: &dyn Fn(&Event<'_>)) -> Outgoing {
+    let outgoing = Outgoing::new(hooks.state().as_deref(), max);
+    if let Content::NotSent { bytes, why } = &outgoing.sent {
+        emit(&Event::StateNotHandedOver {
+            bytes: *bytes,
+            reason: why,
+        });
+    }
+    outgoing
+}
+
+/// Sends `state` on `relay` (`try`: only if there is room at once); an event says so if it
+/// could not go.
+async fn send_state(relay: &Relay, state: &Outgoing, wait: bool, emit: &dyn Fn(&Event<'_>)) {
+    let sent = match wait {
+        true => relay.send_state(state).await,
+        false => relay.try_send_state(state),
+    };
+    if let (Err(error), Content::State(bytes)) = (sent, &state.sent) {
+        emit(&Event::StateNotHandedOver {
+            bytes: *bytes,
+            reason: &error.to_string(),
+        });
+    }
 }
 
 /// What woke the serving loop.
@@ -450,6 +488,7 @@ where
                                 stop: Stop::Shutdown { signal },
                                 successor: None,
                                 outbound: None,
+                                from_supervisor: false,
                             }));
                         }
                         Command::Reap => self.reap(),
@@ -460,22 +499,29 @@ where
                     return Ok(self.upgraded(restart, outcome).await);
                 }
                 // Retired by the supervising process (with the new worker to hand connections
-                // to), or the supervising process is gone: drain and exit either way.
+                // to), the service shuts down, or the supervising process is gone: drain and
+                // exit either way.
                 Wake::Control(message) => {
-                    let retired = matches!(message, Ok(Some(Received::Retire(_))));
-                    let outbound = match message {
-                        Ok(Some(Received::Retire(Some(relay)))) => Relay::new(relay).ok(),
-                        _ => None,
+                    let (stop, outbound) = match message {
+                        Ok(Some(Received::Retire(relay))) => {
+                            (Stop::Retired, relay.and_then(|r| Relay::new(r).ok()))
+                        }
+                        Ok(Some(Received::Quit(name))) => {
+                            let signal = Signal::from_name(&name).unwrap_or(Signal::Term);
+                            (Stop::Shutdown { signal }, None)
+                        }
+                        // The channel stays while the supervising process is there: a second
+                        // shutdown comes on it as "stop at once".
+                        _ => {
+                            self.control = None;
+                            (Stop::Retired, None)
+                        }
                     };
-                    // Retired, the channel stays: a second shutdown comes on it as "stop at
-                    // once". Otherwise the supervising process is gone, and so is the channel.
-                    if !retired {
-                        self.control = None;
-                    }
                     return Ok(Phase::Draining(Draining {
-                        stop: Stop::Retired,
+                        stop,
                         successor: None,
                         outbound,
+                        from_supervisor: self.control.is_some(),
                     }));
                 }
             }
@@ -621,7 +667,7 @@ where
         Ok(async move {
             hooks.spawning().await;
             // The state goes later, once this process has stopped serving (exact).
-            let successor = spawn.start(None).await.map_err(|e| (None, e))?;
+            let successor = spawn.start().await.map_err(|e| (None, e))?;
             emit(&Event::Spawned {
                 pid: successor.pid(),
             });
@@ -648,7 +694,8 @@ where
                     // connections: its relay closes here. It has the PID file now (and
                     // MAINPID); this process is `<pid file>.oldbin`.
                     if let Some(relay) = &relay {
-                        let _ = relay.try_send_state(&self.hooks.state());
+                        let state = self.state();
+                        send_state(relay, &state, false, &*self.emit).await;
                     }
                     self.supervisor.successor_ready(pid);
                     self.supervisor.old_binary(true);
@@ -659,6 +706,7 @@ where
                     stop: Stop::Restart { successor: pid },
                     successor: Some(child),
                     outbound: relay,
+                    from_supervisor: false,
                 })
             }
             Err((pid, error)) => {
@@ -677,18 +725,26 @@ where
     /// After a restart this process keeps its copy of the listeners, unused, until it exits:
     /// should the successor die during the drain, it serves again. The sockets, and every
     /// connection waiting in their accept queues, live on in the successor either way.
+    ///
+    /// A shutdown closes this process's listeners at once: once the last copy of a socket is
+    /// closed, new connections are refused (and those still in its queue reset), which a
+    /// client or load balancer sees at once, instead of being accepted by the kernel and left
+    /// unanswered. (Under socket activation systemd keeps its own copy, and the socket stays
+    /// its business.) A worker closes its copies at any drain: it never serves again, and
+    /// its supervising process holds the sockets.
     async fn draining(&mut self, draining: Draining) -> Phase {
         let Draining {
             stop,
             mut successor,
             mut outbound,
+            from_supervisor,
         } = draining;
+        let shutdown = matches!(stop, Stop::Shutdown { .. });
         self.reap();
         // Not accepting any more: accepts by the successor should not wake this process.
         self.listeners.unwatch();
         // A worker's sockets belong to its supervising process, which ends the service.
-        let last =
-            matches!(stop, Stop::Shutdown { .. }) && self.spawned.is_empty() && !self.is_worker;
+        let last = shutdown && self.spawned.is_empty() && !self.is_worker;
         if last {
             self.supervisor.stopping();
             // A Unix socket's file goes only when serving ends for good: never in a restart
@@ -697,10 +753,14 @@ where
                 let _ = std::fs::remove_file(path);
             }
         }
+        if shutdown || self.is_worker {
+            self.listeners = Listeners::new(Vec::new());
+        }
         // (async-h1's loop cannot hand connections over; with it they close as usual.)
         if cfg!(feature = "async-h1") && self.config.async_h1 {
             if let Some(relay) = outbound.take() {
-                let _ = relay.try_send_state(&self.hooks.state());
+                let state = self.state();
+                send_state(&relay, &state, false, &*self.emit).await;
             }
         }
         if let Some(relay) = outbound.take() {
@@ -719,7 +779,7 @@ where
             pids.push(std::process::id());
             let _ = relay.send_generations(&pids).await;
         }
-        self.drain.start();
+        self.drain.start(shutdown);
         let (connections, requests) = self.open();
         (self.emit)(&Event::Draining {
             connections,
@@ -727,8 +787,9 @@ where
         });
         let deadline = Timer::after(self.config.drain_timeout);
         self.hooks.draining().await;
-        let retired = matches!(stop, Stop::Retired);
-        let ending = self.drain_ending(&mut successor, deadline, retired).await;
+        let ending = self
+            .drain_ending(&mut successor, deadline, from_supervisor)
+            .await;
         let (cut, dropped, upgraded) = match ending {
             Ending::Drained => (0, 0, 0),
             Ending::Cut => {
@@ -784,17 +845,15 @@ where
     }
 
     /// How the drain ends: every connection done, the timer, a second shutdown signal, or the
-    /// successor exiting.
+    /// successor exiting. `from_supervisor`: the supervising process started this drain.
     async fn drain_ending(
         &mut self,
         successor: &mut Option<Child>,
         deadline: Timer,
-        retired: bool,
+        from_supervisor: bool,
     ) -> Ending {
         let state_wait = &self.config.state_wait;
-        // A successor this process spawned waits for the state; a worker's replacement got
-        // its (empty) state from the supervising process already.
-        let owes_state = !self.is_worker;
+        let max_state = &self.config.max_state_bytes;
         let Process {
             connections,
             hooks,
@@ -823,7 +882,7 @@ where
         // only once it has it, so it starts from the state after this process's last request.
         let state_sent = std::cell::Cell::new(false);
         let hand_state = async {
-            if let Some(relay) = drain.relay().filter(|_| owes_state) {
+            if let Some(relay) = drain.relay() {
                 if hooks.has_state() {
                     let wait = Timer::after(*state_wait);
                     drain
@@ -833,8 +892,9 @@ where
                         })
                         .await;
                 }
-                // (Bounded by the relay: a successor that does not read it starts cold.)
-                let _ = relay.send_state(&hooks.state()).await;
+                // (Bounded by the relay: a successor that does not read it starts without.)
+                let state = outgoing_state(hooks, *max_state, &**emit);
+                send_state(&relay, &state, true, &**emit).await;
             }
             state_sent.set(true);
         };
@@ -853,7 +913,7 @@ where
         // A worker retired by its supervising process takes a shutdown signal (a Ctrl-C to the
         // whole group reaches it too) as the one that started this drain; a second one, or the
         // supervisor's "stop at once", cuts it.
-        let mut group_copy_expected = retired;
+        let mut group_copy_expected = from_supervisor;
         let signalled = async {
             loop {
                 match signals.next().await {
@@ -906,13 +966,19 @@ where
             }
         };
         let ending = finished.or(signalled).or(stop_now).or(timeout).await;
-        if !state_sent.get() && !self.is_worker {
+        if !state_sent.get() {
             // Cut before the state went: the successor still gets it (best effort).
             if let Some(relay) = self.drain.relay() {
-                let _ = relay.try_send_state(&self.hooks.state());
+                let state = self.state();
+                send_state(&relay, &state, false, &*self.emit).await;
             }
         }
         ending
+    }
+
+    /// The application's state, as a message for the successor.
+    fn state(&self) -> Outgoing {
+        outgoing_state(&self.hooks, self.config.max_state_bytes, &*self.emit)
     }
 
     fn reap(&mut self) {
