@@ -41,12 +41,13 @@ fn main() -> ExitCode {
         ignore_drain: false,
     };
     let mut tls_files: (Option<String>, Option<String>) = (None, None);
+    let mut workers = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--no-hand-over" => options.hand_over = false,
             "--ignore-drain" => options.ignore_drain = true,
-            "--addr" | "--drain-timeout" | "--tls-cert" | "--tls-key" => {
+            "--addr" | "--drain-timeout" | "--tls-cert" | "--tls-key" | "--workers" => {
                 let Some(value) = args.next() else {
                     return usage(&format!("{flag} needs a value"));
                 };
@@ -54,6 +55,10 @@ fn main() -> ExitCode {
                     "--addr" => addr = value,
                     "--tls-cert" => tls_files.0 = Some(value),
                     "--tls-key" => tls_files.1 = Some(value),
+                    "--workers" => match value.parse() {
+                        Ok(n) => workers = Some(n),
+                        Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
+                    },
                     _ => match parse_seconds(&value) {
                         Some(timeout) => drain_timeout = timeout,
                         None => {
@@ -78,14 +83,17 @@ fn main() -> ExitCode {
         )),
     });
     let server = match server {
-        Ok(server) => server
-            .drain_timeout(drain_timeout)
-            .hand_over_connections(options.hand_over)
-            // A WebSocket the previous process moved here: go on echoing, from this pid.
-            .on_upgraded(ECHO, move |upgraded, state| {
-                let socket = Socket::resumed(upgraded, &state);
-                smol::spawn(echo(socket, pid, baton::draining(), options)).detach();
-            }),
+        Ok(server) => match workers {
+            Some(n) => server.workers(n),
+            None => server,
+        }
+        .drain_timeout(drain_timeout)
+        .hand_over_connections(options.hand_over)
+        // A WebSocket the previous process moved here: go on echoing, from this pid.
+        .on_upgraded(ECHO, move |upgraded, state| {
+            let socket = Socket::resumed(upgraded, &state);
+            smol::spawn(echo(socket, pid, baton::draining(), options)).detach();
+        }),
         Err(error) => {
             eprintln!("websocket: {error}");
             return ExitCode::FAILURE;
@@ -103,7 +111,8 @@ fn main() -> ExitCode {
 
 fn usage(message: &str) -> ExitCode {
     eprintln!(
-        "{message}\nusage: websocket [--addr HOST:PORT] [--drain-timeout 5s] [--ignore-drain]"
+        "{message}\nusage: websocket [--addr HOST:PORT] [--drain-timeout 5s] [--workers N] \
+         [--no-hand-over] [--ignore-drain]"
     );
     ExitCode::from(2)
 }

@@ -154,6 +154,9 @@ pub enum Event<'a> {
         /// per place; a serving worker killed by SIGKILL is always replaced at once). `None`:
         /// it was retiring.
         replaced_in: Option<std::time::Duration>,
+        /// It died with the application's state (it had state hooks, and did not retire):
+        /// its replacement starts without it.
+        state_lost: bool,
     },
     /// A restart is complete: every worker is of the new generation.
     Restarted {
@@ -299,35 +302,37 @@ impl fmt::Display for Event<'_> {
                 pid,
                 status,
                 replaced_in: None,
+                ..
             } => write!(f, "worker {pid} exited ({status}), retired"),
             Event::WorkerExited {
                 pid,
                 status,
                 replaced_in: Some(delay),
-            } if status.success() => write!(
-                f,
-                "worker {pid} exited ({status}); a new one starts in {delay:?} unless the \
-                 service is stopping"
-            ),
-            Event::WorkerExited {
-                pid,
-                status,
-                replaced_in: Some(delay),
-            } if delay.is_zero() => {
-                write!(
-                    f,
-                    "worker {pid} exited ({status}) unexpectedly; replacing it"
-                )
+                state_lost,
+            } => {
+                let lost = match state_lost {
+                    true => "; its state is lost, and its replacement starts without it",
+                    false => "",
+                };
+                if status.success() {
+                    write!(
+                        f,
+                        "worker {pid} exited ({status}){lost}; a new one starts in {delay:?} \
+                         unless the service is stopping"
+                    )
+                } else if delay.is_zero() {
+                    write!(
+                        f,
+                        "worker {pid} exited ({status}) unexpectedly{lost}; replacing it"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "worker {pid} exited ({status}) unexpectedly{lost}; the workers in its \
+                         place keep dying soon after they start, replacing it in {delay:?}"
+                    )
+                }
             }
-            Event::WorkerExited {
-                pid,
-                status,
-                replaced_in: Some(delay),
-            } => write!(
-                f,
-                "worker {pid} exited ({status}) unexpectedly; the workers in its place keep \
-                 dying soon after they start, replacing it in {delay:?}"
-            ),
             Event::Restarted {
                 generation,
                 workers,

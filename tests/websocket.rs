@@ -170,3 +170,25 @@ fn a_websocket_that_ignores_the_drain_is_closed_at_the_timeout_and_counted() {
     // The client sees the connection end.
     assert!(next(&mut socket).is_none_or(|m| m.is_close()));
 }
+
+/// With workers (`--workers 1`), a WebSocket moves from each old worker to the new one in its
+/// place: the same connection, answered by each new worker.
+#[test]
+fn one_websocket_stays_open_across_restarts_of_a_supervising_process() {
+    let server = websocket(&["--workers", "1"]);
+    let [mut worker] = server.workers_ready(1, 1)[..] else {
+        panic!("one worker")
+    };
+    let mut socket = connect(server.addr);
+    assert_eq!(say(&mut socket, "0"), format!("{worker}: 0"));
+    for generation in 2..=5 {
+        server.restart_workers(generation);
+        let [next] = server.workers_ready(generation, 1)[..] else {
+            panic!("one worker")
+        };
+        assert!(wait_gone(worker, DEADLINE), "{}", server.dump());
+        let i = generation.to_string();
+        assert_eq!(say(&mut socket, &i), format!("{next}: {i}"));
+        worker = next;
+    }
+}

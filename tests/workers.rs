@@ -17,40 +17,13 @@ fn binary() -> Vec<u8> {
 
 /// The workers of generation `generation` once `count` of them are ready (their pids).
 fn workers_ready(server: &Server, generation: u64, count: usize) -> Vec<u32> {
-    server.wait_for(
-        &format!("{count} workers of generation {generation}"),
-        |lines| {
-            let ready: Vec<u32> = lines
-                .iter()
-                .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
-                .filter_map(|l| l.worker_ready())
-                .filter(|&(_, g)| g == generation)
-                .map(|(pid, _)| pid)
-                .collect();
-            (ready.len() >= count).then_some(ready)
-        },
-    )
+    server.workers_ready(generation, count)
 }
 
 /// SIGHUP to the supervising process; waits until generation `next` serves and the
 /// supervising process has re-executed itself in place.
 fn restart(server: &Server, next: u64) {
-    signal(server.pid, Signal::HUP);
-    server.wait_for(&format!("generation {next} restarted"), |lines| {
-        lines
-            .iter()
-            .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
-            .any(|l| l.restarted() == Some(next))
-            .then_some(())
-    });
-    let resumed = format!("(re-executed in place, generation {next})");
-    server.wait_for(&resumed, |lines| {
-        lines
-            .iter()
-            .filter_map(|l| log::parse(l).filter(|l| l.pid == server.log_pid))
-            .any(|l| l.message.starts_with("supervising") && l.message.ends_with(&resumed))
-            .then_some(())
-    });
+    server.restart_workers(next);
 }
 
 /// Distinct pids answering `/hello` on fresh connections, until `want` are seen.

@@ -600,6 +600,7 @@ impl Supervising {
                 pid,
                 status,
                 replaced_in: Some(replaced_in),
+                state_lost: self.hooks.has_state(),
             });
         } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
             self.retiring.remove(at);
@@ -608,6 +609,7 @@ impl Supervising {
                 pid,
                 status,
                 replaced_in: None,
+                state_lost: false,
             });
         }
     }

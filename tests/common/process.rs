@@ -367,6 +367,50 @@ impl Server {
         successor
     }
 
+    /// (A supervising process) the workers of generation `generation` once `count` of them
+    /// are ready (their pids).
+    pub fn workers_ready(&self, generation: u64, count: usize) -> Vec<u32> {
+        self.wait_for(
+            &format!("{count} workers of generation {generation}"),
+            |lines| {
+                let ready: Vec<u32> = lines
+                    .iter()
+                    .filter_map(|l| log::parse(l).filter(|l| l.pid == self.log_pid))
+                    .filter_map(|l| l.worker_ready())
+                    .filter(|&(_, g)| g == generation)
+                    .map(|(pid, _)| pid)
+                    .collect();
+                (ready.len() >= count).then_some(ready)
+            },
+        )
+    }
+
+    /// (A supervising process) SIGHUP; waits until generation `next` serves and the
+    /// supervising process has re-executed itself in place.
+    pub fn restart_workers(&self, next: u64) {
+        signal(self.pid, Signal::HUP);
+        let mine = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| log::parse(l).is_some_and(|l| l.pid == self.log_pid))
+                .cloned()
+                .collect()
+        };
+        self.wait_for(&format!("generation {next} restarted"), |lines| {
+            let lines = mine(lines);
+            let mut parsed = lines.iter().filter_map(|l| log::parse(l));
+            parsed.any(|l| l.restarted() == Some(next)).then_some(())
+        });
+        let resumed = format!("(re-executed in place, generation {next})");
+        self.wait_for(&resumed, |lines| {
+            let lines = mine(lines);
+            let mut parsed = lines.iter().filter_map(|l| log::parse(l));
+            parsed
+                .any(|l| l.message.starts_with("supervising") && l.message.ends_with(&resumed))
+                .then_some(())
+        });
+    }
+
     /// Every pid that logged, or was logged as a spawned child (it may not have logged yet).
     pub fn pids(&self) -> HashSet<u32> {
         let lines = self.lines();
