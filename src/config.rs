@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The server's settings. `Config::default()` holds every default; [`crate::Server::config`]
+/// The server's settings. `Config::default()` holds every default; [`crate::Server::with_config`]
 /// takes a whole one, and each builder method (`drain_timeout`, …) sets one field.
 ///
 /// ```
@@ -80,8 +80,10 @@ pub struct Config {
     /// and serves through this many worker processes, each a copy of this binary serving as a
     /// single-process server would. `Some(0)`: one process that restarts by replacing itself
     /// (the Go original's model). Default: `None`, which means one worker when this process
-    /// is PID 1 (in a container, where a process that replaces itself would end the
-    /// container), else `Some(0)`'s model.
+    /// is PID 1, or its parent is the init of a PID namespace that is not the host's (tini,
+    /// dumb-init, `docker run --init`): there a process that replaces itself would end the
+    /// container. Else `Some(0)`'s model. A single process in those places refuses restarts
+    /// rather than end the service.
     pub workers: Option<usize>,
     /// Serve with async-h1's codec instead of baton's own (feature `async-h1`, for comparison).
     /// Default: `false`.

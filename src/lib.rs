@@ -22,7 +22,7 @@
 //! |---|---|
 //! | SIGHUP | restart: start a successor, wait until it is ready, then drain and return |
 //! | SIGUSR2 | nginx's binary upgrade: start a successor and serve beside it (`<pid file>.oldbin`) |
-//! | SIGINT, SIGQUIT, SIGTERM | drain and return; a second one returns at once |
+//! | SIGINT, SIGQUIT, SIGTERM | close the listening sockets (new connections are refused), drain and return; a second one returns at once |
 //!
 //! Hooks (`on_spawn`, `on_ready`, `on_drain`, `on_exit`) run the application's code at those
 //! turning points; they are async and run on the server's thread (for synchronous work, do it
@@ -30,7 +30,7 @@
 //! [`draining`]; an upgraded connection ([`upgrade`], a WebSocket say) can move to the
 //! successor ([`Upgraded::hand_over`], [`Server::on_upgraded`]).
 //!
-//! With [`Server::workers`] (the default as PID 1, in a container), the process becomes a
+//! With [`Server::workers`] (the default as PID 1 or behind a container's init), the process becomes a
 //! supervising process that keeps the PID and the sockets and serves through worker
 //! processes, each exactly such a server; a restart replaces every worker and then
 //! re-executes the supervising process in place. [`reload`] restarts a server by its pid file

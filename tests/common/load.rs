@@ -38,6 +38,8 @@ impl Stats {
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Stats>>,
+    /// Every pid that answered so far, while the load runs.
+    served: Arc<(Mutex<HashSet<u32>>, Condvar)>,
 }
 
 impl Load {
@@ -69,10 +71,12 @@ impl Load {
         addr: SocketAddr,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new((Mutex::new(HashSet::new()), Condvar::new()));
         let threads = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
                 let request = request.clone();
+                let served = served.clone();
                 std::thread::spawn(move || {
                     let mut client = Client::new(addr);
                     let mut stats = Stats::default();
@@ -80,7 +84,12 @@ impl Load {
                         match request(&mut client) {
                             Ok(reply) if reply.status == 200 => {
                                 stats.ok += 1;
-                                stats.pids.extend(reply.pid());
+                                if let Some(pid) = reply.pid() {
+                                    if stats.pids.insert(pid) {
+                                        served.0.lock().unwrap().insert(pid);
+                                        served.1.notify_all();
+                                    }
+                                }
                             }
                             Ok(reply) => stats.failures.push(Failure::Status(reply.status)),
                             Err(failure) => stats.failures.push(failure),
@@ -91,7 +100,23 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            threads,
+            served,
+        }
+    }
+
+    /// Waits until `pid` has answered one of the clients; panics after [`DEADLINE`].
+    pub fn wait_served_by(&self, pid: u32) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut served = self.served.0.lock().unwrap();
+        while !served.contains(&pid) {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("{pid} answered no client within {DEADLINE:?}"));
+            served = self.served.1.wait_timeout(served, left).unwrap().0;
+        }
     }
 
     /// Stops the clients and sums up what they saw.
