@@ -12,7 +12,9 @@
 //! `sh -c "exit N"` and answers the exit status it got, `GET /orphan?ms=N` leaves a
 //! process behind that exits N ms later (and answers its pid), `GET /events` serves
 //! server-sent events (every 100 ms, continuing after `Last-Event-ID`, ending when a drain
-//! starts), `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a
+//! starts; `GET /events-elsewhere` the same, produced on a thread of its own), `GET
+//! /draining-elsewhere?ms=N` answers whether a thread the server does not run saw the drain
+//! notice within N ms, `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a
 //! connection that echoes every byte, `PUT /note` keeps the request body (UTF-8 text, up to
 //! `--max-body-bytes`) in the state handed to each successor and `GET /note` answers it;
 //! anything else is 404.
@@ -322,6 +324,73 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
             response.set_body(http_types::Body::from_reader(events, None));
             Ok(response)
         }
+        (Method::Get, "/events-elsewhere") => {
+            // The same events, produced on a thread of its own with its own executor (as a
+            // framework's streams run on its runtime's threads): the drain notice reaches it
+            // there, and the stream ends with its last whole event.
+            let after = req
+                .header("last-event-id")
+                .and_then(|v| v.as_str().trim().parse::<u64>().ok());
+            let mut next = after.map_or(0, |id| id + 1);
+            let (sender, receiver) = smol::channel::bounded::<Vec<u8>>(4);
+            let notice = baton::drain_notice();
+            std::thread::spawn(move || {
+                smol::block_on(async move {
+                    let _ = sender.send(b"retry: 0\n\n".to_vec()).await;
+                    loop {
+                        let tick = async {
+                            async_io::Timer::after(Duration::from_millis(100)).await;
+                            true
+                        };
+                        let drained = async {
+                            notice.wait().await;
+                            false
+                        };
+                        if !smol::future::or(tick, drained).await {
+                            break;
+                        }
+                        let event = format!("id: {next}\ndata: event {next} from {pid}\n\n");
+                        if sender.send(event.into_bytes()).await.is_err() {
+                            break;
+                        }
+                        next += 1;
+                    }
+                });
+            });
+            let mut response = Response::new(StatusCode::Ok);
+            response.insert_header("content-type", "text/event-stream");
+            response.insert_header("cache-control", "no-store");
+            let body = smol::io::BufReader::new(Received {
+                receiver: Box::pin(receiver),
+                pending: Vec::new(),
+            });
+            response.set_body(http_types::Body::from_reader(body, None));
+            Ok(response)
+        }
+        (Method::Get, "/draining-elsewhere") => {
+            // Whether a thread the server does not run sees the drain: it waits for the
+            // notice up to `ms` (default 1000) and answers what it saw.
+            let ms = query(&req, "ms").unwrap_or(1000).min(SLOW_CAP_MS);
+            let notice = baton::drain_notice();
+            let seen = smol::unblock(move || {
+                let waited = smol::future::or(
+                    async {
+                        notice.wait().await;
+                        true
+                    },
+                    async {
+                        async_io::Timer::after(Duration::from_millis(ms)).await;
+                        false
+                    },
+                );
+                (smol::block_on(waited), baton::is_draining())
+            })
+            .await;
+            Ok(Response::from(format!(
+                "notice {}, is_draining {}\n",
+                seen.0, seen.1
+            )))
+        }
         (Method::Get, "/stream") => {
             // A body of unknown length: sent chunked.
             let lines = query(&req, "lines").unwrap_or(3).min(10_000);
@@ -335,8 +404,18 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
         }
         (
             _,
-            "/hello" | "/slow" | "/echo" | "/stream" | "/events" | "/drip" | "/child-env"
-            | "/orphan" | "/exit-status" | "/note",
+            "/hello"
+            | "/slow"
+            | "/echo"
+            | "/stream"
+            | "/events"
+            | "/drip"
+            | "/child-env"
+            | "/orphan"
+            | "/exit-status"
+            | "/note"
+            | "/events-elsewhere"
+            | "/draining-elsewhere",
         ) => Ok(Response::new(StatusCode::MethodNotAllowed)),
         _ => Ok(Response::new(StatusCode::NotFound)),
     }
@@ -365,6 +444,35 @@ impl smol::io::AsyncRead for Drip {
                 std::task::Poll::Ready(Ok(1))
             }
         }
+    }
+}
+
+/// A body read from a channel that another thread writes into; it ends when that thread
+/// closes the channel.
+struct Received {
+    receiver: std::pin::Pin<Box<smol::channel::Receiver<Vec<u8>>>>,
+    pending: Vec<u8>,
+}
+
+impl smol::io::AsyncRead for Received {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match this.receiver.as_mut().poll_next(cx) {
+                Poll::Ready(Some(bytes)) => this.pending = bytes,
+                Poll::Ready(None) => return Poll::Ready(Ok(0)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = buf.len().min(this.pending.len());
+        buf[..n].copy_from_slice(&this.pending[..n]);
+        this.pending.drain(..n);
+        Poll::Ready(Ok(n))
     }
 }
 

@@ -5,39 +5,88 @@
 //! thread, so plain `Cell`s suffice. Connections hold a [`ConnectionGuard`] for their whole
 //! life and a [`RequestGuard`] from the moment a request head is read until its response is
 //! written.
+//!
+//! The drain notice the application sees ([`DrainNotice`], `baton::draining()`) is the
+//! process's, not a thread's: a task on any thread or executor (smol's global executor, a
+//! thread of its own, another runtime) learns of the drain as the server's thread does.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use smol::channel::{self, Receiver, Sender};
 
-thread_local! {
-    /// Whether the server on this thread is draining, for handlers: see [`crate::is_draining`].
-    static DRAINING: Cell<bool> = const { Cell::new(false) };
-    /// Closed when this thread's server starts draining; replaced if it serves again.
-    static NOTICE: std::cell::RefCell<(Sender<()>, Receiver<()>)> =
-        std::cell::RefCell::new(channel::bounded(1));
+/// Whether this process is draining (see [`DrainNotice::is_draining`]).
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Closed when this process starts draining; replaced if it serves again. Made on first use.
+static NOTICE: Mutex<Option<(Sender<()>, Receiver<()>)>> = Mutex::new(None);
+
+/// The current notice channel's receiver (made on first use).
+fn receiver() -> Receiver<()> {
+    let mut notice = NOTICE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    notice.get_or_insert_with(|| channel::bounded(1)).1.clone()
 }
 
 /// Serving again after a drain was given up (the successor died during it).
 pub(crate) fn resume() {
-    DRAINING.with(|flag| flag.set(false));
-    NOTICE.with(|notice| *notice.borrow_mut() = channel::bounded(1));
+    let mut notice = NOTICE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *notice = Some(channel::bounded(1));
+    DRAINING.store(false, Ordering::SeqCst);
 }
 
-/// A future that completes once the server on this thread starts draining (at once if it
-/// already is). The future itself can move to any thread.
-pub(crate) fn notice() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    let receiver = NOTICE.with(|notice| notice.borrow().1.clone());
-    async move {
-        // Never carries a message: recv returns when the sender is closed.
-        let _ = receiver.recv().await;
+/// Tells every [`DrainNotice`] that this process drains.
+fn announce() {
+    let mut notice = NOTICE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    DRAINING.store(true, Ordering::SeqCst);
+    notice.get_or_insert_with(|| channel::bounded(1)).0.close();
+}
+
+/// The drain notice: cheap to clone, `Send + Sync`, usable from any thread and any executor.
+/// Take one with [`crate::drain_notice`]; [`DrainNotice::wait`] completes once this process
+/// starts draining (at once if it already is), [`DrainNotice::is_draining`] says whether it
+/// has. A streaming response or a long-lived connection ends (or moves) when it fires.
+///
+/// A notice taken before a drain that was given up (the successor died during it, and this
+/// process serves again) has fired; take a new one to wait for the next drain.
+#[derive(Debug, Clone)]
+pub struct DrainNotice {
+    receiver: Receiver<()>,
+}
+
+impl DrainNotice {
+    pub(crate) fn new() -> DrainNotice {
+        DrainNotice {
+            receiver: receiver(),
+        }
+    }
+
+    /// `true` once this process has started draining (a restart handed over to a successor,
+    /// or a shutdown signal), and until it serves again.
+    pub fn is_draining(&self) -> bool {
+        DRAINING.load(Ordering::SeqCst)
+    }
+
+    /// Completes when this process starts draining. The future is `Send + Sync + 'static`:
+    /// await it on any thread.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + Sync + use<> {
+        let receiver = self.receiver.clone();
+        async move {
+            // Never carries a message: recv returns when the sender is closed.
+            let _ = receiver.recv().await;
+        }
     }
 }
 
-/// `true` once the server running on this thread has started draining.
+/// `true` once this process has started draining.
 pub(crate) fn is_draining() -> bool {
-    DRAINING.with(Cell::get)
+    DRAINING.load(Ordering::SeqCst)
 }
 
 #[derive(Debug)]
@@ -109,8 +158,7 @@ impl Drain {
     pub(crate) fn start(&self, shutdown: bool) {
         self.shutdown.set(shutdown);
         self.draining.set(true);
-        DRAINING.with(|flag| flag.set(true));
-        NOTICE.with(|notice| notice.borrow().0.close());
+        announce();
         self.started.0.close();
     }
 

@@ -135,19 +135,27 @@ pub use config::Config;
 pub use conn::{UpgradeReceiver, Upgraded, upgrade};
 pub use event::Event;
 
-/// `true` once the server serving on this thread has started draining (after a restart handed
-/// over, or a shutdown signal). Handlers run on that thread, so a health check can report it.
+/// `true` once this process has started draining (after a restart handed over, or a shutdown
+/// signal), on any thread: a health check can report it.
 pub fn is_draining() -> bool {
     drain::is_draining()
 }
 
-/// Completes when the server serving on this thread starts draining (at once if it already
-/// is): call it in a handler, and await it wherever the long-lived work runs (the future can
-/// move to another thread). A streaming response or an upgraded connection (a WebSocket)
-/// uses it to end cleanly: end the body, or send close code 1012 (service restart).
+/// Completes when this process starts draining (at once if it already is), awaited on any
+/// thread and any executor: a streaming response or an upgraded connection (a WebSocket)
+/// uses it to end cleanly (end the body, or send close code 1012, service restart), or to
+/// move. Same as `drain_notice().wait()`.
 pub fn draining() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    drain::notice()
+    drain::DrainNotice::new().wait()
 }
+
+/// This process's drain notice, to keep and clone into tasks on any thread (see
+/// [`DrainNotice`]).
+pub fn drain_notice() -> DrainNotice {
+    drain::DrainNotice::new()
+}
+
+pub use drain::DrainNotice;
 pub use listener::{Address, LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};
