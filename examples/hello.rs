@@ -16,7 +16,8 @@
 //! /draining-elsewhere?ms=N` answers whether a thread the server does not run saw the drain
 //! notice within N ms, `GET /drip?ms=N` sends a byte every N ms, `GET /raw-echo` upgrades (101) to a
 //! connection that echoes every byte, `PUT /note` keeps the request body (UTF-8 text, up to
-//! `--max-body-bytes`) in the state handed to each successor and `GET /note` answers it;
+//! `--max-body-bytes`) in the state handed to each successor and `GET /note` answers it,
+//! `GET /fail?status=N` returns a handler error (default 500, "the database is down");
 //! anything else is 404.
 
 use std::cell::{Cell, RefCell};
@@ -212,6 +213,16 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
             Ok(Response::from(format!("kept {bytes} bytes\n")))
         }
         (Method::Get, "/note") => Ok(Response::from(state.note.borrow().clone())),
+        (Method::Get, "/fail") => {
+            // A handler error: the client sees the status (a 5xx only its reason), the
+            // server's log the message.
+            let status = query(&req, "status").unwrap_or(500);
+            let status = u16::try_from(status).unwrap_or(500);
+            Err(http_types::Error::from_str(
+                StatusCode::try_from(status).unwrap_or(StatusCode::InternalServerError),
+                "the database is down",
+            ))
+        }
         (Method::Get, "/count") => {
             // Counts across restarts: the count travels to each successor with hand-over.
             count.set(count.get() + 1);
@@ -414,6 +425,7 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
             | "/orphan"
             | "/exit-status"
             | "/note"
+            | "/fail"
             | "/events-elsewhere"
             | "/draining-elsewhere",
         ) => Ok(Response::new(StatusCode::MethodNotAllowed)),

@@ -107,11 +107,24 @@ pub(crate) struct Drain {
     ended: (Sender<()>, Receiver<()>),
     /// Where idle connections go instead of being closed, while the successor takes them.
     relay: std::cell::RefCell<Option<Rc<crate::handoff::relay::Relay>>>,
+    /// Where the connections' events go (a handler's error answered 5xx).
+    events: Events,
+}
+
+/// The server's event sink, as the connections see it.
+#[derive(Clone)]
+pub(crate) struct Events(pub(crate) Rc<dyn Fn(&crate::Event<'_>)>);
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
 }
 
 impl Drain {
-    pub(crate) fn new() -> Rc<Drain> {
+    pub(crate) fn new(events: Events) -> Rc<Drain> {
         Rc::new(Drain {
+            events,
             draining: Cell::new(false),
             shutdown: Cell::new(false),
             connections: Cell::new(0),
@@ -126,6 +139,11 @@ impl Drain {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.get()
+    }
+
+    /// Reports `event` (from a connection) to the server's sink.
+    pub(crate) fn report(&self, event: &crate::Event<'_>) {
+        (self.events.0)(event);
     }
 
     /// Draining for a shutdown (not a restart).
@@ -269,7 +287,7 @@ mod tests {
     #[test]
     fn finishes_when_the_last_connection_ends() {
         smol::block_on(async {
-            let drain = Drain::new();
+            let drain = Drain::new(Events(Rc::new(|_| {})));
             let a = drain.connection();
             let b = drain.connection();
             let request = drain.request();

@@ -184,6 +184,89 @@ pub enum Event<'a> {
         /// Of those, upgraded connections (WebSockets, say).
         upgraded: usize,
     },
+    /// A handler's error became a 5xx response: the client sees only the status's reason, so
+    /// the error's message is here.
+    HandlerFailed {
+        /// The request's method.
+        method: http_types::Method,
+        /// The status sent.
+        status: http_types::StatusCode,
+        /// The error, as the handler returned it.
+        error: &'a http_types::Error,
+    },
+}
+
+/// How much an event matters, as the `log` facade's levels say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// The service, or a restart, failed: a successor that never served, a handler error
+    /// answered 5xx, an exec that failed.
+    Error,
+    /// Something went wrong and the server carried on: a signal ignored, an accept that
+    /// failed, a worker that died, state that did not move, requests cut by a drain.
+    Warn,
+    /// A step of a restart or shutdown.
+    Info,
+    /// Routine detail (an orphan reaped).
+    Debug,
+}
+
+impl Level {
+    /// Its name, lower case (`error`, `warn`, `info`, `debug`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// Why a successor has no state when its predecessor had none to give: expected, not a
+/// warning.
+pub(crate) const HAD_NO_STATE: &str = "the previous process had none";
+
+impl Event<'_> {
+    /// How much this event matters.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::SpawnFailed { .. }
+            | Event::SuccessorExited { .. }
+            | Event::ReexecFailed { .. }
+            | Event::HandlerFailed { .. } => Level::Error,
+            Event::EnvironmentKept { .. }
+            | Event::StateNotHandedOver { .. }
+            | Event::GenerationEnded { .. }
+            | Event::Ignored { .. }
+            | Event::AcceptFailed { .. } => Level::Warn,
+            Event::StateInherited {
+                why_none: Some(why),
+                ..
+            } if *why != HAD_NO_STATE => Level::Warn,
+            Event::WorkerExited {
+                status,
+                replaced_in,
+                ..
+            } if !status.success() || replaced_in.is_some() => Level::Warn,
+            Event::Exiting { cut, dropped, .. } if cut + dropped > 0 => Level::Warn,
+            Event::ChildExited { .. } => Level::Debug,
+            _ => Level::Info,
+        }
+    }
+}
+
+/// Sends `event` to the `log` facade (feature `log`), under the target `baton` at its
+/// [`Event::level`]: `Server::on_event(baton::log_event)`.
+#[cfg(feature = "log")]
+pub fn log_event(event: &Event<'_>) {
+    let level = match event.level() {
+        Level::Error => log::Level::Error,
+        Level::Warn => log::Level::Warn,
+        Level::Info => log::Level::Info,
+        Level::Debug => log::Level::Debug,
+    };
+    log::log!(target: "baton", level, "{event}");
 }
 
 impl fmt::Display for Event<'_> {
@@ -343,6 +426,16 @@ impl fmt::Display for Event<'_> {
             Event::ReexecFailed { error } => {
                 write!(f, "re-executing in place failed: {error}; carrying on")
             }
+            Event::HandlerFailed {
+                method,
+                status,
+                error,
+            } => write!(
+                f,
+                "a handler failed, answered {} {} to a {method}: {error}",
+                u16::from(*status),
+                status.canonical_reason()
+            ),
             Event::Exiting {
                 cut,
                 dropped,
@@ -358,5 +451,94 @@ impl fmt::Display for Event<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_has_a_level() {
+        let error = io::Error::other("no such file");
+        let failed = Event::SpawnFailed {
+            pid: None,
+            error: &error,
+        };
+        assert_eq!(failed.level(), Level::Error);
+        let ignored = Event::Ignored {
+            signal: Signal::Hup,
+            reason: "draining",
+        };
+        assert_eq!(ignored.level(), Level::Warn);
+        assert_eq!(Event::Spawned { pid: 7 }.level(), Level::Info);
+        let had_none = Event::StateInherited {
+            bytes: None,
+            why_none: Some(HAD_NO_STATE),
+            waited: std::time::Duration::ZERO,
+        };
+        assert_eq!(had_none.level(), Level::Info);
+        let lost = Event::StateInherited {
+            bytes: None,
+            why_none: Some("none came within 6s"),
+            waited: std::time::Duration::ZERO,
+        };
+        assert_eq!(lost.level(), Level::Warn);
+        let cut = Event::Exiting {
+            cut: 1,
+            dropped: 1,
+            upgraded: 0,
+        };
+        assert_eq!(cut.level(), Level::Warn);
+        let handler = http_types::Error::from_str(500, "the database is down");
+        let handler = Event::HandlerFailed {
+            method: http_types::Method::Get,
+            status: handler.status(),
+            error: &handler,
+        };
+        assert_eq!(handler.level(), Level::Error);
+        let text = handler.to_string();
+        assert!(
+            text.contains("500") && text.contains("the database is down"),
+            "{text}"
+        );
+    }
+
+    #[cfg(feature = "log")]
+    #[test]
+    fn log_event_sends_the_line_at_its_level() {
+        use std::sync::Mutex;
+        type Line = (log::Level, String, String);
+        static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+        struct Capture;
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record<'_>) {
+                let line = (
+                    record.level(),
+                    record.target().to_owned(),
+                    record.args().to_string(),
+                );
+                LINES.lock().unwrap().push(line);
+            }
+            fn flush(&self) {}
+        }
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+        log_event(&Event::Spawned { pid: 42 });
+        let error = io::Error::other("no such file");
+        let failed = Event::SpawnFailed {
+            pid: None,
+            error: &error,
+        };
+        log_event(&failed);
+        let lines = LINES.lock().unwrap();
+        let want: [Line; 2] = [
+            (log::Level::Info, "baton".into(), "spawned child 42".into()),
+            (log::Level::Error, "baton".into(), failed.to_string()),
+        ];
+        assert_eq!(lines[..], want);
     }
 }

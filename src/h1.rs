@@ -105,7 +105,7 @@ pub(crate) async fn serve<F, Fut>(
         let mut close_after = asks_close(request.header("Connection"));
         let mut response = match handler(request).await {
             Ok(response) => response,
-            Err(error) => error_response(error),
+            Err(error) => error_response(error, method, &drain),
         };
         close_after |= wants_close(&response) || drain.is_draining();
         if close_after {

@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use http_types::Response;
+//! use baton::http_types::Response;
 //!
 //! fn main() -> std::io::Result<()> {
 //!     let server = baton::Server::bind("127.0.0.1:8080")?.drain_timeout(Duration::from_secs(5));
@@ -133,7 +133,9 @@ pub mod fuzzing {
 
 pub use config::Config;
 pub use conn::{UpgradeReceiver, Upgraded, upgrade};
-pub use event::Event;
+#[cfg(feature = "log")]
+pub use event::log_event;
+pub use event::{Event, Level};
 
 /// `true` once this process has started draining (after a restart handed over, or a shutdown
 /// signal), on any thread: a health check can report it.
@@ -156,6 +158,9 @@ pub fn drain_notice() -> DrainNotice {
 }
 
 pub use drain::DrainNotice;
+/// http-types, as baton uses it (without its default `fs` feature, which would pull in
+/// async-std): `baton::http_types::Response` needs no dependency of the application's own.
+pub use http_types;
 pub use listener::{Address, LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};

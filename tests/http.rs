@@ -449,3 +449,22 @@ fn the_lean_path_answers_like_the_http_types_one_and_passes_on_the_rest() {
     assert!(echo.starts_with("HTTP/1.1 200 OK\r\n"), "{echo}");
     assert!(echo.ends_with("\r\n\r\nhi"), "{echo}");
 }
+
+/// A handler's error that becomes a 5xx: the client sees the status's reason, the log the
+/// error's message; a 4xx is the client's business and is not logged.
+#[test]
+fn a_handler_error_answered_5xx_is_logged_with_its_message() {
+    let server = Server::hello(&[]);
+    let reply = common::get(server.addr, "/fail").unwrap();
+    assert_eq!(reply.status, 500);
+    assert!(!reply.body.contains("database"), "{}", reply.body);
+    server.wait_line(
+        "a handler failed, answered 500 Internal Server Error to a GET: the database is down",
+    );
+    let reply = common::get(server.addr, "/fail?status=404").unwrap();
+    assert_eq!(reply.status, 404);
+    let reply = common::get(server.addr, "/fail?status=503").unwrap();
+    assert_eq!(reply.status, 503);
+    server.wait_line("answered 503 Service Unavailable to a GET: the database is down");
+    assert_eq!(server.count("a handler failed"), 2, "{}", server.dump());
+}

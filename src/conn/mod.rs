@@ -298,7 +298,7 @@ impl Connection<'_> {
         };
         let mut response = match answered.or(cut).await {
             Some(Ok(response)) => response,
-            Some(Err(error)) => error_response(error),
+            Some(Err(error)) => error_response(error, method, self.drain),
             None => {
                 drop(in_flight);
                 let why = match self.drain.is_shutdown() {

@@ -36,8 +36,22 @@ pub(super) fn plain(status: StatusCode, message: &str) -> Response {
 }
 
 /// A handler's error as a response. Server errors do not show their message to the client.
-pub(crate) fn error_response(error: http_types::Error) -> Response {
+/// The response to a handler's error: a client error's message, or a server error's reason
+/// only (its message, which may say more than a client should see, goes to the server's
+/// events as [`crate::Event::HandlerFailed`]).
+pub(crate) fn error_response(
+    error: http_types::Error,
+    method: Method,
+    drain: &crate::drain::Drain,
+) -> Response {
     let status = error.status();
+    if status.is_server_error() {
+        drain.report(&crate::Event::HandlerFailed {
+            method,
+            status,
+            error: &error,
+        });
+    }
     if status.is_client_error() {
         plain(status, &error.to_string())
     } else {

@@ -133,7 +133,7 @@ impl Arrived {
     /// The JSON text, if there is one within `max` bytes; else why there is none.
     pub(crate) fn into_state(self, max: usize) -> Result<Vec<u8>, String> {
         match self {
-            Arrived::Nothing => Err("the previous process had none".into()),
+            Arrived::Nothing => Err(crate::event::HAD_NO_STATE.into()),
             // Earlier builds sent an empty text both for none and for a state too large.
             Arrived::Inline(text) if text.is_empty() => {
                 Err("the previous process sent none".into())

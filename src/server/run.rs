@@ -27,7 +27,7 @@ use super::Server;
 use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
-use crate::drain::{ConnectionGuard, Drain};
+use crate::drain::{ConnectionGuard, Drain, Events};
 use crate::edge::Edge;
 use crate::event::Event;
 use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
@@ -295,7 +295,7 @@ where
         options: config.connection(),
         edge,
     };
-    let drain = Drain::new();
+    let drain = Drain::new(Events(emit.clone()));
     for message in waiting {
         relayed(
             &connections,
@@ -817,7 +817,8 @@ where
                 (self.emit)(&Event::SuccessorExited { pid, status });
                 self.supervisor.resumed(pid, status);
                 crate::drain::resume();
-                let given_up = std::mem::replace(&mut self.drain, Drain::new());
+                let fresh = Drain::new(Events(self.emit.clone()));
+                let given_up = std::mem::replace(&mut self.drain, fresh);
                 self.earlier.push(given_up);
                 return Phase::Serving;
             }
