@@ -200,7 +200,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Stream::Tcp(crate::edge::conn(server))));
+        let io = Io(Arc::new(Stream::Tcp(crate::io::edge::conn(server))));
         let body = "x".repeat(100_000);
         let reader = std::thread::spawn(move || {
             let mut received = Vec::new();
@@ -227,7 +227,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Stream::Tcp(crate::edge::conn(server))));
+        let io = Io(Arc::new(Stream::Tcp(crate::io::edge::conn(server))));
         let mut buffer = Vec::new();
         smol::block_on(async {
             let response = Response::from("Hello!\n");

@@ -55,19 +55,17 @@ compile_error!(
 mod codec;
 mod config;
 mod conn;
-mod deadline;
 mod drain;
-mod edge;
 mod error;
 mod event;
 #[cfg(feature = "async-h1")]
 mod h1;
 mod handoff;
 mod hooks;
+mod io;
 pub mod lean;
 mod listener;
 mod process;
-mod ready;
 mod reap;
 mod reload;
 mod report;

@@ -12,7 +12,7 @@ use std::io;
 use async_signal::Signals as Stream;
 use smol::stream::{Stream as _, StreamExt as _};
 
-use crate::ready::Gate;
+use crate::io::ready::Gate;
 
 /// A signal baton handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,7 +15,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 #[derive(Debug)]
 pub(crate) enum Stream {
     /// Plain TCP, registered with the connections' edge-triggered epoll.
-    Tcp(crate::edge::Conn),
+    Tcp(crate::io::edge::Conn),
     Unix(Async<UnixStream>),
     #[cfg(feature = "tls")]
     Tls(Box<crate::tls::Session>),

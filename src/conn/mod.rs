@@ -28,7 +28,7 @@ use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
-use crate::deadline::Deadline;
+use crate::io::deadline::Deadline;
 use crate::drain::{ConnectionGuard, Drain, RequestGuard};
 use crate::stream::Stream;
 

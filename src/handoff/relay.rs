@@ -37,7 +37,7 @@ use rustix::net::{
 use smol::future::FutureExt as _;
 
 use crate::config::timing::RELAY_TIMEOUT;
-use crate::ready::Readiness;
+use crate::io::ready::Readiness;
 
 /// Largest message: addresses plus at most a request head's worth of unparsed bytes (and an
 /// inline state, [`super::state::INLINE`]).

@@ -19,8 +19,8 @@ use smol::future::FutureExt as _;
 
 use crate::config::Config;
 use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
-use crate::deadline::Deadlines;
-use crate::edge::Edge;
+use crate::io::deadline::Deadlines;
+use crate::io::edge::Edge;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
 use crate::drain::{ConnectionGuard, Drain, Events};
-use crate::edge::Edge;
+use crate::io::edge::Edge;
 use crate::event::Event;
 use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
@@ -104,7 +104,7 @@ where
 
     /// A connection the previous process handed over (non-blocking already, as the flag
     /// belongs to the open file both share; set again all the same).
-    fn adopt(&self, fd: std::os::fd::OwnedFd) -> io::Result<crate::edge::Conn> {
+    fn adopt(&self, fd: std::os::fd::OwnedFd) -> io::Result<crate::io::edge::Conn> {
         let tcp = std::net::TcpStream::from(fd);
         tcp.set_nonblocking(true)?;
         self.edge.register(tcp)
