@@ -1,19 +1,19 @@
 //! Draining: which connections are open, which are answering a request, and whether the
 //! process has stopped taking new work.
 //!
-//! One [`Drain`] is shared by the server loop and every connection task on the one executor
-//! thread, so plain `Cell`s suffice. Connections hold a [`ConnectionGuard`] for their whole
-//! life and a [`RequestGuard`] from the moment a request head is read until its response is
-//! written.
+//! One [`Service`] per serving round is shared by the core's loop and every connection of the
+//! program, on any thread: atomics and channels. Connections hold a [`Work`] guard for their
+//! whole life and a [`Busy`] guard from the moment a request head is read until its response
+//! is written.
 //!
 //! The drain notice the application sees ([`DrainNotice`], `baton::draining()`) is the
 //! process's, not a thread's: a task on any thread or executor (smol's global executor, a
 //! thread of its own, another runtime) learns of the drain as the server's thread does.
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use smol::channel::{self, Receiver, Sender};
 
@@ -89,15 +89,29 @@ pub(crate) fn is_draining() -> bool {
     DRAINING.load(Ordering::SeqCst)
 }
 
+/// What a serving process's program counts and asks during a drain: the handle the core gives
+/// a program for its connections ([`crate::Connection::service`], [`crate::Resumed`]).
+/// `Clone + Send + Sync`: use it from any thread.
+///
+/// - [`Service::work`] counts a connection (or any unit of the program's work) until the
+///   guard drops: the drain is done when none is left, and `max_connections` counts these.
+/// - [`Service::busy`] marks a request in flight: the application's state goes to the
+///   successor once none is (see `Config::state_wait`).
+/// - [`Service::notice`] / [`Service::is_draining`]: the drain has started; stop taking new
+///   work on the connection, and hand it over ([`Service::hand_over`]) or close it.
+/// - [`Service::cut`]: the drain gave up (its timeout, a second signal): end what is left now.
+#[derive(Debug, Clone)]
+pub struct Service(Arc<Shared>);
+
 #[derive(Debug)]
-pub(crate) struct Drain {
-    draining: Cell<bool>,
+struct Shared {
+    draining: AtomicBool,
     /// The drain ends the service (a shutdown), rather than hand over to a successor.
-    shutdown: Cell<bool>,
-    connections: Cell<usize>,
-    requests: Cell<usize>,
-    /// Connections upgraded (101) and still open.
-    upgraded: Cell<usize>,
+    shutdown: AtomicBool,
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    /// Connections upgraded (101) or otherwise long-lived, and still open.
+    upgraded: AtomicUsize,
     /// Closed when draining starts; every waiter wakes.
     started: (Sender<()>, Receiver<()>),
     /// Closed when the drain gives up on what is left (timeout, second signal).
@@ -105,176 +119,210 @@ pub(crate) struct Drain {
     /// Gets a message when a connection or a request ends (at most one waits unread: waiters
     /// recheck; one waiter at a time, `requests_done` then `finished`, each drain).
     ended: (Sender<()>, Receiver<()>),
-    /// Where idle connections go instead of being closed, while the successor takes them.
-    relay: std::cell::RefCell<Option<Rc<crate::handoff::relay::Relay>>>,
-    /// Where the connections' events go (a handler's error answered 5xx).
-    events: Events,
+    /// Where connections go instead of being closed, while the successor takes them.
+    relay: Mutex<Option<Arc<crate::handoff::relay::Relay>>>,
 }
 
-/// The server's event sink, as the connections see it.
-#[derive(Clone)]
-pub(crate) struct Events(pub(crate) Rc<dyn Fn(&crate::Event<'_>)>);
-
-impl std::fmt::Debug for Events {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Events")
-    }
-}
-
-impl Drain {
-    pub(crate) fn new(events: Events) -> Rc<Drain> {
-        Rc::new(Drain {
-            events,
-            draining: Cell::new(false),
-            shutdown: Cell::new(false),
-            connections: Cell::new(0),
-            requests: Cell::new(0),
-            upgraded: Cell::new(0),
+impl Service {
+    pub(crate) fn new() -> Service {
+        Service(Arc::new(Shared {
+            draining: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
             started: channel::bounded(1),
             cut: channel::bounded(1),
             ended: channel::bounded(1),
-            relay: std::cell::RefCell::new(None),
-        })
+            relay: Mutex::new(None),
+        }))
     }
 
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.get()
+    /// `true` once this serving round drains (a restart handed over, or a shutdown).
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
     }
 
-    /// Reports `event` (from a connection) to the server's sink.
-    pub(crate) fn report(&self, event: &crate::Event<'_>) {
-        (self.events.0)(event);
+    /// Draining for a shutdown (the service ends), not a restart.
+    pub fn is_shutdown(&self) -> bool {
+        self.0.shutdown.load(Ordering::SeqCst)
     }
 
-    /// Draining for a shutdown (not a restart).
-    pub(crate) fn is_shutdown(&self) -> bool {
-        self.shutdown.get()
+    /// The process's drain notice (see [`DrainNotice`]).
+    pub fn notice(&self) -> DrainNotice {
+        DrainNotice::new()
     }
 
-    /// Open connections.
-    pub(crate) fn connections(&self) -> usize {
-        self.connections.get()
+    /// Open connections (work guards alive).
+    pub fn connections(&self) -> usize {
+        self.0.connections.load(Ordering::SeqCst)
     }
 
-    /// Requests between head read and response written.
-    pub(crate) fn requests(&self) -> usize {
-        self.requests.get()
+    /// Requests in flight (busy guards alive).
+    pub fn requests(&self) -> usize {
+        self.0.requests.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn upgraded_open(&self) -> usize {
-        self.upgraded.get()
+    /// Long-lived connections still open.
+    pub fn upgraded_open(&self) -> usize {
+        self.0.upgraded.load(Ordering::SeqCst)
     }
 
-    /// Counts an upgraded connection (beside its connection guard) until the guard drops.
-    pub(crate) fn upgraded(self: &Rc<Self>) -> UpgradedGuard {
-        self.upgraded.set(self.upgraded.get() + 1);
-        UpgradedGuard(self.clone())
+    /// Counts a connection (or a unit of the program's work) until the guard drops.
+    pub fn work(&self) -> Work {
+        self.0.connections.fetch_add(1, Ordering::SeqCst);
+        Work(self.clone())
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn busy(&self) -> Busy {
+        self.0.requests.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Counts a long-lived connection (a WebSocket, say) until the guard drops, beside its
+    /// work guard: a drain's cut reports these apart from cut requests.
+    pub fn long_lived(&self) -> LongLived {
+        self.0.upgraded.fetch_add(1, Ordering::SeqCst);
+        LongLived(self.clone())
+    }
+
+    /// Resolves once this serving round has started draining.
+    pub async fn started(&self) {
+        // The channel never carries a message: recv returns only when it is closed.
+        let _ = self.0.started.1.recv().await;
+    }
+
+    /// Resolves once the drain has given up on what is left (its timeout, a second shutdown
+    /// signal): answer what can be answered at once (a 503), and close.
+    pub async fn cut(&self) {
+        let _ = self.0.cut.1.recv().await;
+    }
+
+    /// Whether a connection can move to the successor now: draining after a restart with
+    /// connection hand-over, and the relay still works.
+    pub fn can_hand_over(&self) -> bool {
+        self.relay().is_some()
+    }
+
+    /// Moves `conn` (a TCP connection) to the successor, under `kind` (the successor's
+    /// program resumes it: [`crate::Program::resumed`]), with `state` (JSON text) and the
+    /// bytes `held` read from it and not yet used. On success the successor owns the
+    /// connection: drop this process's copy without shutting it down. An error (no successor
+    /// to hand it to, or the relay failed or stalled for a second) leaves it here; close it
+    /// as the protocol says. Bounded in time, at most 96 KiB of name, state and bytes.
+    pub async fn hand_over(
+        &self,
+        conn: impl AsFd,
+        kind: &str,
+        state: &str,
+        held: &[u8],
+    ) -> io::Result<()> {
+        let Some(relay) = self.relay() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no successor to hand it to: not draining after a restart with connection \
+                 hand-over",
+            ));
+        };
+        let sent = relay.send_upgraded(conn, kind, state, held).await;
+        if let Err(error) = &sent {
+            // A relay that failed once is not tried again: the rest close as usual.
+            if error.kind() != io::ErrorKind::InvalidInput {
+                self.relay_failed();
+            }
+        }
+        sent
     }
 
     /// Marks the process as draining (for a `shutdown`, or a restart): connections answer
     /// with `Connection: close` from now on and idle ones close after their grace.
     pub(crate) fn start(&self, shutdown: bool) {
-        self.shutdown.set(shutdown);
-        self.draining.set(true);
+        self.0.shutdown.store(shutdown, Ordering::SeqCst);
+        self.0.draining.store(true, Ordering::SeqCst);
         announce();
-        self.started.0.close();
+        self.0.started.0.close();
     }
 
-    /// Hand idle connections to `relay` during this drain (set before [`Drain::start`]).
-    pub(crate) fn set_relay(&self, relay: Rc<crate::handoff::relay::Relay>) {
-        *self.relay.borrow_mut() = Some(relay);
+    /// Hand connections to `relay` during this drain (set before [`Service::start`]).
+    pub(crate) fn set_relay(&self, relay: Arc<crate::handoff::relay::Relay>) {
+        *self.0.relay.lock().unwrap_or_else(|e| e.into_inner()) = Some(relay);
     }
 
     /// The relay to hand connections to, while it works.
-    pub(crate) fn relay(&self) -> Option<Rc<crate::handoff::relay::Relay>> {
-        self.relay.borrow().clone()
+    pub(crate) fn relay(&self) -> Option<Arc<crate::handoff::relay::Relay>> {
+        self.0
+            .relay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The relay failed (the successor stopped reading it): back to closing connections.
     pub(crate) fn relay_failed(&self) {
-        *self.relay.borrow_mut() = None;
+        *self.0.relay.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The drain gives up on what is left: requests still waiting for their handler are
     /// answered 503, responses still being written are reset (see `conn`).
-    pub(crate) fn cut(&self) {
-        self.cut.0.close();
+    pub(crate) fn give_up(&self) {
+        self.0.cut.0.close();
     }
 
-    /// Resolves once [`Drain::cut`] was called.
-    pub(crate) async fn cut_off(&self) {
-        let _ = self.cut.1.recv().await;
-    }
-
-    /// Resolves once draining has started.
-    pub(crate) async fn started(&self) {
-        // The channel never carries a message: recv returns only when it is closed.
-        let _ = self.started.1.recv().await;
-    }
-
-    /// Resolves when no connection is left. Call after [`Drain::start`].
+    /// Resolves when no connection is left. Call after [`Service::start`].
     pub(crate) async fn finished(&self) {
         self.below(1).await;
     }
 
     /// Resolves once fewer than `limit` connections are open.
     pub(crate) async fn below(&self, limit: usize) {
-        while self.connections.get() >= limit {
-            let _ = self.ended.1.recv().await;
+        while self.connections() >= limit {
+            let _ = self.0.ended.1.recv().await;
         }
     }
 
-    /// Resolves when no request is in flight. Call after [`Drain::start`].
+    /// Resolves when no request is in flight. Call after [`Service::start`].
     pub(crate) async fn requests_done(&self) {
-        while self.requests.get() > 0 {
-            let _ = self.ended.1.recv().await;
+        while self.requests() > 0 {
+            let _ = self.0.ended.1.recv().await;
         }
     }
+}
 
-    pub(crate) fn connection(self: &Rc<Self>) -> ConnectionGuard {
-        self.connections.set(self.connections.get() + 1);
-        ConnectionGuard(self.clone())
-    }
+/// Counts one connection (or unit of work) for the drain until dropped.
+#[derive(Debug)]
+pub struct Work(Service);
 
-    pub(crate) fn request(self: &Rc<Self>) -> RequestGuard {
-        self.requests.set(self.requests.get() + 1);
-        RequestGuard(self.clone())
+impl Drop for Work {
+    fn drop(&mut self) {
+        let shared = &(self.0).0;
+        shared.connections.fetch_sub(1, Ordering::SeqCst);
+        let _ = shared.ended.0.try_send(());
     }
 }
 
-/// Counts one open connection until dropped.
+/// Counts one long-lived connection until dropped.
 #[derive(Debug)]
-pub(crate) struct ConnectionGuard(Rc<Drain>);
+pub struct LongLived(Service);
 
-impl Drop for ConnectionGuard {
+impl Drop for LongLived {
     fn drop(&mut self) {
-        let drain = &self.0;
-        drain.connections.set(drain.connections.get() - 1);
-        let _ = drain.ended.0.try_send(());
-    }
-}
-
-/// Counts one upgraded connection until dropped.
-#[derive(Debug)]
-pub(crate) struct UpgradedGuard(Rc<Drain>);
-
-impl Drop for UpgradedGuard {
-    fn drop(&mut self) {
-        self.0.upgraded.set(self.0.upgraded.get() - 1);
+        (self.0).0.upgraded.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Counts one request in flight until dropped.
 #[derive(Debug)]
-pub(crate) struct RequestGuard(Rc<Drain>);
+pub struct Busy(Service);
 
-impl Drop for RequestGuard {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.requests.set(self.0.requests.get() - 1);
+        let shared = &(self.0).0;
+        shared.requests.fetch_sub(1, Ordering::SeqCst);
         // Only a drain waits for requests to end (`requests_done`): serving, this would be a
         // channel send per request, and a spurious wake of an accept loop at its limit.
-        if self.0.draining.get() {
-            let _ = self.0.ended.0.try_send(());
+        if shared.draining.load(Ordering::SeqCst) {
+            let _ = shared.ended.0.try_send(());
         }
     }
 }
@@ -287,10 +335,10 @@ mod tests {
     #[test]
     fn finishes_when_the_last_connection_ends() {
         smol::block_on(async {
-            let drain = Drain::new(Events(Rc::new(|_| {})));
-            let a = drain.connection();
-            let b = drain.connection();
-            let request = drain.request();
+            let drain = Service::new();
+            let a = drain.work();
+            let b = drain.work();
+            let request = drain.busy();
             assert_eq!((drain.connections(), drain.requests()), (2, 1));
             drain.start(false);
             drain.started().await;

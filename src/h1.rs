@@ -20,7 +20,7 @@ use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use crate::conn::{
     DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, Waited, close, error_response, wants_close,
 };
-use crate::drain::{ConnectionGuard, Drain};
+use crate::drain::{Service, Work};
 use crate::stream::Stream;
 
 /// The response buffer a connection starts with, grown (doubling) only by larger responses.
@@ -63,9 +63,10 @@ impl AsyncWrite for Io {
 pub(crate) async fn serve<F, Fut>(
     stream: Stream,
     handler: Rc<F>,
-    drain: Rc<Drain>,
-    _connection: ConnectionGuard,
+    drain: Service,
+    _connection: Work,
     options: Options,
+    events: std::rc::Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = http_types::Result<Response>>,
@@ -100,12 +101,12 @@ pub(crate) async fn serve<F, Fut>(
                 break;
             }
         };
-        let in_flight = drain.request();
+        let in_flight = drain.busy();
         let method = request.method();
         let mut close_after = asks_close(request.header("Connection"));
         let mut response = match handler(request).await {
             Ok(response) => response,
-            Err(error) => error_response(error, method, &drain),
+            Err(error) => error_response(error, method, &*events),
         };
         close_after |= wants_close(&response) || drain.is_draining();
         if close_after {

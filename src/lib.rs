@@ -155,7 +155,7 @@ pub fn drain_notice() -> DrainNotice {
     drain::DrainNotice::new()
 }
 
-pub use drain::DrainNotice;
+pub use drain::{Busy, DrainNotice, LongLived, Service, Work};
 /// http-types, as baton uses it (without its default `fs` feature, which would pull in
 /// async-std): `baton::http_types::Response` needs no dependency of the application's own.
 pub use http_types;

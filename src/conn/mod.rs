@@ -28,8 +28,8 @@ use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
 use crate::codec::{self, Framing, Reject};
+use crate::drain::{Busy, Service, Work as Counted};
 use crate::io::deadline::Deadline;
-use crate::drain::{ConnectionGuard, Drain, RequestGuard};
 use crate::stream::Stream;
 
 mod body;
@@ -68,9 +68,10 @@ pub(crate) async fn serve<F, Fut>(
     incoming: Incoming,
     handler: Rc<F>,
     lean: Option<crate::lean::Handler>,
-    drain: Rc<Drain>,
-    _connection: ConnectionGuard,
+    drain: Service,
+    _connection: Counted,
     options: Options,
+    events: Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = http_types::Result<Response>>,
@@ -94,6 +95,7 @@ pub(crate) async fn serve<F, Fut>(
         out: Vec::new(),
         eager: EagerRead::default(),
         drain: &drain,
+        events: &*events,
         options,
         first_head,
         peer_done: false,
@@ -134,13 +136,15 @@ pub(crate) async fn serve<F, Fut>(
 
 /// One connection's state between requests.
 struct Connection<'d> {
+    /// Where the server's events go (a handler's error answered 5xx).
+    events: &'d dyn Fn(&crate::Event<'_>),
     io: Arc<Stream>,
     requests: Requests,
     buf: ReadBuf,
     /// The response buffer, reused.
     out: Vec<u8>,
     eager: EagerRead,
-    drain: &'d Rc<Drain>,
+    drain: &'d Service,
     options: Options,
     /// Until the first request head is read: when it must be complete (accept + header
     /// timeout).
@@ -178,7 +182,7 @@ impl Connection<'_> {
     async fn next<D: Future<Output = ()>>(
         &mut self,
         idle: &mut Idle<'_, D>,
-    ) -> Option<(Work, RequestGuard)> {
+    ) -> Option<(Work, Busy)> {
         let (io, drain, options) = (&self.io, self.drain, &self.options);
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
@@ -232,11 +236,8 @@ impl Connection<'_> {
         if drain.is_draining() && hand_over(io, drain, &self.requests, self.buf.pending()).await {
             return None;
         }
-        let in_flight = self.drain.request();
-        let lean = self
-            .lean
-            .as_mut()
-            .map(|lean| (lean, &mut self.out, &**drain));
+        let in_flight = self.drain.busy();
+        let lean = self.lean.as_mut().map(|lean| (lean, &mut self.out, drain));
         let next = next_request(io, &mut self.buf, &mut self.requests, options, lean);
         let timeout = async {
             match first_head {
@@ -261,12 +262,7 @@ impl Connection<'_> {
 
     /// Calls the handler, writes its response, and says what follows: `KeepAlive`, `Close`
     /// (closing is left to the caller) or `Gone`; an unread body is skipped here.
-    async fn answer<F, Fut>(
-        &mut self,
-        next: Box<Next>,
-        in_flight: RequestGuard,
-        handler: &F,
-    ) -> After
+    async fn answer<F, Fut>(&mut self, next: Box<Next>, in_flight: Busy, handler: &F) -> After
     where
         F: Fn(Request) -> Fut,
         Fut: Future<Output = http_types::Result<Response>>,
@@ -293,12 +289,12 @@ impl Connection<'_> {
         // (not a bare FIN a client could take for an empty answer).
         let answered = async { Some(handler(request).await) };
         let cut = async {
-            self.drain.cut_off().await;
+            self.drain.cut().await;
             None
         };
         let mut response = match answered.or(cut).await {
             Some(Ok(response)) => response,
-            Some(Err(error)) => error_response(error, method, self.drain),
+            Some(Err(error)) => error_response(error, method, self.events),
             None => {
                 drop(in_flight);
                 let why = match self.drain.is_shutdown() {
@@ -363,7 +359,7 @@ impl Connection<'_> {
         let write = write_response(io, out, &mut response, method, minor, close_after, timeout);
         // Cut mid-response: a reset, so that no client can take what it got for all of it.
         let cut = async {
-            self.drain.cut_off().await;
+            self.drain.cut().await;
             Err(io::Error::new(io::ErrorKind::TimedOut, "cut by the drain"))
         };
         let written = write.or(cut).await;
@@ -387,7 +383,7 @@ impl Connection<'_> {
 
 impl Connection<'_> {
     /// Writes the response the lean handler made (in the response buffer).
-    async fn answer_lean(&mut self, close: bool, in_flight: RequestGuard) -> After {
+    async fn answer_lean(&mut self, close: bool, in_flight: Busy) -> After {
         let written = response::send(&self.io, &self.out, self.options.write_timeout).await;
         drop(in_flight);
         match written {
@@ -406,7 +402,7 @@ impl Connection<'_> {
     /// serves its requests to move until the handler is done with it. It counts as open (and
     /// upgraded) meanwhile.
     async fn upgrade(&mut self, to: UpgradeTo) -> After {
-        let _upgraded = self.drain.upgraded();
+        let _upgraded = self.drain.long_lived();
         let pending = self.buf.pending().to_vec();
         let (upgraded, requests) = upgrade::Upgraded::new(self.io.clone(), pending);
         match to {
@@ -438,10 +434,10 @@ pub(crate) async fn resume_upgraded(
     stream: Stream,
     held: Vec<u8>,
     resume: impl FnOnce(upgrade::Upgraded),
-    drain: Rc<Drain>,
-    _connection: ConnectionGuard,
+    drain: Service,
+    _connection: Counted,
 ) {
-    let _upgraded = drain.upgraded();
+    let _upgraded = drain.long_lived();
     let io = Arc::new(stream);
     let (upgraded, requests) = upgrade::Upgraded::new(io.clone(), held);
     resume(upgraded);
@@ -469,7 +465,7 @@ fn decide(
     keep_alive: bool,
     body: Option<body::Outcome>,
     io: &Stream,
-    drain: &Drain,
+    drain: &Service,
 ) -> After {
     // A draining process closes connections, unless it can hand them over.
     let closing = drain.is_draining() && !relayable(io, drain);
@@ -577,7 +573,7 @@ async fn next_request(
     buf: &mut ReadBuf,
     requests: &mut Requests,
     options: &Options,
-    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Drain)>,
+    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Service)>,
 ) -> Result<Work, HeadError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
@@ -645,7 +641,7 @@ fn try_lean(
     lean: &mut Lean,
     out: &mut Vec<u8>,
     io: &Stream,
-    drain: &Drain,
+    drain: &Service,
 ) -> Option<(usize, bool)> {
     let body_len = match head.framing {
         Framing::None => 0,
@@ -740,7 +736,7 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
     pub(crate) async fn wait(
         &mut self,
         io: &Stream,
-        drain: &Drain,
+        drain: &Service,
         options: &Options,
         first_head: Option<Instant>,
     ) -> Waited {
@@ -804,27 +800,30 @@ pub(crate) enum Waited {
     HeadTimedOut,
 }
 
+/// The kind a keep-alive HTTP connection moves under (see [`Service::hand_over`]); its state
+/// is `{"peer": .., "local": ..}`, its held bytes what the client sent past the last request.
+pub(crate) const KEEP_ALIVE: &str = "baton/http";
+
 /// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,
 /// and a Unix socket's peer, stay with this process.)
-fn relayable(io: &Stream, drain: &Drain) -> bool {
-    matches!(io, Stream::Tcp(_)) && drain.relay().is_some()
+fn relayable(io: &Stream, drain: &Service) -> bool {
+    matches!(io, Stream::Tcp(_)) && drain.can_hand_over()
 }
 
 /// Sends the connection to the successor. `true`: it is the successor's now; drop it without
 /// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
-async fn hand_over(io: &Stream, drain: &Drain, requests: &Requests, pending: &[u8]) -> bool {
-    let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
+async fn hand_over(io: &Stream, drain: &Service, requests: &Requests, pending: &[u8]) -> bool {
+    let Stream::Tcp(tcp) = io else {
         return false;
     };
+    if !drain.can_hand_over() {
+        return false;
+    }
     // The successor keeps the file open: its registration here must go with it explicitly.
     tcp.sharing();
+    let state = serde_json::json!({ "peer": requests.peer, "local": requests.local_text });
+    let state = state.to_string();
     // (Bounded: a successor that stops reading its relay does not hold this connection.)
-    let sent = relay.send(tcp.get_ref(), &requests.peer, &requests.local_text, pending);
-    match sent.await {
-        Ok(()) => true,
-        Err(_) => {
-            drain.relay_failed();
-            false
-        }
-    }
+    let sent = drain.hand_over(tcp.get_ref(), KEEP_ALIVE, &state, pending);
+    sent.await.is_ok()
 }

@@ -42,11 +42,11 @@ pub(super) fn plain(status: StatusCode, message: &str) -> Response {
 pub(crate) fn error_response(
     error: http_types::Error,
     method: Method,
-    drain: &crate::drain::Drain,
+    events: &dyn Fn(&crate::Event<'_>),
 ) -> Response {
     let status = error.status();
     if status.is_server_error() {
-        drain.report(&crate::Event::HandlerFailed {
+        events(&crate::Event::HandlerFailed {
             method,
             status,
             error: &error,

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::drain::Drain;
+use crate::drain::Service;
 use crate::stream::Stream;
 
 /// An upgraded connection: read and write it as the new protocol's byte stream. Dropping it
@@ -105,7 +105,7 @@ impl Upgraded {
 pub(crate) async fn serve(
     io: Arc<Stream>,
     requests: smol::channel::Receiver<HandOver>,
-    drain: &Drain,
+    drain: &Service,
 ) {
     while let Ok(request) = requests.recv().await {
         let moved = move_to_successor(&io, drain, &request).await;
@@ -113,18 +113,23 @@ pub(crate) async fn serve(
     }
 }
 
-async fn move_to_successor(io: &Stream, drain: &Drain, request: &HandOver) -> io::Result<()> {
-    let (Stream::Tcp(tcp), Some(relay)) = (io, drain.relay()) else {
+async fn move_to_successor(io: &Stream, drain: &Service, request: &HandOver) -> io::Result<()> {
+    let Stream::Tcp(tcp) = io else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "not a plain TCP connection: a TLS session or a Unix socket's peer cannot move",
+        ));
+    };
+    if !drain.can_hand_over() {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "no successor to hand it to: not draining after a restart with connection \
-             hand-over, or not a plain TCP connection",
+             hand-over",
         ));
-    };
+    }
     tcp.sharing();
-    relay
-        .send_upgraded(tcp.get_ref(), &request.name, &request.state, &request.held)
-        .await
+    let (name, state, held) = (&request.name, &request.state, &request.held);
+    drain.hand_over(tcp.get_ref(), name, state, held).await
 }
 
 impl AsyncRead for Upgraded {

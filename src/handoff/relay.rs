@@ -118,8 +118,9 @@ impl Relay {
         })
     }
 
-    /// Sends one connection. On success the successor owns it; the caller drops its copy
-    /// without shutting it down.
+    /// Sends one connection as builds before named kinds did (`C`): the receiving side still
+    /// takes it, as a keep-alive HTTP connection; this build sends every connection as `U`.
+    #[cfg(test)]
     pub(crate) async fn send(
         &self,
         conn: impl AsFd,

@@ -11,20 +11,20 @@
 //! `edge`); [`Gate`] does the same for a source whose syscall is hidden (async-signal's
 //! stream), by polling it only once its own waker fired.
 
-use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// Whether a non-blocking source may have something: true until an attempt says
-/// `WouldBlock`, then false until the reactor reports it readable.
+/// `WouldBlock`, then false until the reactor reports it readable. (An atomic, so that a
+/// relay can be shared with other threads; only one task receives on a source at a time.)
 #[derive(Debug)]
-pub(crate) struct Readiness(Cell<bool>);
+pub(crate) struct Readiness(AtomicBool);
 
 impl Default for Readiness {
     fn default() -> Readiness {
-        Readiness(Cell::new(true))
+        Readiness(AtomicBool::new(true))
     }
 }
 
@@ -38,15 +38,17 @@ impl Readiness {
         mut attempt: impl FnMut() -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
         loop {
-            if !self.0.get() {
+            if !self.0.load(Ordering::Relaxed) {
                 match readable(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => self.0.set(true),
+                    Poll::Ready(Ok(())) => self.0.store(true, Ordering::Relaxed),
                 }
             }
             match attempt() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.set(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.0.store(false, Ordering::Relaxed)
+                }
                 other => return Poll::Ready(other),
             }
         }
@@ -116,6 +118,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::future::Future;
     use std::pin::pin;
     use std::sync::atomic::AtomicUsize;

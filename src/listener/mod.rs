@@ -20,8 +20,8 @@ use async_io::Async;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
 use crate::config::timing::ACCEPT_BACKOFF;
-use crate::io::edge::{Edge, Watched};
 use crate::error::{invalid, invalid_msg};
+use crate::io::edge::{Edge, Watched};
 use crate::io::ready::Readiness;
 use crate::stream::Stream;
 

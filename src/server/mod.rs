@@ -19,11 +19,11 @@ use smol::future::FutureExt as _;
 
 use crate::config::Config;
 use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
-use crate::io::deadline::Deadlines;
-use crate::io::edge::Edge;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
+use crate::io::deadline::Deadlines;
+use crate::io::edge::Edge;
 use crate::listener::{Address, Inheritance, Listener, Origin};
 use crate::report::Report;
 use crate::signals::Signals;

@@ -27,13 +27,13 @@ use super::Server;
 use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
 use crate::conn;
-use crate::drain::{ConnectionGuard, Drain, Events};
-use crate::io::edge::Edge;
+use crate::drain::{Service, Work};
 use crate::event::Event;
 use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
+use crate::io::edge::Edge;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
 use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
@@ -80,6 +80,8 @@ struct Connections<'e, F> {
     options: conn::Options,
     /// The edge-triggered epoll every plain TCP connection is registered with.
     edge: Arc<Edge>,
+    /// Where connections report (a handler's error answered 5xx).
+    events: Rc<dyn Fn(&Event<'_>)>,
 }
 
 impl<F, Fut> Connections<'_, F>
@@ -88,7 +90,7 @@ where
     Fut: Future<Output = http_types::Result<Response>> + 'static,
 {
     /// Serves `incoming` as one of `drain`'s connections (`counted` from its accept on).
-    fn spawn(&self, incoming: conn::Incoming, drain: &Rc<Drain>, counted: ConnectionGuard) {
+    fn spawn(&self, incoming: conn::Incoming, drain: &Service, counted: Work) {
         let handler = self.handler.clone();
         let lean = self.lean.clone();
         let task = conn::serve(
@@ -98,6 +100,7 @@ where
             drain.clone(),
             counted,
             self.options,
+            self.events.clone(),
         );
         self.executor.spawn(task).detach();
     }
@@ -112,7 +115,20 @@ where
 
     /// Resumes an upgraded connection the previous process handed over, with the handler the
     /// application registered for its name; closes it if there is none.
-    fn spawn_upgraded(&self, handed: HandedUpgrade, drain: &Rc<Drain>, hooks: &Hooks) {
+    fn spawn_upgraded(&self, handed: HandedUpgrade, drain: &Service, hooks: &Hooks) {
+        if handed.name == conn::KEEP_ALIVE {
+            // A keep-alive connection: serve it as if accepted here.
+            let state: serde_json::Value = serde_json::from_str(&handed.state).unwrap_or_default();
+            let text = |key: &str| state[key].as_str().unwrap_or("unknown").to_owned();
+            let (peer, local) = (text("peer"), text("local"));
+            let handed = Handed {
+                fd: handed.fd,
+                peer,
+                local,
+                pending: handed.held,
+            };
+            return self.spawn_handed(handed, drain);
+        }
         let Some(resume) = hooks.resumer(&handed.name) else {
             return;
         };
@@ -125,13 +141,13 @@ where
             handed.held,
             move |upgraded| resume(upgraded, state),
             drain.clone(),
-            drain.connection(),
+            drain.work(),
         );
         self.executor.spawn(task).detach();
     }
 
     /// Serves a connection the previous process handed over, as if this one had accepted it.
-    fn spawn_handed(&self, handed: Handed, drain: &Rc<Drain>) {
+    fn spawn_handed(&self, handed: Handed, drain: &Service) {
         let Ok(stream) = self.adopt(handed.fd) else {
             return;
         };
@@ -143,7 +159,7 @@ where
             pending: handed.pending,
             fresh: false,
         };
-        self.spawn(incoming, drain, drain.connection());
+        self.spawn(incoming, drain, drain.work());
     }
 }
 
@@ -173,9 +189,9 @@ struct Process<'e, F> {
     /// process, which then ignores SIGHUP and SIGUSR2.
     control: Option<Relay>,
     relay_buffer: Vec<u8>,
-    drain: Rc<Drain>,
+    drain: Service,
     /// Drains given up when a successor died during them; their connections still count.
-    earlier: Vec<Rc<Drain>>,
+    earlier: Vec<Service>,
     /// SIGUSR2 successors, reaped when they exit.
     spawned: Vec<Child>,
     /// Started by a supervising process.
@@ -294,8 +310,9 @@ where
         lean: hooks.lean(),
         options: config.connection(),
         edge,
+        events: emit.clone(),
     };
-    let drain = Drain::new(Events(emit.clone()));
+    let drain = Service::new();
     for message in waiting {
         relayed(
             &connections,
@@ -576,7 +593,7 @@ where
     fn serve_accepted(&self, index: usize, (stream, peer): Accepted) {
         let listener = &self.listeners.as_slice()[index];
         // Counted from the accept on, so the connection limit holds exactly.
-        let counted = self.drain.connection();
+        let counted = self.drain.work();
         #[cfg(feature = "async-h1")]
         if self.config.async_h1 {
             let Connections {
@@ -591,6 +608,7 @@ where
                 self.drain.clone(),
                 counted,
                 *options,
+                self.emit.clone(),
             );
             executor.spawn(task).detach();
             return;
@@ -764,7 +782,7 @@ where
             }
         }
         if let Some(relay) = outbound.take() {
-            self.drain.set_relay(Rc::new(relay));
+            self.drain.set_relay(std::sync::Arc::new(relay));
         }
         forward_inbound(&self.drain, &mut self.inbound.relays).await;
         self.inbound.prune_exited();
@@ -798,7 +816,7 @@ where
                 let upgraded = all.clone().map(|d| d.upgraded_open()).sum();
                 // Let the cut connections say so (503, or a reset), briefly.
                 for drain in all {
-                    drain.cut();
+                    drain.give_up();
                 }
                 let said = async {
                     for drain in self.earlier.iter().chain(std::iter::once(&self.drain)) {
@@ -817,7 +835,7 @@ where
                 (self.emit)(&Event::SuccessorExited { pid, status });
                 self.supervisor.resumed(pid, status);
                 crate::drain::resume();
-                let fresh = Drain::new(Events(self.emit.clone()));
+                let fresh = Service::new();
                 let given_up = std::mem::replace(&mut self.drain, fresh);
                 self.earlier.push(given_up);
                 return Phase::Serving;
@@ -1031,7 +1049,7 @@ async fn receive_any(
 fn relayed<F, Fut>(
     connections: &Connections<'_, F>,
     hooks: &Hooks,
-    drain: &Rc<Drain>,
+    drain: &Service,
     inbound: &mut Inbound,
     index: usize,
     message: io::Result<Option<Received>>,
@@ -1063,7 +1081,7 @@ fn relayed<F, Fut>(
 /// that this process need not outlive the older processes still sending on them (restart
 /// storms would otherwise keep every generation alive until the oldest is done). A relay that
 /// cannot be forwarded stays, and this process goes on taking its connections.
-async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
+async fn forward_inbound(drain: &Service, inbound: &mut Vec<Relay>) {
     let Some(outbound) = drain.relay() else {
         return;
     };
