@@ -1,4 +1,4 @@
-//! Every setting of a [`crate::Server`], with its default, in one place: [`Config`] is plain
+//! Every setting of a [`crate::Baton`] and the HTTP [`crate::Server`], with its default, in one place: [`Config`] is plain
 //! data, the builder methods set its fields, and the docs and the example quote it.
 //!
 //! Timings that are not options (how long a successor waits for state, the accept back-off, …)
@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The server's settings. `Config::default()` holds every default; [`crate::Server::with_config`]
+/// The server's settings. `Config::default()` holds every default; [`crate::Baton::with_config`]
 /// takes a whole one, and each builder method (`drain_timeout`, …) sets one field.
 ///
 /// ```
@@ -112,21 +112,6 @@ impl Default for Config {
             successor_ready_after: None,
             workers: None,
             async_h1: false,
-        }
-    }
-}
-
-impl Config {
-    /// The settings one connection needs, with the lower bounds applied.
-    pub(crate) fn connection(&self) -> crate::conn::Options {
-        crate::conn::Options {
-            header_timeout: self.header_timeout,
-            keep_alive_timeout: self.keep_alive_timeout,
-            idle_grace: self.idle_grace,
-            max_head: self.max_head_bytes.max(64),
-            max_body: self.max_body_bytes,
-            write_timeout: self.write_timeout,
-            body_timeout: self.body_timeout,
         }
     }
 }

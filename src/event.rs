@@ -9,7 +9,7 @@ use crate::listener::{Address, Origin};
 use crate::signals::Signal;
 
 /// One thing that happened. Its `Display` is a one-line log message; the default sink writes it
-/// to stderr as `baton[<pid>]: <message>` (see [`crate::Server::on_event`]).
+/// to stderr as `baton[<pid>]: <message>` (see [`crate::Baton::on_event`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
@@ -25,7 +25,7 @@ pub enum Event<'a> {
         tls: bool,
     },
     /// `LISTENER` or `LISTEN_*` stay in this process's environment, so processes the handler
-    /// starts inherit them: other threads were running when [`crate::Server::bind`] read them,
+    /// starts inherit them: other threads were running when [`crate::Baton::bind`] read them,
     /// and changing the environment then is not sound. Bind before starting threads.
     EnvironmentKept {
         /// Threads running at the time, if `/proc/self/stat` could be read.
@@ -119,7 +119,7 @@ pub enum Event<'a> {
         /// Requests in flight when draining started.
         requests: usize,
     },
-    /// This process supervises workers (see [`crate::Server::workers`]).
+    /// This process supervises workers (see [`crate::Baton::workers`]).
     Supervising {
         /// How many.
         workers: usize,
@@ -184,15 +184,15 @@ pub enum Event<'a> {
         /// Of those, upgraded connections (WebSockets, say).
         upgraded: usize,
     },
-    /// A handler's error became a 5xx response: the client sees only the status's reason, so
-    /// the error's message is here.
+    /// A handler's error became a server error (an HTTP 5xx): the client sees only the
+    /// status's reason, so the error's message is here.
     HandlerFailed {
         /// The request's method.
-        method: http_types::Method,
-        /// The status sent.
-        status: http_types::StatusCode,
-        /// The error, as the handler returned it.
-        error: &'a http_types::Error,
+        method: &'a str,
+        /// The status sent, and its reason phrase.
+        status: (u16, &'a str),
+        /// The error's message, as the handler returned it.
+        error: &'a str,
     },
 }
 
@@ -433,8 +433,7 @@ impl fmt::Display for Event<'_> {
             } => write!(
                 f,
                 "a handler failed, answered {} {} to a {method}: {error}",
-                u16::from(*status),
-                status.canonical_reason()
+                status.0, status.1
             ),
             Event::Exiting {
                 cut,
@@ -490,11 +489,10 @@ mod tests {
             upgraded: 0,
         };
         assert_eq!(cut.level(), Level::Warn);
-        let handler = http_types::Error::from_str(500, "the database is down");
         let handler = Event::HandlerFailed {
-            method: http_types::Method::Get,
-            status: handler.status(),
-            error: &handler,
+            method: "GET",
+            status: (500, "Internal Server Error"),
+            error: "the database is down",
         };
         assert_eq!(handler.level(), Level::Error);
         let text = handler.to_string();

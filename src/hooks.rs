@@ -4,7 +4,7 @@
 //! Hooks are async (`Fn(..) -> impl Future<Output = ()>`) and run on the server's thread; for
 //! synchronous work, do it and return a ready future: `|| { flush(); async {} }`. A hook is
 //! awaited where it stands: `on_spawn` before the fork (while connections go on being served),
-//! `on_ready` and `on_drain` in the server loop, `on_exit` before [`crate::Server::serve`]
+//! `on_ready` and `on_drain` in the server loop, `on_exit` before [`crate::Baton::serve`]
 //! returns. Keep them short; the drain timer is running during `on_drain`.
 
 use std::fmt;
@@ -34,14 +34,7 @@ pub(crate) struct Hooks {
     give: Option<Rc<dyn Fn() -> serde_json::Value>>,
     /// The previous process's state, before this one serves (new side).
     take: Option<Rc<dyn Fn(serde_json::Value)>>,
-    /// Handlers resuming upgraded connections the previous process handed over, by name.
-    resume: Vec<(String, Resume)>,
-    /// The lean handler, tried before the http-types one.
-    lean: Option<crate::lean::Handler>,
 }
-
-/// Resumes an upgraded connection with its state.
-pub(crate) type Resume = Rc<dyn Fn(crate::Upgraded, serde_json::Value)>;
 
 impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,10 +45,6 @@ impl fmt::Debug for Hooks {
             .field("exit", &self.exit.is_some())
             .field("give", &self.give.is_some())
             .field("take", &self.take.is_some())
-            .field(
-                "resume",
-                &self.resume.iter().map(|(name, _)| name).collect::<Vec<_>>(),
-            )
             .finish()
     }
 }
@@ -99,32 +88,6 @@ impl Hooks {
 
     pub(crate) fn set_take(&mut self, hook: impl Fn(serde_json::Value) + 'static) {
         self.take = Some(Rc::new(hook));
-    }
-
-    pub(crate) fn set_resume(
-        &mut self,
-        name: &str,
-        hook: impl Fn(crate::Upgraded, serde_json::Value) + 'static,
-    ) {
-        self.resume.retain(|(n, _)| n != name);
-        self.resume.push((name.to_owned(), Rc::new(hook)));
-    }
-
-    pub(crate) fn set_lean(
-        &mut self,
-        handler: impl Fn(&crate::lean::Request<'_>, &mut crate::lean::Response<'_>) -> bool + 'static,
-    ) {
-        self.lean = Some(Rc::new(handler));
-    }
-
-    pub(crate) fn lean(&self) -> Option<crate::lean::Handler> {
-        self.lean.clone()
-    }
-
-    /// The handler for upgraded connections named `name`, if the application has one.
-    pub(crate) fn resumer(&self, name: &str) -> Option<Resume> {
-        let found = self.resume.iter().find(|(n, _)| n == name);
-        found.map(|(_, hook)| hook.clone())
     }
 
     /// The application hands state to its successor.

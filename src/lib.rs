@@ -52,29 +52,23 @@ compile_error!(
     "baton hands sockets between processes with Unix fd semantics; it builds on Unix only"
 );
 
-mod codec;
+mod baton;
 mod config;
-mod conn;
 mod drain;
 mod error;
 mod event;
-#[cfg(feature = "async-h1")]
-mod h1;
 mod handoff;
 mod hooks;
+mod http;
 mod io;
-pub mod lean;
 mod listener;
 mod process;
 mod reap;
 mod reload;
 mod report;
-mod server;
+mod serve;
 mod signals;
-mod stream;
 mod supervisor;
-#[cfg(feature = "tls")]
-mod tls;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -87,12 +81,13 @@ pub mod fuzzing {
         let Some((&split, data)) = data.split_first() else {
             return;
         };
-        let mut headers = [httparse::EMPTY_HEADER; crate::codec::MAX_HEADERS];
-        let whole = crate::codec::parse_head(data, &mut headers, 8192).map(|h| h.map(|h| h.len));
+        let mut headers = [httparse::EMPTY_HEADER; crate::http::codec::MAX_HEADERS];
+        let whole =
+            crate::http::codec::parse_head(data, &mut headers, 8192).map(|h| h.map(|h| h.len));
         let cut = usize::from(split) % (data.len() + 1);
-        let mut headers = [httparse::EMPTY_HEADER; crate::codec::MAX_HEADERS];
-        let prefix =
-            crate::codec::parse_head(&data[..cut], &mut headers, 8192).map(|h| h.map(|h| h.len));
+        let mut headers = [httparse::EMPTY_HEADER; crate::http::codec::MAX_HEADERS];
+        let prefix = crate::http::codec::parse_head(&data[..cut], &mut headers, 8192)
+            .map(|h| h.map(|h| h.len));
         // A prefix can only be partial, an error, or the same complete head.
         if let (Ok(Some(a)), Ok(Some(b))) = (prefix, whole) {
             assert_eq!(a, b, "a prefix parsed to a different head");
@@ -102,7 +97,7 @@ pub mod fuzzing {
             _ => data,
         };
         let decode = |chunk: usize| {
-            let mut state = crate::codec::Chunked::new();
+            let mut state = crate::http::codec::Chunked::new();
             let mut out = vec![0u8; 64];
             let mut decoded = Vec::new();
             let mut at = 0;
@@ -129,11 +124,13 @@ pub mod fuzzing {
     }
 }
 
+pub use baton::{Accepted, Baton, Connection, ListenerInfo, Program, Resumed};
 pub use config::Config;
-pub use conn::{UpgradeReceiver, Upgraded, upgrade};
 #[cfg(feature = "log")]
 pub use event::log_event;
 pub use event::{Event, Level};
+pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
+pub use http::{Server, lean};
 
 /// `true` once this process has started draining (after a restart handed over, or a shutdown
 /// signal), on any thread: a health check can report it.
@@ -162,5 +159,4 @@ pub use http_types;
 pub use listener::{Address, LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};
-pub use server::Server;
 pub use signals::Signal;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::supervisor::{RestartRecord, restart_file};
 
 /// Restarts the server whose PID file is `pid_file` (it must have been started with
-/// [`crate::Server::pid_file`]) and waits, up to `timeout`, for the outcome it records in
+/// [`crate::Baton::pid_file`]) and waits, up to `timeout`, for the outcome it records in
 /// `<pid file>.restart`. Returns the pid serving afterwards (a supervising process's own,
 /// which does not change, or the successor's), or an error saying why the restart failed.
 ///

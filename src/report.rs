@@ -1,8 +1,8 @@
-//! What [`crate::Server::serve`] returns: why serving ended and what the drain cut short.
+//! What [`crate::Baton::serve`] returns: why serving ended and what the drain cut short.
 
 use crate::signals::Signal;
 
-/// Why [`crate::Server::serve`] returned, and what the drain cut short.
+/// Why [`crate::Baton::serve`] returned, and what the drain cut short.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {

@@ -23,7 +23,6 @@ use crate::config::timing::ACCEPT_BACKOFF;
 use crate::error::{invalid, invalid_msg};
 use crate::io::edge::{Edge, Watched};
 use crate::io::ready::Readiness;
-use crate::stream::Stream;
 
 mod inherit;
 
@@ -82,7 +81,7 @@ pub(crate) enum Socket {
 }
 
 /// An accepted connection and its peer's address as text.
-pub(crate) type Accepted = (Stream, String);
+pub(crate) type Accepted = (crate::baton::Accepted, String);
 
 impl Socket {
     /// Accepts one connection if one is waiting; otherwise registers for the next. After an
@@ -91,7 +90,6 @@ impl Socket {
         &self,
         ready: &Readiness,
         watch: Option<&Watched>,
-        edge: &Arc<Edge>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Accepted>> {
         let attempt = || match self {
@@ -105,12 +103,14 @@ impl Socket {
                     let peer = peer
                         .and_then(|p| SocketAddr::try_from(p).ok())
                         .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                    Ok((Stream::Tcp(edge.register(s)?), peer))
+                    Ok((crate::baton::Accepted::Tcp(s), peer))
                 }),
-            Socket::Unix(l) => l
-                .get_ref()
-                .accept()
-                .and_then(|(s, _)| Ok((Stream::Unix(Async::new(s)?), "unix".to_owned()))),
+            Socket::Unix(l) => rustix::net::accept_with(l, accept_flags())
+                .map_err(io::Error::from)
+                .map(|fd| {
+                    let s = std::os::unix::net::UnixStream::from(fd);
+                    (crate::baton::Accepted::Unix(s), "unix".to_owned())
+                }),
         };
         // Watched by the connections' epoll (woken by it, and found by its look between
         // tasks); else through async-io's reactor.
@@ -309,6 +309,15 @@ impl Listener {
     }
 
     /// The path of a Unix listener, to remove at final shutdown.
+    /// What a program may know of it.
+    pub(crate) fn info(&self) -> crate::baton::ListenerInfo {
+        crate::baton::ListenerInfo {
+            addr: self.local.clone(),
+            origin: self.origin,
+            tls: self.tls,
+        }
+    }
+
     pub(crate) fn unix_path(&self) -> Option<&Path> {
         match &self.local {
             Address::Unix(path) => Some(path),
@@ -357,7 +366,10 @@ impl Listeners {
     /// The next connection from any listener, with the listener it came from. An error that
     /// needs a pause (out of fds or buffers) is returned once, and the next call waits
     /// [`ACCEPT_BACKOFF`] first; any other error concerns one connection only.
-    pub(crate) async fn accept(&self, edge: &Arc<Edge>) -> Result<(usize, Accepted), AcceptError> {
+    pub(crate) async fn accept(
+        &self,
+        edge: Option<&Arc<Edge>>,
+    ) -> Result<(usize, Accepted), AcceptError> {
         if self.backoff.replace(false) {
             async_io::Timer::after(ACCEPT_BACKOFF).await;
         }
@@ -377,7 +389,7 @@ impl Listeners {
 
     fn poll_any(
         &self,
-        edge: &Arc<Edge>,
+        edge: Option<&Arc<Edge>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(usize, Accepted)>> {
         let next = self.next.get();
@@ -385,13 +397,11 @@ impl Listeners {
             let index = (next + offset) % self.all.len();
             let listener = &self.all[index];
             let mut watch = listener.watch.borrow_mut();
-            if watch.is_none() {
+            if let (None, Some(edge)) = (&*watch, edge) {
                 *watch = edge.watch(listener.socket.as_fd()).ok();
             }
             let socket = &listener.socket;
-            if let Poll::Ready(accepted) =
-                socket.poll_accept(&listener.ready, watch.as_ref(), edge, cx)
-            {
+            if let Poll::Ready(accepted) = socket.poll_accept(&listener.ready, watch.as_ref(), cx) {
                 self.next.set(index + 1);
                 return Poll::Ready(accepted.map(|connection| (index, connection)));
             }

@@ -29,6 +29,7 @@ use async_io::Timer;
 use smol::future::FutureExt as _;
 use smol::{LocalExecutor, Task};
 
+use crate::baton::Baton;
 use crate::config::Config;
 use crate::config::timing::{
     CLEAN_EXIT_GRACE, FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH,
@@ -39,7 +40,6 @@ use crate::handoff::{self, Exec, Ready, Role};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
 use crate::reap::Found;
 use crate::report::{Report, Stop};
-use crate::server::Server;
 use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
 
@@ -131,9 +131,9 @@ struct Starting {
 }
 
 /// Runs the supervising process until a shutdown signal has drained every worker.
-pub(crate) async fn supervise(server: Server) -> io::Result<Report> {
+pub(crate) async fn supervise(baton: Baton) -> io::Result<Report> {
     let executor = LocalExecutor::new();
-    let mut supervising = Supervising::start(server)?;
+    let mut supervising = Supervising::start(baton)?;
     let run = supervising.run(&executor);
     let tasks = async {
         loop {
@@ -169,8 +169,12 @@ struct Supervising {
 }
 
 impl Supervising {
-    fn start(server: Server) -> io::Result<Supervising> {
-        let Server {
+    fn start(baton: Baton) -> io::Result<Supervising> {
+        // The program's checks (certificates, say) run here too, so a broken set fails at
+        // start-up, not in every worker (each worker runs them itself, so a restart picks up
+        // new files).
+        baton.check_before_ready()?;
+        let Baton {
             config,
             listeners,
             supervisor_state,
@@ -180,10 +184,7 @@ impl Supervising {
             on_event: emit,
             hooks,
             ..
-        } = server;
-        // Certificates are checked here too, so a broken set fails at start-up, not in every
-        // worker (each worker loads them itself, so a restart rotates them).
-        crate::server::load_tls(&listeners, &config.tls_files)?;
+        } = baton;
         let alone = Alone::here();
         let pid1 = alone == Some(Alone::Pid1);
         if !pid1 {
@@ -191,7 +192,7 @@ impl Supervising {
             let me = rustix::process::getpid();
             rustix::process::set_child_subreaper(Some(me)).map_err(io::Error::from)?;
         }
-        crate::server::announce(&listeners, environment_kept, &*emit);
+        crate::serve::announce(&listeners, environment_kept, &*emit);
         let notify = Supervisor::new(config.pid_file.clone());
         let count = config.workers.unwrap_or(1).max(1);
         let mut supervising = Supervising {

@@ -10,9 +10,9 @@ use http_types::{Body, Method, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
-use crate::codec;
 use crate::config::timing::{ERROR_WRITE_TIMEOUT, LINGER};
-use crate::stream::Stream;
+use crate::http::codec;
+use crate::http::stream::Stream;
 
 /// Most bytes of a response gathered before one write; smaller responses go out in one write.
 pub(crate) const WRITE_BUFFER: usize = 16 * 1024;
@@ -47,9 +47,9 @@ pub(crate) fn error_response(
     let status = error.status();
     if status.is_server_error() {
         events(&crate::Event::HandlerFailed {
-            method,
-            status,
-            error: &error,
+            method: method.as_ref(),
+            status: (u16::from(status), status.canonical_reason()),
+            error: &error.to_string(),
         });
     }
     if status.is_client_error() {

@@ -16,8 +16,8 @@ use smol::io::{AsyncRead, AsyncReadExt as _};
 use super::Options;
 use super::buf::ReadBuf;
 use super::request::ascii_value;
-use crate::codec::{self, Chunked, Framing, Reject};
-use crate::stream::Stream;
+use crate::http::codec::{self, Chunked, Framing, Reject};
+use crate::http::stream::Stream;
 
 /// Most unread request body discarded to keep a connection alive; beyond it, it closes.
 pub(crate) const DISCARD_LIMIT: u64 = 64 * 1024;

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::stream::Stream;
+use crate::http::stream::Stream;
 
 /// The read buffer a connection starts with; a larger head grows it, up to `max_head`.
 const FIRST_READ_BUFFER: usize = 2048;

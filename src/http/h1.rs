@@ -3,7 +3,7 @@
 //!
 //! It inherits async-h1's limits: HTTP/1.0 is refused, pipelined bytes read together with a
 //! request are lost, `Expect: 100-continue` is answered from a thread of async-global-executor.
-//! Waiting, draining and closing are shared with [`crate::conn`].
+//! Waiting, draining and closing are shared with [`crate::http::conn`].
 
 use std::future::Future;
 use std::io;
@@ -17,11 +17,11 @@ use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::conn::{
+use crate::drain::{Service, Work};
+use crate::http::conn::{
     DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, Waited, close, error_response, wants_close,
 };
-use crate::drain::{Service, Work};
-use crate::stream::Stream;
+use crate::http::stream::Stream;
 
 /// The response buffer a connection starts with, grown (doubling) only by larger responses.
 const FIRST_WRITE_BUFFER: usize = 1024;

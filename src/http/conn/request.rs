@@ -5,7 +5,7 @@ use std::str::FromStr;
 use http_types::headers::HeaderName;
 use http_types::{Method, Request, Url, Version};
 
-use crate::codec::{self, Reject};
+use crate::http::codec::{self, Reject};
 
 /// A header or trailer field's value as text: ASCII only, else `what` is named in the 400.
 pub(super) fn ascii_value<'v>(value: &'v [u8], what: &'static str) -> Result<&'v str, Reject> {

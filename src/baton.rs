@@ -1,9 +1,31 @@
-//! The public [`Server`] builder. What happens once it serves is in [`run`]: start-up, then the
-//! phases `Serving -> Upgrading -> Serving | Draining -> Report`.
-
-mod run;
-
-pub(crate) use run::{announce, load_tls};
+//! The core's public face: [`Baton`], created once per process, gives a program its listeners
+//! (created or inherited), restarts and shuts it down on signals, in either process model, and
+//! hands its connections and state to the successor. It knows no protocol: the program says
+//! what a connection is ([`Program`]); the HTTP server ([`crate::Server`]) is one such
+//! program, the echo example another.
+//!
+//! ```no_run
+//! use baton::{Baton, Connection, Program};
+//!
+//! struct Echo;
+//!
+//! impl Program for Echo {
+//!     fn accepted(&self, connection: Connection) {
+//!         // Serve it on any executor; `connection.work` counts it for the drain.
+//!         smol::spawn(async move {
+//!             let _work = connection.work;
+//!             // ... read and write connection.stream ...
+//!         })
+//!         .detach();
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let baton = Baton::bind("127.0.0.1:7000")?;
+//!     let report = smol::block_on(baton.serve(Echo))?;
+//!     std::process::exit(if report.is_clean() { 0 } else { 1 })
+//! }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -13,36 +35,107 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use http_types::{Request, Response};
-use smol::LocalExecutor;
-use smol::future::FutureExt as _;
-
 use crate::config::Config;
-use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
+use crate::drain::{Service, Work};
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
-use crate::io::deadline::Deadlines;
-use crate::io::edge::Edge;
 use crate::listener::{Address, Inheritance, Listener, Origin};
 use crate::report::Report;
 use crate::signals::Signals;
 
-/// An HTTP/1.1 server that hands its listening socket to a new copy of itself on SIGHUP.
+/// A program served by [`Baton::serve`]: what to do with each connection. Its methods run on
+/// the thread that runs `serve`; they should start the connection's work (a task on any
+/// executor) and return.
+pub trait Program: 'static {
+    /// A connection this process accepted. Its [`Connection::work`] counts it for the drain
+    /// and for `max_connections` until dropped; [`Connection::service`] says when the drain
+    /// starts, and moves it to the successor ([`Service::hand_over`]).
+    fn accepted(&self, connection: Connection);
+
+    /// A connection the previous process handed over ([`Service::hand_over`]), under the
+    /// kind it named. Default: closed.
+    fn resumed(&self, resumed: Resumed) {
+        drop(resumed);
+    }
+}
+
+/// A connected socket as accepted: non-blocking, close-on-exec (TCP with `TCP_NODELAY`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Accepted {
+    /// From a TCP listener.
+    Tcp(std::net::TcpStream),
+    /// From a Unix socket listener.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// A connection this process accepted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The socket.
+    pub stream: Accepted,
+    /// The client's address as text (`unix` for a Unix socket's).
+    pub peer: String,
+    /// Which listener accepted it: its index in the order the addresses were given.
+    pub listener: usize,
+    /// That listener's local address as text.
+    pub local: String,
+    /// The listener was asked for as `tls:host:port`: the connection starts with a TLS
+    /// handshake, which is the program's to make.
+    pub tls: bool,
+    /// Counts the connection for the drain until dropped.
+    pub work: Work,
+    /// The serving round's drain, notice and hand-over.
+    pub service: Service,
+}
+
+/// A connection the previous process handed over.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Resumed {
+    /// The TCP connection, non-blocking.
+    pub stream: std::net::TcpStream,
+    /// The kind the previous process handed it over under (`""`: a keep-alive HTTP
+    /// connection from a build before kinds, with its addresses as state).
+    pub kind: String,
+    /// The JSON text it came with.
+    pub state: String,
+    /// The bytes the previous process had read from it and not used: they come first.
+    pub held: Vec<u8>,
+    /// Counts the connection for the drain until dropped.
+    pub work: Work,
+    /// The serving round's drain, notice and hand-over.
+    pub service: Service,
+}
+
+/// A check before this process reports ready.
+pub(crate) type Check = Rc<dyn Fn(&[ListenerInfo]) -> io::Result<()>>;
+
+/// What a program may know of a listener before it serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenerInfo {
+    /// Its local address.
+    pub addr: Address,
+    /// Created here, inherited, or socket-activated.
+    pub origin: Origin,
+    /// Asked for as `tls:host:port`.
+    pub tls: bool,
+}
+
+/// The restart core, one per process: its listeners, its signals, its successor, its drain.
 ///
-/// ```no_run
-/// use http_types::{Response, StatusCode};
-///
-/// # fn main() -> std::io::Result<()> {
-/// let server = baton::Server::bind("127.0.0.1:8080")?;
-/// let report = smol::block_on(server.serve(|_req| async {
-///     Ok(Response::from("Hello!\n"))
-/// }))?;
-/// assert_eq!(report.cut, 0);
-/// # Ok(())
-/// # }
-/// ```
-pub struct Server {
+/// Create it first thing in `main` ([`Baton::bind`]: it reads and takes the inherited
+/// variables while the process has one thread), set what the defaults do not suit, then
+/// [`Baton::serve`] a [`Program`]. SIGHUP restarts (the successor takes the listeners, then
+/// this process drains: the drain notice fires, connections move or close, the state goes
+/// once the requests in flight are done); SIGINT, SIGQUIT, SIGTERM shut down (the listeners
+/// close at once, then the drain). As PID 1, or behind a PID namespace's init, or with
+/// [`Baton::workers`], `serve` runs a supervising process instead, whose workers each run
+/// the program.
+pub struct Baton {
     pub(crate) config: Config,
     pub(crate) listeners: Vec<Listener>,
     /// The parent's readiness pipe, written once this process serves.
@@ -61,11 +154,15 @@ pub struct Server {
     pub(crate) exec: Exec,
     pub(crate) on_event: Rc<dyn Fn(&Event<'_>)>,
     pub(crate) hooks: Hooks,
+    /// Checks that must pass before this process reports ready (see [`Baton::before_ready`]).
+    pub(crate) before_ready: Vec<Check>,
+    /// The connections' epoll, if the program uses one: listeners are watched through it.
+    pub(crate) edge: Option<std::sync::Arc<crate::io::edge::Edge>>,
 }
 
-impl fmt::Debug for Server {
+impl fmt::Debug for Baton {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
+        f.debug_struct("Baton")
             .field("listeners", &self.listeners)
             .field("program", &self.exec.program())
             .field("config", &self.config)
@@ -73,7 +170,7 @@ impl fmt::Debug for Server {
     }
 }
 
-impl Server {
+impl Baton {
     /// Listens on `addr` (`host:port`, `:port` for every interface, or `unix:/path`), or takes
     /// over the listener for that address that the parent process passed through `LISTENER`
     /// or systemd passed through `LISTEN_FDS`.
@@ -88,35 +185,35 @@ impl Server {
     /// and `LISTEN_*` out of the environment so processes the handler starts do not inherit
     /// them, which is only sound while this is the process's one thread. If other threads are
     /// running, the variables stay and serving starts with [`Event::EnvironmentKept`].
-    pub fn bind(addr: &str) -> io::Result<Server> {
-        Server::bind_all([addr])
+    pub fn bind(addr: &str) -> io::Result<Baton> {
+        Baton::bind_all([addr])
     }
 
-    /// Like [`Server::bind`], for several addresses at once; a restart hands all of them over
+    /// Like [`Baton::bind`], for several addresses at once; a restart hands all of them over
     /// (as fds 3, 4, ... in the order given).
     ///
     /// A `LISTENER` (or endless's `ENDLESS_SOCKET_ORDER`) that hands over an address none of
     /// `addrs` names is an error naming both, rather than a second listener beside it: see
-    /// [`Server::bind_inherited_or`] to take whatever was handed over.
-    pub fn bind_all<I, S>(addrs: I) -> io::Result<Server>
+    /// [`Baton::bind_inherited_or`] to take whatever was handed over.
+    pub fn bind_all<I, S>(addrs: I) -> io::Result<Baton>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        Server::bind_from(Some(addrs), None)
+        Baton::bind_from(Some(addrs), None)
     }
 
     /// Takes over every listener the parent process handed over (`LISTENER`, from baton, the
     /// Go original or a Go server doing the same, or endless's `ENDLESS_SOCKET_ORDER`),
-    /// whatever their addresses; with none, listens on `default` as [`Server::bind`] does.
+    /// whatever their addresses; with none, listens on `default` as [`Baton::bind`] does.
     /// For a binary that takes the place of one started without arguments (the Go original
     /// re-executes itself with none).
-    pub fn bind_inherited_or(default: &str) -> io::Result<Server> {
-        Server::bind_from(None, Some(default))
+    pub fn bind_inherited_or(default: &str) -> io::Result<Baton> {
+        Baton::bind_from(None, Some(default))
     }
 
-    fn bind_from(addrs: Option<Vec<String>>, default: Option<&str>) -> io::Result<Server> {
+    fn bind_from(addrs: Option<Vec<String>>, default: Option<&str>) -> io::Result<Baton> {
         // Read and take the inherited variables while this may still be the only thread:
         // signal registration below starts async-io's thread.
         let inheritance = Inheritance::from_env()?;
@@ -136,7 +233,9 @@ impl Server {
         };
         let bound = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
-        Ok(Server {
+        Ok(Baton {
+            before_ready: Vec::new(),
+            edge: None,
             config: Config::default(),
             listeners: bound.listeners,
             ready: bound.ready,
@@ -213,65 +312,10 @@ impl Server {
         self
     }
 
-    /// The longest a client may take to send a request head once it started one. Default: [`Config::header_timeout`].
-    pub fn header_timeout(mut self, timeout: Duration) -> Self {
-        self.config.header_timeout = timeout;
-        self
-    }
-
-    /// How long a keep-alive connection may sit idle between requests. Default: [`Config::keep_alive_timeout`].
-    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
-        self.config.keep_alive_timeout = timeout;
-        self
-    }
-
-    /// How long a drain leaves an idle keep-alive connection open before closing it, so that a
-    /// request the client already sent is still answered. Default: [`Config::idle_grace`].
-    pub fn idle_grace(mut self, grace: Duration) -> Self {
-        self.config.idle_grace = grace;
-        self
-    }
-
-    /// The largest request head (request line and header fields) accepted; larger ones are
-    /// answered 431. Default: [`Config::max_head_bytes`].
-    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_head_bytes = bytes;
-        self
-    }
-
-    /// The largest request body accepted; larger ones are answered 413. Default: [`Config::max_body_bytes`].
-    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
-        self.config.max_body_bytes = bytes;
-        self
-    }
-
-    /// Serve connections with async-h1's decoder and encoder instead of baton's own codec
-    /// (for comparison; see the crate's `async-h1` feature). Default: [`Config::async_h1`].
-    #[cfg(feature = "async-h1")]
-    pub fn async_h1(mut self, on: bool) -> Self {
-        self.config.async_h1 = on;
-        self
-    }
-
     /// The most connections served at once; at the limit, new ones wait in the kernel's
     /// accept queue until one closes. Default: [`Config::max_connections`].
     pub fn max_connections(mut self, limit: usize) -> Self {
         self.config.max_connections = limit;
-        self
-    }
-
-    /// How long a client may keep a response write waiting (it stopped reading) before the
-    /// connection is reset. Default: [`Config::write_timeout`].
-    pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.config.write_timeout = timeout;
-        self
-    }
-
-    /// How long a request body may stall (no byte arrives) while it is read, by the handler or
-    /// by the server skipping what the handler left. The request then fails with 408 and the
-    /// connection closes. Default: [`Config::body_timeout`].
-    pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.config.body_timeout = timeout;
         self
     }
 
@@ -322,40 +366,14 @@ impl Server {
     }
 
     /// Receives the state the previous process handed over (see
-    /// [`Server::on_hand_over_state`]), before this process serves; not called if none came
+    /// [`Baton::on_hand_over_state`]), before this process serves; not called if none came
     /// (the event `StateInherited` says why). A synchronous closure. Default: none.
     pub fn on_inherit_state(mut self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
         self.hooks.set_take(hook);
         self
     }
 
-    /// Resumes upgraded connections that the previous process moved here under `name` (see
-    /// [`crate::Upgraded::hand_over`]): `hook` gets each one, with the bytes it held first in
-    /// its reads, and the JSON state it was handed over with. It runs on the server's thread;
-    /// spawn the connection's work from it. A connection under a name with no handler is
-    /// closed. Default: none.
-    pub fn on_upgraded(
-        mut self,
-        name: &str,
-        hook: impl Fn(crate::Upgraded, serde_json::Value) + 'static,
-    ) -> Self {
-        self.hooks.set_resume(name, hook);
-        self
-    }
-
-    /// A lean handler (see [`crate::lean`]), tried before the http-types handler for requests
-    /// with no body or a small one already read: it answers from the parsed head, writing
-    /// status, fields and body straight into the response buffer, and returns `true`; or
-    /// `false`, and the request goes to the http-types handler. Default: none.
-    pub fn lean(
-        mut self,
-        handler: impl Fn(&crate::lean::Request<'_>, &mut crate::lean::Response<'_>) -> bool + 'static,
-    ) -> Self {
-        self.hooks.set_lean(handler);
-        self
-    }
-
-    /// Runs `hook` with the final [`Report`] just before [`Server::serve`] returns, in every
+    /// Runs `hook` with the final [`Report`] just before [`Baton::serve`] returns, in every
     /// process model: a single process, each worker, and the supervising process (whose only
     /// hook this is; its report is a shutdown's).
     pub fn on_exit<F, Fut>(mut self, hook: F) -> Self
@@ -364,19 +382,6 @@ impl Server {
         Fut: Future<Output = ()> + 'static,
     {
         self.hooks.set_exit(hook);
-        self
-    }
-
-    /// The PEM certificate chain (leaf first) and private key for `tls:` listeners (cargo
-    /// feature `tls`). The files are read when serving starts, in every process, so a restart
-    /// after replacing them rotates the certificate. Default: [`Config::tls_files`].
-    #[cfg(feature = "tls")]
-    pub fn tls_files(
-        mut self,
-        certificate: impl Into<std::path::PathBuf>,
-        key: impl Into<std::path::PathBuf>,
-    ) -> Self {
-        self.config.tls_files = Some((certificate.into(), key.into()));
         self
     }
 
@@ -390,7 +395,7 @@ impl Server {
     }
 
     /// The largest state a restart carries to the successor (see
-    /// [`Server::on_hand_over_state`]). Default: [`Config::max_state_bytes`].
+    /// [`Baton::on_hand_over_state`]). Default: [`Config::max_state_bytes`].
     pub fn max_state_bytes(mut self, bytes: usize) -> Self {
         self.config.max_state_bytes = bytes;
         self
@@ -410,31 +415,6 @@ impl Server {
         self
     }
 
-    /// Serves until a restart hands over to a successor or a shutdown signal arrives, then
-    /// drains and returns what the drain cut short. Runs on one thread: every connection is a
-    /// task on a local executor inside this future.
-    pub async fn serve<F, Fut>(self, handler: F) -> io::Result<Report>
-    where
-        F: Fn(Request) -> Fut + 'static,
-        Fut: Future<Output = http_types::Result<Response>> + 'static,
-    {
-        let executor = LocalExecutor::new();
-        if self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0) {
-            // The supervising process: it never serves, so the handler is for its workers.
-            let tasks = run_tasks(&executor, None);
-            return crate::process::supervise(self).or(tasks).await;
-        }
-        // Connections' readiness comes from their own epoll (see `edge`), their idle
-        // timeouts from one sweeper (see `deadline`).
-        let edge = Edge::new()?;
-        executor.spawn(edge.clone().drive()).detach();
-        executor.spawn(Deadlines::install()).detach();
-        let tasks = run_tasks(&executor, Some(&edge));
-        run::run(self, &executor, edge.clone(), Rc::new(handler))
-            .or(tasks)
-            .await
-    }
-
     /// How many workers a supervising process runs: as configured, else one when this
     /// process is PID 1 (a container's init) or behind the init of a PID namespace (see
     /// [`crate::process::Alone`]), else none (single-process model).
@@ -443,32 +423,63 @@ impl Server {
             .workers
             .unwrap_or_else(|| usize::from(crate::process::Alone::here().is_some()))
     }
-}
 
-/// Runs `executor`'s tasks for ever, checking for I/O every [`TASKS_BETWEEN_IO_CHECKS`]
-/// tasks: with `edge`, by one look at the connections' epoll (and before waiting, when the
-/// executor runs out of tasks), and a whole round of the reactor every
-/// [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks; without, by a round of the reactor each time.
-async fn run_tasks<T>(executor: &LocalExecutor<'static>, edge: Option<&Edge>) -> T {
-    // One look at the connections and listeners (one epoll_wait): whether it found any.
-    let look = || edge.is_some_and(|edge| edge.poll_now().is_ok_and(|n| n > 0));
-    let looks = if edge.is_some() {
-        IO_LOOKS_BETWEEN_REACTOR_ROUNDS
-    } else {
-        1
-    };
-    loop {
-        for _ in 0..looks {
-            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                // Out of tasks: look first, and wait in the reactor only if nothing is ready.
-                if !executor.try_tick() && !look() {
-                    executor.tick().await;
-                }
-            }
-            look();
+    /// The settings, to change one that has no builder method of its own here (the HTTP
+    /// server's, say).
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    /// The listeners, as a program may know them before serving.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners.iter().map(Listener::info).collect()
+    }
+
+    /// Runs `check` before this process reports ready (and, in a supervising process, before
+    /// it starts workers): an error ends start-up with it, so a successor whose configuration
+    /// is broken (unreadable certificates, say) is never taken for ready, and the old process
+    /// serves on. Default: none.
+    pub fn before_ready(
+        mut self,
+        check: impl Fn(&[ListenerInfo]) -> io::Result<()> + 'static,
+    ) -> Self {
+        self.before_ready.push(Rc::new(check));
+        self
+    }
+
+    /// Where events go (see [`Baton::on_event`]): a program reports its own there.
+    pub fn events(&self) -> Rc<dyn Fn(&Event<'_>)> {
+        self.on_event.clone()
+    }
+
+    /// Watch the listeners through `edge` (the HTTP server's connection epoll).
+    pub(crate) fn watch_with(&mut self, edge: std::sync::Arc<crate::io::edge::Edge>) {
+        self.edge = Some(edge);
+    }
+
+    /// Whether [`Baton::serve`] runs a supervising process here (which never calls the
+    /// program: its workers do) rather than serving.
+    pub fn supervises(&self) -> bool {
+        self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0)
+    }
+
+    /// Runs the checks of [`Baton::before_ready`].
+    pub(crate) fn check_before_ready(&self) -> io::Result<()> {
+        let listeners = self.listeners();
+        self.before_ready
+            .iter()
+            .try_for_each(|check| check(&listeners))
+    }
+
+    /// Serves `program` until a restart hands over to a successor or a shutdown signal
+    /// arrives, then drains, and returns what the drain cut short; or, as a supervising
+    /// process ([`Baton::supervises`]), runs the workers until a shutdown. Everything of the
+    /// core runs in this future, on the calling thread; the program's connections may run
+    /// anywhere.
+    pub async fn serve(self, program: impl Program) -> io::Result<Report> {
+        if self.supervises() {
+            return crate::process::supervise(self).await;
         }
-        // Back to `block_on`, which polls the reactor (without blocking) before polling this
-        // future again: signals, listeners, relays, timers.
-        smol::future::yield_now().await;
+        crate::serve::run(self, Rc::new(program)).await
     }
 }

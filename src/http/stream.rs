@@ -18,7 +18,7 @@ pub(crate) enum Stream {
     Tcp(crate::io::edge::Conn),
     Unix(Async<UnixStream>),
     #[cfg(feature = "tls")]
-    Tls(Box<crate::tls::Session>),
+    Tls(Box<crate::http::tls::Session>),
 }
 
 impl Stream {

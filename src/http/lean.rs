@@ -22,7 +22,7 @@
 
 use std::rc::Rc;
 
-use crate::codec;
+use crate::http::codec;
 
 /// A request as the lean handler sees it: borrowed from the connection's read buffer.
 #[derive(Debug)]

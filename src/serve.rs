@@ -7,10 +7,12 @@
 //!             └───────────────────── the successor exited ──────────────────┘
 //! ```
 //!
-//! [`start`] loads certificates, writes the pid file, takes the predecessor's state and
+//! The core's serving loop, for any [`Program`]: [`start`] runs the program's checks
+//! ([`crate::Baton::before_ready`]), writes the pid file, takes the predecessor's state and
 //! reports ready. [`Process::serving`] is the select loop of both `Serving` and `Upgrading`
 //! (accept, relayed connections, signals, and, while upgrading, the successor's readiness).
-//! [`Process::draining`] stops accepting and waits for the connections under the drain timer.
+//! [`Process::draining`] stops accepting and waits for the program's work under the drain
+//! timer. Nothing here knows the program's protocol.
 
 use std::future::Future;
 use std::io;
@@ -19,17 +21,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use async_io::Timer;
-use http_types::{Request, Response};
 use smol::future::FutureExt as _;
-use smol::{LocalExecutor, Task};
 
-use super::Server;
+use crate::baton::{Baton, Connection, Program, Resumed};
 use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
-use crate::conn;
-use crate::drain::{Service, Work};
+use crate::drain::Service;
 use crate::event::Event;
-use crate::handoff::relay::{Handed, HandedUpgrade, Received, Relay};
+use crate::handoff::relay::{Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
@@ -37,7 +36,6 @@ use crate::io::edge::Edge;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
 use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
-use crate::stream::Stream;
 use crate::supervisor::Supervisor;
 
 /// Where the server is.
@@ -53,7 +51,7 @@ enum Phase {
 struct Upgrade {
     /// SIGHUP (drain once ready) rather than SIGUSR2 (keep serving beside it).
     restart: bool,
-    task: Task<Upgraded>,
+    task: std::pin::Pin<Box<dyn Future<Output = Upgraded>>>,
 }
 
 /// The successor, serving (with this process's end of the relay, if any); or its pid (if it
@@ -72,97 +70,6 @@ struct Draining {
     from_supervisor: bool,
 }
 
-/// Starts connection tasks: the handlers and the settings every connection gets.
-struct Connections<'e, F> {
-    executor: &'e LocalExecutor<'static>,
-    handler: Rc<F>,
-    lean: Option<crate::lean::Handler>,
-    options: conn::Options,
-    /// The edge-triggered epoll every plain TCP connection is registered with.
-    edge: Arc<Edge>,
-    /// Where connections report (a handler's error answered 5xx).
-    events: Rc<dyn Fn(&Event<'_>)>,
-}
-
-impl<F, Fut> Connections<'_, F>
-where
-    F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = http_types::Result<Response>> + 'static,
-{
-    /// Serves `incoming` as one of `drain`'s connections (`counted` from its accept on).
-    fn spawn(&self, incoming: conn::Incoming, drain: &Service, counted: Work) {
-        let handler = self.handler.clone();
-        let lean = self.lean.clone();
-        let task = conn::serve(
-            incoming,
-            handler,
-            lean,
-            drain.clone(),
-            counted,
-            self.options,
-            self.events.clone(),
-        );
-        self.executor.spawn(task).detach();
-    }
-
-    /// A connection the previous process handed over (non-blocking already, as the flag
-    /// belongs to the open file both share; set again all the same).
-    fn adopt(&self, fd: std::os::fd::OwnedFd) -> io::Result<crate::io::edge::Conn> {
-        let tcp = std::net::TcpStream::from(fd);
-        tcp.set_nonblocking(true)?;
-        self.edge.register(tcp)
-    }
-
-    /// Resumes an upgraded connection the previous process handed over, with the handler the
-    /// application registered for its name; closes it if there is none.
-    fn spawn_upgraded(&self, handed: HandedUpgrade, drain: &Service, hooks: &Hooks) {
-        if handed.name == conn::KEEP_ALIVE {
-            // A keep-alive connection: serve it as if accepted here.
-            let state: serde_json::Value = serde_json::from_str(&handed.state).unwrap_or_default();
-            let text = |key: &str| state[key].as_str().unwrap_or("unknown").to_owned();
-            let (peer, local) = (text("peer"), text("local"));
-            let handed = Handed {
-                fd: handed.fd,
-                peer,
-                local,
-                pending: handed.held,
-            };
-            return self.spawn_handed(handed, drain);
-        }
-        let Some(resume) = hooks.resumer(&handed.name) else {
-            return;
-        };
-        let Ok(stream) = self.adopt(handed.fd) else {
-            return;
-        };
-        let state = serde_json::from_str(&handed.state).unwrap_or(serde_json::Value::Null);
-        let task = conn::resume_upgraded(
-            Stream::Tcp(stream),
-            handed.held,
-            move |upgraded| resume(upgraded, state),
-            drain.clone(),
-            drain.work(),
-        );
-        self.executor.spawn(task).detach();
-    }
-
-    /// Serves a connection the previous process handed over, as if this one had accepted it.
-    fn spawn_handed(&self, handed: Handed, drain: &Service) {
-        let Ok(stream) = self.adopt(handed.fd) else {
-            return;
-        };
-        let incoming = conn::Incoming {
-            stream: Stream::Tcp(stream),
-            peer: handed.peer,
-            local: handed.local,
-            tls: None,
-            pending: handed.pending,
-            fresh: false,
-        };
-        self.spawn(incoming, drain, drain.work());
-    }
-}
-
 /// What comes from older processes: relays connections come in on, until each is closed (the
 /// previous process's, and older ones it forwarded when it started draining), and the
 /// generations still draining, oldest first.
@@ -173,11 +80,13 @@ struct Inbound {
 }
 
 /// Everything the phases share.
-struct Process<'e, F> {
-    connections: Connections<'e, F>,
+struct Process {
+    /// What serves the connections.
+    program: Rc<dyn Program>,
+    /// The program's connection epoll, which watches the listeners too, if it has one.
+    edge: Option<Arc<Edge>>,
     config: Config,
     listeners: Listeners,
-    tls: Option<conn::Tls>,
     signals: Signals,
     exec: Exec,
     emit: Rc<dyn Fn(&Event<'_>)>,
@@ -202,17 +111,8 @@ struct Process<'e, F> {
 }
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
-pub(super) async fn run<F, Fut>(
-    server: Server,
-    executor: &LocalExecutor<'static>,
-    edge: Arc<Edge>,
-    handler: Rc<F>,
-) -> io::Result<Report>
-where
-    F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = http_types::Result<Response>> + 'static,
-{
-    let mut process = start(server, executor, edge, handler).await?;
+pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Report> {
+    let mut process = start(baton, program).await?;
     let mut phase = Phase::Serving;
     let report = loop {
         phase = match phase {
@@ -226,19 +126,13 @@ where
     Ok(report)
 }
 
-/// Everything before the first accept: certificates, the pid file, the predecessor's state,
-/// and telling the parent (if any) that this process serves.
-async fn start<'e, F, Fut>(
-    server: Server,
-    executor: &'e LocalExecutor<'static>,
-    edge: Arc<Edge>,
-    handler: Rc<F>,
-) -> io::Result<Process<'e, F>>
-where
-    F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = http_types::Result<Response>> + 'static,
-{
-    let Server {
+/// Everything before the first accept: the program's checks, the pid file, the predecessor's
+/// state, and telling the parent (if any) that this process serves.
+async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
+    // The program's checks (certificates, say) pass before anything reports ready: a
+    // successor whose configuration is broken fails here, and its parent serves on.
+    baton.check_before_ready()?;
+    let Baton {
         config,
         listeners,
         ready,
@@ -251,12 +145,11 @@ where
         exec,
         on_event: emit,
         hooks,
-    } = server;
+        edge,
+        before_ready: _,
+    } = baton;
     let control = control.map(Relay::new).transpose()?;
     let is_worker = control.is_some();
-    // Certificates load before anything reports ready: a successor whose files are broken
-    // fails here, and its parent serves on with the old ones.
-    let tls = load_tls(&listeners, &config.tls_files)?;
     // The PID file names this process before its parent hears that it is ready. A worker's
     // supervising process keeps the PID file and speaks to systemd.
     let pid_file = config.pid_file.clone().filter(|_| control.is_none());
@@ -304,19 +197,10 @@ where
             }
         }
     }
-    let connections = Connections {
-        executor,
-        handler,
-        lean: hooks.lean(),
-        options: config.connection(),
-        edge,
-        events: emit.clone(),
-    };
     let drain = Service::new();
     for message in waiting {
         relayed(
-            &connections,
-            &hooks,
+            &*program,
             &drain,
             &mut inbound,
             usize::MAX,
@@ -324,10 +208,10 @@ where
         );
     }
     Ok(Process {
-        connections,
+        program,
+        edge,
         config,
         listeners: Listeners::new(listeners),
-        tls,
         signals,
         exec,
         emit,
@@ -432,11 +316,7 @@ enum Wake {
     Control(io::Result<Option<Received>>),
 }
 
-impl<F, Fut> Process<'_, F>
-where
-    F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = http_types::Result<Response>> + 'static,
-{
+impl Process {
     /// `Serving` (no upgrade) and `Upgrading`: accept and serve until something changes the
     /// phase.
     async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
@@ -444,13 +324,12 @@ where
             match self.next_wake(upgrade.as_mut()).await {
                 Wake::Relayed(index, message) => {
                     let Process {
-                        connections,
-                        hooks,
+                        program,
                         inbound,
                         drain,
                         ..
                     } = self;
-                    relayed(connections, hooks, drain, inbound, index, message);
+                    relayed(&**program, drain, inbound, index, message);
                 }
                 Wake::Accepted(Ok((index, connection))) => self.serve_accepted(index, connection),
                 Wake::Accepted(Err(failure)) => {
@@ -553,7 +432,7 @@ where
             inbound,
             control,
             relay_buffer,
-            connections,
+            edge,
             drain,
             config,
             ..
@@ -561,7 +440,7 @@ where
         let accept = async {
             // At the limit, leave new connections in the kernel's queue until one ends.
             drain.below(config.max_connections.max(1)).await;
-            let accepted = listeners.accept(&connections.edge).await;
+            let accepted = listeners.accept(edge.as_ref()).await;
             Wake::Accepted(accepted)
         };
         let signal = async { Wake::Signal(signals.next().await) };
@@ -592,39 +471,16 @@ where
 
     fn serve_accepted(&self, index: usize, (stream, peer): Accepted) {
         let listener = &self.listeners.as_slice()[index];
-        // Counted from the accept on, so the connection limit holds exactly.
-        let counted = self.drain.work();
-        #[cfg(feature = "async-h1")]
-        if self.config.async_h1 {
-            let Connections {
-                executor,
-                handler,
-                options,
-                ..
-            } = &self.connections;
-            let task = crate::h1::serve(
-                stream,
-                handler.clone(),
-                self.drain.clone(),
-                counted,
-                *options,
-                self.emit.clone(),
-            );
-            executor.spawn(task).detach();
-            return;
-        }
-        // Without the `tls` feature the acceptor type is uninhabited (and Copy).
-        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
-        let tls = if listener.tls { self.tls.clone() } else { None };
-        let incoming = conn::Incoming {
+        self.program.accepted(Connection {
             stream,
             peer,
+            listener: index,
             local: listener.local_text.clone(),
-            tls,
-            pending: Vec::new(),
-            fresh: true,
-        };
-        self.connections.spawn(incoming, &self.drain, counted);
+            tls: listener.tls,
+            // Counted from the accept on, so the connection limit holds exactly.
+            work: self.drain.work(),
+            service: self.drain.clone(),
+        });
     }
 
     /// At a restart: with this process, its successor and the older generations still
@@ -654,7 +510,7 @@ where
         match self.upgrade_task() {
             Ok(task) => Some(Upgrade {
                 restart,
-                task: self.connections.executor.spawn(task),
+                task: Box::pin(task),
             }),
             Err(error) => {
                 if restart {
@@ -774,13 +630,6 @@ where
         if shutdown || self.is_worker {
             self.listeners = Listeners::new(Vec::new());
         }
-        // (async-h1's loop cannot hand connections over; with it they close as usual.)
-        if cfg!(feature = "async-h1") && self.config.async_h1 {
-            if let Some(relay) = outbound.take() {
-                let state = self.state();
-                send_state(&relay, &state, false, &*self.emit).await;
-            }
-        }
         if let Some(relay) = outbound.take() {
             self.drain.set_relay(std::sync::Arc::new(relay));
         }
@@ -874,7 +723,7 @@ where
         let state_wait = &self.config.state_wait;
         let max_state = &self.config.max_state_bytes;
         let Process {
-            connections,
+            program,
             hooks,
             signals,
             control,
@@ -893,7 +742,7 @@ where
         let relaying = async {
             while !inbound.relays.is_empty() {
                 let (index, message) = receive_any(&inbound.relays, relay_buffer).await;
-                relayed(connections, hooks, drain, inbound, index, message);
+                relayed(&**program, drain, inbound, index, message);
                 forward_inbound(drain, &mut inbound.relays).await;
             }
         };
@@ -1044,22 +893,40 @@ async fn receive_any(
     .await
 }
 
-/// Acts on a message from inbound relay `index`: a connection to serve or resume, an older
-/// relay to take connections from too, or the end of that relay.
-fn relayed<F, Fut>(
-    connections: &Connections<'_, F>,
-    hooks: &Hooks,
+/// Acts on a message from inbound relay `index`: a connection for the program to resume, an
+/// older relay to take connections from too, or the end of that relay.
+fn relayed(
+    program: &dyn Program,
     drain: &Service,
     inbound: &mut Inbound,
     index: usize,
     message: io::Result<Option<Received>>,
-) where
-    F: Fn(Request) -> Fut + 'static,
-    Fut: Future<Output = http_types::Result<Response>> + 'static,
-{
+) {
+    let resume = |fd: std::os::fd::OwnedFd, kind: String, state: String, held: Vec<u8>| {
+        let stream = std::net::TcpStream::from(fd);
+        // Non-blocking already (the flag belongs to the open file both share); set again all
+        // the same.
+        if stream.set_nonblocking(true).is_ok() {
+            program.resumed(Resumed {
+                stream,
+                kind,
+                state,
+                held,
+                work: drain.work(),
+                service: drain.clone(),
+            });
+        }
+    };
     match message {
-        Ok(Some(Received::Connection(handed))) => connections.spawn_handed(handed, drain),
-        Ok(Some(Received::Upgraded(handed))) => connections.spawn_upgraded(handed, drain, hooks),
+        // A connection from a build before kinds: its program's own (the HTTP server's
+        // keep-alive connections), with its addresses as state.
+        Ok(Some(Received::Connection(handed))) => {
+            let state = serde_json::json!({ "peer": handed.peer, "local": handed.local });
+            resume(handed.fd, String::new(), state.to_string(), handed.pending);
+        }
+        Ok(Some(Received::Upgraded(handed))) => {
+            resume(handed.fd, handed.name, handed.state, handed.held);
+        }
         Ok(Some(Received::Relay(fd))) => {
             if let Ok(relay) = Relay::new(fd) {
                 inbound.relays.push(relay);
@@ -1068,7 +935,7 @@ fn relayed<F, Fut>(
         Ok(Some(Received::Generations(pids))) => inbound.older = pids,
         // State comes first, before serving; one later (or a control message) is not for a
         // relay that is serving: ignored.
-        Ok(Some(Received::State(_) | Received::Retire(_))) => {}
+        Ok(Some(Received::State(_) | Received::Retire(_) | Received::Quit(_))) => {}
         // The process on the other end is done handing over (or its relay broke).
         _ if index < inbound.relays.len() => {
             inbound.relays.swap_remove(index);
@@ -1116,39 +983,4 @@ fn reap(children: &mut Vec<Child>, emit: &dyn Fn(&Event<'_>)) {
         Ok(None) => true,
         Err(_) => false,
     });
-}
-
-/// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
-/// needs one. Certificate files without a `tls:` listener are refused too: the user asked for
-/// TLS and would otherwise get plain HTTP without a word.
-pub(crate) fn load_tls(
-    listeners: &[Listener],
-    files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
-) -> io::Result<Option<conn::Tls>> {
-    if !listeners.iter().any(|l| l.tls) {
-        return match files {
-            Some(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a TLS certificate and key are set (Server::tls_files, hello --tls-cert \
-                 --tls-key) but no address is a tls: one: add one such as tls:127.0.0.1:8443",
-            )),
-            None => Ok(None),
-        };
-    }
-    #[cfg(feature = "tls")]
-    match files {
-        Some((certificate, key)) => crate::tls::acceptor(certificate, key).map(Some),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a tls: listener needs a certificate and key (Server::tls_files, hello --tls-cert --tls-key)",
-        )),
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = files;
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "tls: listeners need baton's `tls` feature",
-        ))
-    }
 }

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 wire format, by RFC 9112, as pure functions over byte slices: request heads
 //! (on `httparse`), request body framing (Content-Length, chunked with trailers), and response
-//! heads ([`ResponseHead`]). Nothing here does I/O; [`crate::conn`] feeds it from the connection's buffer.
+//! heads ([`ResponseHead`]). Nothing here does I/O; [`crate::http::conn`] feeds it from the connection's buffer.
 //!
 //! Strict where leniency enables request smuggling: Content-Length together with
 //! Transfer-Encoding, a duplicate or malformed Content-Length, bad chunk sizes, obs-fold, bare

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use smol::io::{AsyncRead, AsyncWrite};
 
 use crate::drain::Service;
-use crate::stream::Stream;
+use crate::http::stream::Stream;
 
 /// An upgraded connection: read and write it as the new protocol's byte stream. Dropping it
 /// closes the connection; [`Upgraded::hand_over`] moves it to the successor instead.

@@ -1,5 +1,5 @@
 //! One connection's request/response loop: wait for a request, parse its head from the
-//! connection's own read buffer ([`crate::codec`]), call the handler, write the response in as
+//! connection's own read buffer ([`crate::http::codec`]), call the handler, write the response in as
 //! few writes as possible, and decide whether the connection stays open.
 //!
 //! One read buffer per connection, reused across requests (pipelined requests stay in it and
@@ -27,10 +27,10 @@ use async_io::Timer;
 use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
-use crate::codec::{self, Framing, Reject};
 use crate::drain::{Busy, Service, Work as Counted};
+use crate::http::codec::{self, Framing, Reject};
+use crate::http::stream::Stream;
 use crate::io::deadline::Deadline;
-use crate::stream::Stream;
 
 mod body;
 mod buf;
@@ -43,7 +43,7 @@ use buf::{EagerRead, ReadBuf};
 use request::Requests;
 use response::{plain, refuse};
 
-// The async-h1 loop (`crate::h1`) shares these decisions and sizes.
+// The async-h1 loop (`crate::http::h1`) shares these decisions and sizes.
 #[cfg(feature = "async-h1")]
 pub(crate) use body::DISCARD_LIMIT;
 #[cfg(feature = "async-h1")]
@@ -63,11 +63,27 @@ pub(crate) struct Options {
     pub(crate) body_timeout: Duration,
 }
 
+impl From<&crate::Config> for Options {
+    /// The settings one connection needs, with the lower bounds applied.
+    fn from(config: &crate::Config) -> Options {
+        let c = config;
+        Options {
+            header_timeout: c.header_timeout,
+            keep_alive_timeout: c.keep_alive_timeout,
+            idle_grace: c.idle_grace,
+            max_head: c.max_head_bytes.max(64),
+            max_body: c.max_body_bytes,
+            write_timeout: c.write_timeout,
+            body_timeout: c.body_timeout,
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve<F, Fut>(
     incoming: Incoming,
     handler: Rc<F>,
-    lean: Option<crate::lean::Handler>,
+    lean: Option<crate::http::lean::Handler>,
     drain: Service,
     _connection: Counted,
     options: Options,
@@ -158,7 +174,7 @@ struct Connection<'d> {
 
 /// The lean handler and the buffers its responses are gathered in, reused.
 struct Lean {
-    handler: crate::lean::Handler,
+    handler: crate::http::lean::Handler,
     fields: Vec<u8>,
     body: Vec<u8>,
 }
@@ -533,13 +549,18 @@ async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Optio
         let tcp = conn.get_ref().try_clone().ok()?;
         drop(conn);
         let tcp = Arc::new(async_io::Async::new_nonblocking(tcp).ok()?);
-        let accepted = async { acceptor.accept(crate::tls::Tcp(tcp.clone())).await.ok() };
+        let accepted = async {
+            acceptor
+                .accept(crate::http::tls::Tcp(tcp.clone()))
+                .await
+                .ok()
+        };
         let expired = async {
             Timer::after(timeout).await;
             None
         };
         let session = accepted.or(expired).await?;
-        Some(Stream::Tls(Box::new(crate::tls::Session {
+        Some(Stream::Tls(Box::new(crate::http::tls::Session {
             tcp,
             tls: std::sync::Mutex::new(session),
         })))
@@ -661,7 +682,7 @@ fn try_lean(
         Some((path, query)) => (path, Some(query)),
         None => (head.target, None),
     };
-    let request = crate::lean::Request {
+    let request = crate::http::lean::Request {
         method: head.method,
         path,
         query,
@@ -670,7 +691,7 @@ fn try_lean(
     };
     lean.fields.clear();
     lean.body.clear();
-    let mut response = crate::lean::Response {
+    let mut response = crate::http::lean::Response {
         status: 200,
         fields: &mut lean.fields,
         body: &mut lean.body,
@@ -683,7 +704,7 @@ fn try_lean(
     // closes connections it cannot hand over.
     let close = !head.keep_alive || (drain.is_draining() && !relayable(io, drain));
     let head_only = head.method == "HEAD";
-    crate::lean::encode(
+    crate::http::lean::encode(
         out,
         status,
         &lean.fields,

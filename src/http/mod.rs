@@ -1,0 +1,413 @@
+//! The HTTP/1.1 server, one program of the core ([`crate::Baton`]): it adds the codec, the
+//! connection loop, the lean path, TLS and upgrades, and uses nothing of the core but what
+//! every program gets ([`crate::Program`], [`crate::Service`]).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`program`] | the HTTP program: accepted and resumed connections to connection tasks, TLS certificates |
+//! | [`codec`] | the HTTP/1.1 wire format as pure functions |
+//! | [`conn`] | one connection's loop and what follows each response |
+//! | [`lean`] | the lean handler path |
+//! | [`h1`] | (feature `async-h1`) the same loop on async-h1 |
+//! | [`tls`] | (feature `tls`) rustls sessions |
+//! | [`stream`] | a connected client: TCP on the connections' epoll, a Unix socket, or TLS |
+
+pub(crate) mod codec;
+pub(crate) mod conn;
+#[cfg(feature = "async-h1")]
+pub(crate) mod h1;
+pub mod lean;
+mod program;
+pub(crate) mod stream;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use http_types::{Request, Response};
+use smol::LocalExecutor;
+use smol::future::FutureExt as _;
+
+use crate::baton::Baton;
+use crate::config::Config;
+use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
+use crate::event::Event;
+use crate::io::deadline::Deadlines;
+use crate::io::edge::Edge;
+use crate::listener::Address;
+use crate::report::Report;
+
+/// Resumes an upgraded connection with its state.
+pub(crate) type Resume = Rc<dyn Fn(crate::Upgraded, serde_json::Value)>;
+
+/// An HTTP/1.1 server that hands its listening socket to a new copy of itself on SIGHUP.
+///
+/// ```no_run
+/// use http_types::{Response, StatusCode};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let server = baton::Server::bind("127.0.0.1:8080")?;
+/// let report = smol::block_on(server.serve(|_req| async {
+///     Ok(Response::from("Hello!\n"))
+/// }))?;
+/// assert_eq!(report.cut, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    /// The core: listeners, signals, restarts, the drain.
+    baton: Baton,
+    /// The lean handler, tried before the http-types one.
+    lean: Option<lean::Handler>,
+    /// Handlers resuming upgraded connections the previous process handed over, by name.
+    resumers: Vec<(String, Resume)>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("baton", &self.baton)
+            .field(
+                "resumers",
+                &self
+                    .resumers
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Listens on `addr` (`host:port`, `:port` for every interface, `unix:/path`, or
+    /// `tls:host:port`), or takes over the listener for that address that the parent process
+    /// passed through `LISTENER` or systemd through `LISTEN_FDS`: see [`Baton::bind`]. Call it
+    /// first thing in `main`, before starting threads or a runtime.
+    pub fn bind(addr: &str) -> io::Result<Server> {
+        Baton::bind(addr).map(Server::on)
+    }
+
+    /// Like [`Server::bind`], for several addresses at once: see [`Baton::bind_all`].
+    pub fn bind_all<I, S>(addrs: I) -> io::Result<Server>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Baton::bind_all(addrs).map(Server::on)
+    }
+
+    /// Takes over every listener the parent process handed over, whatever their addresses;
+    /// with none, listens on `default`: see [`Baton::bind_inherited_or`].
+    pub fn bind_inherited_or(default: &str) -> io::Result<Server> {
+        Baton::bind_inherited_or(default).map(Server::on)
+    }
+
+    /// An HTTP server on `baton`'s listeners.
+    pub fn on(baton: Baton) -> Server {
+        Server {
+            baton,
+            lean: None,
+            resumers: Vec::new(),
+        }
+    }
+
+    /// The core under this server, to set what it offers every program (hooks, the process
+    /// model, the drain): `server.core(|baton| baton.workers(2).on_drain(..))`.
+    pub fn core(mut self, set: impl FnOnce(Baton) -> Baton) -> Self {
+        self.baton = set(self.baton);
+        self
+    }
+
+    /// The first TCP listener's address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.baton.local_addr()
+    }
+
+    /// Every listener's address, in the order requested.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.baton.addresses()
+    }
+
+    /// `true` if the listeners came from the parent process.
+    pub fn is_inherited(&self) -> bool {
+        self.baton.is_inherited()
+    }
+
+    /// The settings as they stand.
+    pub fn config(&self) -> &Config {
+        self.baton.config()
+    }
+
+    /// All settings at once (see [`Baton::with_config`]).
+    pub fn with_config(self, config: Config) -> Self {
+        self.core(|b| b.with_config(config))
+    }
+
+    /// See [`Baton::workers`].
+    pub fn workers(self, n: usize) -> Self {
+        self.core(|b| b.workers(n))
+    }
+
+    /// See [`Baton::successor_ready_after`].
+    pub fn successor_ready_after(self, settle: Duration) -> Self {
+        self.core(|b| b.successor_ready_after(settle))
+    }
+
+    /// See [`Baton::drain_timeout`].
+    pub fn drain_timeout(self, timeout: Duration) -> Self {
+        self.core(|b| b.drain_timeout(timeout))
+    }
+
+    /// See [`Baton::upgrade_timeout`].
+    pub fn upgrade_timeout(self, timeout: Duration) -> Self {
+        self.core(|b| b.upgrade_timeout(timeout))
+    }
+
+    /// See [`Baton::max_connections`].
+    pub fn max_connections(self, limit: usize) -> Self {
+        self.core(|b| b.max_connections(limit))
+    }
+
+    /// See [`Baton::hand_over_connections`]: keep-alive connections move to the successor at
+    /// their next request boundary.
+    pub fn hand_over_connections(self, on: bool) -> Self {
+        self.core(|b| b.hand_over_connections(on))
+    }
+
+    /// See [`Baton::max_state_bytes`].
+    pub fn max_state_bytes(self, bytes: usize) -> Self {
+        self.core(|b| b.max_state_bytes(bytes))
+    }
+
+    /// See [`Baton::pid_file`].
+    pub fn pid_file(self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.core(|b| b.pid_file(path))
+    }
+
+    /// See [`Baton::on_event`].
+    pub fn on_event(self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
+        self.core(|b| b.on_event(sink))
+    }
+
+    /// See [`Baton::on_spawn`].
+    pub fn on_spawn<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.core(|b| b.on_spawn(hook))
+    }
+
+    /// See [`Baton::on_ready`].
+    pub fn on_ready<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(u32) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.core(|b| b.on_ready(hook))
+    }
+
+    /// See [`Baton::on_drain`].
+    pub fn on_drain<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.core(|b| b.on_drain(hook))
+    }
+
+    /// See [`Baton::on_exit`].
+    pub fn on_exit<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(Report) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.core(|b| b.on_exit(hook))
+    }
+
+    /// See [`Baton::on_hand_over_state`].
+    pub fn on_hand_over_state(self, hook: impl Fn() -> serde_json::Value + 'static) -> Self {
+        self.core(|b| b.on_hand_over_state(hook))
+    }
+
+    /// See [`Baton::on_inherit_state`].
+    pub fn on_inherit_state(self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
+        self.core(|b| b.on_inherit_state(hook))
+    }
+
+    /// The longest a client may take to send a request head once it started one. Default: [`Config::header_timeout`].
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.baton.config_mut().header_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may sit idle between requests. Default: [`Config::keep_alive_timeout`].
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.baton.config_mut().keep_alive_timeout = timeout;
+        self
+    }
+
+    /// How long a drain leaves an idle keep-alive connection open before closing it, so that a
+    /// request the client already sent is still answered. Default: [`Config::idle_grace`].
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.baton.config_mut().idle_grace = grace;
+        self
+    }
+
+    /// The largest request head (request line and header fields) accepted; larger ones are
+    /// answered 431. Default: [`Config::max_head_bytes`].
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.baton.config_mut().max_head_bytes = bytes;
+        self
+    }
+
+    /// The largest request body accepted; larger ones are answered 413. Default: [`Config::max_body_bytes`].
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.baton.config_mut().max_body_bytes = bytes;
+        self
+    }
+
+    /// Serve connections with async-h1's decoder and encoder instead of baton's own codec
+    /// (for comparison; see the crate's `async-h1` feature). Default: [`Config::async_h1`].
+    #[cfg(feature = "async-h1")]
+    pub fn async_h1(mut self, on: bool) -> Self {
+        self.baton.config_mut().async_h1 = on;
+        self
+    }
+
+    /// How long a client may keep a response write waiting (it stopped reading) before the
+    /// connection is reset. Default: [`Config::write_timeout`].
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.baton.config_mut().write_timeout = timeout;
+        self
+    }
+
+    /// How long a request body may stall (no byte arrives) while it is read, by the handler or
+    /// by the server skipping what the handler left. The request then fails with 408 and the
+    /// connection closes. Default: [`Config::body_timeout`].
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.baton.config_mut().body_timeout = timeout;
+        self
+    }
+
+    /// Resumes upgraded connections that the previous process moved here under `name` (see
+    /// [`crate::Upgraded::hand_over`]): `hook` gets each one, with the bytes it held first in
+    /// its reads, and the JSON state it was handed over with. It runs on the server's thread;
+    /// spawn the connection's work from it. A connection under a name with no handler is
+    /// closed. Default: none.
+    pub fn on_upgraded(
+        mut self,
+        name: &str,
+        hook: impl Fn(crate::Upgraded, serde_json::Value) + 'static,
+    ) -> Self {
+        self.resumers.retain(|(n, _)| n != name);
+        self.resumers.push((name.to_owned(), Rc::new(hook)));
+        self
+    }
+
+    /// A lean handler (see [`crate::lean`]), tried before the http-types handler for requests
+    /// with no body or a small one already read: it answers from the parsed head, writing
+    /// status, fields and body straight into the response buffer, and returns `true`; or
+    /// `false`, and the request goes to the http-types handler. Default: none.
+    pub fn lean(
+        mut self,
+        handler: impl Fn(&crate::http::lean::Request<'_>, &mut crate::http::lean::Response<'_>) -> bool
+        + 'static,
+    ) -> Self {
+        self.lean = Some(Rc::new(handler));
+        self
+    }
+
+    /// The PEM certificate chain (leaf first) and private key for `tls:` listeners (cargo
+    /// feature `tls`). The files are read when serving starts, in every process, so a restart
+    /// after replacing them rotates the certificate. Default: [`Config::tls_files`].
+    #[cfg(feature = "tls")]
+    pub fn tls_files(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.baton.config_mut().tls_files = Some((certificate.into(), key.into()));
+        self
+    }
+
+    /// Serves until a restart hands over to a successor or a shutdown signal arrives, then
+    /// drains and returns what the drain cut short (see [`Baton::serve`]). Runs on one
+    /// thread: every connection is a task on a local executor inside this future.
+    pub async fn serve<F, Fut>(self, handler: F) -> io::Result<Report>
+    where
+        F: Fn(Request) -> Fut + 'static,
+        Fut: Future<Output = http_types::Result<Response>> + 'static,
+    {
+        let Server {
+            mut baton,
+            lean,
+            resumers,
+        } = self;
+        if baton.supervises() {
+            // The supervising process never serves: the handler is for its workers. It checks
+            // the certificates all the same, so a broken set fails at start-up.
+            let tls_files = baton.config().tls_files.clone();
+            let baton = baton
+                .before_ready(move |listeners| program::load_tls(listeners, &tls_files).map(drop));
+            return baton.serve(program::Unused).await;
+        }
+        // Certificates load before this process reports ready: a successor whose files are
+        // broken fails here, and its parent serves on with the old ones.
+        let tls = program::load_tls(&baton.listeners(), &baton.config().tls_files)?;
+        // Connections' readiness comes from their own epoll (see `edge`), their idle
+        // timeouts from one sweeper (see `deadline`).
+        let executor = Rc::new(LocalExecutor::new());
+        let edge = Edge::new()?;
+        executor.spawn(edge.clone().drive()).detach();
+        executor.spawn(Deadlines::install()).detach();
+        baton.watch_with(edge.clone());
+        let program = program::Http {
+            executor: executor.clone(),
+            handler: Rc::new(handler),
+            lean,
+            resumers,
+            tls,
+            options: conn::Options::from(baton.config()),
+            async_h1: baton.config().async_h1,
+            edge: edge.clone(),
+            events: baton.events(),
+        };
+        let tasks = run_tasks(&executor, Some(&edge));
+        baton.serve(program).or(tasks).await
+    }
+}
+
+/// Runs `executor`'s tasks for ever, checking for I/O every [`TASKS_BETWEEN_IO_CHECKS`]
+/// tasks: with `edge`, by one look at the connections' epoll (and before waiting, when the
+/// executor runs out of tasks), and a whole round of the reactor every
+/// [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks; without, by a round of the reactor each time.
+async fn run_tasks<T>(executor: &LocalExecutor<'static>, edge: Option<&Edge>) -> T {
+    // One look at the connections and listeners (one epoll_wait): whether it found any.
+    let look = || edge.is_some_and(|edge| edge.poll_now().is_ok_and(|n| n > 0));
+    let looks = if edge.is_some() {
+        IO_LOOKS_BETWEEN_REACTOR_ROUNDS
+    } else {
+        1
+    };
+    loop {
+        for _ in 0..looks {
+            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                // Out of tasks: look first, and wait in the reactor only if nothing is ready.
+                if !executor.try_tick() && !look() {
+                    executor.tick().await;
+                }
+            }
+            look();
+        }
+        // Back to `block_on`, which polls the reactor (without blocking) before polling this
+        // future again: signals, listeners, relays, timers.
+        smol::future::yield_now().await;
+    }
+}

@@ -1,0 +1,194 @@
+//! The HTTP server as a program of the core: each accepted connection (registered with the
+//! connections' epoll, or wrapped for TLS or a Unix socket) becomes a connection task on the
+//! server's executor; each resumed one is a keep-alive connection (kind `baton/http`, or a
+//! build's before kinds) or an upgraded connection resumed by the handler its name has.
+
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use http_types::{Request, Response};
+use smol::LocalExecutor;
+
+use super::Resume;
+use super::conn;
+use super::stream::Stream;
+use crate::baton::{Accepted, Connection, ListenerInfo, Program, Resumed};
+use crate::event::Event;
+use crate::io::edge::Edge;
+
+/// What every connection of the server shares: the handlers and the settings.
+pub(super) struct Http<F> {
+    pub(super) executor: Rc<LocalExecutor<'static>>,
+    pub(super) handler: Rc<F>,
+    pub(super) lean: Option<super::lean::Handler>,
+    pub(super) resumers: Vec<(String, Resume)>,
+    pub(super) tls: Option<conn::Tls>,
+    pub(super) options: conn::Options,
+    /// Serve with async-h1's codec (feature `async-h1`).
+    pub(super) async_h1: bool,
+    /// The edge-triggered epoll every plain TCP connection is registered with.
+    pub(super) edge: Arc<Edge>,
+    /// Where connections report (a handler's error answered 5xx).
+    pub(super) events: Rc<dyn Fn(&Event<'_>)>,
+}
+
+impl<F, Fut> Program for Http<F>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    fn accepted(&self, connection: Connection) {
+        let Connection {
+            stream,
+            peer,
+            local,
+            tls,
+            work,
+            service,
+            ..
+        } = connection;
+        let stream = match stream {
+            Accepted::Tcp(tcp) => self.edge.register(tcp).map(Stream::Tcp),
+            Accepted::Unix(unix) => async_io::Async::new(unix).map(Stream::Unix),
+        };
+        let Ok(stream) = stream else {
+            return;
+        };
+        #[cfg(feature = "async-h1")]
+        if self.async_h1 {
+            let task = super::h1::serve(
+                stream,
+                self.handler.clone(),
+                service,
+                work,
+                self.options,
+                self.events.clone(),
+            );
+            self.executor.spawn(task).detach();
+            return;
+        }
+        let _ = self.async_h1;
+        // Without the `tls` feature the acceptor type is uninhabited (and Copy).
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+        let tls = if tls { self.tls.clone() } else { None };
+        let incoming = conn::Incoming {
+            stream,
+            peer,
+            local,
+            tls,
+            pending: Vec::new(),
+            fresh: true,
+        };
+        self.spawn(incoming, service, work);
+    }
+
+    fn resumed(&self, resumed: Resumed) {
+        let Resumed {
+            stream,
+            kind,
+            state,
+            held,
+            work,
+            service,
+            ..
+        } = resumed;
+        let Ok(stream) = self.edge.register(stream) else {
+            return;
+        };
+        if kind == conn::KEEP_ALIVE || kind.is_empty() {
+            // A keep-alive connection: served as if accepted here, the bytes it held first.
+            let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+            let text = |key: &str| state[key].as_str().unwrap_or("unknown").to_owned();
+            let incoming = conn::Incoming {
+                stream: Stream::Tcp(stream),
+                peer: text("peer"),
+                local: text("local"),
+                tls: None,
+                pending: held,
+                fresh: false,
+            };
+            return self.spawn(incoming, service, work);
+        }
+        // An upgraded connection, resumed by the handler registered for its name; closed if
+        // there is none.
+        let found = self.resumers.iter().find(|(name, _)| *name == kind);
+        let Some(resume) = found.map(|(_, hook)| hook.clone()) else {
+            return;
+        };
+        let state = serde_json::from_str(&state).unwrap_or(serde_json::Value::Null);
+        let task = conn::resume_upgraded(
+            Stream::Tcp(stream),
+            held,
+            move |upgraded| resume(upgraded, state),
+            service,
+            work,
+        );
+        self.executor.spawn(task).detach();
+    }
+}
+
+impl<F, Fut> Http<F>
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = http_types::Result<Response>> + 'static,
+{
+    /// Serves `incoming` as a task on the server's executor.
+    fn spawn(&self, incoming: conn::Incoming, service: crate::Service, work: crate::Work) {
+        let task = conn::serve(
+            incoming,
+            self.handler.clone(),
+            self.lean.clone(),
+            service,
+            work,
+            self.options,
+            self.events.clone(),
+        );
+        self.executor.spawn(task).detach();
+    }
+}
+
+/// The program of a supervising process, which never serves (its workers do).
+pub(super) struct Unused;
+
+impl Program for Unused {
+    fn accepted(&self, connection: Connection) {
+        drop(connection);
+    }
+}
+
+/// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
+/// needs one. Certificate files without a `tls:` listener are refused too: the user asked for
+/// TLS and would otherwise get plain HTTP without a word.
+pub(super) fn load_tls(
+    listeners: &[ListenerInfo],
+    files: &Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> io::Result<Option<conn::Tls>> {
+    if !listeners.iter().any(|l| l.tls) {
+        return match files {
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TLS certificate and key are set (Server::tls_files, hello --tls-cert \
+                 --tls-key) but no address is a tls: one: add one such as tls:127.0.0.1:8443",
+            )),
+            None => Ok(None),
+        };
+    }
+    #[cfg(feature = "tls")]
+    match files {
+        Some((certificate, key)) => super::tls::acceptor(certificate, key).map(Some),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a tls: listener needs a certificate and key (Server::tls_files, hello --tls-cert --tls-key)",
+        )),
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = files;
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "tls: listeners need baton's `tls` feature",
+        ))
+    }
+}
