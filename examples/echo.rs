@@ -1,0 +1,139 @@
+//! A line echo on baton's core, no HTTP: each line `l` is answered `<pid>: l`. On a restart
+//! (`kill -HUP`), every connection moves to the successor at a line boundary, with what it had
+//! read of the next line: the client keeps its TCP connection and notices nothing. With
+//! `--no-hand-over` it gets `<pid>: goodbye` and a clean close instead. Each connection is a
+//! task on smol's global executor, not on the thread that runs the core.
+//!
+//! Run with: `cargo run --example echo [-- --addr 127.0.0.1:7000 --workers 2 --pid-file P]`,
+//! then `nc 127.0.0.1 7000`. The line `?thread` answers the name of the thread serving it.
+
+use std::net::TcpStream;
+use std::process::ExitCode;
+
+use async_io::Async;
+use baton::{Accepted, Baton, Connection, Program, Resumed, Service, Work};
+use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The kind this program's connections move under.
+const KIND: &str = "echo";
+
+struct Echo;
+
+impl Program for Echo {
+    fn accepted(&self, connection: Connection) {
+        // TCP only: a Unix socket's connection is closed.
+        if let Accepted::Tcp(stream) = connection.stream {
+            let (work, service) = (connection.work, connection.service);
+            smol::spawn(echo(stream, Vec::new(), work, service)).detach();
+        }
+    }
+
+    fn resumed(&self, resumed: Resumed) {
+        if resumed.kind == KIND {
+            let (work, service) = (resumed.work, resumed.service);
+            smol::spawn(echo(resumed.stream, resumed.held, work, service)).detach();
+        }
+    }
+}
+
+/// Answers each whole line; at the drain, at a line boundary, moves the connection to the
+/// successor (with the part of a line already read), or says goodbye and closes.
+async fn echo(stream: TcpStream, mut read: Vec<u8>, _work: Work, service: Service) {
+    let Ok(mut stream) = Async::new(stream) else {
+        return;
+    };
+    let pid = std::process::id();
+    let notice = service.notice();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = read.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = read.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..end]);
+            let answer = match line.trim_end_matches('\r') {
+                "?thread" => format!("{pid}: thread {}\n", thread_name()),
+                line => format!("{pid}: {line}\n"),
+            };
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        if service.is_draining() {
+            let moved = service.hand_over(stream.get_ref(), KIND, "{}", &read).await;
+            if moved.is_err() {
+                let _ = stream
+                    .write_all(format!("{pid}: goodbye\n").as_bytes())
+                    .await;
+                let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+            }
+            // Moved: dropping this copy leaves the connection to the successor.
+            return;
+        }
+        let more = smol::future::or(async { Some(stream.read(&mut chunk).await) }, async {
+            notice.wait().await;
+            None
+        });
+        match more.await {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(n)) => read.extend_from_slice(&chunk[..n]),
+            None => {}
+        }
+    }
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned()
+}
+
+fn main() -> ExitCode {
+    let (mut addr, mut workers, mut pid_file) = (String::from("127.0.0.1:7000"), None, None);
+    let mut hand_over = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--no-hand-over" {
+            hand_over = false;
+            continue;
+        }
+        let Some(value) = args.next() else {
+            return usage(&format!("{flag} needs a value"));
+        };
+        match flag.as_str() {
+            "--addr" => addr = value,
+            "--workers" => match value.parse::<usize>() {
+                Ok(n) => workers = Some(n),
+                Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
+            },
+            "--pid-file" => pid_file = Some(value),
+            _ => return usage(&format!("unknown option {flag}")),
+        }
+    }
+    let baton = match Baton::bind(&addr) {
+        Ok(baton) => baton.hand_over_connections(hand_over),
+        Err(error) => return usage(&format!("echo: {error}")),
+    };
+    let baton = match workers {
+        Some(n) => baton.workers(n),
+        None => baton,
+    };
+    let baton = match pid_file {
+        Some(path) => baton.pid_file(path),
+        None => baton,
+    };
+    match smol::block_on(baton.serve(Echo)) {
+        Ok(report) if report.is_clean() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("echo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!(
+        "{message}\nusage: echo [--addr HOST:PORT] [--workers N] [--pid-file PATH] [--no-hand-over]"
+    );
+    ExitCode::from(2)
+}
