@@ -9,8 +9,9 @@
 //!
 //! The upgrade is baton's (`baton::upgrade`, a connection that can move: `hand_over`, and
 //! `Server::on_upgraded` in the successor); the drain notice is `baton::draining()`. The
-//! WebSocket framing is a few lines of its own here, so that at a hand-over nothing is hidden
-//! in a library's buffers: what was read and not yet parsed travels with the connection.
+//! WebSocket is async-tungstenite's, reading through `baton::websocket::Boundary`, which gives
+//! it one frame at a time: between messages the library holds nothing, and what was read
+//! past the last message travels with the connection.
 //! With `--features tls`, `--addr tls:HOST:PORT --tls-cert C --tls-key K` serves it over TLS
 //! (such sockets cannot move: they close with 1012 on a restart). For tests: `--ignore-drain` leaves sockets open through the drain (the drain timeout then
 //! closes them).
@@ -19,10 +20,16 @@ use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use baton::websocket::Boundary;
+use futures_util::StreamExt as _;
 use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
-use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The name this application's WebSockets travel under.
 const ECHO: &str = "echo";
@@ -91,8 +98,12 @@ fn main() -> ExitCode {
         .hand_over_connections(options.hand_over)
         // A WebSocket the previous process moved here: go on echoing, from this pid.
         .on_upgraded(ECHO, move |upgraded, state| {
-            let socket = Socket::resumed(upgraded, &state);
-            smol::spawn(echo(socket, pid, baton::draining(), options)).detach();
+            let messages = state["messages"].as_u64().unwrap_or(0);
+            let draining = baton::draining();
+            smol::spawn(async move {
+                echo(socket(upgraded).await, messages, pid, draining, options).await;
+            })
+            .detach();
         }),
         Err(error) => {
             eprintln!("websocket: {error}");
@@ -153,7 +164,7 @@ async fn route(req: Request, pid: u32, options: Options) -> http_types::Result<R
             let draining = baton::draining();
             smol::spawn(async move {
                 if let Some(upgraded) = connection.await {
-                    echo(Socket::new(upgraded), pid, draining, options).await;
+                    echo(socket(upgraded).await, 0, pid, draining, options).await;
                 }
             })
             .detach();
@@ -164,16 +175,23 @@ async fn route(req: Request, pid: u32, options: Options) -> http_types::Result<R
     }
 }
 
-/// What woke the echo loop.
-enum Next {
-    Frame(io::Result<Option<Frame>>),
-    Draining,
+/// The WebSocket of one client: async-tungstenite's, on a [`Boundary`] that gives it one frame
+/// at a time, so that between messages what was read and not yet used stays with the
+/// connection.
+type Socket = WebSocketStream<Boundary<baton::Upgraded>>;
+
+/// A socket on a freshly upgraded connection, or on one moved here (its held bytes come first
+/// in its reads).
+async fn socket(upgraded: baton::Upgraded) -> Socket {
+    WebSocketStream::from_raw_socket(Boundary::new(upgraded), Role::Server, None).await
 }
 
-/// Answers each text message with `<pid>: <message>`. When the drain starts: moves the socket
-/// to the successor, or closes it with 1012.
+/// Answers each text message with `<pid>: <message>`; `messages` counts them across
+/// processes (the socket's hand-over state). When the drain starts: moves the socket to the
+/// successor between two messages, or closes it with 1012.
 async fn echo(
     mut socket: Socket,
+    mut messages: u64,
     pid: u32,
     draining: impl std::future::Future<Output = ()>,
     options: Options,
@@ -183,192 +201,48 @@ async fn echo(
             std::future::pending::<()>().await;
         }
         draining.await;
-        Next::Draining
+        None
     });
     loop {
-        // Cancelling a frame read loses nothing: bytes join the buffer only once read.
-        let frame = async { Next::Frame(socket.next_frame().await) };
-        let outcome = match frame.or(draining.as_mut()).await {
-            Next::Frame(Ok(Some(Frame::Text(text)))) => {
-                socket.messages += 1;
-                socket
-                    .send(OP_TEXT, format!("{pid}: {text}").as_bytes())
-                    .await
+        // A message is whole or not taken: the library is at a message boundary either way.
+        let message = async { Some(socket.next().await) };
+        match message.or(draining.as_mut()).await {
+            Some(Some(Ok(Message::Text(text)))) => {
+                messages += 1;
+                let answer = Message::text(format!("{pid}: {text}"));
+                if socket.send(answer).await.is_err() {
+                    return;
+                }
             }
-            Next::Frame(Ok(Some(Frame::Ping(data)))) => socket.send(OP_PONG, &data).await,
-            Next::Frame(Ok(Some(Frame::Close))) => {
-                let _ = socket.send(OP_CLOSE, &1000u16.to_be_bytes()).await;
-                return;
-            }
-            Next::Frame(Ok(Some(Frame::Other))) => Ok(()),
-            Next::Frame(Ok(None) | Err(_)) => return,
-            Next::Draining => {
-                // At a message boundary: whatever is buffered is whole frames or the start of
-                // one, and travels with the connection.
-                let socket = match options.hand_over {
-                    true => match socket.hand_over().await {
-                        Ok(()) => return,
-                        Err(socket) => socket,
-                    },
-                    false => socket,
-                };
-                close_for_restart(socket).await;
-                return;
+            // Pings are answered by the library; anything else is not this echo's.
+            Some(Some(Ok(_))) => {}
+            Some(None | Some(Err(_))) => return,
+            None => break,
+        }
+    }
+    // Draining. Between messages the library holds nothing (each answer was sent whole): the
+    // connection and the bytes the boundary read past the last message are the whole socket.
+    if options.hand_over && socket.get_ref().between_messages() {
+        let (upgraded, held) = socket.into_inner().into_parts();
+        let state = serde_json::json!({ "messages": messages });
+        socket = match upgraded.hand_over(ECHO, state, &held).await {
+            Ok(()) => return,
+            Err((upgraded, _)) => {
+                let boundary = Boundary::new(upgraded);
+                WebSocketStream::from_partially_read(boundary, held, Role::Server, None).await
             }
         };
-        if outcome.is_err() {
-            return;
-        }
     }
-}
-
-/// Close code 1012, then wait (bounded by the drain) for the client's close.
-async fn close_for_restart(mut socket: Socket) {
-    let mut payload = 1012u16.to_be_bytes().to_vec();
-    payload.extend_from_slice(b"service restart");
-    if socket.send(OP_CLOSE, &payload).await.is_err() {
-        return;
-    }
-    while let Ok(Some(frame)) = socket.next_frame().await {
-        if matches!(frame, Frame::Close) {
-            return;
-        }
-    }
-}
-
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// A received frame, as far as the echo cares.
-enum Frame {
-    Text(String),
-    Ping(Vec<u8>),
-    Close,
-    Other,
-}
-
-/// The server side of a WebSocket (RFC 6455) over an upgraded connection: unfragmented
-/// frames, client frames masked. `buffer` holds what was read and not yet parsed.
-struct Socket {
-    io: baton::Upgraded,
-    buffer: Vec<u8>,
-    /// Text messages answered on this socket, across processes (its hand-over state).
-    messages: u64,
-}
-
-impl Socket {
-    fn new(io: baton::Upgraded) -> Socket {
-        Socket {
-            io,
-            buffer: Vec::new(),
-            messages: 0,
-        }
-    }
-
-    /// A socket moved here: the bytes it held come first in the connection's reads.
-    fn resumed(io: baton::Upgraded, state: &serde_json::Value) -> Socket {
-        let mut socket = Socket::new(io);
-        socket.messages = state["messages"].as_u64().unwrap_or(0);
-        socket
-    }
-
-    /// Moves to the successor with what it holds; gives the socket back if it cannot.
-    async fn hand_over(self) -> Result<(), Socket> {
-        let Socket {
-            io,
-            buffer,
-            messages,
-        } = self;
-        let state = serde_json::json!({ "messages": messages });
-        match io.hand_over(ECHO, state, &buffer).await {
-            Ok(()) => Ok(()),
-            Err((io, _)) => Err(Socket {
-                io,
-                buffer,
-                messages,
-            }),
-        }
-    }
-
-    async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
-        loop {
-            if let Some((frame, used)) = parse(&self.buffer)? {
-                self.buffer.drain(..used);
-                return Ok(Some(frame));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.io.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(n as u8),
-            n if n <= 0xFFFF => {
-                frame.push(126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
+    // Close code 1012, then (bounded by the drain) the client's close.
+    let close = CloseFrame {
+        code: CloseCode::Restart,
+        reason: "service restart".into(),
+    };
+    if socket.close(Some(close)).await.is_ok() {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                return;
             }
         }
-        frame.extend_from_slice(payload);
-        self.io.write_all(&frame).await?;
-        self.io.flush().await
     }
-}
-
-/// One whole frame at the start of `buffer`, and its length; `None` if it is not all there.
-fn parse(buffer: &[u8]) -> io::Result<Option<(Frame, usize)>> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let [first, second, rest @ ..] = buffer else {
-        return Ok(None);
-    };
-    if second & 0x80 == 0 {
-        return Err(bad("an unmasked client frame"));
-    }
-    let (len, rest) = match second & 0x7F {
-        126 if rest.len() >= 2 => (u16::from_be_bytes([rest[0], rest[1]]) as usize, &rest[2..]),
-        127 if rest.len() >= 8 => {
-            let len = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
-            (
-                usize::try_from(len).map_err(|_| bad("a frame too large"))?,
-                &rest[8..],
-            )
-        }
-        126 | 127 => return Ok(None),
-        n => (n as usize, rest),
-    };
-    if len > 1 << 20 {
-        return Err(bad("a frame over 1 MiB"));
-    }
-    let Some((mask, rest)) = rest.split_first_chunk::<4>() else {
-        return Ok(None);
-    };
-    if rest.len() < len {
-        return Ok(None);
-    }
-    let payload: Vec<u8> = rest[..len]
-        .iter()
-        .zip(mask.iter().cycle())
-        .map(|(b, m)| b ^ m)
-        .collect();
-    let used = buffer.len() - rest.len() + len;
-    let frame = match first & 0x0F {
-        OP_TEXT => {
-            Frame::Text(String::from_utf8(payload).map_err(|_| bad("text that is not UTF-8"))?)
-        }
-        OP_PING => Frame::Ping(payload),
-        OP_CLOSE => Frame::Close,
-        _ => Frame::Other,
-    };
-    Ok(Some((frame, used)))
 }

@@ -130,7 +130,7 @@ pub use config::Config;
 pub use event::log_event;
 pub use event::{Event, Level};
 pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
-pub use http::{Server, lean};
+pub use http::{Server, lean, websocket};
 
 /// `true` once this process has started draining (after a restart handed over, or a shutdown
 /// signal), on any thread: a health check can report it.

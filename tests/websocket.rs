@@ -192,3 +192,101 @@ fn one_websocket_stays_open_across_restarts_of_a_supervising_process() {
         worker = next;
     }
 }
+
+/// A masked client text frame.
+fn client_frame(text: &str) -> Vec<u8> {
+    let mut frame = vec![0x81, 0x80 | text.len() as u8, 1, 2, 3, 4];
+    let mask = [1u8, 2, 3, 4];
+    frame.extend(text.bytes().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
+
+/// The opcode and payload of the next (unmasked, short) server frame.
+fn server_frame(stream: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut ext = [0u8; 2];
+            stream.read_exact(&mut ext)?;
+            u16::from_be_bytes(ext) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok((head[0] & 0x0F, payload))
+}
+
+/// Messages sent in bursts, without waiting for their answers, while the socket moves three
+/// times: what the server had read past the message it was answering moves with the
+/// connection (the library reads through `baton::websocket::Boundary`), so every one is
+/// answered, once, in order.
+#[test]
+fn messages_read_ahead_of_the_answers_move_with_the_socket() {
+    use std::io::Write as _;
+    let server = websocket(&[]);
+    let socket = connect(server.addr);
+    let stream = socket.into_inner().into_inner().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let mut writer = stream;
+    let sender = std::thread::spawn(move || {
+        // Each write ends in the middle of a frame: the server often reads a frame's start
+        // without its end, which a library would keep in its buffer.
+        let mut sent = 0u64;
+        let mut rest = Vec::new();
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut burst = std::mem::take(&mut rest);
+            burst.extend((sent..sent + 20).flat_map(|n| client_frame(&n.to_string())));
+            let next = client_frame(&(sent + 20).to_string());
+            let (start, end) = next.split_at(next.len() / 2);
+            burst.extend_from_slice(start);
+            rest = end.to_vec();
+            writer.write_all(&burst).unwrap();
+            sent += 21;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.write_all(&rest).unwrap();
+        sent
+    });
+    let answers = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        // Until the close the final shutdown sends.
+        while let Ok((0x1, payload)) = server_frame(&mut reader) {
+            let text = String::from_utf8(payload).unwrap();
+            let (pid, n) = text.split_once(": ").expect("pid: n");
+            got.push((pid.parse::<u32>().unwrap(), n.parse::<u64>().unwrap()));
+            if got.len() as u64 >= 40_000 {
+                break;
+            }
+        }
+        got
+    });
+    let mut pid = server.pid;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        let successor = server.restart(pid);
+        assert!(wait_gone(pid, DEADLINE), "{}", server.dump());
+        pid = successor;
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    // Let the last answers arrive, then end the reader by closing the server.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pid, Signal::TERM);
+    let got = answers.join().unwrap();
+    let numbers: Vec<u64> = got.iter().map(|a| a.1).collect();
+    let lost = (0..sent).find(|n| numbers.get(*n as usize) != Some(n));
+    assert!(
+        lost.is_none(),
+        "{} of {sent} answered; first missing or out of order: {lost:?}",
+        got.len()
+    );
+    let by: std::collections::HashSet<u32> = got.iter().map(|a| a.0).collect();
+    assert!(by.len() >= 3, "answered by {by:?}");
+}

@@ -11,6 +11,7 @@
 //! | [`h1`] | (feature `async-h1`) the same loop on async-h1 |
 //! | [`tls`] | (feature `tls`) rustls sessions |
 //! | [`stream`] | a connected client: TCP on the connections' epoll, a Unix socket, or TLS |
+//! | [`websocket`] | [`websocket::Boundary`]: a WebSocket library fed one frame at a time, so a socket can move between messages |
 
 pub(crate) mod codec;
 pub(crate) mod conn;
@@ -21,6 +22,7 @@ mod program;
 pub(crate) mod stream;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+pub mod websocket;
 
 use std::fmt;
 use std::future::Future;
