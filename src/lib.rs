@@ -1,4 +1,6 @@
-//! Zero-downtime restarts for HTTP/1.1 servers on smol.
+//! Zero-downtime restarts for servers on smol: [`Baton`], a core that restarts any program
+//! ([`Program`]: an echo, a proxy, an RPC server), and [`Server`], the HTTP/1.1 server built on
+//! it.
 //!
 //! On SIGHUP the running process starts a fresh copy of its own binary and hands it the
 //! listening socket (the baton). Once the copy reports that it is serving, the old process stops
@@ -47,9 +49,11 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 compile_error!(
-    "baton hands sockets between processes with Unix fd semantics; it builds on Unix only"
+    "baton builds on Linux only: it relies on epoll (src/io/edge.rs), SOCK_CLOEXEC and \
+     SOCK_NONBLOCK at accept, MSG_NOSIGNAL, SO_ACCEPTCONN, abstract Unix sockets, memfd and \
+     PR_SET_CHILD_SUBREAPER"
 );
 
 mod baton;
