@@ -31,7 +31,8 @@ thread_local! {
 /// The deadlines of one server thread.
 #[derive(Default)]
 pub(crate) struct Deadlines {
-    /// (when, slot, generation); entries of dropped or re-armed deadlines stay until due.
+    /// (when, slot, generation). An entry of a dropped or re-armed deadline is stale: it stays
+    /// until due, or until stale entries outnumber live ones (see [`Deadlines::compact`]).
     heap: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
@@ -44,6 +45,8 @@ pub(crate) struct Deadlines {
     replan: Cell<bool>,
     /// Times the sweeper's timer fired.
     sweeps: Cell<u64>,
+    /// The sweeper is gone (its server ended): deadlines armed here become ordinary timers.
+    closed: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -144,9 +147,12 @@ impl Deadlines {
             entry.armed = true;
             self.live.set(self.live.get() + 1);
         }
-        self.heap
-            .borrow_mut()
-            .push(Reverse((at, index, entry.generation)));
+        let mut heap = self.heap.borrow_mut();
+        heap.push(Reverse((at, index, entry.generation)));
+        if heap.len() > COMPACT_FLOOR && heap.len() > 2 * self.live.get() {
+            compact(&mut heap, &slots);
+        }
+        drop(heap);
         // Earlier than the sweeper's timer (or it has none): it must look again. Usually not:
         // a new deadline is a timeout from now, later than those armed before it.
         if self.target.get().is_none_or(|target| at < target) {
@@ -156,6 +162,21 @@ impl Deadlines {
             }
         }
         index
+    }
+
+    /// The sweeper is gone: every deadline armed here is woken, and becomes an ordinary
+    /// timer (see [`Deadline`]'s poll), so none waits on a heap nobody sweeps.
+    fn close(&self) {
+        self.closed.set(true);
+        let wakers: Vec<Waker> = self
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|slot| slot.waker.take())
+            .collect();
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     fn release(&self, index: u32) {
@@ -171,11 +192,30 @@ impl Deadlines {
     }
 }
 
-/// Uninstalls its deadlines from the thread when dropped (if still the installed ones).
+/// Below this many entries the heap is never compacted.
+const COMPACT_FLOOR: usize = 64;
+
+/// Drops the stale entries of `heap` (their slot re-armed or released since), and gives back
+/// the memory of a burst: under connection churn each connection leaves an entry that is due
+/// only a header timeout later, so without this the heap holds the timeout times the
+/// connection rate, and keeps its peak size for good.
+fn compact(heap: &mut BinaryHeap<Reverse<(Instant, u32, u32)>>, slots: &[Slot]) {
+    heap.retain(|Reverse((_, index, generation))| {
+        let slot = &slots[*index as usize];
+        slot.armed && slot.generation == *generation
+    });
+    if heap.capacity() > 4 * heap.len().max(COMPACT_FLOOR) {
+        heap.shrink_to(2 * heap.len().max(COMPACT_FLOOR));
+    }
+}
+
+/// Uninstalls its deadlines from the thread when dropped (if still the installed ones), and
+/// turns the deadlines armed there into ordinary timers.
 struct Installed(Rc<Deadlines>);
 
 impl Drop for Installed {
     fn drop(&mut self) {
+        self.0.close();
         SHARED.with(|s| {
             let mut installed = s.borrow_mut();
             if installed.as_ref().is_some_and(|d| Rc::ptr_eq(d, &self.0)) {
@@ -228,7 +268,20 @@ impl Future for Deadline {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.get_mut().0 {
+        let this = &mut self.get_mut().0;
+        if let Kind::Coarse {
+            shared, at, slot, ..
+        } = this
+        {
+            if shared.closed.get() {
+                // Its sweeper is gone (that server ended): an ordinary timer from here on.
+                if let Some(index) = slot.take() {
+                    shared.release(index);
+                }
+                *this = Kind::Timer(Timer::at(*at));
+            }
+        }
+        match this {
             Kind::Timer(timer) => Pin::new(timer).poll(cx).map(|_| ()),
             Kind::Coarse {
                 shared,
@@ -325,6 +378,78 @@ mod tests {
         drop(executor);
         // The executor is gone with its sweeper: deadlines are plain timers again.
         assert!(matches!(Deadline::at(Instant::now()).0, Kind::Timer(_)));
+    }
+
+    /// Connection churn: every connection arms a deadline and goes. The heap holds no more
+    /// than twice the live deadlines (plus a floor), and gives the memory of a burst back.
+    #[test]
+    fn stale_entries_never_outnumber_live_ones_for_long() {
+        let executor = smol::LocalExecutor::new();
+        smol::block_on(executor.run(async {
+            executor.spawn(Deadlines::install()).detach();
+            let shared = SHARED.with(|s| s.borrow().clone()).expect("installed");
+            let far = Instant::now() + Duration::from_secs(600);
+            let keep: Vec<_> = (0..10)
+                .map(|_| {
+                    let mut d = Box::pin(Deadline::at(far));
+                    assert!(futures_poll(&mut d).is_pending());
+                    d
+                })
+                .collect();
+            for i in 0..100_000u64 {
+                // A connection's first-head deadline, then gone before it is due.
+                let mut d = Box::pin(Deadline::at(far + Duration::from_nanos(i)));
+                assert!(futures_poll(&mut d).is_pending());
+                drop(d);
+                let len = shared.heap.borrow().len();
+                assert!(len <= 2 * 11 + COMPACT_FLOOR + 1, "{len} entries, 11 live");
+            }
+            assert!(shared.heap.borrow().capacity() <= 8 * COMPACT_FLOOR);
+            assert_eq!(shared.live.get(), keep.len());
+        }));
+    }
+
+    /// Two servers on one thread: deadlines armed on the heap of one whose sweeper is gone
+    /// still fire (as ordinary timers), and new ones do too.
+    #[test]
+    fn a_deadline_outlives_the_sweeper_it_was_armed_with() {
+        let outer = smol::LocalExecutor::new();
+        smol::block_on(outer.run(async {
+            outer.spawn(Deadlines::install()).detach();
+            let inner = smol::LocalExecutor::new();
+            let second = inner.spawn(Deadlines::install());
+            // Armed on the second server's heap (the one installed last).
+            let mut deadline = Box::pin(Deadline::at(Instant::now() + Duration::from_millis(100)));
+            assert!(futures_poll(&mut deadline).is_pending());
+            // The second server ends: its executor, sweeper and all.
+            drop(second);
+            drop(inner);
+            let start = Instant::now();
+            let fired = smol::future::or(
+                async {
+                    deadline.as_mut().await;
+                    true
+                },
+                async {
+                    Timer::after(Duration::from_secs(5)).await;
+                    false
+                },
+            );
+            assert!(fired.await, "the deadline never fired");
+            assert!(start.elapsed() < Duration::from_secs(2));
+            let later = Deadline::at(Instant::now() + Duration::from_millis(50));
+            let fired = smol::future::or(
+                async {
+                    later.await;
+                    true
+                },
+                async {
+                    Timer::after(Duration::from_secs(5)).await;
+                    false
+                },
+            );
+            assert!(fired.await, "a deadline armed after it never fired");
+        }));
     }
 
     fn futures_poll(deadline: &mut Pin<Box<Deadline>>) -> Poll<()> {
