@@ -100,7 +100,10 @@ impl Stream {
             #[cfg(feature = "tls")]
             Stream::Tls(s) if s.has_plaintext() => Ok(()),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.tcp.readable().await,
+            Stream::Tls(s) => {
+                s.tcp.readable().await;
+                Ok(())
+            }
         }
     }
 

@@ -4,18 +4,18 @@
 //! a successor whose files do not load never reports ready (the old process serves on).
 
 use std::io;
-use std::net::TcpStream;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use async_io::Async;
 use futures_rustls::TlsAcceptor;
 use futures_rustls::rustls::pki_types::pem::PemObject;
 use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::{self, ServerConfig};
 use smol::io::{AsyncRead, AsyncWrite};
+
+use crate::io::edge::Conn;
 
 /// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key) into an acceptor.
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
@@ -44,10 +44,11 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The TCP connection under a TLS session, shared so that waiting for readability does not
-/// need the session's lock.
+/// The TCP connection under a TLS session: the same registration with the connections' epoll
+/// as a plain connection's (no second registration, no duplicate fd), shared so that waiting
+/// for readability does not need the session's lock.
 #[derive(Debug, Clone)]
-pub(crate) struct Tcp(pub(crate) Arc<Async<TcpStream>>);
+pub(crate) struct Tcp(pub(crate) Arc<Conn>);
 
 impl AsyncRead for Tcp {
     fn poll_read(
@@ -55,7 +56,7 @@ impl AsyncRead for Tcp {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        self.0.poll_read(cx, buf)
     }
 }
 
@@ -65,22 +66,23 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
+        self.0.poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written straight to the socket: nothing is held here.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 
 /// An established TLS session over a client connection.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) tcp: Arc<Async<TcpStream>>,
+    pub(crate) tcp: Arc<Conn>,
     pub(crate) tls: Mutex<futures_rustls::server::TlsStream<Tcp>>,
 }
 

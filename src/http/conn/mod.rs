@@ -543,12 +543,8 @@ async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Optio
         let Stream::Tcp(conn) = stream else {
             return Some(stream);
         };
-        // A TLS session reads through async-io's source: move the socket there (a duplicate
-        // fd; the edge registration is deleted with the original).
-        conn.sharing();
-        let tcp = conn.get_ref().try_clone().ok()?;
-        drop(conn);
-        let tcp = Arc::new(async_io::Async::new_nonblocking(tcp).ok()?);
+        // The session reads and writes through the connection's edge registration.
+        let tcp = Arc::new(conn);
         let accepted = async {
             acceptor
                 .accept(crate::http::tls::Tcp(tcp.clone()))
