@@ -184,6 +184,13 @@ pub enum Event<'a> {
         /// Of those, upgraded connections (WebSockets, say).
         upgraded: usize,
     },
+    /// The connections' epoll failed: no connection on it would be woken any more. The server
+    /// stops (its `serve` returns this error), rather than hang its clients; a supervising
+    /// process replaces such a worker at once.
+    EdgeFailed {
+        /// The error.
+        error: &'a io::Error,
+    },
     /// A handler's error became a server error (an HTTP 5xx): the client sees only the
     /// status's reason, so the error's message is here.
     HandlerFailed {
@@ -232,6 +239,7 @@ impl Event<'_> {
     pub fn level(&self) -> Level {
         match self {
             Event::SpawnFailed { .. }
+            | Event::EdgeFailed { .. }
             | Event::SuccessorExited { .. }
             | Event::ReexecFailed { .. }
             | Event::HandlerFailed { .. } => Level::Error,
@@ -426,6 +434,11 @@ impl fmt::Display for Event<'_> {
             Event::ReexecFailed { error } => {
                 write!(f, "re-executing in place failed: {error}; carrying on")
             }
+            Event::EdgeFailed { error } => write!(
+                f,
+                "the connections' epoll failed: {error}; stopping, as no connection would be \
+                 woken"
+            ),
             Event::HandlerFailed {
                 method,
                 status,

@@ -367,8 +367,15 @@ impl Server {
         // timeouts from one sweeper (see `deadline`).
         let executor = Rc::new(LocalExecutor::new());
         let edge = Edge::new()?;
-        executor.spawn(edge.clone().drive()).detach();
         executor.spawn(Deadlines::install()).detach();
+        // If the epoll breaks, its connections would never be woken again: say so and stop.
+        let events = baton.events();
+        let driven = edge.clone().drive();
+        let edge_failed = async move {
+            let error = driven.await;
+            events(&Event::EdgeFailed { error: &error });
+            Err(error)
+        };
         baton.watch_with(edge.clone());
         let program = program::Http {
             executor: executor.clone(),
@@ -382,7 +389,7 @@ impl Server {
             events: baton.events(),
         };
         let tasks = run_tasks(&executor, Some(&edge));
-        baton.serve(program).or(tasks).await
+        baton.serve(program).or(edge_failed).or(tasks).await
     }
 }
 

@@ -122,13 +122,16 @@ impl Edge {
 
     /// Hands the events of ready connections to their wakers, for as long as the process
     /// serves connections: run it as a task on the server's executor.
-    pub(crate) async fn drive(self: Arc<Edge>) {
+    /// Hands out the epoll's events whenever the reactor says it has some. Returns only if
+    /// the epoll fails (its fd broken): then no connection registered here is woken any more,
+    /// and the caller must not go on as if they were (see `http::Server::serve`).
+    pub(crate) async fn drive(self: Arc<Edge>) -> io::Error {
         loop {
-            if self.epoll.readable().await.is_err() {
-                return;
+            if let Err(error) = self.epoll.readable().await {
+                return error;
             }
-            if self.poll_now().is_err() {
-                return;
+            if let Err(error) = self.poll_now() {
+                return error;
             }
         }
     }
