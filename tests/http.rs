@@ -468,3 +468,46 @@ fn a_handler_error_answered_5xx_is_logged_with_its_message() {
     server.wait_line("answered 503 Service Unavailable to a GET: the database is down");
     assert_eq!(server.count("a handler failed"), 2, "{}", server.dump());
 }
+
+/// A client that sends its request and then half-closes (`shutdown(SHUT_WR)`) while the
+/// request is in flight still gets the whole answer, then the close.
+#[test]
+fn a_half_close_with_a_request_in_flight_is_answered() {
+    let server = Server::hello(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET /slow?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reader = BufReader::new(&stream);
+    let reply = read_reply(&mut reader).expect("the answer");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("after 300 ms"), "{}", reply.body);
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// Large responses, one of unknown length (chunked) and one echoed back, read to their end.
+#[test]
+fn a_large_response_is_read_to_its_end() {
+    let server = Server::hello(&["--max-body-bytes", "8388608"]);
+    let reply = common::get(server.addr, "/stream?lines=10000").unwrap();
+    let lines: Vec<&str> = reply.body.lines().collect();
+    assert_eq!(lines.len(), 10_000);
+    assert_eq!(lines[9_999], format!("line 9999 from {}", server.pid));
+    let body: String = (0..200_000).map(|i| format!("{i:07}\n")).collect();
+    let mut client = common::Client::new(server.addr);
+    let reply = client
+        .send(&format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body == body,
+        "{} of {} bytes back",
+        reply.body.len(),
+        body.len()
+    );
+}

@@ -627,9 +627,12 @@ fn measure(flavor: &Flavor, plan: &Plan, cpu: Option<usize>, keep_trace: bool) -
         outcome.cpu.as_secs_f64() / outcome.elapsed.as_secs_f64(),
     );
     figures.set("pr_failed", outcome.failures.len() as f64);
+    // The process's peak so far: after the keep-alive load, and now the churn (each
+    // connection's idle deadlines, buffers and registrations come and go).
+    figures.set("pr_rss_mb", procs::status(server.pid, "VmHWM") as f64 / 1e6);
     eprintln!(
-        "[bench]   per-request: {:.0} req/s",
-        figures.values["pr_rps"]
+        "[bench]   per-request: {:.0} req/s, peak RSS {:.2} MB",
+        figures.values["pr_rps"], figures.values["pr_rss_mb"]
     );
 
     // The mechanism alone: restarts with no load, observed from an idle CPU.

@@ -105,6 +105,11 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     ("idle RSS (MB)", "idle_rss_mb", "lower"),
     ("peak RSS under load (MB)", "load_rss_mb", "lower"),
+    (
+        "peak RSS after connection churn (a connection per request, MB)",
+        "pr_rss_mb",
+        "lower",
+    ),
     ("threads under load", "threads", "lower"),
     ("stripped binary (KiB)", "binary_kb", "lower"),
     ("unique crates (cargo tree, normal deps)", "crates", "lower"),

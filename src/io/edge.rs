@@ -568,4 +568,93 @@ mod tests {
             assert_eq!(reader.join().unwrap(), sent);
         });
     }
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn accepted(edge: &Arc<Edge>) -> (Conn, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let server = listener.accept().unwrap().0;
+        server.set_nonblocking(true).unwrap();
+        (edge.register(server).unwrap(), client)
+    }
+
+    /// An event still queued for a connection whose slot was freed and reused (its fd kept
+    /// open elsewhere, as a handed-over connection's is) wakes nothing of the new one.
+    #[test]
+    fn a_stale_event_for_a_reused_slot_wakes_nothing() {
+        let edge = Edge::new().unwrap();
+        let (old, mut old_client) = accepted(&edge);
+        let index = old.index;
+        // Another process keeps the file open (so its registration stays), and this one
+        // drops its copy without a DEL: the case of a moved connection before the DEL.
+        let kept = old.get_ref().try_clone().unwrap();
+        drop(old);
+        let (new, _new_client) = accepted(&edge);
+        assert_eq!(new.index, index, "the slot is reused");
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            new.try_read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut wait = Box::pin(new.readable());
+        let mut cx = Context::from_waker(&waker);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        // The old registration's event: the old generation, in the reused slot.
+        old_client.write_all(b"stale").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while edge.poll_now().unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no event came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "woken by a stale event");
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        drop(kept);
+    }
+
+    /// Two tasks waiting to read one connection are both woken by its next edge.
+    #[test]
+    fn two_waiters_on_one_direction_are_both_woken() {
+        let edge = Edge::new().unwrap();
+        let (server, mut client) = accepted(&edge);
+        let mut buf = [0u8; 16];
+        assert!(server.try_read(&mut buf).is_err());
+        let counts: Vec<Arc<Count>> = (0..2)
+            .map(|_| Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
+            .collect();
+        let mut waits: Vec<_> = (0..2).map(|_| Box::pin(server.readable())).collect();
+        for (wait, count) in waits.iter_mut().zip(&counts) {
+            let waker = std::task::Waker::from(count.clone());
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        client.write_all(b"both").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while edge.poll_now().unwrap() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no event came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for count in &counts {
+            assert_eq!(count.0.load(Ordering::SeqCst), 1, "a waiter was dropped");
+        }
+        let waker = std::task::Waker::noop();
+        for wait in &mut waits {
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(waker))
+                    .is_ready()
+            );
+        }
+    }
 }
