@@ -541,14 +541,7 @@ impl Process {
         Ok(async move {
             hooks.spawning().await;
             // The state goes later, once this process has stopped serving (exact).
-            let successor = spawn.start().await.map_err(|e| (None, e))?;
-            emit(&Event::Spawned {
-                pid: successor.pid(),
-            });
-            successor
-                .ready(timeout, settle)
-                .await
-                .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
+            spawn.start_until_ready(&*emit, timeout, settle).await
         })
     }
 

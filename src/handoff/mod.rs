@@ -360,6 +360,26 @@ impl Spawn {
     }
 }
 
+impl Spawn {
+    /// [`Spawn::start`], [`crate::Event::Spawned`], then [`Successor::ready`]: the child, once
+    /// it serves; or its pid (if it got one) and why it does not.
+    pub(crate) async fn start_until_ready(
+        self,
+        emit: &dyn Fn(&crate::Event<'_>),
+        timeout: Duration,
+        settle: Option<Duration>,
+    ) -> Result<Ready, (Option<u32>, io::Error)> {
+        let successor = self.start().await.map_err(|e| (None, e))?;
+        emit(&crate::Event::Spawned {
+            pid: successor.pid(),
+        });
+        successor
+            .ready(timeout, settle)
+            .await
+            .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
+    }
+}
+
 /// In the forked child, before exec: set the signal mask to SIGHUP and SIGUSR2 only (held
 /// until the successor installs its handlers, see [`crate::signals::HELD_ACROSS_EXEC`]; the
 /// rest of the parent's mask is not passed on) and put each `(from, to)` fd in

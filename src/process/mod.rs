@@ -398,18 +398,11 @@ impl Supervising {
             let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
             let emit = self.emit.clone();
             let timeout = self.config.upgrade_timeout;
-            tasks.push(executor.spawn(async move {
-                // With a relay, the state comes later, from the worker this one replaces,
-                // once that one has stopped serving: exact, as for a single process.
-                let successor = spawn.start().await.map_err(|e| (None, e))?;
-                emit(&Event::Spawned {
-                    pid: successor.pid(),
-                });
-                successor
-                    .ready(timeout, None)
-                    .await
-                    .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
-            }));
+            // With a relay, the state comes later, from the worker this one replaces, once
+            // that one has stopped serving: exact, as for a single process.
+            tasks.push(
+                executor.spawn(async move { spawn.start_until_ready(&*emit, timeout, None).await }),
+            );
         }
         let task = executor.spawn(async move {
             // All start at once. One that fails does not stop the others; those that did
