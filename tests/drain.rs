@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, Server, Signal, signal, wait_gone};
@@ -53,45 +51,11 @@ fn a_thread_the_server_does_not_run_sees_the_drain_of_a_worker() {
     a_thread_the_server_does_not_run_sees_the_drain(server, true);
 }
 
-/// The ids of one `/events-elsewhere` stream, read until it ends; panics unless it ends
-/// cleanly (the zero-length chunk, the last event whole).
-fn event_stream(addr: SocketAddr) -> Vec<u64> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let request = "GET /events-elsewhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("HTTP/1.1 200 "), "{line:?}");
-    while line != "\r\n" {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-    }
-    let mut text = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        let size = usize::from_str_radix(line.trim_end(), 16).expect("a chunk size");
-        if size == 0 {
-            break;
-        }
-        let mut chunk = vec![0u8; size + 2];
-        reader.read_exact(&mut chunk).unwrap();
-        text.extend_from_slice(&chunk[..size]);
-    }
-    let text = String::from_utf8(text).unwrap();
-    assert!(text.ends_with("\n\n"), "the last event is cut: {text:?}");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
-        .collect()
-}
-
 fn a_stream_made_on_another_thread_ends_at_the_drain(server: Server, workers: bool) {
     let serving = common::serving_pid(server.addr);
     let addr = server.addr;
     let reader = std::thread::spawn(move || {
-        let ids = event_stream(addr);
+        let ids = common::event_stream(addr, "/events-elsewhere", None);
         (ids, Instant::now())
     });
     std::thread::sleep(Duration::from_millis(450));

@@ -235,3 +235,47 @@ fn read_chunked(stream: &mut impl BufRead) -> Result<Vec<u8>, Failure> {
         body.extend_from_slice(&chunk[..size]);
     }
 }
+
+/// One server-sent event stream (`path`, after `last` if given) read to its end: the ids it
+/// carried, in order; panics unless it ended cleanly (the zero-length chunk, the last event
+/// whole).
+pub fn event_stream(addr: std::net::SocketAddr, path: &str, last: Option<u64>) -> Vec<u64> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let resume = last.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{resume}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200 "), "{line:?}");
+    let mut chunked = false;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
+    }
+    assert!(chunked, "an event stream of unknown length is chunked");
+    let mut text = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let size = usize::from_str_radix(line.trim_end(), 16).expect("a chunk size");
+        if size == 0 {
+            // The zero-length chunk: the stream ended cleanly, not cut.
+            break;
+        }
+        let mut chunk = vec![0u8; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        text.extend_from_slice(&chunk[..size]);
+    }
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.ends_with("\n\n"), "the last event is cut: {text:?}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
+        .collect()
+}

@@ -93,20 +93,20 @@ impl Server {
 
     /// Starts `command` (stderr is captured) and waits until it listens.
     pub fn start(mut command: Command) -> Server {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the example");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Log::follow(stderr);
+        let (child, log) = launch(&mut command, "start the example");
         let pid = child.id();
+        Server::listening(child, log, pid, pid, false)
+    }
+
+    /// The server whose first process is `pid` (`log_pid` in its log), started as `child`
+    /// (itself, or a launcher), once it listens.
+    fn listening(child: Child, log: Arc<Log>, pid: u32, log_pid: u32, namespaced: bool) -> Server {
         let mut server = Server {
             child,
             log,
             pid,
-            log_pid: pid,
-            namespaced: false,
+            log_pid,
+            namespaced,
             addr: "0.0.0.0:0".parse().unwrap(),
         };
         server.wait_listening();
@@ -144,25 +144,9 @@ impl Server {
                 }
             });
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the launcher");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Log::follow(stderr);
-        let launcher = child.id();
-        let init = super::procfs::wait_for_child_of(launcher);
-        let mut server = Server {
-            child,
-            log,
-            pid: init,
-            log_pid: 1,
-            namespaced: true,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        server.wait_listening();
-        server
+        let (child, log) = launch(&mut command, "start the launcher");
+        let init = super::procfs::wait_for_child_of(child.id());
+        Server::listening(child, log, init, 1, true)
     }
 
     /// Starts `command` behind an init, as `docker run --init` (tini), dumb-init or a pod's
@@ -218,25 +202,10 @@ impl Server {
                 }
             });
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the launcher");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Log::follow(stderr);
+        let (child, log) = launch(&mut command, "start the launcher");
         let init = super::procfs::wait_for_child_of(child.id());
         let service = super::procfs::wait_for_child_of(init);
-        let mut server = Server {
-            child,
-            log,
-            pid: service,
-            log_pid: 2,
-            namespaced: true,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        server.wait_listening();
-        server
+        Server::listening(child, log, service, 2, true)
     }
 
     /// The init in front of a server started with [`Server::start_behind_init`] is running.
@@ -454,6 +423,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `command` with no stdin or stdout and its stderr followed into a [`Log`].
+fn launch(command: &mut Command, what: &str) -> (Child, Arc<Log>) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect(what);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    (child, Log::follow(stderr))
 }
 
 pub fn kill(pid: u32, signal: Signal) -> rustix::io::Result<()> {
