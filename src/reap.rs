@@ -7,7 +7,7 @@
 //! by its owner. So nothing here waits for "any child":
 //!
 //! - the children this process started itself go through [`spawn`], which records each pid as
-//!   owned by its `Child` until [`disown`] hands it to the caller's own bookkeeping;
+//!   owned by its [`Owned`] (a `Child`) until that is dropped;
 //! - a known pid (a worker) is collected by pid, [`reap_pid`];
 //! - orphans are found by looking without collecting (`waitid(P_ALL, WNOWAIT)`): one that is
 //!   neither known nor owned, while no spawn is under way, is collected, [`next_orphan`].
@@ -19,40 +19,59 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Children some `Child` in this process waits for, and spawns under way (whose pid is not
 /// known yet).
-struct Owned {
+struct Registry {
     spawning: usize,
     pids: Vec<u32>,
 }
 
-static OWNED: Mutex<Owned> = Mutex::new(Owned {
+static OWNED: Mutex<Registry> = Mutex::new(Registry {
     spawning: 0,
     pids: Vec::new(),
 });
 
-fn owned() -> MutexGuard<'static, Owned> {
+fn owned() -> MutexGuard<'static, Registry> {
     // The data stays consistent whatever panicked while holding the lock.
     OWNED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A child this process started and waits for by its `Child`: the reaper leaves it alone
+/// until this is dropped (after which whoever knows its pid, or the orphan look, collects it).
+#[derive(Debug)]
+pub(crate) struct Owned(Child);
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let pid = self.0.id();
+        owned().pids.retain(|&p| p != pid);
+    }
+}
+
 /// `command.spawn()`, with the child recorded as waited for by its `Child` (and the reaper
 /// held off orphans while the fork and exec are under way).
-pub(crate) fn spawn(command: &mut Command) -> io::Result<Child> {
+pub(crate) fn spawn(command: &mut Command) -> io::Result<Owned> {
     owned().spawning += 1;
     let spawned = command.spawn();
     let mut owned = owned();
     owned.spawning -= 1;
-    if let Ok(child) = &spawned {
-        owned.pids.push(child.id());
-    }
-    spawned
-}
-
-/// `pid`'s `Child` no longer waits for it: it was collected, or its status is now the business
-/// of whoever calls [`reap_pid`] for it.
-pub(crate) fn disown(pid: u32) {
-    owned().pids.retain(|&p| p != pid);
+    let child = spawned?;
+    owned.pids.push(child.id());
+    Ok(Owned(child))
 }
 
 /// Collects child `pid` if it has exited.
@@ -132,7 +151,7 @@ mod tests {
         assert_eq!(next_orphan(|_| false), Found::Later);
         assert_eq!(next_orphan(|p| p == pid), Found::Known(pid));
         assert!(child.wait().unwrap().success());
-        disown(pid);
+        drop(child);
         assert!(!owned().pids.contains(&pid));
     }
 }

@@ -16,7 +16,9 @@
 
 use std::future::Future;
 use std::io;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
+
+use crate::reap::Owned;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -62,7 +64,7 @@ type Upgraded = Result<handoff::Ready, (Option<u32>, io::Error)>;
 struct Draining {
     stop: Stop,
     /// The successor that took over; if it exits during the drain, this process serves again.
-    successor: Option<Child>,
+    successor: Option<Owned>,
     /// This process's end of the successor's relay, for handing connections over.
     outbound: Option<Relay>,
     /// A worker told to drain by its supervising process (which may send a shutdown signal
@@ -102,7 +104,7 @@ struct Process {
     /// Drains given up when a successor died during them; their connections still count.
     earlier: Vec<Service>,
     /// SIGUSR2 successors, reaped when they exit.
-    spawned: Vec<Child>,
+    spawned: Vec<Owned>,
     /// Started by a supervising process.
     is_worker: bool,
     /// A single process that must not replace itself (PID 1, or behind a namespace's init):
@@ -709,7 +711,7 @@ impl Process {
     /// successor exiting. `from_supervisor`: the supervising process started this drain.
     async fn drain_ending(
         &mut self,
-        successor: &mut Option<Child>,
+        successor: &mut Option<Owned>,
         deadline: Timer,
         from_supervisor: bool,
     ) -> Ending {
@@ -964,7 +966,7 @@ enum Ending {
 }
 
 /// Collects SIGUSR2 children that have exited, so none is left a zombie.
-fn reap(children: &mut Vec<Child>, emit: &dyn Fn(&Event<'_>)) {
+fn reap(children: &mut Vec<Owned>, emit: &dyn Fn(&Event<'_>)) {
     children.retain_mut(|child| match child.try_wait() {
         Ok(Some(status)) => {
             emit(&Event::ChildExited {

@@ -19,7 +19,9 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
+
+use crate::reap::Owned;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
@@ -137,7 +139,7 @@ impl Exec {
 #[derive(Debug)]
 pub(crate) struct Successor {
     /// `None` once handed out as ready; a successor dropped before that is killed and reaped.
-    child: Option<Child>,
+    child: Option<Owned>,
     ready: Async<std::io::PipeReader>,
     /// This process's end of the connection relay, handed out with the child once ready.
     relay: Option<crate::handoff::relay::Relay>,
@@ -148,7 +150,7 @@ pub(crate) struct Successor {
 /// A successor that reported ready.
 #[derive(Debug)]
 pub(crate) struct Ready {
-    pub(crate) child: Child,
+    pub(crate) child: Owned,
     /// This process's end of the connection relay, if connections are handed over.
     pub(crate) relay: Option<crate::handoff::relay::Relay>,
     /// This process's end of the worker's control channel, if it is one.
@@ -413,7 +415,7 @@ fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
 
 impl Successor {
     pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Waits until the child announces it is serving, or fails, or `timeout` passes. On any
@@ -442,7 +444,7 @@ impl Successor {
         });
         let outcome = match outcome.await {
             // Settled: ready if it still runs.
-            Some(Ok(usize::MAX)) => match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(usize::MAX)) => match self.child.as_mut().map(|c| c.try_wait()) {
                 Some(Ok(None)) => Some(Ok(1)),
                 _ => Some(Ok(0)),
             },
@@ -479,8 +481,7 @@ impl Successor {
     async fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                crate::reap::disown(self.pid());
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Some(status);
             }
             if std::time::Instant::now() >= deadline {
@@ -499,7 +500,6 @@ impl Drop for Successor {
                 // Bounded: SIGKILL cannot be caught, so the child is gone promptly.
                 let _ = child.wait();
             }
-            crate::reap::disown(child.id());
         }
     }
 }

@@ -422,6 +422,8 @@ impl Supervising {
                         if let Some(control) = &worker.control {
                             let _ = control.try_retire(None);
                         }
+                        // Its `Owned` goes with `ready`: the reaper collects it when it
+                        // exits, as any other child.
                     }
                     Err(error)
                 }
@@ -467,8 +469,7 @@ impl Supervising {
         ) in slots.iter().zip(ready)
         {
             let pid = child.id();
-            // Collected by pid from here on (see `reap`).
-            crate::reap::disown(pid);
+            // Collected by pid from here on (see `reap`), once `child` is dropped below.
             let Some(control) = control else { continue };
             (self.emit)(&Event::WorkerReady { pid, generation });
             relays.push((slot, relay));
