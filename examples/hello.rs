@@ -638,7 +638,9 @@ fn main() -> ExitCode {
             *take.note.borrow_mut() = state["note"].as_str().unwrap_or_default().to_owned();
         })
         .on_exit(move |report| {
-            eprintln!("hello[{pid}]: on_exit: {:?}", report.stop);
+            // One write for the line: the processes of a restart share stderr.
+            let line = format!("hello[{pid}]: on_exit: {:?}\n", report.stop);
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             async {}
         });
     match smol::block_on(server.serve(move |req| route(req, pid, state.clone()))) {
