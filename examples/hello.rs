@@ -360,8 +360,7 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
                         if !smol::future::or(tick, drained).await {
                             break;
                         }
-                        let event = format!("id: {next}\ndata: event {next} from {pid}\n\n");
-                        if sender.send(event.into_bytes()).await.is_err() {
+                        if sender.send(event(next, pid)).await.is_err() {
                             break;
                         }
                         next += 1;
@@ -459,6 +458,19 @@ impl smol::io::AsyncRead for Drip {
     }
 }
 
+/// Server-sent event `n` from `pid`, whole (the blank line ends it).
+fn event(n: u64, pid: u32) -> Vec<u8> {
+    format!("id: {n}\ndata: event {n} from {pid}\n\n").into_bytes()
+}
+
+/// Moves what fits of `pending` into `buf`; how much.
+fn take(pending: &mut Vec<u8>, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(pending.len());
+    buf[..n].copy_from_slice(&pending[..n]);
+    pending.drain(..n);
+    n
+}
+
 /// A body read from a channel that another thread writes into; it ends when that thread
 /// closes the channel.
 struct Received {
@@ -481,10 +493,7 @@ impl smol::io::AsyncRead for Received {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let n = buf.len().min(this.pending.len());
-        buf[..n].copy_from_slice(&this.pending[..n]);
-        this.pending.drain(..n);
-        Poll::Ready(Ok(n))
+        Poll::Ready(Ok(take(&mut this.pending, buf)))
     }
 }
 
@@ -530,17 +539,10 @@ impl smol::io::AsyncRead for Events {
             {
                 return Poll::Pending;
             }
-            let event = format!(
-                "id: {}\ndata: event {} from {}\n\n",
-                this.next, this.next, this.pid
-            );
-            this.pending = event.into_bytes();
+            this.pending = event(this.next, this.pid);
             this.next += 1;
         }
-        let n = buf.len().min(this.pending.len());
-        buf[..n].copy_from_slice(&this.pending[..n]);
-        this.pending.drain(..n);
-        Poll::Ready(Ok(n))
+        Poll::Ready(Ok(take(&mut this.pending, buf)))
     }
 }
 
