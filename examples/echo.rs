@@ -2,17 +2,15 @@
 //! (`kill -HUP`), every connection moves to the successor at a line boundary, with what it had
 //! read of the next line: the client keeps its TCP connection and notices nothing. With
 //! `--no-hand-over` it gets `<pid>: goodbye` and a clean close instead. Each connection is a
-//! task on smol's global executor, not on the thread that runs the core.
+//! task on smol's global executor, not on the thread that runs the core, reading and writing
+//! baton's [`Stream`] (edge-triggered: a read and a write per echoed line).
 //!
 //! Run with: `cargo run --example echo [-- --addr 127.0.0.1:7000 --workers 2 --pid-file P]`,
 //! then `nc 127.0.0.1 7000`. The line `?thread` answers the name of the thread serving it.
 
-use std::net::TcpStream;
 use std::process::ExitCode;
 
-use async_io::Async;
-use baton::{Accepted, Baton, Connection, Program, Resumed, Service, Work};
-use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use baton::{Baton, Connection, Program, Resumed, Service, Stream};
 
 /// The kind this program's connections move under.
 const KIND: &str = "echo";
@@ -21,49 +19,55 @@ struct Echo;
 
 impl Program for Echo {
     fn accepted(&self, connection: Connection) {
-        // TCP only: a Unix socket's connection is closed.
-        if let Accepted::Tcp(stream) = connection.stream {
-            let (work, service) = (connection.work, connection.service);
-            smol::spawn(echo(stream, Vec::new(), work, service)).detach();
-        }
+        smol::spawn(echo(connection.stream, connection.service)).detach();
     }
 
     fn resumed(&self, resumed: Resumed) {
-        if resumed.kind == KIND {
-            let (work, service) = (resumed.work, resumed.service);
-            smol::spawn(echo(resumed.stream, resumed.held, work, service)).detach();
+        // Another kind (from a build that named it differently) is refused: closed, with a
+        // warning, and counted as lost.
+        if resumed.kind() == KIND {
+            let service = resumed.service().clone();
+            smol::spawn(echo(resumed.take(), service)).detach();
         }
     }
 }
 
 /// Answers each whole line; at the drain, at a line boundary, moves the connection to the
-/// successor (with the part of a line already read), or says goodbye and closes.
-async fn echo(stream: TcpStream, mut read: Vec<u8>, _work: Work, service: Service) {
-    let Ok(mut stream) = Async::new(stream) else {
-        return;
-    };
+/// successor (with the part of a line already read), or says goodbye and closes. The stream
+/// counts the connection for the drain until it drops here.
+async fn echo(stream: Stream, service: Service) {
     let pid = std::process::id();
     let notice = service.notice();
+    let mut read = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut answer = Vec::new();
     loop {
-        while let Some(end) = read.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = read.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..end]);
-            let answer = match line.trim_end_matches('\r') {
-                "?thread" => format!("{pid}: thread {}\n", thread_name()),
-                line => format!("{pid}: {line}\n"),
-            };
-            if stream.write_all(answer.as_bytes()).await.is_err() {
-                return;
+        answer.clear();
+        let mut used = 0;
+        while let Some(end) = read[used..].iter().position(|&b| b == b'\n') {
+            let line = &read[used..used + end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line == b"?thread" {
+                answer.extend_from_slice(format!("{pid}: thread {}\n", thread_name()).as_bytes());
+            } else {
+                answer.extend_from_slice(format!("{pid}: ").as_bytes());
+                answer.extend_from_slice(line);
+                answer.push(b'\n');
             }
+            used += end + 1;
+        }
+        read.drain(..used);
+        // Every whole line's answer in one write.
+        if !answer.is_empty() && stream.write_all(&answer).await.is_err() {
+            return;
         }
         if service.is_draining() {
-            let moved = service.hand_over(stream.get_ref(), KIND, "{}", &read).await;
+            let moved = service.hand_over(&stream, KIND, "{}", &read).await;
             if moved.is_err() {
                 let _ = stream
                     .write_all(format!("{pid}: goodbye\n").as_bytes())
                     .await;
-                let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+                let _ = stream.shutdown_write();
             }
             // Moved: dropping this copy leaves the connection to the successor.
             return;

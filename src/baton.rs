@@ -5,18 +5,24 @@
 //! program, the echo example another.
 //!
 //! ```no_run
-//! use baton::{Baton, Connection, Program};
+//! use baton::{Baton, Connection, Program, Stream};
 //!
 //! struct Echo;
 //!
 //! impl Program for Echo {
 //!     fn accepted(&self, connection: Connection) {
-//!         // Serve it on any executor; `connection.work` counts it for the drain.
-//!         smol::spawn(async move {
-//!             let _work = connection.work;
-//!             // ... read and write connection.stream ...
-//!         })
-//!         .detach();
+//!         // Serve it on any executor; the stream counts the connection for the drain until
+//!         // it drops.
+//!         smol::spawn(echo(connection.stream)).detach();
+//!     }
+//! }
+//!
+//! async fn echo(stream: Stream) {
+//!     let mut buf = [0u8; 4096];
+//!     while let Ok(n @ 1..) = stream.read(&mut buf).await {
+//!         if stream.write_all(&buf[..n]).await.is_err() {
+//!             break;
+//!         }
 //!     }
 //! }
 //!
@@ -36,10 +42,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::drain::{Service, Work};
+use crate::drain::Service;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
+use crate::io::stream::Stream;
 use crate::listener::{Address, Inheritance, Listener, Origin};
 use crate::report::Report;
 use crate::signals::Signals;
@@ -48,66 +55,115 @@ use crate::signals::Signals;
 /// the thread that runs `serve`; they should start the connection's work (a task on any
 /// executor) and return.
 pub trait Program: 'static {
-    /// A connection this process accepted. Its [`Connection::work`] counts it for the drain
-    /// and for `max_connections` until dropped; [`Connection::service`] says when the drain
-    /// starts, and moves it to the successor ([`Service::hand_over`]).
+    /// A connection this process accepted. Its [`Stream`] counts it for the drain and for
+    /// `max_connections` until dropped; [`Connection::service`] says when the drain starts,
+    /// and moves it to the successor ([`Service::hand_over`]).
     fn accepted(&self, connection: Connection);
 
     /// A connection the previous process handed over ([`Service::hand_over`]), under the
-    /// kind it named. Default: closed.
+    /// kind it named: [`Resumed::take`] it to serve it. Default, and for any `Resumed`
+    /// dropped untaken: closed, with a warning event naming the kind and the peer, and
+    /// counted in the report as lost.
     fn resumed(&self, resumed: Resumed) {
         drop(resumed);
     }
-}
-
-/// A connected socket as accepted: non-blocking, close-on-exec (TCP with `TCP_NODELAY`).
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Accepted {
-    /// From a TCP listener.
-    Tcp(std::net::TcpStream),
-    /// From a Unix socket listener.
-    Unix(std::os::unix::net::UnixStream),
 }
 
 /// A connection this process accepted.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Connection {
-    /// The socket.
-    pub stream: Accepted,
-    /// The client's address as text (`unix` for a Unix socket's).
-    pub peer: String,
+    /// The socket, on the process's edge-triggered readiness; counts the connection for the
+    /// drain until dropped. Its addresses: [`Stream::peer`], [`Stream::local`].
+    pub stream: Stream,
     /// Which listener accepted it: its index in the order the addresses were given.
     pub listener: usize,
-    /// That listener's local address as text.
-    pub local: String,
     /// The listener was asked for as `tls:host:port`: the connection starts with a TLS
     /// handshake, which is the program's to make.
     pub tls: bool,
-    /// Counts the connection for the drain until dropped.
-    pub work: Work,
     /// The serving round's drain, notice and hand-over.
     pub service: Service,
 }
 
-/// A connection the previous process handed over.
-#[derive(Debug)]
-#[non_exhaustive]
+/// A connection the previous process handed over, under a kind. A program takes it
+/// ([`Resumed::take`]); one dropped untaken (a kind the program does not know, say) is closed
+/// with a warning event that names the kind and the peer, and counted in the report as lost.
 pub struct Resumed {
-    /// The TCP connection, non-blocking.
-    pub stream: std::net::TcpStream,
+    /// `None` once taken.
+    stream: Option<Stream>,
+    kind: String,
+    state: String,
+    service: Service,
+    /// Says that the connection was not taken.
+    refused: Rc<dyn Fn(&Resumed)>,
+}
+
+impl fmt::Debug for Resumed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resumed")
+            .field("stream", &self.stream)
+            .field("kind", &self.kind)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resumed {
+    pub(crate) fn new(
+        stream: Stream,
+        kind: String,
+        state: String,
+        service: Service,
+        refused: Rc<dyn Fn(&Resumed)>,
+    ) -> Resumed {
+        Resumed {
+            stream: Some(stream),
+            kind,
+            state,
+            service,
+            refused,
+        }
+    }
+
     /// The kind the previous process handed it over under (`""`: a keep-alive HTTP
     /// connection from a build before kinds, with its addresses as state).
-    pub kind: String,
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
     /// The JSON text it came with.
-    pub state: String,
-    /// The bytes the previous process had read from it and not used: they come first.
-    pub held: Vec<u8>,
-    /// Counts the connection for the drain until dropped.
-    pub work: Work,
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
     /// The serving round's drain, notice and hand-over.
-    pub service: Service,
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The connection, not yet taken.
+    pub fn stream(&self) -> &Stream {
+        self.stream
+            .as_ref()
+            .expect("a Resumed's stream is taken only by take()")
+    }
+
+    /// Takes the connection: it is the program's to serve. Its reads yield the bytes the
+    /// previous process had read and not used first ([`Stream::take_held`] takes them
+    /// instead); it counts for the drain until dropped.
+    pub fn take(mut self) -> Stream {
+        self.stream
+            .take()
+            .expect("a Resumed's stream is taken only by take()")
+    }
+}
+
+impl Drop for Resumed {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            (self.refused.clone())(self);
+        }
+    }
 }
 
 /// A check before this process reports ready.
@@ -156,8 +212,6 @@ pub struct Baton {
     pub(crate) hooks: Hooks,
     /// Checks that must pass before this process reports ready (see [`Baton::before_ready`]).
     pub(crate) before_ready: Vec<Check>,
-    /// The connections' epoll, if the program uses one: listeners are watched through it.
-    pub(crate) edge: Option<std::sync::Arc<crate::io::edge::Edge>>,
 }
 
 impl fmt::Debug for Baton {
@@ -235,7 +289,6 @@ impl Baton {
         let pid = std::process::id();
         Ok(Baton {
             before_ready: Vec::new(),
-            edge: None,
             config: Config::default(),
             listeners: bound.listeners,
             ready: bound.ready,
@@ -450,11 +503,6 @@ impl Baton {
     /// Where events go (see [`Baton::on_event`]): a program reports its own there.
     pub fn events(&self) -> Rc<dyn Fn(&Event<'_>)> {
         self.on_event.clone()
-    }
-
-    /// Watch the listeners through `edge` (the HTTP server's connection epoll).
-    pub(crate) fn watch_with(&mut self, edge: std::sync::Arc<crate::io::edge::Edge>) {
-        self.edge = Some(edge);
     }
 
     /// Whether [`Baton::serve`] runs a supervising process here (which never calls the

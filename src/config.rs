@@ -54,6 +54,12 @@ pub struct Config {
     /// so in an event, and the successor starts with none (and says why). The successor
     /// applies its own bound too. Default: 64 MiB.
     pub max_state_bytes: usize,
+    /// The most bytes a connection may hold (read from it, not yet used) and still move to the
+    /// successor ([`crate::Service::hand_over`]): up to about 96 KiB with kind and state they
+    /// travel in the relay message, more in a sealed memfd beside it. Over it, the hand-over
+    /// fails with an error that says so and the connection stays with this process to
+    /// finish; a successor refuses more than its own bound. Default: 64 MiB.
+    pub max_held_bytes: usize,
     /// The most generations alive at once, counting the one serving (at least 2): a restart
     /// that would exceed it first ends the oldest generations still draining (what they were
     /// still doing is cut, and logged). Default: 3.
@@ -104,6 +110,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(30),
             state_wait: Duration::from_secs(1),
             max_state_bytes: 64 * 1024 * 1024,
+            max_held_bytes: DEFAULT_MAX_HELD,
             max_generations: 3,
             max_connections: 10_000,
             hand_over_connections: true,
@@ -115,6 +122,9 @@ impl Default for Config {
         }
     }
 }
+
+/// [`Config::max_held_bytes`]'s default.
+pub(crate) const DEFAULT_MAX_HELD: usize = 64 * 1024 * 1024;
 
 /// Internal timings and sizes: not options, but named here so each is written once.
 pub(crate) mod timing {
@@ -129,8 +139,10 @@ pub(crate) mod timing {
     /// that cannot is not sent (the successor starts cold).
     pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
     /// How long a closing connection waits for the client to close its side.
+    #[cfg(feature = "http")]
     pub(crate) const LINGER: Duration = Duration::from_secs(2);
     /// How long an error response may take to write before the connection is dropped.
+    #[cfg(feature = "http")]
     pub(crate) const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
     /// At a drain's cut, how long the cut connections get to say so (a 503, a reset).
     pub(crate) const CUT_GRACE: Duration = Duration::from_millis(200);
@@ -157,14 +169,17 @@ pub(crate) mod timing {
     /// for readiness would wait up to ~200 requests' time, about 1 ms. Under `wrk -c16`, five
     /// runs each: p99 0.72-0.93 ms checking every 200 tasks, 0.19-0.27 ms (one run 0.7) every
     /// 16, for ~3% of throughput.
+    #[cfg(feature = "http")]
     pub(crate) const TASKS_BETWEEN_IO_CHECKS: usize = 16;
     /// The check above looks only at the connections' own epoll (one `epoll_wait`); every
     /// this many checks, a whole round of the reactor (signals, listeners, timers: five
     /// syscalls with async-io's poller) runs too. An executor that runs out of tasks waits in
     /// the reactor anyway.
+    #[cfg(feature = "http")]
     pub(crate) const IO_LOOKS_BETWEEN_REACTOR_ROUNDS: usize = 8;
     /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
     /// deadline fires up to this much late when others fell due just before it (see
     /// `deadline`).
+    #[cfg(feature = "http")]
     pub(crate) const DEADLINE_GRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 }

@@ -11,11 +11,12 @@
 //! thread of its own, another runtime) learns of the drain as the server's thread does.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use smol::channel::{self, Receiver, Sender};
+
+use crate::io::stream::Stream;
 
 /// Whether this process is draining (see [`DrainNotice::is_draining`]).
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -112,6 +113,10 @@ struct Shared {
     requests: AtomicUsize,
     /// Connections upgraded (101) or otherwise long-lived, and still open.
     upgraded: AtomicUsize,
+    /// Connections lost: closed without being served or moved.
+    lost: AtomicUsize,
+    /// The most held bytes a connection may move with (`Config::max_held_bytes`).
+    max_held: AtomicUsize,
     /// Closed when draining starts; every waiter wakes.
     started: (Sender<()>, Receiver<()>),
     /// Closed when the drain gives up on what is left (timeout, second signal).
@@ -131,6 +136,8 @@ impl Service {
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+            max_held: AtomicUsize::new(crate::config::DEFAULT_MAX_HELD),
             started: channel::bounded(1),
             cut: channel::bounded(1),
             ended: channel::bounded(1),
@@ -205,15 +212,17 @@ impl Service {
         self.relay().is_some()
     }
 
-    /// Moves `conn` (a TCP connection) to the successor, under `kind` (the successor's
-    /// program resumes it: [`crate::Program::resumed`]), with `state` (JSON text) and the
-    /// bytes `held` read from it and not yet used. On success the successor owns the
-    /// connection: drop this process's copy without shutting it down. An error (no successor
-    /// to hand it to, or the relay failed or stalled for a second) leaves it here; close it
-    /// as the protocol says. Bounded in time, at most 96 KiB of name, state and bytes.
+    /// Moves `stream` to the successor, under `kind` (the successor's program resumes it:
+    /// [`crate::Program::resumed`]), with `state` (JSON text) and the bytes `held` read from
+    /// it and not yet used (after any the stream itself still holds). On success the
+    /// successor owns the connection: this copy neither reads nor writes any more, and
+    /// dropping it leaves the connection open. An error (no successor to hand it to, the
+    /// relay failed or stalled for a second, or more held bytes than
+    /// [`crate::Config::max_held_bytes`]) leaves it here, whole; finish it or close it as
+    /// the protocol says.
     pub async fn hand_over(
         &self,
-        conn: impl AsFd,
+        stream: &Stream,
         kind: &str,
         state: &str,
         held: &[u8],
@@ -225,14 +234,41 @@ impl Service {
                  hand-over",
             ));
         };
-        let sent = relay.send_upgraded(conn, kind, state, held).await;
-        if let Err(error) = &sent {
-            // A relay that failed once is not tried again: the rest close as usual.
-            if error.kind() != io::ErrorKind::InvalidInput {
-                self.relay_failed();
+        let own = stream.take_held();
+        let all;
+        let held = if own.is_empty() {
+            held
+        } else {
+            all = [&own[..], held].concat();
+            &all[..]
+        };
+        stream.sharing();
+        let max_held = self.0.max_held.load(Ordering::Relaxed);
+        let sent = relay
+            .send_connection(stream, kind, state, held, max_held)
+            .await;
+        match &sent {
+            Ok(()) => stream.set_moved(),
+            Err(error) => {
+                stream.put_back_held(own);
+                // A relay that failed once is not tried again: the rest close as usual.
+                if error.kind() != io::ErrorKind::InvalidInput {
+                    self.relay_failed();
+                }
             }
         }
         sent
+    }
+
+    /// Counts a connection this process lost: closed without being served or moved (a kind
+    /// the program does not take). The report is then not clean.
+    pub(crate) fn lost(&self) {
+        self.0.lost.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Connections this serving round lost (see [`Service::lost`]).
+    pub(crate) fn lost_count(&self) -> usize {
+        self.0.lost.load(Ordering::SeqCst)
     }
 
     /// Marks the process as draining (for a `shutdown`, or a restart): connections answer
@@ -244,8 +280,10 @@ impl Service {
         self.0.started.0.close();
     }
 
-    /// Hand connections to `relay` during this drain (set before [`Service::start`]).
-    pub(crate) fn set_relay(&self, relay: Arc<crate::handoff::relay::Relay>) {
+    /// Hand connections to `relay` during this drain (set before [`Service::start`]), each
+    /// with at most `max_held` held bytes.
+    pub(crate) fn set_relay(&self, relay: Arc<crate::handoff::relay::Relay>, max_held: usize) {
+        self.0.max_held.store(max_held, Ordering::Relaxed);
         *self.0.relay.lock().unwrap_or_else(|e| e.into_inner()) = Some(relay);
     }
 

@@ -183,6 +183,9 @@ pub enum Event<'a> {
         dropped: usize,
         /// Of those, upgraded connections (WebSockets, say).
         upgraded: usize,
+        /// Connections handed over to this process that it closed unserved (see
+        /// [`Event::ResumeFailed`]).
+        lost: usize,
     },
     /// The connections' epoll failed: no connection on it would be woken any more. The server
     /// stops (its `serve` returns this error), rather than hang its clients; a supervising
@@ -191,15 +194,26 @@ pub enum Event<'a> {
         /// The error.
         error: &'a io::Error,
     },
-    /// A handler's error became a server error (an HTTP 5xx): the client sees only the
-    /// status's reason, so the error's message is here.
-    HandlerFailed {
-        /// The request's method.
-        method: &'a str,
-        /// The status sent, and its reason phrase.
-        status: (u16, &'a str),
-        /// The error's message, as the handler returned it.
-        error: &'a str,
+    /// A connection the previous process handed over was closed here without being served:
+    /// the program does not take its kind (a deploy that renamed it, say), or it arrived
+    /// unusable. Counted as lost in the report, which is then not clean.
+    ResumeFailed {
+        /// The kind it came under (`?` if the message could not be read).
+        kind: &'a str,
+        /// The client's address, if known.
+        peer: Option<&'a Address>,
+        /// Why.
+        why: &'a str,
+    },
+    /// Something the program reports through the same sink as the core's events (the HTTP
+    /// server: a handler's error answered 5xx, whose message the client never sees).
+    Program {
+        /// How much it matters.
+        level: Level,
+        /// What the program calls it (`http`, say).
+        source: &'a str,
+        /// The line.
+        message: &'a str,
     },
 }
 
@@ -241,13 +255,14 @@ impl Event<'_> {
             Event::SpawnFailed { .. }
             | Event::EdgeFailed { .. }
             | Event::SuccessorExited { .. }
-            | Event::ReexecFailed { .. }
-            | Event::HandlerFailed { .. } => Level::Error,
+            | Event::ReexecFailed { .. } => Level::Error,
+            Event::Program { level, .. } => *level,
             Event::EnvironmentKept { .. }
             | Event::StateNotHandedOver { .. }
             | Event::GenerationEnded { .. }
             | Event::Ignored { .. }
-            | Event::AcceptFailed { .. } => Level::Warn,
+            | Event::AcceptFailed { .. }
+            | Event::ResumeFailed { .. } => Level::Warn,
             Event::StateInherited {
                 why_none: Some(why),
                 ..
@@ -257,7 +272,9 @@ impl Event<'_> {
                 replaced_in,
                 ..
             } if !status.success() || replaced_in.is_some() => Level::Warn,
-            Event::Exiting { cut, dropped, .. } if cut + dropped > 0 => Level::Warn,
+            Event::Exiting {
+                cut, dropped, lost, ..
+            } if cut + dropped + lost > 0 => Level::Warn,
             Event::ChildExited { .. } => Level::Debug,
             _ => Level::Info,
         }
@@ -439,19 +456,26 @@ impl fmt::Display for Event<'_> {
                 "the connections' epoll failed: {error}; stopping, as no connection would be \
                  woken"
             ),
-            Event::HandlerFailed {
-                method,
-                status,
-                error,
+            Event::Program {
+                source, message, ..
+            } => write!(f, "{source}: {message}"),
+            Event::ResumeFailed {
+                kind,
+                peer: Some(peer),
+                why,
             } => write!(
                 f,
-                "a handler failed, answered {} {} to a {method}: {error}",
-                status.0, status.1
+                "a connection handed over (kind {kind:?}, from {peer}) was closed: {why}"
+            ),
+            Event::ResumeFailed { kind, why, .. } => write!(
+                f,
+                "a connection handed over (kind {kind:?}) was lost: {why}"
             ),
             Event::Exiting {
                 cut,
                 dropped,
                 upgraded,
+                lost,
             } => {
                 write!(
                     f,
@@ -459,6 +483,9 @@ impl fmt::Display for Event<'_> {
                 )?;
                 if *upgraded > 0 {
                     write!(f, " ({upgraded} of them upgraded)")?;
+                }
+                if *lost > 0 {
+                    write!(f, ", {lost} handed-over connections lost")?;
                 }
                 Ok(())
             }
@@ -500,19 +527,16 @@ mod tests {
             cut: 1,
             dropped: 1,
             upgraded: 0,
+            lost: 0,
         };
         assert_eq!(cut.level(), Level::Warn);
-        let handler = Event::HandlerFailed {
-            method: "GET",
-            status: (500, "Internal Server Error"),
-            error: "the database is down",
+        let program = Event::Program {
+            level: Level::Error,
+            source: "http",
+            message: "the database is down",
         };
-        assert_eq!(handler.level(), Level::Error);
-        let text = handler.to_string();
-        assert!(
-            text.contains("500") && text.contains("the database is down"),
-            "{text}"
-        );
+        assert_eq!(program.level(), Level::Error);
+        assert_eq!(program.to_string(), "http: the database is down");
     }
 
     #[cfg(feature = "log")]

@@ -63,6 +63,7 @@ mod error;
 mod event;
 mod handoff;
 mod hooks;
+#[cfg(feature = "http")]
 mod http;
 mod io;
 mod listener;
@@ -128,13 +129,16 @@ pub mod fuzzing {
     }
 }
 
-pub use baton::{Accepted, Baton, Connection, ListenerInfo, Program, Resumed};
+pub use baton::{Baton, Connection, ListenerInfo, Program, Resumed};
 pub use config::Config;
 #[cfg(feature = "log")]
 pub use event::log_event;
 pub use event::{Event, Level};
+#[cfg(feature = "http")]
 pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
+#[cfg(feature = "http")]
 pub use http::{Server, lean, websocket};
+pub use io::stream::Stream;
 
 /// `true` once this process has started draining (after a restart handed over, or a shutdown
 /// signal), on any thread: a health check can report it.
@@ -159,8 +163,10 @@ pub fn drain_notice() -> DrainNotice {
 pub use drain::{Busy, DrainNotice, LongLived, Service, Work};
 /// http-types, as baton uses it (without its default `fs` feature, which would pull in
 /// async-std): `baton::http_types::Response` needs no dependency of the application's own.
+#[cfg(feature = "http")]
 pub use http_types;
-pub use listener::{Address, LISTENER_ENV, Origin};
+pub use io::Address;
+pub use listener::{LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};
 pub use signals::Signal;

@@ -16,12 +16,17 @@ pub struct Report {
     /// Of those, upgraded connections (WebSockets, say) that had not closed by then: closed
     /// with the process, not counted in `cut`.
     pub upgraded: usize,
+    /// Connections the previous process handed over that this one closed unserved: a kind
+    /// the program does not take, or one that arrived unusable (each an event).
+    pub lost: usize,
 }
 
 impl Report {
-    /// `true` if every accepted request was answered.
+    /// `true` if nothing was lost: every request answered, no connection left open when
+    /// the drain gave up (each was answered, moved or closed by the program), and every
+    /// connection handed over taken.
     pub fn is_clean(&self) -> bool {
-        self.cut == 0
+        self.cut == 0 && self.dropped == 0 && self.lost == 0
     }
 }
 

@@ -35,6 +35,7 @@ use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
 use crate::io::edge::Edge;
+use crate::io::stream::Stream;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
 use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
@@ -85,8 +86,8 @@ struct Inbound {
 struct Process {
     /// What serves the connections.
     program: Rc<dyn Program>,
-    /// The program's connection epoll, which watches the listeners too, if it has one.
-    edge: Option<Arc<Edge>>,
+    /// The connections' epoll, which watches the listeners too.
+    edge: Arc<Edge>,
     config: Config,
     listeners: Listeners,
     signals: Signals,
@@ -114,18 +115,31 @@ struct Process {
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
 pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Report> {
-    let mut process = start(baton, program).await?;
-    let mut phase = Phase::Serving;
-    let report = loop {
-        phase = match phase {
-            Phase::Serving => process.serving(None).await?,
-            Phase::Upgrading(upgrade) => process.serving(Some(upgrade)).await?,
-            Phase::Draining(draining) => process.draining(draining).await,
-            Phase::Done(report) => break report,
-        };
+    // Every connection's readiness comes from the process's edge: handed out here, on the
+    // core's thread, whatever thread the connections' tasks run on. If its epoll breaks, no
+    // connection would be woken again: say so and stop.
+    let edge = Edge::global()?.clone();
+    let events = baton.on_event.clone();
+    let edge_failed = async move {
+        let error = edge.drive().await;
+        events(&Event::EdgeFailed { error: &error });
+        Err(error)
     };
-    process.hooks.exiting(&report).await;
-    Ok(report)
+    let phases = async {
+        let mut process = start(baton, program).await?;
+        let mut phase = Phase::Serving;
+        let report = loop {
+            phase = match phase {
+                Phase::Serving => process.serving(None).await?,
+                Phase::Upgrading(upgrade) => process.serving(Some(upgrade)).await?,
+                Phase::Draining(draining) => process.draining(draining).await,
+                Phase::Done(report) => break report,
+            };
+        };
+        process.hooks.exiting(&report).await;
+        Ok(report)
+    };
+    phases.or(edge_failed).await
 }
 
 /// Everything before the first accept: the program's checks, the pid file, the predecessor's
@@ -147,9 +161,9 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         exec,
         on_event: emit,
         hooks,
-        edge,
         before_ready: _,
     } = baton;
+    let edge = Edge::global()?.clone();
     let control = control.map(Relay::new).transpose()?;
     let is_worker = control.is_some();
     // The PID file names this process before its parent hears that it is ready. A worker's
@@ -175,6 +189,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
     let mut waiting = Vec::new();
     let mut inbound = Inbound::default();
     if let Some(relay) = relay.map(Relay::new).transpose()? {
+        relay.set_max_held(config.max_held_bytes);
         let bound = config.drain_timeout + STATE_TIMEOUT;
         let started = std::time::Instant::now();
         let state = inherit_state(&relay, &mut relay_buffer, &mut waiting, bound).await;
@@ -204,6 +219,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         relayed(
             &*program,
             &drain,
+            &emit,
             &mut inbound,
             usize::MAX,
             Ok(Some(message)),
@@ -329,9 +345,10 @@ impl Process {
                         program,
                         inbound,
                         drain,
+                        emit,
                         ..
                     } = self;
-                    relayed(&**program, drain, inbound, index, message);
+                    relayed(&**program, drain, emit, inbound, index, message);
                 }
                 Wake::Accepted(Ok((index, connection))) => self.serve_accepted(index, connection),
                 Wake::Accepted(Err(failure)) => {
@@ -442,7 +459,7 @@ impl Process {
         let accept = async {
             // At the limit, leave new connections in the kernel's queue until one ends.
             drain.below(config.max_connections.max(1)).await;
-            let accepted = listeners.accept(edge.as_ref()).await;
+            let accepted = listeners.accept(Some(&*edge)).await;
             Wake::Accepted(accepted)
         };
         let signal = async { Wake::Signal(signals.next().await) };
@@ -471,16 +488,21 @@ impl Process {
             .await
     }
 
-    fn serve_accepted(&self, index: usize, (stream, peer): Accepted) {
+    fn serve_accepted(&self, index: usize, (socket, peer): Accepted) {
         let listener = &self.listeners.as_slice()[index];
+        let stream = match Stream::with_addresses(socket, peer, listener.local.clone()) {
+            // Counted from the accept on, so the connection limit holds exactly.
+            Ok(stream) => stream.counted(self.drain.work()),
+            Err(error) => {
+                // (The epoll refused it: out of memory, or max_user_watches.) Closed now.
+                (self.emit)(&Event::AcceptFailed { error: &error });
+                return;
+            }
+        };
         self.program.accepted(Connection {
             stream,
-            peer,
             listener: index,
-            local: listener.local_text.clone(),
             tls: listener.tls,
-            // Counted from the accept on, so the connection limit holds exactly.
-            work: self.drain.work(),
             service: self.drain.clone(),
         });
     }
@@ -626,7 +648,8 @@ impl Process {
             self.listeners = Listeners::new(Vec::new());
         }
         if let Some(relay) = outbound.take() {
-            self.drain.set_relay(std::sync::Arc::new(relay));
+            self.drain
+                .set_relay(std::sync::Arc::new(relay), self.config.max_held_bytes);
         }
         forward_inbound(&self.drain, &mut self.inbound.relays).await;
         self.inbound.prune_exited();
@@ -641,8 +664,9 @@ impl Process {
             pids.push(std::process::id());
             let _ = relay.send_generations(&pids).await;
         }
-        self.drain.start(shutdown);
+        // Counted before the drain starts: once it has, connections move and end at once.
         let (connections, requests) = self.open();
+        self.drain.start(shutdown);
         (self.emit)(&Event::Draining {
             connections,
             requests,
@@ -687,10 +711,13 @@ impl Process {
         };
         // Stop listening here (the sockets live on in the successor, if any).
         self.listeners = Listeners::new(Vec::new());
+        let all = self.earlier.iter().chain(std::iter::once(&self.drain));
+        let lost = all.map(Service::lost_count).sum();
         (self.emit)(&Event::Exiting {
             cut,
             dropped,
             upgraded,
+            lost,
         });
         self.supervisor.exited(last);
         Phase::Done(Report {
@@ -698,6 +725,7 @@ impl Process {
             cut,
             dropped,
             upgraded,
+            lost,
         })
     }
 
@@ -737,7 +765,7 @@ impl Process {
         let relaying = async {
             while !inbound.relays.is_empty() {
                 let (index, message) = receive_any(&inbound.relays, relay_buffer).await;
-                relayed(&**program, drain, inbound, index, message);
+                relayed(&**program, drain, emit, inbound, index, message);
                 forward_inbound(drain, &mut inbound.relays).await;
             }
         };
@@ -893,23 +921,41 @@ async fn receive_any(
 fn relayed(
     program: &dyn Program,
     drain: &Service,
+    emit: &Rc<dyn Fn(&Event<'_>)>,
     inbound: &mut Inbound,
     index: usize,
     message: io::Result<Option<Received>>,
 ) {
+    // A connection the program does not take: closed, said, and counted as lost.
+    let refused: Rc<dyn Fn(&Resumed)> = {
+        let (drain, emit) = (drain.clone(), emit.clone());
+        Rc::new(move |resumed: &Resumed| {
+            drain.lost();
+            emit(&Event::ResumeFailed {
+                kind: resumed.kind(),
+                peer: Some(resumed.stream().peer()),
+                why: "this program does not take that kind",
+            });
+        })
+    };
     let resume = |fd: std::os::fd::OwnedFd, kind: String, state: String, held: Vec<u8>| {
-        let stream = std::net::TcpStream::from(fd);
-        // Non-blocking already (the flag belongs to the open file both share); set again all
-        // the same.
-        if stream.set_nonblocking(true).is_ok() {
-            program.resumed(Resumed {
-                stream,
+        // Non-blocking already (the flag belongs to the open file both share).
+        match Stream::register(fd) {
+            Ok(stream) => program.resumed(Resumed::new(
+                stream.holding(held).counted(drain.work()),
                 kind,
                 state,
-                held,
-                work: drain.work(),
-                service: drain.clone(),
-            });
+                drain.clone(),
+                refused.clone(),
+            )),
+            Err(error) => {
+                drain.lost();
+                emit(&Event::ResumeFailed {
+                    kind: &kind,
+                    peer: None,
+                    why: &error.to_string(),
+                });
+            }
         }
     };
     match message {
@@ -928,6 +974,17 @@ fn relayed(
             }
         }
         Ok(Some(Received::Generations(pids))) => inbound.older = pids,
+        // A connection that came unusable (more held bytes than this process takes, a
+        // memfd that does not match): lost, and said; the relay carries on (its messages
+        // keep their boundaries).
+        Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+            drain.lost();
+            emit(&Event::ResumeFailed {
+                kind: "?",
+                peer: None,
+                why: &error.to_string(),
+            });
+        }
         // State comes first, before serving; one later (or a control message) is not for a
         // relay that is serving: ignored.
         Ok(Some(Received::State(_) | Received::Retire(_) | Received::Quit(_))) => {}

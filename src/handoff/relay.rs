@@ -7,9 +7,11 @@
 //! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
 //! state, `S...` (see [`super::state`]: inline, or in a sealed memfd passed as its fd).
 //!
-//! An upgraded connection (a WebSocket, say) moves as `U[name][state JSON][held bytes]` (each
-//! of the first two a u32 LE length and the text) with its fd: the successor's application
-//! resumes it by name.
+//! A connection moves as `U[kind][state JSON][held bytes]` (each of the first two a u32 LE
+//! length and the text) with its fd: the successor's program resumes it by kind. When that
+//! would be over [`MAX_MESSAGE`], as `M[kind][state JSON][held length: u64 LE]` with two fds,
+//! the connection's and a sealed memfd holding the held bytes (up to the sender's
+//! `max_held_bytes`).
 //!
 //! A draining process also sends `G[JSON array of pids]`: the generations still draining.
 //! A draining process forwards its own inbound relay, if it still has one, as `F` with that
@@ -59,6 +61,8 @@ pub(crate) struct Relay {
     socket: Async<UnixStream>,
     /// Whether a receive may find a message without waiting.
     ready: Readiness,
+    /// The most held bytes a connection received here may come with.
+    max_held: std::sync::atomic::AtomicUsize,
 }
 
 /// What arrives on the relay.
@@ -115,7 +119,14 @@ impl Relay {
         Ok(Relay {
             socket: Async::new(UnixStream::from(fd))?,
             ready: Readiness::default(),
+            max_held: std::sync::atomic::AtomicUsize::new(crate::config::DEFAULT_MAX_HELD),
         })
+    }
+
+    /// Connections received here may come with at most `max` held bytes.
+    pub(crate) fn set_max_held(&self, max: usize) {
+        self.max_held
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends one connection as builds before named kinds did (`C`): the receiving side still
@@ -134,18 +145,36 @@ impl Relay {
             .await
     }
 
-    /// Sends an upgraded connection under `name`, with its `state` (JSON text) and the bytes
-    /// `held` from it. On success the successor owns it.
-    pub(crate) async fn send_upgraded(
+    /// Sends a connection under `kind`, with its `state` (JSON text) and the bytes `held`
+    /// from it: in the message if all fits, else the held bytes in a sealed memfd beside it,
+    /// up to `max_held` bytes. On success the successor owns it.
+    pub(crate) async fn send_connection(
         &self,
         conn: impl AsFd,
-        name: &str,
+        kind: &str,
         state: &str,
         held: &[u8],
+        max_held: usize,
     ) -> io::Result<()> {
-        let too_much = "the upgraded connection's name, state and held bytes are over 96 KiB";
-        let head = head(b'U', [name, state], held.len(), too_much)?;
-        self.send_with_fd(&[&head, held], Some(conn.as_fd())).await
+        if held.len() > max_held {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the connection holds {} unread bytes, over max_held_bytes ({max_held}): \
+                     it stays with this process",
+                    held.len()
+                ),
+            ));
+        }
+        let too_much = "the connection's kind and state are over 96 KiB";
+        if let Ok(head) = head(b'U', [kind, state], held.len(), too_much) {
+            return self.send_with_fds(&[&head, held], &[conn.as_fd()]).await;
+        }
+        let head = head(b'M', [kind, state], 8, too_much)?;
+        let memfd = super::state::sealed(held, "baton-held")?;
+        let len = (held.len() as u64).to_le_bytes();
+        self.send_with_fds(&[&head, &len], &[conn.as_fd(), memfd.as_fd()])
+            .await
     }
 
     /// Tells the successor which generations are still draining (oldest first, this one
@@ -181,9 +210,14 @@ impl Relay {
     }
 
     async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        self.send_with_fds(parts, &fds).await
+    }
+
+    async fn send_with_fds(&self, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         bounded(
             self.socket
-                .write_with(|socket| send_with_fd(socket, parts, fd)),
+                .write_with(|socket| send_with_fds(socket, parts, fds)),
         )
         .await
     }
@@ -223,10 +257,10 @@ impl Relay {
     /// The next message if one is there (`WouldBlock` if not).
     fn try_receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Received>> {
         buffer.resize(MAX_MESSAGE, 0);
-        let (bytes, fd) = {
+        let (bytes, mut fds) = {
             let socket = self.socket.get_ref();
             {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
                 let mut parts = [IoSliceMut::new(buffer)];
                 let received = rustix::net::recvmsg(
@@ -235,15 +269,19 @@ impl Relay {
                     &mut control,
                     RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
                 )?;
-                let mut fd = None;
+                // Every fd that came is owned here (and closed if the message is refused).
+                let mut fds = Vec::new();
                 for message in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(mut fds) = message {
-                        fd = fd.or(fds.next());
+                    if let RecvAncillaryMessage::ScmRights(more) = message {
+                        fds.extend(more);
                     }
                 }
-                (received.bytes, fd)
+                (received.bytes, fds)
             }
         };
+        // The held bytes' memfd, the second fd of an `M` message.
+        let second = (fds.len() == 2).then(|| fds.pop()).flatten();
+        let fd = fds.pop();
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
         match (buffer[..bytes].split_first(), fd) {
             (None, None) => Ok(None),
@@ -270,7 +308,7 @@ impl Relay {
                     pending,
                 })))
             }
-            (Some((b'U', message)), Some(fd)) => {
+            (Some((b'U', message)), Some(fd)) if second.is_none() => {
                 let (name, rest) = text(message)?;
                 let (state, rest) = text(rest)?;
                 Ok(Some(Received::Upgraded(HandedUpgrade {
@@ -278,6 +316,30 @@ impl Relay {
                     name,
                     state,
                     held: rest.to_vec(),
+                })))
+            }
+            (Some((b'M', message)), Some(fd)) => {
+                let (name, rest) = text(message)?;
+                let (state, rest) = text(rest)?;
+                let len = <[u8; 8]>::try_from(rest).map_err(|_| bad())?;
+                let memfd = second.ok_or_else(bad)?;
+                let len = u64::from_le_bytes(len);
+                let max = self.max_held.load(std::sync::atomic::Ordering::Relaxed);
+                if len > max as u64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a connection came with {len} held bytes, over this process's \
+                             max_held_bytes ({max})"
+                        ),
+                    ));
+                }
+                let held = super::state::read_sealed(memfd, len)?;
+                Ok(Some(Received::Upgraded(HandedUpgrade {
+                    fd,
+                    name,
+                    state,
+                    held,
                 })))
             }
             _ => Err(bad()),
@@ -330,11 +392,16 @@ fn send_with_fd(
     parts: &[&[u8]],
     fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
     let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-    if !fds.is_empty() {
-        control.push(SendAncillaryMessage::ScmRights(&fds));
+    send_with_fds(socket, parts, &fds)
+}
+
+/// One datagram of `parts`, with `fds` (at most two) as `SCM_RIGHTS`.
+fn send_with_fds(socket: &UnixStream, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many fds for one relay message"));
     }
     let parts: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
     rustix::net::sendmsg(socket, &parts, &mut control, SendFlags::NOSIGNAL)

@@ -60,7 +60,7 @@ impl Outgoing {
                 None,
                 Content::State(state.len()),
             ),
-            Some(state) => match sealed(state) {
+            Some(state) => match sealed(state, "baton-state") {
                 Ok(fd) => {
                     let len = (state.len() as u64).to_le_bytes();
                     let message = [&b"S"[..], &[SEALED], &len].concat();
@@ -84,12 +84,9 @@ impl Outgoing {
     }
 }
 
-/// A memfd holding `state`, sealed against any change.
-fn sealed(state: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(
-        "baton-state",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
+/// A memfd named `name` holding `state`, sealed against any change.
+pub(crate) fn sealed(state: &[u8], name: &str) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(state)?;
     let fd = OwnedFd::from(file);
@@ -151,7 +148,7 @@ impl Arrived {
 }
 
 /// The `len` bytes of a sealed memfd (checked: its size must be what the message said).
-fn read_sealed(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_sealed(fd: OwnedFd, len: u64) -> io::Result<Vec<u8>> {
     let size = rustix::fs::fstat(fd.as_fd())?.st_size as u64;
     if size != len {
         return Err(io::Error::new(

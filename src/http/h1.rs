@@ -17,7 +17,7 @@ use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::drain::{Service, Work};
+use crate::drain::Service;
 use crate::http::conn::{
     DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, Waited, close, error_response, wants_close,
 };
@@ -64,7 +64,6 @@ pub(crate) async fn serve<F, Fut>(
     stream: Stream,
     handler: Rc<F>,
     drain: Service,
-    _connection: Work,
     options: Options,
     events: std::rc::Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
@@ -201,7 +200,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Stream::Tcp(crate::io::edge::conn(server))));
+        let io = Io(Arc::new(Stream::Plain(crate::io::stream::for_tests(
+            server,
+        ))));
         let body = "x".repeat(100_000);
         let reader = std::thread::spawn(move || {
             let mut received = Vec::new();
@@ -228,7 +229,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let io = Io(Arc::new(Stream::Tcp(crate::io::edge::conn(server))));
+        let io = Io(Arc::new(Stream::Plain(crate::io::stream::for_tests(
+            server,
+        ))));
         let mut buffer = Vec::new();
         smol::block_on(async {
             let response = Response::from("Hello!\n");

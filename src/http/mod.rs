@@ -40,7 +40,6 @@ use crate::config::Config;
 use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
 use crate::event::Event;
 use crate::io::deadline::Deadlines;
-use crate::io::edge::Edge;
 use crate::listener::Address;
 use crate::report::Report;
 
@@ -348,7 +347,7 @@ impl Server {
         Fut: Future<Output = http_types::Result<Response>> + 'static,
     {
         let Server {
-            mut baton,
+            baton,
             lean,
             resumers,
         } = self;
@@ -363,20 +362,10 @@ impl Server {
         // Certificates load before this process reports ready: a successor whose files are
         // broken fails here, and its parent serves on with the old ones.
         let tls = program::load_tls(&baton.listeners(), &baton.config().tls_files)?;
-        // Connections' readiness comes from their own epoll (see `edge`), their idle
-        // timeouts from one sweeper (see `deadline`).
+        // Connections' readiness comes from the core's edge (see `crate::Stream`), their
+        // idle timeouts from one sweeper (see `deadline`).
         let executor = Rc::new(LocalExecutor::new());
-        let edge = Edge::new()?;
         executor.spawn(Deadlines::install()).detach();
-        // If the epoll breaks, its connections would never be woken again: say so and stop.
-        let events = baton.events();
-        let driven = edge.clone().drive();
-        let edge_failed = async move {
-            let error = driven.await;
-            events(&Event::EdgeFailed { error: &error });
-            Err(error)
-        };
-        baton.watch_with(edge.clone());
         let program = program::Http {
             executor: executor.clone(),
             handler: Rc::new(handler),
@@ -385,28 +374,22 @@ impl Server {
             tls,
             options: conn::Options::from(baton.config()),
             async_h1: baton.config().async_h1,
-            edge: edge.clone(),
             events: baton.events(),
         };
-        let tasks = run_tasks(&executor, Some(&edge));
-        baton.serve(program).or(edge_failed).or(tasks).await
+        let tasks = run_tasks(&executor);
+        baton.serve(program).or(tasks).await
     }
 }
 
 /// Runs `executor`'s tasks for ever, checking for I/O every [`TASKS_BETWEEN_IO_CHECKS`]
-/// tasks: with `edge`, by one look at the connections' epoll (and before waiting, when the
-/// executor runs out of tasks), and a whole round of the reactor every
-/// [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks; without, by a round of the reactor each time.
-async fn run_tasks<T>(executor: &LocalExecutor<'static>, edge: Option<&Edge>) -> T {
-    // One look at the connections and listeners (one epoll_wait): whether it found any.
-    let look = || edge.is_some_and(|edge| edge.poll_now().is_ok_and(|n| n > 0));
-    let looks = if edge.is_some() {
-        IO_LOOKS_BETWEEN_REACTOR_ROUNDS
-    } else {
-        1
-    };
+/// tasks by one look at the connections' readiness ([`crate::Stream::wake_ready`], one
+/// `epoll_wait`; and before waiting, when the executor runs out of tasks), and a whole round
+/// of the reactor every [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks.
+async fn run_tasks<T>(executor: &LocalExecutor<'static>) -> T {
+    // One look at the connections and listeners: whether it found any.
+    let look = || crate::Stream::wake_ready().is_ok_and(|n| n > 0);
     loop {
-        for _ in 0..looks {
+        for _ in 0..IO_LOOKS_BETWEEN_REACTOR_ROUNDS {
             for _ in 0..TASKS_BETWEEN_IO_CHECKS {
                 // Out of tasks: look first, and wait in the reactor only if nothing is ready.
                 if !executor.try_tick() && !look() {

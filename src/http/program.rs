@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use http_types::{Request, Response};
 use smol::LocalExecutor;
@@ -14,9 +13,8 @@ use smol::LocalExecutor;
 use super::Resume;
 use super::conn;
 use super::stream::Stream;
-use crate::baton::{Accepted, Connection, ListenerInfo, Program, Resumed};
+use crate::baton::{Connection, ListenerInfo, Program, Resumed};
 use crate::event::Event;
-use crate::io::edge::Edge;
 
 /// What every connection of the server shares: the handlers and the settings.
 pub(super) struct Http<F> {
@@ -28,8 +26,6 @@ pub(super) struct Http<F> {
     pub(super) options: conn::Options,
     /// Serve with async-h1's codec (feature `async-h1`).
     pub(super) async_h1: bool,
-    /// The edge-triggered epoll every plain TCP connection is registered with.
-    pub(super) edge: Arc<Edge>,
     /// Where connections report (a handler's error answered 5xx).
     pub(super) events: Rc<dyn Fn(&Event<'_>)>,
 }
@@ -42,27 +38,17 @@ where
     fn accepted(&self, connection: Connection) {
         let Connection {
             stream,
-            peer,
-            local,
             tls,
-            work,
             service,
             ..
         } = connection;
-        let stream = match stream {
-            Accepted::Tcp(tcp) => self.edge.register(tcp).map(Stream::Tcp),
-            Accepted::Unix(unix) => async_io::Async::new(unix).map(Stream::Unix),
-        };
-        let Ok(stream) = stream else {
-            return;
-        };
+        let stream = Stream::Plain(stream);
         #[cfg(feature = "async-h1")]
         if self.async_h1 {
             let task = super::h1::serve(
                 stream,
                 self.handler.clone(),
                 service,
-                work,
                 self.options,
                 self.events.clone(),
             );
@@ -73,57 +59,33 @@ where
         // Without the `tls` feature the acceptor type is uninhabited (and Copy).
         #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
         let tls = if tls { self.tls.clone() } else { None };
-        let incoming = conn::Incoming {
-            stream,
-            peer,
-            local,
-            tls,
-            pending: Vec::new(),
-            fresh: true,
-        };
-        self.spawn(incoming, service, work);
+        self.spawn(stream, tls, Vec::new(), true, service);
     }
 
     fn resumed(&self, resumed: Resumed) {
-        let Resumed {
-            stream,
-            kind,
-            state,
-            held,
-            work,
-            service,
-            ..
-        } = resumed;
-        let Ok(stream) = self.edge.register(stream) else {
-            return;
-        };
+        let kind = resumed.kind();
         if kind == conn::KEEP_ALIVE || kind.is_empty() {
             // A keep-alive connection: served as if accepted here, the bytes it held first.
-            let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
-            let text = |key: &str| state[key].as_str().unwrap_or("unknown").to_owned();
-            let incoming = conn::Incoming {
-                stream: Stream::Tcp(stream),
-                peer: text("peer"),
-                local: text("local"),
-                tls: None,
-                pending: held,
-                fresh: false,
-            };
-            return self.spawn(incoming, service, work);
+            let service = resumed.service().clone();
+            let stream = resumed.take();
+            let held = stream.take_held();
+            return self.spawn(Stream::Plain(stream), None, held, false, service);
         }
-        // An upgraded connection, resumed by the handler registered for its name; closed if
-        // there is none.
-        let found = self.resumers.iter().find(|(name, _)| *name == kind);
+        // An upgraded connection, resumed by the handler registered for its kind; refused
+        // (closed, warned about, counted) if there is none.
+        let found = self.resumers.iter().find(|(name, _)| name == kind);
         let Some(resume) = found.map(|(_, hook)| hook.clone()) else {
-            return;
+            return drop(resumed);
         };
-        let state = serde_json::from_str(&state).unwrap_or(serde_json::Value::Null);
+        let state = serde_json::from_str(resumed.state()).unwrap_or(serde_json::Value::Null);
+        let service = resumed.service().clone();
+        let stream = resumed.take();
+        let held = stream.take_held();
         let task = conn::resume_upgraded(
-            Stream::Tcp(stream),
+            Stream::Plain(stream),
             held,
             move |upgraded| resume(upgraded, state),
             service,
-            work,
         );
         self.executor.spawn(task).detach();
     }
@@ -134,18 +96,46 @@ where
     F: Fn(Request) -> Fut + 'static,
     Fut: Future<Output = http_types::Result<Response>> + 'static,
 {
-    /// Serves `incoming` as a task on the server's executor.
-    fn spawn(&self, incoming: conn::Incoming, service: crate::Service, work: crate::Work) {
+    /// Serves `stream` as a task on the server's executor: `pending`, bytes already read,
+    /// first; `fresh` if accepted here (its first head is bounded from the accept).
+    fn spawn(
+        &self,
+        stream: Stream,
+        tls: Option<conn::Tls>,
+        pending: Vec<u8>,
+        fresh: bool,
+        service: crate::Service,
+    ) {
+        let (peer, local) = match &stream {
+            Stream::Plain(plain) => (peer_text(plain.peer()), plain.local().to_string()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => unreachable!("TLS starts in the connection's task"),
+        };
+        let incoming = conn::Incoming {
+            stream,
+            peer,
+            local,
+            tls,
+            pending,
+            fresh,
+        };
         let task = conn::serve(
             incoming,
             self.handler.clone(),
             self.lean.clone(),
             service,
-            work,
             self.options,
             self.events.clone(),
         );
         self.executor.spawn(task).detach();
+    }
+}
+
+/// A peer's address as requests report it (`unix` for a Unix socket's client).
+fn peer_text(peer: &crate::Address) -> String {
+    match peer {
+        crate::Address::Tcp(addr) => addr.to_string(),
+        crate::Address::Unix(_) => "unix".to_owned(),
     }
 }
 

@@ -1,35 +1,36 @@
-//! A connected client, over TCP or a Unix socket: the one type the connection loop reads from
-//! and writes to, whichever kind of listener accepted it.
+//! A connected client, plain (TCP or a Unix socket: the core's [`crate::Stream`]) or in a TLS
+//! session over one: the one type the connection loop reads from and writes to, whichever
+//! kind of listener accepted it.
 
 use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use async_io::Async;
-use smol::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug)]
 pub(crate) enum Stream {
-    /// Plain TCP, registered with the connections' edge-triggered epoll.
-    Tcp(crate::io::edge::Conn),
-    Unix(Async<UnixStream>),
+    /// TCP or a Unix socket, as the core hands it out.
+    Plain(crate::Stream),
     #[cfg(feature = "tls")]
     Tls(Box<crate::http::tls::Session>),
 }
 
 impl Stream {
+    /// The socket, if it is not in a TLS session (which stays with this process).
+    pub(crate) fn plain(&self) -> Option<&crate::Stream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => None,
+        }
+    }
+
     pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(s) => s.poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(&mut &*s).poll_read(cx, buf),
+            Stream::Plain(s) => s.poll_read(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.poll_read(cx, buf),
         }
@@ -37,8 +38,7 @@ impl Stream {
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(s) => s.poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(&mut &*s).poll_write(cx, buf),
+            Stream::Plain(s) => s.poll_write(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.poll_write(cx, buf),
         }
@@ -73,8 +73,7 @@ impl Stream {
     /// nothing is there yet (always, for TLS, whose records go through the session).
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            Stream::Unix(s) => std::io::Read::read(&mut s.get_ref(), buf),
+            Stream::Plain(s) => s.try_read(buf),
             #[cfg(feature = "tls")]
             Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -83,7 +82,7 @@ impl Stream {
     /// Whether [`Stream::try_read`] can ever find something.
     pub(crate) fn can_try_read(&self) -> bool {
         match self {
-            Stream::Tcp(_) | Stream::Unix(_) => true,
+            Stream::Plain(_) => true,
             #[cfg(feature = "tls")]
             Stream::Tls(_) => false,
         }
@@ -92,11 +91,10 @@ impl Stream {
     /// Resolves once there is something to read (or the peer closed).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => {
+            Stream::Plain(s) => {
                 s.readable().await;
                 Ok(())
             }
-            Stream::Unix(s) => s.readable().await,
             #[cfg(feature = "tls")]
             Stream::Tls(s) if s.has_plaintext() => Ok(()),
             #[cfg(feature = "tls")]
@@ -110,23 +108,20 @@ impl Stream {
     /// Makes the coming close a reset (SO_LINGER 0): for a client that stopped reading, whose
     /// unsent data would otherwise hold the socket open.
     pub(crate) fn abort(&self) {
-        let fd = match self {
-            Stream::Tcp(s) => s.as_fd(),
+        match self {
+            Stream::Plain(s) => s.abort(),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.tcp.as_fd(),
-            Stream::Unix(_) => return,
-        };
-        let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
+            Stream::Tls(s) => s.tcp.abort(),
+        }
     }
 
     pub(crate) fn shutdown_write(&self) {
         let _ = match self {
-            Stream::Tcp(s) => s.get_ref().shutdown(Shutdown::Write),
-            Stream::Unix(s) => s.get_ref().shutdown(Shutdown::Write),
+            Stream::Plain(s) => s.shutdown_write(),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => {
                 s.close_notify();
-                s.tcp.get_ref().shutdown(Shutdown::Write)
+                s.tcp.shutdown_write()
             }
         };
     }

@@ -15,7 +15,7 @@ use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::{self, ServerConfig};
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::io::edge::Conn;
+use crate::Stream as Conn;
 
 /// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key) into an acceptor.
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
@@ -75,7 +75,7 @@ impl AsyncWrite for Tcp {
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.0.shutdown_write())
     }
 }
 
@@ -122,11 +122,24 @@ impl Session {
         let mut tls = self.lock();
         let (_, session) = tls.get_mut();
         session.send_close_notify();
-        let mut socket = self.tcp.get_ref();
+        let mut socket = Direct(&self.tcp);
         while session.wants_write() {
             if session.write_tls(&mut socket).is_err() {
                 break;
             }
         }
+    }
+}
+
+/// Blocking-style writes straight to the socket (it is non-blocking: `WouldBlock` ends them).
+struct Direct<'a>(&'a Conn);
+
+impl io::Write for Direct<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_now(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -13,11 +13,10 @@
 //! `WouldBlock` (unless an event arrived meanwhile, which the tick tells); a waiter parks its
 //! waker until the next event for that direction.
 
-use std::io::{self, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use async_io::Async;
@@ -107,7 +106,21 @@ impl Entry {
     }
 }
 
+/// The process's edge, made on first use (see [`Edge::global`]).
+static GLOBAL: OnceLock<Arc<Edge>> = OnceLock::new();
+
 impl Edge {
+    /// The process's one edge, which every connection stream is registered with and the core
+    /// drives while it serves; made on first use.
+    pub(crate) fn global() -> io::Result<&'static Arc<Edge>> {
+        if let Some(edge) = GLOBAL.get() {
+            return Ok(edge);
+        }
+        let made = Edge::new()?;
+        // Two threads may race here: one epoll is kept, the other closed.
+        Ok(GLOBAL.get_or_init(|| made))
+    }
+
     pub(crate) fn new() -> io::Result<Arc<Edge>> {
         let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         Ok(Arc::new(Edge {
@@ -291,11 +304,11 @@ impl Edge {
         })
     }
 
-    /// Registers an accepted (non-blocking) connection, once, for both directions.
-    pub(crate) fn register(self: &Arc<Edge>, tcp: TcpStream) -> io::Result<Conn> {
+    /// Registers a connected (non-blocking) socket, TCP or Unix, once, for both directions.
+    pub(crate) fn register(self: &Arc<Edge>, socket: impl Into<OwnedFd>) -> io::Result<Conn> {
         let (index, generation) = self.slot();
         let conn = Conn {
-            tcp,
+            fd: socket.into(),
             edge: self.clone(),
             index,
             shared: AtomicBool::new(false),
@@ -306,7 +319,7 @@ impl Edge {
             | epoll::EventFlags::ET;
         epoll::add(
             self.epoll.as_fd(),
-            conn.tcp.as_fd(),
+            conn.fd.as_fd(),
             Edge::data(index, generation),
             flags,
         )?;
@@ -345,10 +358,10 @@ impl Drop for Watched {
     }
 }
 
-/// A client connection registered with [`Edge`].
+/// A connected socket (TCP or Unix) registered with [`Edge`].
 #[derive(Debug)]
 pub(crate) struct Conn {
-    tcp: TcpStream,
+    fd: OwnedFd,
     edge: Arc<Edge>,
     index: u32,
     /// Its fd went to another process: the registration outlives the close here, so it is
@@ -357,8 +370,26 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn get_ref(&self) -> &TcpStream {
-        &self.tcp
+    /// Closes the writing direction (a FIN for TCP).
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(
+            &self.fd,
+            rustix::net::Shutdown::Write,
+        )?)
+    }
+
+    /// One `read(2)`.
+    fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(rustix::io::read(&self.fd, buf)?)
+    }
+
+    /// One `send(2)`, without SIGPIPE for a peer that is gone.
+    pub(crate) fn write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(
+            &self.fd,
+            buf,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?)
     }
 
     /// Marks the fd as sent to another process (before it is).
@@ -390,7 +421,7 @@ impl Conn {
         let tick = self.read_tick();
         let read = self
             .edge
-            .poll_slot(self.index, cx, Way::Read, || (&self.tcp).read(buf));
+            .poll_slot(self.index, cx, Way::Read, || self.read_now(buf));
         if let Poll::Ready(Ok(n)) = read {
             self.read_short(n, len, tick);
         }
@@ -407,7 +438,7 @@ impl Conn {
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.edge
-            .poll_slot(self.index, Some(cx), Way::Write, || (&self.tcp).write(buf))
+            .poll_slot(self.index, Some(cx), Way::Write, || self.write_now(buf))
     }
 
     /// One read that never waits: `WouldBlock` without a syscall if the last attempt said so
@@ -436,14 +467,14 @@ impl Conn {
 
 impl AsFd for Conn {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.tcp.as_fd()
+        self.fd.as_fd()
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.shared.load(Ordering::Relaxed) {
-            let _ = epoll::delete(self.edge.epoll.as_fd(), self.tcp.as_fd());
+            let _ = epoll::delete(self.edge.epoll.as_fd(), self.fd.as_fd());
         }
         self.edge.free(self.index);
     }
@@ -458,9 +489,19 @@ pub(crate) fn driven() -> Arc<Edge> {
     edge
 }
 
+/// For unit tests: the global edge's events handed out by a thread of its own (once).
+#[cfg(test)]
+pub(crate) fn drive_global() {
+    static DRIVEN: std::sync::Once = std::sync::Once::new();
+    DRIVEN.call_once(|| {
+        let edge = Edge::global().expect("epoll").clone();
+        std::thread::spawn(move || smol::block_on(edge.drive()));
+    });
+}
+
 /// For unit tests: `tcp` (made non-blocking) registered with a driven edge.
 #[cfg(test)]
-pub(crate) fn conn(tcp: TcpStream) -> Conn {
+pub(crate) fn conn(tcp: std::net::TcpStream) -> Conn {
     tcp.set_nonblocking(true).expect("non-blocking");
     driven().register(tcp).expect("register")
 }
@@ -468,6 +509,8 @@ pub(crate) fn conn(tcp: TcpStream) -> Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
     use std::time::Duration;
 
     fn pair() -> (Conn, TcpStream) {
@@ -561,10 +604,7 @@ mod tests {
                     .unwrap();
                 sent += n;
             }
-            server
-                .get_ref()
-                .shutdown(std::net::Shutdown::Write)
-                .unwrap();
+            server.shutdown_write().unwrap();
             assert_eq!(reader.join().unwrap(), sent);
         });
     }
@@ -594,7 +634,7 @@ mod tests {
         let index = old.index;
         // Another process keeps the file open (so its registration stays), and this one
         // drops its copy without a DEL: the case of a moved connection before the DEL.
-        let kept = old.get_ref().try_clone().unwrap();
+        let kept = old.fd.try_clone().unwrap();
         drop(old);
         let (new, _new_client) = accepted(&edge);
         assert_eq!(new.index, index, "the slot is reused");

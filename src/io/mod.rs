@@ -6,9 +6,36 @@
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
 //! | [`deadline`] | idle connections' coarse deadlines in one heap per server thread, one sweeper |
 //! | [`ready`] | no syscall on a source that said `EAGAIN` until the reactor reports it |
+//! | [`stream`] | [`stream::Stream`], the public connection: a socket on `edge`, the bytes a predecessor held first, its count for the drain |
 //!
 //! `edge` is Linux's epoll; the crate builds on Linux only (see `lib.rs`).
 
+// Only the HTTP server arms deadlines today.
+#[cfg(feature = "http")]
 pub(crate) mod deadline;
 pub(crate) mod edge;
 pub(crate) mod ready;
+pub(crate) mod stream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where a socket is: a listener's address, or either end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix socket's path (empty for an unnamed socket, as a connecting client's usually
+    /// is; abstract names start with `@`).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}

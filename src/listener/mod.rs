@@ -43,23 +43,7 @@ pub(crate) const MAX_LISTENERS: usize = 32;
 /// Backlog asked of `listen(2)`; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
 
-/// Where a listener listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    /// A TCP socket address.
-    Tcp(SocketAddr),
-    /// A Unix socket's path.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(addr) => write!(f, "{addr}"),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
+pub use crate::io::Address;
 
 /// A requested address, parsed.
 #[derive(Debug, Clone)]
@@ -80,8 +64,9 @@ pub(crate) enum Socket {
     Unix(Async<UnixListener>),
 }
 
-/// An accepted connection and its peer's address as text.
-pub(crate) type Accepted = (crate::baton::Accepted, String);
+/// An accepted connection (non-blocking, close-on-exec; TCP with `TCP_NODELAY`) and its
+/// peer's address.
+pub(crate) type Accepted = (OwnedFd, Address);
 
 impl Socket {
     /// Accepts one connection if one is waiting; otherwise registers for the next. After an
@@ -97,20 +82,16 @@ impl Socket {
             Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
                 .map_err(io::Error::from)
                 .and_then(|(fd, peer)| {
-                    let s = std::net::TcpStream::from(fd);
-                    // Responses are written whole; Nagle would only delay them.
-                    s.set_nodelay(true)?;
+                    // Answers are written whole; Nagle would only delay them.
+                    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
                     let peer = peer
                         .and_then(|p| SocketAddr::try_from(p).ok())
-                        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                    Ok((crate::baton::Accepted::Tcp(s), peer))
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    Ok((fd, Address::Tcp(peer)))
                 }),
             Socket::Unix(l) => rustix::net::accept_with(l, accept_flags())
                 .map_err(io::Error::from)
-                .map(|fd| {
-                    let s = std::os::unix::net::UnixStream::from(fd);
-                    (crate::baton::Accepted::Unix(s), "unix".to_owned())
-                }),
+                .map(|fd| (fd, Address::Unix(PathBuf::new()))),
         };
         // Watched by the connections' epoll (woken by it, and found by its look between
         // tasks); else through async-io's reactor.
@@ -168,8 +149,6 @@ pub(crate) struct Listener {
     pub(crate) requested: String,
     pub(crate) socket: Socket,
     pub(crate) local: Address,
-    /// `local` as text, handed to every request as its local address.
-    pub(crate) local_text: String,
     pub(crate) origin: Origin,
     /// Requested as `tls:host:port`: connections start with a TLS handshake.
     pub(crate) tls: bool,
@@ -518,13 +497,11 @@ fn create(addr: &str, spec: &Spec) -> io::Result<Listener> {
 }
 
 fn listener(requested: &str, socket: Socket, local: Address, origin: Origin) -> Listener {
-    let local_text = local.to_string();
     let tls = requested.starts_with("tls:");
     Listener {
         requested: requested.to_owned(),
         socket,
         local,
-        local_text,
         origin,
         tls,
         ready: Readiness::default(),

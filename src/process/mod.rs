@@ -671,6 +671,7 @@ impl Supervising {
             cut,
             dropped: 0,
             upgraded: 0,
+            lost: 0,
         });
         self.notify.exited(true);
         Report {
@@ -678,6 +679,7 @@ impl Supervising {
             cut,
             dropped: 0,
             upgraded: 0,
+            lost: 0,
         }
     }
 

@@ -148,7 +148,7 @@ mod tests {
     fn eager_read_backs_off_after_misses_and_recovers_on_a_hit() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let io = Stream::Tcp(crate::io::edge::conn(listener.accept().unwrap().0));
+        let io = Stream::Plain(crate::io::stream::for_tests(listener.accept().unwrap().0));
         let mut eager = EagerRead::default();
         let mut skipped_after = Vec::new();
         for _ in 0..9 {
@@ -177,7 +177,7 @@ mod tests {
         use std::io::Write as _;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let io = Stream::Tcp(crate::io::edge::conn(listener.accept().unwrap().0));
+        let io = Stream::Plain(crate::io::stream::for_tests(listener.accept().unwrap().0));
         let mut buf = ReadBuf::default();
         let quiet = buf.try_fill(&io, 1024).unwrap_err();
         assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock);

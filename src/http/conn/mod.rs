@@ -27,7 +27,7 @@ use async_io::Timer;
 use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
-use crate::drain::{Busy, Service, Work as Counted};
+use crate::drain::{Busy, Service};
 use crate::http::codec::{self, Framing, Reject};
 use crate::http::stream::Stream;
 use crate::io::deadline::Deadline;
@@ -85,7 +85,6 @@ pub(crate) async fn serve<F, Fut>(
     handler: Rc<F>,
     lean: Option<crate::http::lean::Handler>,
     drain: Service,
-    _connection: Counted,
     options: Options,
     events: Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
@@ -451,7 +450,6 @@ pub(crate) async fn resume_upgraded(
     held: Vec<u8>,
     resume: impl FnOnce(upgrade::Upgraded),
     drain: Service,
-    _connection: Counted,
 ) {
     let _upgraded = drain.long_lived();
     let io = Arc::new(stream);
@@ -540,7 +538,7 @@ async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Optio
     };
     #[cfg(feature = "tls")]
     {
-        let Stream::Tcp(conn) = stream else {
+        let Stream::Plain(conn) = stream else {
             return Some(stream);
         };
         // The session reads and writes through the connection's edge registration.
@@ -821,26 +819,25 @@ pub(crate) enum Waited {
 /// is `{"peer": .., "local": ..}`, its held bytes what the client sent past the last request.
 pub(crate) const KEEP_ALIVE: &str = "baton/http";
 
-/// Can this connection be handed to the successor? (Plain TCP only: a TLS session's state,
-/// and a Unix socket's peer, stay with this process.)
+/// Can this connection be handed to the successor? (Not in a TLS session: its state stays
+/// with this process.)
 fn relayable(io: &Stream, drain: &Service) -> bool {
-    matches!(io, Stream::Tcp(_)) && drain.can_hand_over()
+    io.plain().is_some() && drain.can_hand_over()
 }
 
 /// Sends the connection to the successor. `true`: it is the successor's now; drop it without
 /// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
 async fn hand_over(io: &Stream, drain: &Service, requests: &Requests, pending: &[u8]) -> bool {
-    let Stream::Tcp(tcp) = io else {
+    let Some(stream) = io.plain() else {
         return false;
     };
     if !drain.can_hand_over() {
         return false;
     }
-    // The successor keeps the file open: its registration here must go with it explicitly.
-    tcp.sharing();
+    // (For a successor of a build before the stream knew its addresses.)
     let state = serde_json::json!({ "peer": requests.peer, "local": requests.local_text });
     let state = state.to_string();
     // (Bounded: a successor that stops reading its relay does not hold this connection.)
-    let sent = drain.hand_over(tcp.get_ref(), KEEP_ALIVE, &state, pending);
+    let sent = drain.hand_over(stream, KEEP_ALIVE, &state, pending);
     sent.await.is_ok()
 }

@@ -38,7 +38,7 @@ pub(super) fn plain(status: StatusCode, message: &str) -> Response {
 /// A handler's error as a response. Server errors do not show their message to the client.
 /// The response to a handler's error: a client error's message, or a server error's reason
 /// only (its message, which may say more than a client should see, goes to the server's
-/// events as [`crate::Event::HandlerFailed`]).
+/// events as a [`crate::Event::Program`] of source `http`).
 pub(crate) fn error_response(
     error: http_types::Error,
     method: Method,
@@ -46,10 +46,16 @@ pub(crate) fn error_response(
 ) -> Response {
     let status = error.status();
     if status.is_server_error() {
-        events(&crate::Event::HandlerFailed {
-            method: method.as_ref(),
-            status: (u16::from(status), status.canonical_reason()),
-            error: &error.to_string(),
+        let message = format!(
+            "a handler failed, answered {} {} to a {}: {error}",
+            u16::from(status),
+            status.canonical_reason(),
+            method.as_ref()
+        );
+        events(&crate::Event::Program {
+            level: crate::Level::Error,
+            source: "http",
+            message: &message,
         });
     }
     if status.is_client_error() {

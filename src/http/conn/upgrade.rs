@@ -114,10 +114,10 @@ pub(crate) async fn serve(
 }
 
 async fn move_to_successor(io: &Stream, drain: &Service, request: &HandOver) -> io::Result<()> {
-    let Stream::Tcp(tcp) = io else {
+    let Some(stream) = io.plain() else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "not a plain TCP connection: a TLS session or a Unix socket's peer cannot move",
+            "a connection in a TLS session cannot move: its session stays with this process",
         ));
     };
     if !drain.can_hand_over() {
@@ -127,9 +127,8 @@ async fn move_to_successor(io: &Stream, drain: &Service, request: &HandOver) -> 
              hand-over",
         ));
     }
-    tcp.sharing();
     let (name, state, held) = (&request.name, &request.state, &request.held);
-    drain.hand_over(tcp.get_ref(), name, state, held).await
+    drain.hand_over(stream, name, state, held).await
 }
 
 impl AsyncRead for Upgraded {
