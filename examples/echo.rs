@@ -37,6 +37,7 @@ impl Program for Echo {
 /// counts the connection for the drain until it drops here.
 async fn echo(stream: Stream, service: Service) {
     let pid = std::process::id();
+    let prefix = format!("{pid}: ");
     let notice = service.notice();
     let mut read = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -50,7 +51,7 @@ async fn echo(stream: Stream, service: Service) {
             if line == b"?thread" {
                 answer.extend_from_slice(format!("{pid}: thread {}\n", thread_name()).as_bytes());
             } else {
-                answer.extend_from_slice(format!("{pid}: ").as_bytes());
+                answer.extend_from_slice(prefix.as_bytes());
                 answer.extend_from_slice(line);
                 answer.push(b'\n');
             }
@@ -93,6 +94,7 @@ fn thread_name() -> String {
 
 fn main() -> ExitCode {
     let (mut addr, mut workers, mut pid_file) = (String::from("127.0.0.1:7000"), None, None);
+    let mut drain_timeout = None;
     let mut hand_over = true;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -110,6 +112,10 @@ fn main() -> ExitCode {
                 Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
             },
             "--pid-file" => pid_file = Some(value),
+            "--drain-timeout" => match parse_duration(&value) {
+                Some(timeout) => drain_timeout = Some(timeout),
+                None => return usage(&format!("--drain-timeout {value:?}: expected 5s or 500ms")),
+            },
             _ => return usage(&format!("unknown option {flag}")),
         }
     }
@@ -125,6 +131,10 @@ fn main() -> ExitCode {
         Some(path) => baton.pid_file(path),
         None => baton,
     };
+    let baton = match drain_timeout {
+        Some(timeout) => baton.drain_timeout(timeout),
+        None => baton,
+    };
     match smol::block_on(baton.serve(Echo)) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
@@ -135,9 +145,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `5s` or `500ms`.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    match text.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(std::time::Duration::from_millis),
+        None => text
+            .strip_suffix('s')?
+            .parse()
+            .ok()
+            .map(std::time::Duration::from_secs),
+    }
+}
+
 fn usage(message: &str) -> ExitCode {
     eprintln!(
-        "{message}\nusage: echo [--addr HOST:PORT] [--workers N] [--pid-file PATH] [--no-hand-over]"
+        "{message}\nusage: echo [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
+         [--drain-timeout 5s] [--no-hand-over]"
     );
     ExitCode::from(2)
 }

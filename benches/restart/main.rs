@@ -3,8 +3,8 @@
 //! Run with: `cargo bench --bench restart` (`-- --quick` for a short smoke run, `-- --two-cores`
 //! for only the supervising-process comparison, `-- --websocket` for only WebSockets across
 //! restarts, `-- --layers` for only the layers (baton's two handler paths, the peer and a raw
-//! epoll server, with instructions, allocations and syscalls per request), `-- --soak` for the
-//! soak).
+//! epoll server, with instructions, allocations and syscalls per request), `-- --echo` for only
+//! the core's I/O (baton's line echo against tokio's), `-- --soak` for the soak).
 //!
 //! Builds the servers with the same release profile (baton, which hands keep-alive connections
 //! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
@@ -15,6 +15,7 @@
 //! baton/peer, also written to `target/bench/report.md`, with an SVG of latency across one
 //! restart in `target/bench/restart.svg`.
 
+mod echo;
 mod layers;
 mod load;
 mod procs;
@@ -115,6 +116,14 @@ fn main() {
         }
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if std::env::args().any(|a| a == "--echo") {
+        // Only the core's I/O: baton's echo against tokio's.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = cores >= 2 && procs::pin_self(1);
+        let echo = echo::scenarios(&root, plan.runs.max(3), pinned.then_some(0));
+        println!("Machine: {}.\n{echo}", machine());
+        return;
+    }
     let flavors = build(&root);
     if std::env::args().any(|a| a == "--websocket") {
         // Only WebSockets across restarts.
@@ -185,11 +194,14 @@ fn main() {
     println!("{websockets}");
     let tls = tls_scenarios(&root, &plan, server_cpu);
     println!("{tls}");
+    let echo = echo::scenarios(&root, plan.runs.max(3), server_cpu);
+    println!("{echo}");
     let mut full = table.clone();
     full.push_str(&layers);
     full.push_str(&two_cores);
     full.push_str(&websockets);
     full.push_str(&tls);
+    full.push_str(&echo);
     std::fs::write(out.join("report.md"), &full).expect("write report.md");
     eprintln!(
         "[bench] done in {:.0?}; wrote {}",

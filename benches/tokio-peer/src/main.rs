@@ -70,14 +70,25 @@ fn args() -> Args {
             "--drain-timeout" => {
                 let ms: u64 = match value.strip_suffix("ms") {
                     Some(ms) => ms.parse().expect("--drain-timeout"),
-                    None => value.trim_end_matches('s').parse::<u64>().expect("--drain-timeout") * 1000,
+                    None => {
+                        value
+                            .trim_end_matches('s')
+                            .parse::<u64>()
+                            .expect("--drain-timeout")
+                            * 1000
+                    }
                 };
                 drain = Duration::from_millis(ms);
             }
             other => panic!("unknown option {other}"),
         }
     }
-    Args { addr, drain, tls: cert.zip(key), threads }
+    Args {
+        addr,
+        drain,
+        tls: cert.zip(key),
+        threads,
+    }
 }
 
 /// The same TLS setup as baton's: rustls with ring, TLS 1.2 and 1.3, ALPN http/1.1.
@@ -101,18 +112,28 @@ fn tls_acceptor(cert: &str, key: &str) -> io::Result<tokio_rustls::TlsAcceptor> 
 
 /// Adopts the fd the old process sent, after checking it is a listening TCP socket.
 async fn inherited_listener() -> io::Result<Option<(std::net::TcpListener, RawFd)>> {
-    let Some(mut pipe) = receive_from_old_process() else { return Ok(None) };
+    let Some(mut pipe) = receive_from_old_process() else {
+        return Ok(None);
+    };
     let fd = pipe.read_i32().await?;
     // SAFETY: fcntl/getsockopt on a number the parent handed over; a wrong number fails with
     // EBADF or ENOTSOCK, which is checked before taking ownership.
     let listening = unsafe {
         let mut value: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&raw mut value).cast(), &mut len) == 0
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut value).cast(),
+            &mut len,
+        ) == 0
             && value == 1
     };
     if !listening {
-        return Err(io::Error::other(format!("handed-over fd {fd} is not a listening socket")));
+        return Err(io::Error::other(format!(
+            "handed-over fd {fd} is not a listening socket"
+        )));
     }
     // SAFETY: validated above; the parent gave this process the fd.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
@@ -133,7 +154,9 @@ async fn handle(req: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>
                 .unwrap_or(1000)
                 .min(SLOW_CAP_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Response::new(Full::new(Bytes::from(format!("Slow hello from {pid} after {ms} ms\n"))))
+            Response::new(Full::new(Bytes::from(format!(
+                "Slow hello from {pid} after {ms} ms\n"
+            ))))
         }
         _ => {
             let mut response = Response::new(Full::new(Bytes::new()));
@@ -147,14 +170,24 @@ async fn handle(req: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>
 fn main() -> io::Result<()> {
     let args = args();
     let runtime = match args.threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
     };
     runtime.block_on(serve(args))
 }
 
 async fn serve(args: Args) -> io::Result<()> {
-    let Args { addr, drain: drain_timeout, tls, .. } = args;
+    let Args {
+        addr,
+        drain: drain_timeout,
+        tls,
+        ..
+    } = args;
     #[cfg(feature = "tls")]
     let tls = match tls {
         Some((cert, key)) => Some(tls_acceptor(&cert, &key)?),
@@ -168,7 +201,10 @@ async fn serve(args: Args) -> io::Result<()> {
     let pid = std::process::id();
     let (std_listener, inherited) = match inherited_listener().await? {
         Some((listener, _)) => (listener, true),
-        None => (std::net::TcpListener::bind(addr.trim_start_matches("tls:"))?, false),
+        None => (
+            std::net::TcpListener::bind(addr.trim_start_matches("tls:"))?,
+            false,
+        ),
     };
     std_listener.set_nonblocking(true)?;
     let fd = std_listener.as_raw_fd();
@@ -179,7 +215,9 @@ async fn serve(args: Args) -> io::Result<()> {
     let listener = TcpListener::from_std(std_listener)?;
     let kind = if inherited { "inherited" } else { "created" };
     let scheme = if tls.is_some() { "tls:" } else { "" };
-    log(format_args!("listening on {scheme}{local} (fd {fd}, {kind})"));
+    log(format_args!(
+        "listening on {scheme}{local} (fd {fd}, {kind})"
+    ));
 
     let restart = RestartConfig {
         enabled: false,
