@@ -1,60 +1,100 @@
 //! A line echo on baton's core, no HTTP: each line `l` is answered `<pid>: l`. On a restart
 //! (`kill -HUP`), every connection moves to the successor at a line boundary, with what it had
-//! read of the next line: the client keeps its TCP connection and notices nothing. With
-//! `--no-hand-over` it gets `<pid>: goodbye` and a clean close instead. Each connection is a
-//! task on smol's global executor, not on the thread that runs the core, reading and writing
-//! baton's [`Stream`] (edge-triggered: a read and a write per echoed line).
+//! read of the next line (of any size): the client keeps its TCP connection and notices
+//! nothing. With `--no-hand-over` it gets `<pid>: goodbye` and a clean close instead. Each
+//! connection is a task on smol's global executor, not on the thread that runs the core,
+//! reading and writing baton's [`Stream`] (edge-triggered: a read and a write per echoed line).
+//!
+//! State shared by every connection: the count of lines answered, which a restart carries to
+//! the successor (`?count` answers it). With workers, each worker counts its own, and hands
+//! it to the worker that takes its place.
 //!
 //! Run with: `cargo run --example echo [-- --addr 127.0.0.1:7000 --workers 2 --pid-file P]`,
-//! then `nc 127.0.0.1 7000`. The line `?thread` answers the name of the thread serving it.
+//! then `nc 127.0.0.1 7000`. Lines that start with `?` ask: `?thread` (the thread serving the
+//! connection), `?count`, `?linger` (this connection ignores the drain: it stays until the
+//! drain timeout cuts it, which the report counts).
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use baton::{Baton, Connection, Program, Resumed, Service, Stream};
 
-/// The kind this program's connections move under.
-const KIND: &str = "echo";
-
-struct Echo;
+/// What every connection of the process shares.
+struct Echo {
+    /// The kind connections move under (`--kind`: a build that names it differently).
+    kind: &'static str,
+    /// Lines answered, carried across restarts.
+    count: Arc<AtomicU64>,
+}
 
 impl Program for Echo {
     fn accepted(&self, connection: Connection) {
-        smol::spawn(echo(connection.stream, connection.service)).detach();
+        let task = echo(connection.stream, connection.service, self.shared());
+        smol::spawn(task).detach();
     }
 
     fn resumed(&self, resumed: Resumed) {
-        // Another kind (from a build that named it differently) is refused: closed, with a
-        // warning, and counted as lost.
-        if resumed.kind() == KIND {
+        // Another kind (from a build that named it differently) is dropped untaken: baton
+        // closes it with a warning, and counts it as lost.
+        if resumed.kind() == self.kind {
             let service = resumed.service().clone();
-            smol::spawn(echo(resumed.take(), service)).detach();
+            smol::spawn(echo(resumed.take(), service, self.shared())).detach();
         }
     }
 }
 
+impl Echo {
+    fn shared(&self) -> Shared {
+        Shared {
+            kind: self.kind,
+            count: self.count.clone(),
+        }
+    }
+}
+
+/// What one connection's task holds of the program.
+struct Shared {
+    kind: &'static str,
+    count: Arc<AtomicU64>,
+}
+
 /// Answers each whole line; at the drain, at a line boundary, moves the connection to the
-/// successor (with the part of a line already read), or says goodbye and closes. The stream
-/// counts the connection for the drain until it drops here.
-async fn echo(stream: Stream, service: Service) {
+/// successor (with the part of a line already read). If it cannot move (no successor takes
+/// connections, or more held bytes than allowed), it finishes the line it is in, says goodbye
+/// and closes. The stream counts the connection for the drain until it drops here.
+async fn echo(stream: Stream, service: Service, shared: Shared) {
     let pid = std::process::id();
     let prefix = format!("{pid}: ");
     let notice = service.notice();
+    let lingers = AtomicBool::new(false);
     let mut read = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = vec![0u8; 64 * 1024];
     let mut answer = Vec::new();
+    // Set once a hand-over failed: finish the line in progress, then close.
+    let mut closing = false;
     loop {
         answer.clear();
         let mut used = 0;
         while let Some(end) = read[used..].iter().position(|&b| b == b'\n') {
             let line = &read[used..used + end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line == b"?thread" {
-                answer.extend_from_slice(format!("{pid}: thread {}\n", thread_name()).as_bytes());
-            } else {
-                answer.extend_from_slice(prefix.as_bytes());
-                answer.extend_from_slice(line);
-                answer.push(b'\n');
+            answer.extend_from_slice(prefix.as_bytes());
+            match line {
+                b"?thread" => answer.extend_from_slice(thread_name().as_bytes()),
+                b"?count" => {
+                    let count = shared.count.load(Ordering::Relaxed);
+                    answer.extend_from_slice(count.to_string().as_bytes());
+                }
+                b"?linger" => {
+                    lingers.store(true, Ordering::Relaxed);
+                    answer.extend_from_slice(b"lingering");
+                }
+                line => answer.extend_from_slice(line),
             }
+            answer.push(b'\n');
+            shared.count.fetch_add(1, Ordering::Relaxed);
             used += end + 1;
         }
         read.drain(..used);
@@ -62,22 +102,33 @@ async fn echo(stream: Stream, service: Service) {
         if !answer.is_empty() && stream.write_all(&answer).await.is_err() {
             return;
         }
-        if service.is_draining() {
-            let moved = service.hand_over(&stream, KIND, "{}", &read).await;
-            if moved.is_err() {
-                let _ = stream
-                    .write_all(format!("{pid}: goodbye\n").as_bytes())
-                    .await;
-                let _ = stream.shutdown_write();
-            }
-            // Moved: dropping this copy leaves the connection to the successor.
-            return;
+        if closing && read.is_empty() {
+            return goodbye(&stream, pid).await;
         }
-        let more = smol::future::or(async { Some(stream.read(&mut chunk).await) }, async {
+        if service.is_draining() && !closing && !lingers.load(Ordering::Relaxed) {
+            match service.hand_over(&stream, shared.kind, "{}", &read).await {
+                // Moved: dropping this copy leaves the connection to the successor.
+                Ok(()) => return,
+                Err(error) if read.is_empty() => {
+                    eprintln!("echo[{pid}]: not handed over: {error}");
+                    return goodbye(&stream, pid).await;
+                }
+                Err(error) => {
+                    eprintln!("echo[{pid}]: not handed over: {error}; finishing its line here");
+                    closing = true;
+                }
+            }
+        }
+        let more = async { Some(stream.read(&mut chunk).await) };
+        let wake = async {
+            // Only while the drain can still change what this connection does.
+            if closing || lingers.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
             notice.wait().await;
             None
-        });
-        match more.await {
+        };
+        match smol::future::or(more, wake).await {
             Some(Ok(0) | Err(_)) => return,
             Some(Ok(n)) => read.extend_from_slice(&chunk[..n]),
             None => {}
@@ -85,57 +136,91 @@ async fn echo(stream: Stream, service: Service) {
     }
 }
 
-fn thread_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("unnamed")
-        .to_owned()
+async fn goodbye(stream: &Stream, pid: u32) {
+    let _ = stream
+        .write_all(format!("{pid}: goodbye\n").as_bytes())
+        .await;
+    let _ = stream.shutdown_write();
 }
 
-fn main() -> ExitCode {
-    let (mut addr, mut workers, mut pid_file) = (String::from("127.0.0.1:7000"), None, None);
-    let mut drain_timeout = None;
-    let mut hand_over = true;
+fn thread_name() -> String {
+    let thread = std::thread::current();
+    format!("thread {}", thread.name().unwrap_or("unnamed"))
+}
+
+/// The command line.
+struct Options {
+    addr: String,
+    workers: Option<usize>,
+    pid_file: Option<String>,
+    drain_timeout: Option<Duration>,
+    max_held_bytes: Option<usize>,
+    hand_over: bool,
+    kind: String,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        addr: "127.0.0.1:7000".into(),
+        workers: None,
+        pid_file: None,
+        drain_timeout: None,
+        max_held_bytes: None,
+        hand_over: true,
+        kind: "echo".into(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--no-hand-over" {
-            hand_over = false;
+            options.hand_over = false;
             continue;
         }
-        let Some(value) = args.next() else {
-            return usage(&format!("{flag} needs a value"));
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag} {value:?}: expected a number"))
         };
         match flag.as_str() {
-            "--addr" => addr = value,
-            "--workers" => match value.parse::<usize>() {
-                Ok(n) => workers = Some(n),
-                Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
-            },
-            "--pid-file" => pid_file = Some(value),
-            "--drain-timeout" => match parse_duration(&value) {
-                Some(timeout) => drain_timeout = Some(timeout),
-                None => return usage(&format!("--drain-timeout {value:?}: expected 5s or 500ms")),
-            },
-            _ => return usage(&format!("unknown option {flag}")),
+            "--addr" => options.addr = value.clone(),
+            "--workers" => options.workers = Some(number()?),
+            "--pid-file" => options.pid_file = Some(value.clone()),
+            "--max-held-bytes" => options.max_held_bytes = Some(number()?),
+            "--kind" => options.kind = value.clone(),
+            "--drain-timeout" => {
+                let timeout = parse_duration(&value);
+                let timeout = timeout.ok_or(format!("{flag} {value:?}: expected 5s or 500ms"))?;
+                options.drain_timeout = Some(timeout);
+            }
+            _ => return Err(format!("unknown option {flag}")),
         }
     }
-    let baton = match Baton::bind(&addr) {
-        Ok(baton) => baton.hand_over_connections(hand_over),
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(message) => return usage(&message),
+    };
+    let baton = match Baton::bind(&options.addr) {
+        Ok(baton) => baton.hand_over_connections(options.hand_over),
         Err(error) => return usage(&format!("echo: {error}")),
     };
-    let baton = match workers {
-        Some(n) => baton.workers(n),
-        None => baton,
-    };
-    let baton = match pid_file {
-        Some(path) => baton.pid_file(path),
-        None => baton,
-    };
-    let baton = match drain_timeout {
-        Some(timeout) => baton.drain_timeout(timeout),
-        None => baton,
-    };
-    match smol::block_on(baton.serve(Echo)) {
+    let mut config = baton.config().clone();
+    config.workers = options.workers.or(config.workers);
+    config.pid_file = options.pid_file.map(Into::into);
+    config.drain_timeout = options.drain_timeout.unwrap_or(config.drain_timeout);
+    config.max_held_bytes = options.max_held_bytes.unwrap_or(config.max_held_bytes);
+    let count = Arc::new(AtomicU64::new(0));
+    let (given, taken) = (count.clone(), count.clone());
+    let baton = baton
+        .with_config(config)
+        .on_hand_over_state(move || given.load(Ordering::Relaxed).into())
+        .on_inherit_state(move |state| taken.store(state.as_u64().unwrap_or(0), Ordering::Relaxed));
+    // (The kind lives as long as the process.)
+    let kind: &'static str = Box::leak(options.kind.into_boxed_str());
+    match smol::block_on(baton.serve(Echo { kind, count })) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {
@@ -146,21 +231,21 @@ fn main() -> ExitCode {
 }
 
 /// `5s` or `500ms`.
-fn parse_duration(text: &str) -> Option<std::time::Duration> {
+fn parse_duration(text: &str) -> Option<Duration> {
     match text.strip_suffix("ms") {
-        Some(ms) => ms.parse().ok().map(std::time::Duration::from_millis),
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
         None => text
             .strip_suffix('s')?
             .parse()
             .ok()
-            .map(std::time::Duration::from_secs),
+            .map(Duration::from_secs),
     }
 }
 
 fn usage(message: &str) -> ExitCode {
     eprintln!(
         "{message}\nusage: echo [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
-         [--drain-timeout 5s] [--no-hand-over]"
+         [--drain-timeout 5s] [--max-held-bytes N] [--kind NAME] [--no-hand-over]"
     );
     ExitCode::from(2)
 }

@@ -490,4 +490,67 @@ mod tests {
             assert_eq!(handed.pending.len(), room);
         });
     }
+
+    /// Held bytes at the message size go inline, one more byte in a sealed memfd beside the
+    /// connection; both arrive whole. Over the sender's bound: an error, nothing sent; over
+    /// the receiver's: an error that says so, and the relay carries on.
+    #[test]
+    fn held_bytes_of_any_size_cross_over_within_their_bounds() {
+        smol::block_on(async {
+            let (ours, theirs) = pair().unwrap();
+            let (sender, receiver) = (Relay::new(ours).unwrap(), Relay::new(theirs).unwrap());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            let (kind, state) = ("echo", "{}");
+            let room = MAX_MESSAGE - (1 + 4 + kind.len() + 4 + state.len());
+            let mut buffer = Vec::new();
+            for len in [room, room + 1, 3 << 20] {
+                let held: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                sender
+                    .send_connection(&server_side, kind, state, &held, 4 << 20)
+                    .await
+                    .unwrap();
+                let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+                else {
+                    panic!("expected a connection");
+                };
+                assert_eq!((handed.name.as_str(), handed.state.as_str()), (kind, state));
+                assert!(handed.held == held, "{len} held bytes came back changed");
+            }
+            let over = vec![0u8; 5 << 20];
+            let refused = sender
+                .send_connection(&server_side, kind, state, &over, 4 << 20)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+            assert!(
+                refused
+                    .to_string()
+                    .contains("over max_held_bytes (4194304)"),
+                "{refused}"
+            );
+            receiver.set_max_held(1 << 20);
+            sender
+                .send_connection(&server_side, kind, state, &over[..2 << 20], 4 << 20)
+                .await
+                .unwrap();
+            let error = receiver.receive(&mut buffer).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+            assert!(
+                error.to_string().contains("max_held_bytes (1048576)"),
+                "{error}"
+            );
+            // The relay still works after a refused message.
+            sender
+                .send_connection(&server_side, kind, state, b"ok", 4 << 20)
+                .await
+                .unwrap();
+            let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+            else {
+                panic!("expected a connection");
+            };
+            assert_eq!(handed.held, b"ok");
+        });
+    }
 }
