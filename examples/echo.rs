@@ -9,6 +9,9 @@
 //! the successor (`?count` answers it). With workers, each worker counts its own, and hands
 //! it to the worker that takes its place.
 //!
+//! UDP too: with `--addr udp:127.0.0.1:7000` each datagram `d` is answered `<pid>: d`, across
+//! restarts (`--addr` may be given more than once).
+//!
 //! Run with: `cargo run --example echo [-- --addr 127.0.0.1:7000 --workers 2 --pid-file P]`,
 //! then `nc 127.0.0.1 7000`. Lines that start with `?` ask: `?thread` (the thread serving the
 //! connection), `?count`, `?linger` (this connection ignores the drain: it stays until the
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use baton::{Baton, Connection, Program, Resumed, Service, Stream};
+use baton::{Baton, Connection, Datagrams, Program, Resumed, Service, Stream};
 
 /// What every connection of the process shares.
 struct Echo {
@@ -42,6 +45,34 @@ impl Program for Echo {
             let service = resumed.service().clone();
             smol::spawn(echo(resumed.take(), service, self.shared())).detach();
         }
+    }
+
+    fn datagrams(&self, datagrams: Datagrams, service: Service) {
+        smol::spawn(answer_datagrams(datagrams, service, self.shared())).detach();
+    }
+}
+
+/// Answers each datagram `<pid>: <datagram>`, until the drain notice: the successor, serving
+/// by then, reads the ones that come next. Dropping the socket here tells the drain it is done.
+async fn answer_datagrams(datagrams: Datagrams, service: Service, shared: Shared) {
+    let prefix = format!("{}: ", std::process::id());
+    let notice = service.notice();
+    let mut buf = vec![0u8; 65536];
+    let mut answer = Vec::new();
+    loop {
+        let received = async { Some(datagrams.recv_from(&mut buf).await) };
+        let drained = async {
+            notice.wait().await;
+            None
+        };
+        let Some(Ok((n, from))) = smol::future::or(received, drained).await else {
+            return;
+        };
+        answer.clear();
+        answer.extend_from_slice(prefix.as_bytes());
+        answer.extend_from_slice(&buf[..n]);
+        shared.count.fetch_add(1, Ordering::Relaxed);
+        let _ = datagrams.send_to(&answer, from).await;
     }
 }
 
@@ -150,7 +181,7 @@ fn thread_name() -> String {
 
 /// The command line.
 struct Options {
-    addr: String,
+    addrs: Vec<String>,
     workers: Option<usize>,
     pid_file: Option<String>,
     drain_timeout: Option<Duration>,
@@ -161,7 +192,7 @@ struct Options {
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
-        addr: "127.0.0.1:7000".into(),
+        addrs: Vec::new(),
         workers: None,
         pid_file: None,
         drain_timeout: None,
@@ -182,7 +213,7 @@ fn options() -> Result<Options, String> {
                 .map_err(|_| format!("{flag} {value:?}: expected a number"))
         };
         match flag.as_str() {
-            "--addr" => options.addr = value.clone(),
+            "--addr" => options.addrs.push(value.clone()),
             "--workers" => options.workers = Some(number()?),
             "--pid-file" => options.pid_file = Some(value.clone()),
             "--max-held-bytes" => options.max_held_bytes = Some(number()?),
@@ -195,6 +226,9 @@ fn options() -> Result<Options, String> {
             _ => return Err(format!("unknown option {flag}")),
         }
     }
+    if options.addrs.is_empty() {
+        options.addrs.push("127.0.0.1:7000".into());
+    }
     Ok(options)
 }
 
@@ -203,7 +237,7 @@ fn main() -> ExitCode {
         Ok(options) => options,
         Err(message) => return usage(&message),
     };
-    let baton = match Baton::bind(&options.addr) {
+    let baton = match Baton::bind_all(&options.addrs) {
         Ok(baton) => baton.hand_over_connections(options.hand_over),
         Err(error) => return usage(&format!("echo: {error}")),
     };
@@ -244,7 +278,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 
 fn usage(message: &str) -> ExitCode {
     eprintln!(
-        "{message}\nusage: echo [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
+        "{message}\nusage: echo [--addr HOST:PORT|udp:HOST:PORT|unix:PATH]... [--workers N] [--pid-file PATH] \
          [--drain-timeout 5s] [--max-held-bytes N] [--kind NAME] [--no-hand-over]"
     );
     ExitCode::from(2)

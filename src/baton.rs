@@ -46,6 +46,7 @@ use crate::drain::Service;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
+use crate::io::datagram::Datagrams;
 use crate::io::stream::Stream;
 use crate::listener::{Address, Inheritance, Listener, Origin};
 use crate::report::Report;
@@ -66,6 +67,14 @@ pub trait Program: 'static {
     /// counted in the report as lost.
     fn resumed(&self, resumed: Resumed) {
         drop(resumed);
+    }
+
+    /// A UDP listener (`udp:host:port`): given each time this process starts serving, with
+    /// the serving round's drain. It counts for the drain until dropped: stop receiving at
+    /// the drain notice (the successor serves by then and reads what comes next) and drop
+    /// it. Default: dropped at once (nothing is read here).
+    fn datagrams(&self, datagrams: Datagrams, service: Service) {
+        drop((datagrams, service));
     }
 }
 
@@ -312,7 +321,7 @@ impl Baton {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listeners.iter().find_map(|l| match l.local {
             Address::Tcp(addr) => Some(addr),
-            Address::Unix(_) => None,
+            Address::Unix(_) | Address::Udp(_) => None,
         })
     }
 

@@ -138,6 +138,7 @@ pub use event::{Event, Level};
 pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
 #[cfg(feature = "http")]
 pub use http::{Server, lean, websocket};
+pub use io::datagram::Datagrams;
 pub use io::stream::Stream;
 
 /// `true` once this process has started draining (after a restart handed over, or a shutdown

@@ -34,6 +34,8 @@ use crate::handoff::relay::{Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
+use crate::io::Address;
+use crate::io::datagram::Datagrams;
 use crate::io::edge::Edge;
 use crate::io::stream::Stream;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
@@ -108,6 +110,8 @@ struct Process {
     spawned: Vec<Owned>,
     /// Started by a supervising process.
     is_worker: bool,
+    /// The UDP listeners went to the program since this process (last) started serving.
+    datagrams_given: bool,
     /// A single process that must not replace itself (PID 1, or behind a namespace's init):
     /// restarts are refused, with the reason, rather than end the service.
     alone: Option<crate::process::Alone>,
@@ -242,6 +246,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         earlier: Vec::new(),
         spawned: Vec::new(),
         is_worker,
+        datagrams_given: false,
         alone: crate::process::Alone::here().filter(|_| !is_worker),
     })
 }
@@ -338,6 +343,9 @@ impl Process {
     /// `Serving` (no upgrade) and `Upgrading`: accept and serve until something changes the
     /// phase.
     async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
+        if !self.datagrams_given {
+            self.give_datagrams();
+        }
         loop {
             match self.next_wake(upgrade.as_mut()).await {
                 Wake::Relayed(index, message) => {
@@ -486,6 +494,23 @@ impl Process {
             .or(relayed)
             .or(accept)
             .await
+    }
+
+    /// Gives the program each UDP listener (a copy of its socket), counted for the drain.
+    fn give_datagrams(&mut self) {
+        self.datagrams_given = true;
+        for (index, listener) in self.listeners.as_slice().iter().enumerate() {
+            let Address::Udp(local) = listener.local else {
+                continue;
+            };
+            let socket = listener.duplicate();
+            let datagrams = socket
+                .and_then(|socket| Datagrams::register(socket, local, index, self.drain.work()));
+            match datagrams {
+                Ok(datagrams) => self.program.datagrams(datagrams, self.drain.clone()),
+                Err(error) => (self.emit)(&Event::AcceptFailed { error: &error }),
+            }
+        }
     }
 
     fn serve_accepted(&self, index: usize, (socket, peer): Accepted) {
@@ -703,6 +728,7 @@ impl Process {
                 (self.emit)(&Event::SuccessorExited { pid, status });
                 self.supervisor.resumed(pid, status);
                 crate::drain::resume();
+                self.datagrams_given = false;
                 let fresh = Service::new();
                 let given_up = std::mem::replace(&mut self.drain, fresh);
                 self.earlier.push(given_up);

@@ -337,3 +337,72 @@ fn a_connection_open_when_the_drain_gives_up_is_counted_as_dropped_in_every_mode
         }
     }
 }
+
+/// Datagrams to a `udp:` listener, one at a time, sent on through five restarts: every one
+/// is answered, by the old process until its drain and by the successor after.
+fn datagrams_cross_restarts(model: Model) {
+    let mut echo = Echo::start(model, "udp", &["--addr", "udp:127.0.0.1:0"]);
+    let udp = echo.server.addresses(2)[1].clone();
+    let udp: std::net::SocketAddr = udp
+        .strip_prefix("udp:")
+        .unwrap_or_else(|| panic!("not a udp address: {udp}"))
+        .parse()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let client = std::thread::spawn(move || -> Result<(u64, Vec<u32>), String> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut pids = Vec::new();
+        let mut n = 0u64;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            socket
+                .send_to(format!("datagram {n}").as_bytes(), udp)
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let len = socket
+                .recv(&mut buf)
+                .map_err(|e| format!("datagram {n} unanswered: {e}"))?;
+            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let (pid, rest) = text.split_once(": ").ok_or(format!("{text:?}"))?;
+            if rest != format!("datagram {n}") {
+                return Err(format!("datagram {n} answered {text:?}"));
+            }
+            let pid: u32 = pid.parse().map_err(|_| format!("{text:?}"))?;
+            if pids.last() != Some(&pid) {
+                pids.push(pid);
+            }
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((n, pids))
+    });
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        echo.restart();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, pids) = client
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{model:?}: {e}\n{}", echo.server.dump()));
+    assert!(answered > 50, "{model:?}: {answered} answered");
+    // Answered by the processes of at least the first and the last generation.
+    assert!(pids.len() >= 2, "{model:?}: answered only by {pids:?}");
+}
+
+#[test]
+fn datagrams_cross_restarts_of_a_single_process() {
+    datagrams_cross_restarts(Model::Single);
+}
+
+#[test]
+fn datagrams_cross_restarts_of_two_workers() {
+    datagrams_cross_restarts(Model::Workers);
+}
+
+#[test]
+fn datagrams_cross_restarts_as_pid_1() {
+    datagrams_cross_restarts(Model::Pid1);
+}

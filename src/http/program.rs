@@ -134,7 +134,7 @@ where
 /// A peer's address as requests report it (`unix` for a Unix socket's client).
 fn peer_text(peer: &crate::Address) -> String {
     match peer {
-        crate::Address::Tcp(addr) => addr.to_string(),
+        crate::Address::Tcp(addr) | crate::Address::Udp(addr) => addr.to_string(),
         crate::Address::Unix(_) => "unix".to_owned(),
     }
 }

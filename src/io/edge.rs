@@ -378,6 +378,29 @@ impl Conn {
         )?)
     }
 
+    /// Runs `attempt` (a receive) while the socket may have something; `Pending` once it says
+    /// `WouldBlock` (for a datagram socket, where a read says nothing of what is left).
+    pub(crate) fn poll_read_with<T>(
+        &self,
+        cx: &mut Context<'_>,
+        attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let mut attempt = attempt;
+        self.edge
+            .poll_slot(self.index, Some(cx), Way::Read, || attempt(&self.fd))
+    }
+
+    /// Runs `attempt` (a send) while the socket may have room.
+    pub(crate) fn poll_write_with<T>(
+        &self,
+        cx: &mut Context<'_>,
+        attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let mut attempt = attempt;
+        self.edge
+            .poll_slot(self.index, Some(cx), Way::Write, || attempt(&self.fd))
+    }
+
     /// One `read(2)`.
     fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(rustix::io::read(&self.fd, buf)?)

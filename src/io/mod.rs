@@ -6,11 +6,13 @@
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
 //! | [`deadline`] | idle connections' coarse deadlines in one heap per server thread, one sweeper |
 //! | [`ready`] | no syscall on a source that said `EAGAIN` until the reactor reports it |
+//! | [`datagram`] | [`datagram::Datagrams`], a UDP listener as a program gets it, on `edge` |
 //! | [`stream`] | [`stream::Stream`], the public connection: a socket on `edge`, the bytes a predecessor held first, its count for the drain |
 //!
 //! `edge` is Linux's epoll; the crate builds on Linux only (see `lib.rs`).
 
 // Only the HTTP server arms deadlines today.
+pub(crate) mod datagram;
 #[cfg(feature = "http")]
 pub(crate) mod deadline;
 pub(crate) mod edge;
@@ -26,6 +28,8 @@ use std::path::PathBuf;
 pub enum Address {
     /// A TCP socket address.
     Tcp(SocketAddr),
+    /// A UDP socket address (a `udp:host:port` listener's).
+    Udp(SocketAddr),
     /// A Unix socket's path (empty for an unnamed socket, as a connecting client's usually
     /// is; abstract names start with `@`).
     Unix(PathBuf),
@@ -35,6 +39,7 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Udp(addr) => write!(f, "udp:{addr}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }

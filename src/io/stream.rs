@@ -129,7 +129,7 @@ impl Stream {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self.peer {
             Address::Tcp(addr) => Some(addr),
-            Address::Unix(_) => None,
+            Address::Unix(_) | Address::Udp(_) => None,
         }
     }
 

@@ -384,7 +384,8 @@ pub(crate) fn activated_for(
     Ok(bound)
 }
 
-/// Checks that `fd` is an open, listening stream socket (TCP or Unix) and returns its address.
+/// Checks that `fd` is an open, listening stream socket (TCP or Unix), or a bound UDP socket,
+/// and returns its address.
 fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
     let fd = inspect(fd);
     let stat = rustix::fs::fstat(fd).map_err(|e| {
@@ -407,9 +408,19 @@ fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
     }
     let socket_type =
         sockopt::socket_type(fd).map_err(|e| invalid(format!("{what}: SO_TYPE"), e))?;
+    if socket_type == SocketType::DGRAM {
+        let local =
+            rustix::net::getsockname(fd).map_err(|e| invalid(format!("{what}: getsockname"), e))?;
+        return match SocketAddr::try_from(local) {
+            Ok(addr) => Ok(Address::Udp(addr)),
+            Err(_) => Err(invalid_msg(format!(
+                "{what} is a datagram socket but not UDP (a Unix datagram socket?)"
+            ))),
+        };
+    }
     if socket_type != SocketType::STREAM {
         return Err(invalid_msg(format!(
-            "{what} is not a stream socket (a datagram socket?)"
+            "{what} is neither a stream socket nor a UDP socket"
         )));
     }
     let listening =

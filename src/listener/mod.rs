@@ -50,6 +50,7 @@ pub use crate::io::Address;
 enum Spec {
     Tcp(Vec<SocketAddr>),
     Unix(PathBuf),
+    Udp(Vec<SocketAddr>),
 }
 
 /// Flags for accepted sockets: non-blocking (the reactor's), close-on-exec.
@@ -57,11 +58,13 @@ fn accept_flags() -> SocketFlags {
     SocketFlags::NONBLOCK | SocketFlags::CLOEXEC
 }
 
-/// A listening socket of either kind.
+/// A listening socket of either kind, or a UDP socket (which is never accepted on: its
+/// program reads it, see `crate::Datagrams`).
 #[derive(Debug)]
 pub(crate) enum Socket {
     Tcp(Async<TcpListener>),
     Unix(Async<UnixListener>),
+    Udp(OwnedFd),
 }
 
 /// An accepted connection (non-blocking, close-on-exec; TCP with `TCP_NODELAY`) and its
@@ -92,6 +95,8 @@ impl Socket {
             Socket::Unix(l) => rustix::net::accept_with(l, accept_flags())
                 .map_err(io::Error::from)
                 .map(|fd| (fd, Address::Unix(PathBuf::new()))),
+            // (Never asked: `poll_any` skips UDP sockets.)
+            Socket::Udp(_) => Err(io::ErrorKind::Unsupported.into()),
         };
         // Watched by the connections' epoll (woken by it, and found by its look between
         // tasks); else through async-io's reactor.
@@ -101,7 +106,11 @@ impl Socket {
         let readable = |cx: &mut Context<'_>| match self {
             Socket::Tcp(l) => l.poll_readable(cx),
             Socket::Unix(l) => l.poll_readable(cx),
+            Socket::Udp(_) => Poll::Pending,
         };
+        if let Socket::Udp(_) = self {
+            return Poll::Pending;
+        }
         ready.poll(cx, readable, attempt)
     }
 
@@ -109,6 +118,7 @@ impl Socket {
         match self {
             Socket::Tcp(l) => l.as_fd(),
             Socket::Unix(l) => l.as_fd(),
+            Socket::Udp(s) => s.as_fd(),
         }
     }
 }
@@ -266,6 +276,7 @@ impl Listener {
     pub(crate) fn describe(&self, fd: RawFd) -> Description {
         let filename = match &self.local {
             Address::Tcp(addr) => format!("tcp:{addr}->"),
+            Address::Udp(addr) => format!("udp:{addr}->"),
             Address::Unix(path) => format!("unix:{}->", path.display()),
         };
         Description {
@@ -300,7 +311,7 @@ impl Listener {
     pub(crate) fn unix_path(&self) -> Option<&Path> {
         match &self.local {
             Address::Unix(path) => Some(path),
-            Address::Tcp(_) => None,
+            Address::Tcp(_) | Address::Udp(_) => None,
         }
     }
 }
@@ -375,6 +386,9 @@ impl Listeners {
         for offset in 0..self.all.len() {
             let index = (next + offset) % self.all.len();
             let listener = &self.all[index];
+            if let Socket::Udp(_) = listener.socket {
+                continue;
+            }
             let mut watch = listener.watch.borrow_mut();
             if let (None, Some(edge)) = (&*watch, edge) {
                 *watch = edge.watch(listener.socket.as_fd()).ok();
@@ -413,6 +427,9 @@ fn spec(addr: &str) -> io::Result<Spec> {
         }
         return resolve(tcp).map(Spec::Tcp);
     }
+    if let Some(udp) = addr.strip_prefix("udp:") {
+        return resolve(udp).map(Spec::Udp);
+    }
     if let Some(path) = addr.strip_prefix("unix:") {
         if path.is_empty() {
             return Err(invalid_msg(format!(
@@ -431,6 +448,9 @@ impl Spec {
                 candidates.iter().any(|&c| same_address(c, *local))
             }
             (Spec::Unix(path), Address::Unix(local)) => path == local,
+            (Spec::Udp(candidates), Address::Udp(local)) => {
+                candidates.iter().any(|&c| same_address(c, *local))
+            }
             _ => false,
         }
     }
@@ -484,6 +504,21 @@ fn create(addr: &str, spec: &Spec) -> io::Result<Listener> {
                 last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
             ))
         }
+        Spec::Udp(candidates) => {
+            let mut last_error = None;
+            for &candidate in candidates {
+                match bind_udp(candidate) {
+                    Ok(socket) => {
+                        let local = Address::Udp(local_inet(&socket)?);
+                        return Ok(listener(addr, Socket::Udp(socket), local, Origin::Created));
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            Err(failed(
+                last_error.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into()),
+            ))
+        }
         Spec::Unix(path) => {
             let socket = Socket::Unix(Async::new(bind_unix(path).map_err(failed)?)?);
             Ok(listener(
@@ -515,6 +550,10 @@ fn adopt(addr: &str, checked: Checked, local: Address, origin: Origin) -> io::Re
     let socket = match local {
         Address::Tcp(_) => Socket::Tcp(Async::new(TcpListener::from(owned))?),
         Address::Unix(_) => Socket::Unix(Async::new(UnixListener::from(owned))?),
+        Address::Udp(_) => {
+            rustix::io::ioctl_fionbio(&owned, true)?;
+            Socket::Udp(owned)
+        }
     };
     Ok(listener(addr, socket, local, origin))
 }
@@ -534,6 +573,27 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     rustix::net::bind(&socket, &addr)?;
     rustix::net::listen(&socket, BACKLOG)?;
     Ok(TcpListener::from(socket))
+}
+
+/// A non-blocking, CLOEXEC UDP socket bound to `addr`; `[::]` takes IPv4 too.
+fn bind_udp(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let socket = rustix::net::socket_with(family, SocketType::DGRAM, flags, None)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        sockopt::set_ipv6_v6only(&socket, false)?;
+    }
+    rustix::net::bind(&socket, &addr)?;
+    Ok(socket)
+}
+
+/// The IP address a socket is bound to.
+fn local_inet(socket: &OwnedFd) -> io::Result<SocketAddr> {
+    let local = rustix::net::getsockname(socket)?;
+    SocketAddr::try_from(local).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 
 /// A Unix listening socket at `path`. A stale socket file (nobody accepting) is replaced; a
@@ -707,6 +767,47 @@ mod tests {
         assert!(stream.peer_addr().is_ok());
     }
 
+    /// `udp:` addresses bind a UDP socket; an inherited UDP socket is taken for a `udp:`
+    /// address and refused for a TCP one; a Unix datagram socket is refused, naming it.
+    #[test]
+    fn udp_listeners_are_created_and_inherited_and_other_datagram_sockets_refused() {
+        let created = Listener::bind_all(&["udp:127.0.0.1:0".into()], &Inheritance::default())
+            .unwrap()
+            .listeners;
+        let Address::Udp(local) = created[0].local else {
+            panic!("{:?}", created[0].local);
+        };
+        assert_eq!(created[0].describe(3).filename, format!("udp:{local}->"));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = socket.as_raw_fd();
+        let value = format!(r#"{{"addr":"udp:127.0.0.1:0","fd":{fd},"filename":""}}"#);
+        let inheritance = Inheritance::from_listener(&value).unwrap();
+        let error = Listener::bind_all(&["127.0.0.1:0".into()], &inheritance).unwrap_err();
+        assert!(error.to_string().contains("udp:127.0.0.1:0"), "{error}");
+        let value = format!(r#"{{"addr":"127.0.0.1:0","fd":{fd},"filename":""}}"#);
+        let inheritance = Inheritance::from_listener(&value).unwrap();
+        let error = Listener::bind_all(&["127.0.0.1:0".into()], &inheritance).unwrap_err();
+        assert!(error.to_string().contains("listens on udp:"), "{error}");
+        let (unix, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = unix.as_raw_fd();
+        let value = format!(r#"{{"addr":"udp:127.0.0.1:0","fd":{fd},"filename":""}}"#);
+        let inheritance = Inheritance::from_listener(&value).unwrap();
+        let error = Listener::bind_all(&["udp:127.0.0.1:0".into()], &inheritance).unwrap_err();
+        assert!(error.to_string().contains("not UDP"), "{error}");
+        // Taken, at last, for the address it serves.
+        let value = format!(
+            r#"{{"addr":"udp:127.0.0.1:0","fd":{},"filename":""}}"#,
+            socket.as_raw_fd()
+        );
+        let inheritance = Inheritance::from_listener(&value).unwrap();
+        let adopted = Listener::bind_all(&["udp:127.0.0.1:0".into()], &inheritance)
+            .unwrap()
+            .listeners;
+        assert_eq!(adopted[0].local, Address::Udp(socket.local_addr().unwrap()));
+        assert_eq!(adopted[0].origin, Origin::Inherited);
+        std::mem::forget(socket);
+    }
+
     #[test]
     fn unix_sockets_replace_stale_files_and_refuse_live_ones() {
         let dir = std::env::temp_dir().join(format!("baton-unit-{}", std::process::id()));
@@ -739,11 +840,14 @@ mod tests {
 
     #[test]
     fn wrong_kinds_of_fd_are_named() {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (datagrams, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
         let (reader, _writer) = std::io::pipe().unwrap();
         let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
         let cases: [(RawFd, &str); 4] = [
-            (udp.as_raw_fd(), "is not a stream socket"),
+            (
+                datagrams.as_raw_fd(),
+                "is a datagram socket but not UDP (a Unix datagram socket?)",
+            ),
             (reader.as_raw_fd(), "is not a socket (it is a pipe)"),
             (dir.as_raw_fd(), "is not a socket (it is a directory)"),
             (1_000_000, "is not open in this process"),
@@ -759,7 +863,7 @@ mod tests {
             );
         }
         // None of them was taken over (closed) by the failed attempt.
-        assert!(udp.local_addr().is_ok());
+        assert!(datagrams.local_addr().is_ok());
         assert!(dir.metadata().is_ok());
     }
 
