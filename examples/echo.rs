@@ -14,7 +14,7 @@
 //!
 //! Run with: `cargo run --example echo [-- --addr 127.0.0.1:7000 --workers 2 --pid-file P]`,
 //! then `nc 127.0.0.1 7000`. Lines that start with `?` ask: `?thread` (the thread serving the
-//! connection), `?count`, `?linger` (this connection ignores the drain: it stays until the
+//! connection), `?peer` (the client's address as this end sees it), `?count`, `?linger` (this connection ignores the drain: it stays until the
 //! drain timeout cuts it, which the report counts).
 
 use std::process::ExitCode;
@@ -114,6 +114,7 @@ async fn echo(stream: Stream, service: Service, shared: Shared) {
             answer.extend_from_slice(prefix.as_bytes());
             match line {
                 b"?thread" => answer.extend_from_slice(thread_name().as_bytes()),
+                b"?peer" => answer.extend_from_slice(stream.peer().to_string().as_bytes()),
                 b"?count" => {
                     let count = shared.count.load(Ordering::Relaxed);
                     answer.extend_from_slice(count.to_string().as_bytes());

@@ -94,12 +94,14 @@ pub struct Connection {
     pub service: Service,
 }
 
-/// A connection the previous process handed over, under a kind. A program takes it
-/// ([`Resumed::take`]); one dropped untaken (a kind the program does not know, say) is closed
-/// with a warning event that names the kind and the peer, and counted in the report as lost.
+/// A connection the previous process handed over, under a kind: one stream, or the group of
+/// streams it moved together ([`Service::hand_over_group`]). A program takes it
+/// ([`Resumed::take`], [`Resumed::take_all`]); one dropped untaken (a kind the program does
+/// not know, say) is closed with a warning event that names the kind and the peer, and
+/// counted in the report as lost.
 pub struct Resumed {
-    /// `None` once taken.
-    stream: Option<Stream>,
+    /// Empty once taken.
+    streams: Vec<Stream>,
     kind: String,
     state: String,
     service: Service,
@@ -110,7 +112,7 @@ pub struct Resumed {
 impl fmt::Debug for Resumed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Resumed")
-            .field("stream", &self.stream)
+            .field("streams", &self.streams)
             .field("kind", &self.kind)
             .field("state", &self.state)
             .finish_non_exhaustive()
@@ -119,14 +121,14 @@ impl fmt::Debug for Resumed {
 
 impl Resumed {
     pub(crate) fn new(
-        stream: Stream,
+        streams: Vec<Stream>,
         kind: String,
         state: String,
         service: Service,
         refused: Rc<dyn Fn(&Resumed)>,
     ) -> Resumed {
         Resumed {
-            stream: Some(stream),
+            streams,
             kind,
             state,
             service,
@@ -150,26 +152,33 @@ impl Resumed {
         &self.service
     }
 
-    /// The connection, not yet taken.
-    pub fn stream(&self) -> &Stream {
-        self.stream
-            .as_ref()
-            .expect("a Resumed's stream is taken only by take()")
+    /// The streams, in the order they were handed over (one, unless a group moved).
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
     }
 
     /// Takes the connection: it is the program's to serve. Its reads yield the bytes the
     /// previous process had read and not used first ([`Stream::take_held`] takes them
-    /// instead); it counts for the drain until dropped.
+    /// instead); it counts for the drain until dropped. Of a group, the first stream: the
+    /// others are refused (see [`Resumed::take_all`]).
     pub fn take(mut self) -> Stream {
-        self.stream
-            .take()
-            .expect("a Resumed's stream is taken only by take()")
+        let first = self.streams.remove(0);
+        if !self.streams.is_empty() {
+            (self.refused.clone())(&self);
+            self.streams.clear();
+        }
+        first
+    }
+
+    /// Takes every stream of a group, in the order they were handed over.
+    pub fn take_all(mut self) -> Vec<Stream> {
+        std::mem::take(&mut self.streams)
     }
 }
 
 impl Drop for Resumed {
     fn drop(&mut self) {
-        if self.stream.is_some() {
+        if !self.streams.is_empty() {
             (self.refused.clone())(self);
         }
     }

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use smol::channel::{self, Receiver, Sender};
 
+use std::os::fd::AsFd as _;
+
 use crate::io::stream::Stream;
 
 /// Whether this process is draining (see [`DrainNotice::is_draining`]).
@@ -227,6 +229,18 @@ impl Service {
         state: &str,
         held: &[u8],
     ) -> io::Result<()> {
+        self.hand_over_group(&[(stream, held)], kind, state).await
+    }
+
+    /// Moves several streams to the successor as one (a proxy's client and upstream, say):
+    /// they arrive together as one [`crate::Resumed`] under `kind`, with one `state`, each
+    /// with its held bytes; or, on an error, all stay here. At most 8 streams.
+    pub async fn hand_over_group(
+        &self,
+        streams: &[(&Stream, &[u8])],
+        kind: &str,
+        state: &str,
+    ) -> io::Result<()> {
         let Some(relay) = self.relay() else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -234,23 +248,33 @@ impl Service {
                  hand-over",
             ));
         };
-        let own = stream.take_held();
-        let all;
-        let held = if own.is_empty() {
-            held
-        } else {
-            all = [&own[..], held].concat();
-            &all[..]
-        };
-        stream.sharing();
+        // What each stream still holds from a predecessor goes first.
+        let own: Vec<Vec<u8>> = streams.iter().map(|(s, _)| s.take_held()).collect();
+        let all: Vec<Vec<u8>> = own
+            .iter()
+            .zip(streams)
+            .map(|(own, (_, held))| [&own[..], held].concat())
+            .collect();
+        let sockets: Vec<(std::os::fd::BorrowedFd<'_>, &[u8])> = streams
+            .iter()
+            .zip(&all)
+            .map(|((stream, _), held)| (stream.as_fd(), &held[..]))
+            .collect();
+        for (stream, _) in streams {
+            stream.sharing();
+        }
         let max_held = self.0.max_held.load(Ordering::Relaxed);
-        let sent = relay
-            .send_connection(stream, kind, state, held, max_held)
-            .await;
+        let sent = relay.send_connection(&sockets, kind, state, max_held).await;
         match &sent {
-            Ok(()) => stream.set_moved(),
+            Ok(()) => {
+                for (stream, _) in streams {
+                    stream.set_moved();
+                }
+            }
             Err(error) => {
-                stream.put_back_held(own);
+                for ((stream, _), own) in streams.iter().zip(own) {
+                    stream.put_back_held(own);
+                }
                 // A relay that failed once is not tried again: the rest close as usual.
                 if error.kind() != io::ErrorKind::InvalidInput {
                     self.relay_failed();

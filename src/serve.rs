@@ -959,40 +959,51 @@ fn relayed(
             drain.lost();
             emit(&Event::ResumeFailed {
                 kind: resumed.kind(),
-                peer: Some(resumed.stream().peer()),
+                peer: resumed.streams().first().map(Stream::peer),
                 why: "this program does not take that kind",
             });
         })
     };
-    let resume = |fd: std::os::fd::OwnedFd, kind: String, state: String, held: Vec<u8>| {
-        // Non-blocking already (the flag belongs to the open file both share).
-        match Stream::register(fd) {
-            Ok(stream) => program.resumed(Resumed::new(
-                stream.holding(held).counted(drain.work()),
-                kind,
-                state,
-                drain.clone(),
-                refused.clone(),
-            )),
-            Err(error) => {
-                drain.lost();
-                emit(&Event::ResumeFailed {
-                    kind: &kind,
-                    peer: None,
-                    why: &error.to_string(),
-                });
+    let resume =
+        |fds: Vec<std::os::fd::OwnedFd>, kind: String, state: String, held: Vec<Vec<u8>>| {
+            // Non-blocking already (the flag belongs to the open file each shares).
+            let streams: io::Result<Vec<Stream>> = fds
+                .into_iter()
+                .zip(held)
+                .map(|(fd, held)| Ok(Stream::register(fd)?.holding(held).counted(drain.work())))
+                .collect();
+            match streams {
+                Ok(streams) => program.resumed(Resumed::new(
+                    streams,
+                    kind,
+                    state,
+                    drain.clone(),
+                    refused.clone(),
+                )),
+                Err(error) => {
+                    drain.lost();
+                    emit(&Event::ResumeFailed {
+                        kind: &kind,
+                        peer: None,
+                        why: &error.to_string(),
+                    });
+                }
             }
-        }
-    };
+        };
     match message {
         // A connection from a build before kinds: its program's own (the HTTP server's
         // keep-alive connections), with its addresses as state.
         Ok(Some(Received::Connection(handed))) => {
             let state = serde_json::json!({ "peer": handed.peer, "local": handed.local });
-            resume(handed.fd, String::new(), state.to_string(), handed.pending);
+            resume(
+                vec![handed.fd],
+                String::new(),
+                state.to_string(),
+                vec![handed.pending],
+            );
         }
         Ok(Some(Received::Upgraded(handed))) => {
-            resume(handed.fd, handed.name, handed.state, handed.held);
+            resume(handed.fds, handed.name, handed.state, handed.held);
         }
         Ok(Some(Received::Relay(fd))) => {
             if let Ok(relay) = Relay::new(fd) {

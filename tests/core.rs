@@ -38,8 +38,13 @@ struct Echo {
 
 impl Echo {
     fn start(model: Model, test: &str, args: &[&str]) -> Echo {
+        Echo::start_example("echo", model, test, args)
+    }
+
+    /// `examples/<name>` (a program on the core) in `model`, from a start path of its own.
+    fn start_example(name: &str, model: Model, test: &str, args: &[&str]) -> Echo {
         let scratch = Scratch::new(&format!("core-{test}-{model:?}"));
-        let start_path = scratch.install("echo", &std::fs::read(example("echo")).unwrap());
+        let start_path = scratch.install("echo", &std::fs::read(example(name)).unwrap());
         let mut command = Command::new(&start_path);
         command.args(["--addr", "127.0.0.1:0"]).args(args);
         let server = match model {
@@ -405,4 +410,46 @@ fn datagrams_cross_restarts_of_two_workers() {
 #[test]
 fn datagrams_cross_restarts_as_pid_1() {
     datagrams_cross_restarts(Model::Pid1);
+}
+
+/// A proxy's pair of sockets (its client's and its upstream's) moves as one hand-over: across
+/// restarts of the proxy, the upstream server sees the same connection (the same peer
+/// address) and every line goes through, in order.
+#[test]
+fn a_proxy_moves_its_client_and_upstream_sockets_as_one_in_every_model() {
+    let upstream = Server::start({
+        let mut command = Command::new(example("echo"));
+        command.args(["--addr", "127.0.0.1:0"]);
+        command
+    });
+    let target = upstream.addr.to_string();
+    for model in MODELS {
+        let mut proxy = Echo::start_example("proxy", model, "proxy", &["--upstream", &target]);
+        let mut client = proxy.connect();
+        client.send(b"?peer\n");
+        let (pid, peer) = client.answer().unwrap();
+        assert_eq!(pid, upstream.pid, "{model:?}: not the upstream's answer");
+        for round in 0..3 {
+            proxy.restart();
+            for n in 0..5 {
+                client.send(format!("line {round}.{n}\n").as_bytes());
+                let answer = client
+                    .answer()
+                    .unwrap_or_else(|e| panic!("{model:?}: {e}\n{}", proxy.server.dump()));
+                assert_eq!(answer, (upstream.pid, format!("line {round}.{n}")));
+            }
+            client.send(b"?peer\n");
+            assert_eq!(
+                client.answer().unwrap(),
+                (upstream.pid, peer.clone()),
+                "{model:?}: the upstream connection changed"
+            );
+        }
+        assert_eq!(
+            proxy.server.count("was closed"),
+            0,
+            "{}",
+            proxy.server.dump()
+        );
+    }
 }

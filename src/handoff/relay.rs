@@ -8,10 +8,12 @@
 //! state, `S...` (see [`super::state`]: inline, or in a sealed memfd passed as its fd).
 //!
 //! A connection moves as `U[kind][state JSON][held bytes]` (each of the first two a u32 LE
-//! length and the text) with its fd: the successor's program resumes it by kind. When that
-//! would be over [`MAX_MESSAGE`], as `M[kind][state JSON][held length: u64 LE]` with two fds,
-//! the connection's and a sealed memfd holding the held bytes (up to the sender's
-//! `max_held_bytes`).
+//! length and the text) with its fd: the successor's program resumes it by kind. A group of
+//! sockets that move together (a proxy's client and upstream), or held bytes that would not
+//! fit in [`MAX_MESSAGE`], move as `N[kind][state JSON][count: u32 LE][each socket's held
+//! length: u64 LE][where: 0 inline, 1 memfd][the held bytes, one after another, if inline]`
+//! with the sockets' fds in order, then a sealed memfd holding the held bytes if not inline
+//! (up to the sender's `max_held_bytes` in all).
 //!
 //! A draining process also sends `G[JSON array of pids]`: the generations still draining.
 //! A draining process forwards its own inbound relay, if it still has one, as `F` with that
@@ -45,6 +47,9 @@ use crate::io::ready::Readiness;
 /// inline state, [`super::state::INLINE`]).
 const MAX_MESSAGE: usize = 96 * 1024;
 
+/// The most sockets one hand-over moves together.
+pub(crate) const MAX_GROUP: usize = 8;
+
 /// A new socket pair for one successor: (this process's end, the successor's end).
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(
@@ -76,7 +81,7 @@ pub(crate) enum Received {
     /// (Control channel) the service shuts down (on this signal, by name): stop accepting at
     /// once, drain and exit.
     Quit(String),
-    /// An upgraded connection, to resume under its name.
+    /// A connection, or a group of sockets, to resume under its kind.
     Upgraded(HandedUpgrade),
     /// An older process's relay, forwarded by a process that drains: take its connections
     /// from it too, so the forwarding process need not wait for it.
@@ -87,16 +92,18 @@ pub(crate) enum Received {
     StopNow,
 }
 
-/// An upgraded connection received from the previous process.
+/// A connection (or a group of sockets that move together) received from the previous
+/// process.
 #[derive(Debug)]
 pub(crate) struct HandedUpgrade {
-    pub(crate) fd: OwnedFd,
+    /// The sockets, in the order they were sent.
+    pub(crate) fds: Vec<OwnedFd>,
     /// What the application named it (the successor's handler for that name resumes it).
     pub(crate) name: String,
     /// The application's JSON state for it.
     pub(crate) state: String,
-    /// Bytes the old process had read from it and not consumed.
-    pub(crate) held: Vec<u8>,
+    /// For each socket, the bytes the old process had read from it and not consumed.
+    pub(crate) held: Vec<Vec<u8>>,
 }
 
 /// A connection received from the previous process.
@@ -145,36 +152,67 @@ impl Relay {
             .await
     }
 
-    /// Sends a connection under `kind`, with its `state` (JSON text) and the bytes `held`
-    /// from it: in the message if all fits, else the held bytes in a sealed memfd beside it,
-    /// up to `max_held` bytes. On success the successor owns it.
+    /// Sends a connection, or a group of sockets that move together, under `kind`, with
+    /// its `state` (JSON text) and, for each socket, the bytes held from it: in the message
+    /// if all fits, else in a sealed memfd beside it, up to `max_held` bytes in all. On
+    /// success the successor owns them.
     pub(crate) async fn send_connection(
         &self,
-        conn: impl AsFd,
+        sockets: &[(BorrowedFd<'_>, &[u8])],
         kind: &str,
         state: &str,
-        held: &[u8],
         max_held: usize,
     ) -> io::Result<()> {
-        if held.len() > max_held {
+        if sockets.is_empty() || sockets.len() > MAX_GROUP {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "the connection holds {} unread bytes, over max_held_bytes ({max_held}): \
+                    "a hand-over moves 1 to {MAX_GROUP} sockets, not {}",
+                    sockets.len()
+                ),
+            ));
+        }
+        let total: usize = sockets.iter().map(|(_, held)| held.len()).sum();
+        if total > max_held {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the connection holds {total} unread bytes, over max_held_bytes ({max_held}): \
                      it stays with this process",
-                    held.len()
                 ),
             ));
         }
         let too_much = "the connection's kind and state are over 96 KiB";
-        if let Ok(head) = head(b'U', [kind, state], held.len(), too_much) {
-            return self.send_with_fds(&[&head, held], &[conn.as_fd()]).await;
+        if let [(fd, held)] = sockets {
+            if let Ok(head) = head(b'U', [kind, state], held.len(), too_much) {
+                return self.send_with_fds(&[&head, held], &[*fd]).await;
+            }
         }
-        let head = head(b'M', [kind, state], 8, too_much)?;
-        let memfd = super::state::sealed(held, "baton-held")?;
-        let len = (held.len() as u64).to_le_bytes();
-        self.send_with_fds(&[&head, &len], &[conn.as_fd(), memfd.as_fd()])
-            .await
+        let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(fd, _)| *fd).collect();
+        let lengths = 4 + 9 * sockets.len();
+        let mut head = match head(b'N', [kind, state], lengths + total, too_much) {
+            Ok(head) => head,
+            Err(_) => head(b'N', [kind, state], lengths, too_much)?,
+        };
+        let inline = head.len() + lengths + total <= MAX_MESSAGE;
+        head.extend_from_slice(&(sockets.len() as u32).to_le_bytes());
+        for (_, held) in sockets {
+            head.extend_from_slice(&(held.len() as u64).to_le_bytes());
+        }
+        if inline {
+            head.push(0);
+            let mut parts: Vec<&[u8]> = vec![&head];
+            parts.extend(sockets.iter().map(|(_, held)| *held));
+            return self.send_with_fds(&parts, &fds).await;
+        }
+        head.push(1);
+        let all: Vec<u8> = sockets
+            .iter()
+            .flat_map(|(_, held)| held.iter().copied())
+            .collect();
+        let memfd = super::state::sealed(&all, "baton-held")?;
+        fds.push(memfd.as_fd());
+        self.send_with_fds(&[&head], &fds).await
     }
 
     /// Tells the successor which generations are still draining (oldest first, this one
@@ -260,7 +298,8 @@ impl Relay {
         let (bytes, mut fds) = {
             let socket = self.socket.get_ref();
             {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+                let mut space =
+                    [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_GROUP + 1))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
                 let mut parts = [IoSliceMut::new(buffer)];
                 let received = rustix::net::recvmsg(
@@ -279,7 +318,11 @@ impl Relay {
                 (received.bytes, fds)
             }
         };
-        // The held bytes' memfd, the second fd of an `M` message.
+        if let Some((b'N', message)) = buffer[..bytes].split_first() {
+            return self
+                .group(message, fds)
+                .map(|group| Some(Received::Upgraded(group)));
+        }
         let second = (fds.len() == 2).then(|| fds.pop()).flatten();
         let fd = fds.pop();
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
@@ -312,38 +355,70 @@ impl Relay {
                 let (name, rest) = text(message)?;
                 let (state, rest) = text(rest)?;
                 Ok(Some(Received::Upgraded(HandedUpgrade {
-                    fd,
+                    fds: vec![fd],
                     name,
                     state,
-                    held: rest.to_vec(),
-                })))
-            }
-            (Some((b'M', message)), Some(fd)) => {
-                let (name, rest) = text(message)?;
-                let (state, rest) = text(rest)?;
-                let len = <[u8; 8]>::try_from(rest).map_err(|_| bad())?;
-                let memfd = second.ok_or_else(bad)?;
-                let len = u64::from_le_bytes(len);
-                let max = self.max_held.load(std::sync::atomic::Ordering::Relaxed);
-                if len > max as u64 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "a connection came with {len} held bytes, over this process's \
-                             max_held_bytes ({max})"
-                        ),
-                    ));
-                }
-                let held = super::state::read_sealed(memfd, len)?;
-                Ok(Some(Received::Upgraded(HandedUpgrade {
-                    fd,
-                    name,
-                    state,
-                    held,
+                    held: vec![rest.to_vec()],
                 })))
             }
             _ => Err(bad()),
         }
+    }
+
+    /// An `N` message (after its tag) and the fds that came with it: the sockets, then the
+    /// held bytes' memfd if they are not inline. Every fd is closed if it is malformed.
+    fn group(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<HandedUpgrade> {
+        let bad = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a malformed relay message: {why}"),
+            )
+        };
+        let (name, rest) = text(message)?;
+        let (state, rest) = text(rest)?;
+        let (count, mut rest) = rest.split_at_checked(4).ok_or_else(|| bad("no count"))?;
+        let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("no count"))?) as usize;
+        if count == 0 || count > MAX_GROUP {
+            return Err(bad("a group of no socket, or too many"));
+        }
+        let mut lengths = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (len, after) = rest.split_at_checked(8).ok_or_else(|| bad("cut lengths"))?;
+            lengths.push(u64::from_le_bytes(len.try_into().map_err(|_| bad("cut"))?));
+            rest = after;
+        }
+        let (&place, rest) = rest.split_first().ok_or_else(|| bad("no place"))?;
+        let total: u64 = lengths.iter().sum();
+        let max = self.max_held.load(std::sync::atomic::Ordering::Relaxed);
+        if total > max as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a connection came with {total} held bytes, over this process's \
+                     max_held_bytes ({max})"
+                ),
+            ));
+        }
+        let all = match place {
+            0 if fds.len() == count && rest.len() as u64 == total => rest.to_vec(),
+            1 if fds.len() == count + 1 && rest.is_empty() => {
+                let memfd = fds.pop().ok_or_else(|| bad("no memfd"))?;
+                super::state::read_sealed(memfd, total)?
+            }
+            _ => return Err(bad("the fds or held bytes do not match the lengths")),
+        };
+        let mut held = Vec::with_capacity(count);
+        let mut at = 0usize;
+        for len in lengths {
+            held.push(all[at..at + len as usize].to_vec());
+            at += len as usize;
+        }
+        Ok(HandedUpgrade {
+            fds,
+            name,
+            state,
+            held,
+        })
     }
 }
 
@@ -508,7 +583,7 @@ mod tests {
             for len in [room, room + 1, 3 << 20] {
                 let held: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
                 sender
-                    .send_connection(&server_side, kind, state, &held, 4 << 20)
+                    .send_connection(&[(server_side.as_fd(), &held)], kind, state, 4 << 20)
                     .await
                     .unwrap();
                 let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
@@ -516,11 +591,11 @@ mod tests {
                     panic!("expected a connection");
                 };
                 assert_eq!((handed.name.as_str(), handed.state.as_str()), (kind, state));
-                assert!(handed.held == held, "{len} held bytes came back changed");
+                assert!(handed.held == [held], "{len} held bytes came back changed");
             }
             let over = vec![0u8; 5 << 20];
             let refused = sender
-                .send_connection(&server_side, kind, state, &over, 4 << 20)
+                .send_connection(&[(server_side.as_fd(), &over)], kind, state, 4 << 20)
                 .await
                 .unwrap_err();
             assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
@@ -532,7 +607,12 @@ mod tests {
             );
             receiver.set_max_held(1 << 20);
             sender
-                .send_connection(&server_side, kind, state, &over[..2 << 20], 4 << 20)
+                .send_connection(
+                    &[(server_side.as_fd(), &over[..2 << 20])],
+                    kind,
+                    state,
+                    4 << 20,
+                )
                 .await
                 .unwrap();
             let error = receiver.receive(&mut buffer).await.unwrap_err();
@@ -543,14 +623,58 @@ mod tests {
             );
             // The relay still works after a refused message.
             sender
-                .send_connection(&server_side, kind, state, b"ok", 4 << 20)
+                .send_connection(&[(server_side.as_fd(), b"ok")], kind, state, 4 << 20)
                 .await
                 .unwrap();
             let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
             else {
                 panic!("expected a connection");
             };
-            assert_eq!(handed.held, b"ok");
+            assert_eq!(handed.held, [b"ok"]);
+        });
+    }
+
+    /// Two sockets move as one message, each with its own held bytes, inline or in a memfd;
+    /// malformed groups are refused and their fds closed.
+    #[test]
+    fn a_group_of_sockets_moves_as_one() {
+        smol::block_on(async {
+            let (ours, theirs) = pair().unwrap();
+            let (sender, receiver) = (Relay::new(ours).unwrap(), Relay::new(theirs).unwrap());
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let mut buffer = Vec::new();
+            for size in [10, 200_000] {
+                let (one, two) = (vec![1u8; size], vec![2u8; size / 2]);
+                let group = [(a.as_fd(), &one[..]), (b.as_fd(), &two[..])];
+                sender
+                    .send_connection(&group, "proxy", "{}", 1 << 20)
+                    .await
+                    .unwrap();
+                let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+                else {
+                    panic!("expected a group");
+                };
+                assert_eq!(handed.fds.len(), 2);
+                assert!(handed.held == [one, two], "{size}: held bytes changed");
+                // The same sockets, in order: what goes into the first comes out of the second.
+                let mut first =
+                    std::os::unix::net::UnixStream::from(handed.fds.into_iter().next().unwrap());
+                first.write_all(b"x").unwrap();
+                let mut got = [0u8; 1];
+                (&b).read_exact(&mut got).unwrap();
+            }
+            let none: [(BorrowedFd<'_>, &[u8]); 0] = [];
+            let error = sender.send_connection(&none, "proxy", "{}", 1).await;
+            assert_eq!(error.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            // A group whose lengths do not match its bytes.
+            let mut head = head(b'N', ["proxy", "{}"], 0, "").unwrap();
+            head.extend_from_slice(&1u32.to_le_bytes());
+            head.extend_from_slice(&5u64.to_le_bytes());
+            head.push(0);
+            head.extend_from_slice(b"abc");
+            sender.send_with_fds(&[&head], &[a.as_fd()]).await.unwrap();
+            let error = receiver.receive(&mut buffer).await.unwrap_err();
+            assert!(error.to_string().contains("do not match"), "{error}");
         });
     }
 }
