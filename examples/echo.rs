@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use baton::{Baton, Connection, Datagrams, Program, Resumed, Service, Stream};
+use baton::{Baton, Connection, Datagrams, Drain, Program, Resumed, Stream};
 
 /// What every connection of the process shares.
 struct Echo {
@@ -34,7 +34,7 @@ struct Echo {
 
 impl Program for Echo {
     fn accepted(&self, connection: Connection) {
-        let task = echo(connection.stream, connection.service, self.shared());
+        let task = echo(connection.stream, connection.drain, self.shared());
         smol::spawn(task).detach();
     }
 
@@ -42,27 +42,26 @@ impl Program for Echo {
         // Another kind (from a build that named it differently) is dropped untaken: baton
         // closes it with a warning, and counts it as lost.
         if resumed.kind() == self.kind {
-            let service = resumed.service().clone();
-            smol::spawn(echo(resumed.take(), service, self.shared())).detach();
+            let drain = resumed.drain().clone();
+            smol::spawn(echo(resumed.take(), drain, self.shared())).detach();
         }
     }
 
-    fn datagrams(&self, datagrams: Datagrams, service: Service) {
-        smol::spawn(answer_datagrams(datagrams, service, self.shared())).detach();
+    fn datagrams(&self, datagrams: Datagrams, drain: Drain) {
+        smol::spawn(answer_datagrams(datagrams, drain, self.shared())).detach();
     }
 }
 
 /// Answers each datagram `<pid>: <datagram>`, until the drain notice: the successor, serving
 /// by then, reads the ones that come next. Dropping the socket here tells the drain it is done.
-async fn answer_datagrams(datagrams: Datagrams, service: Service, shared: Shared) {
+async fn answer_datagrams(datagrams: Datagrams, drain: Drain, shared: Shared) {
     let prefix = format!("{}: ", std::process::id());
-    let notice = service.notice();
     let mut buf = vec![0u8; 65536];
     let mut answer = Vec::new();
     loop {
         let received = async { Some(datagrams.recv_from(&mut buf).await) };
         let drained = async {
-            notice.wait().await;
+            drain.wait().await;
             None
         };
         let Some(Ok((n, from))) = smol::future::or(received, drained).await else {
@@ -95,10 +94,9 @@ struct Shared {
 /// successor (with the part of a line already read). If it cannot move (no successor takes
 /// connections, or more held bytes than allowed), it finishes the line it is in, says goodbye
 /// and closes. The stream counts the connection for the drain until it drops here.
-async fn echo(stream: Stream, service: Service, shared: Shared) {
+async fn echo(stream: Stream, drain: Drain, shared: Shared) {
     let pid = std::process::id();
     let prefix = format!("{pid}: ");
-    let notice = service.notice();
     let lingers = AtomicBool::new(false);
     let mut read = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -137,16 +135,21 @@ async fn echo(stream: Stream, service: Service, shared: Shared) {
         if closing && read.is_empty() {
             return goodbye(&stream, pid).await;
         }
-        if service.is_draining() && !closing && !lingers.load(Ordering::Relaxed) {
-            match service.hand_over(&stream, shared.kind, "{}", &read).await {
+        if drain.is_draining() && !closing && !lingers.load(Ordering::Relaxed) {
+            match drain
+                .hand_over(&stream, shared.kind, &serde_json::Value::Null, &read)
+                .await
+            {
                 // Moved: dropping this copy leaves the connection to the successor.
                 Ok(()) => return,
                 Err(error) if read.is_empty() => {
-                    eprintln!("echo[{pid}]: not handed over: {error}");
+                    say(&format!("not handed over: {error}"));
                     return goodbye(&stream, pid).await;
                 }
                 Err(error) => {
-                    eprintln!("echo[{pid}]: not handed over: {error}; finishing its line here");
+                    say(&format!(
+                        "not handed over: {error}; finishing its line here"
+                    ));
                     closing = true;
                 }
             }
@@ -157,7 +160,7 @@ async fn echo(stream: Stream, service: Service, shared: Shared) {
             if closing || lingers.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
-            notice.wait().await;
+            drain.wait().await;
             None
         };
         match smol::future::or(more, wake).await {
@@ -275,6 +278,13 @@ fn parse_duration(text: &str) -> Option<Duration> {
             .ok()
             .map(Duration::from_secs),
     }
+}
+
+/// One line on stderr, in one write: the processes of a restart share stderr, and their
+/// lines must not interleave.
+fn say(line: &str) {
+    let line = format!("echo[{}]: {line}\n", std::process::id());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 fn usage(message: &str) -> ExitCode {

@@ -34,7 +34,10 @@ const SLOW_CAP_MS: u64 = 60_000;
 /// What the command line asks for: the server's settings, and the example's own switches.
 struct Args {
     addrs: Vec<String>,
+    /// The core's settings.
     config: baton::Config,
+    /// The HTTP server's.
+    http: baton::http::Options,
     testing: Testing,
 }
 
@@ -48,7 +51,7 @@ struct Testing {
 }
 
 fn usage() -> String {
-    let d = baton::Config::default();
+    let (d, h) = (baton::Config::default(), baton::http::Options::default());
     format!(
         "usage: hello [--addr HOST:PORT]... [options]
   --addr                where to listen (default: what the parent handed over, else
@@ -82,13 +85,13 @@ For tests and the benchmark:
   --lean                serve /hello from the lean handler path (no http-types values)
   --codec               baton (default) or async-h1 (--features async-h1)",
         d.drain_timeout,
-        d.upgrade_timeout,
-        d.header_timeout,
-        d.keep_alive_timeout,
-        d.write_timeout,
-        d.body_timeout,
-        d.max_head_bytes,
-        d.max_body_bytes,
+        d.ready_timeout,
+        h.header_timeout,
+        h.keep_alive_timeout,
+        h.write_timeout,
+        h.body_timeout,
+        h.max_head_bytes,
+        h.max_body_bytes,
         d.max_connections,
         d.max_state_bytes,
         d.max_generations,
@@ -99,10 +102,11 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addrs: Vec::new(),
         config: baton::Config::default(),
+        http: baton::http::Options::default(),
         testing: Testing::default(),
     };
     let (mut tls_cert, mut tls_key) = (None, None);
-    let config = &mut args.config;
+    let (config, http) = (&mut args.config, &mut args.http);
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -128,13 +132,13 @@ fn parse_args() -> Result<Args, String> {
         match name.as_str() {
             "--addr" => args.addrs.push(value),
             "--drain-timeout" => config.drain_timeout = duration()?,
-            "--upgrade-timeout" => config.upgrade_timeout = duration()?,
-            "--header-timeout" => config.header_timeout = duration()?,
-            "--keep-alive-timeout" => config.keep_alive_timeout = duration()?,
-            "--write-timeout" => config.write_timeout = duration()?,
-            "--body-timeout" => config.body_timeout = duration()?,
-            "--max-head-bytes" => config.max_head_bytes = parse_number(&name, &value)?,
-            "--max-body-bytes" => config.max_body_bytes = parse_number(&name, &value)?,
+            "--upgrade-timeout" => config.ready_timeout = duration()?,
+            "--header-timeout" => http.header_timeout = duration()?,
+            "--keep-alive-timeout" => http.keep_alive_timeout = duration()?,
+            "--write-timeout" => http.write_timeout = duration()?,
+            "--body-timeout" => http.body_timeout = duration()?,
+            "--max-head-bytes" => http.max_head_bytes = parse_number(&name, &value)?,
+            "--max-body-bytes" => http.max_body_bytes = parse_number(&name, &value)?,
             "--max-connections" => config.max_connections = parse_number(&name, &value)?,
             "--max-state-bytes" => config.max_state_bytes = parse_number(&name, &value)?,
             "--workers" => config.workers = Some(parse_number(&name, &value)?),
@@ -145,8 +149,8 @@ fn parse_args() -> Result<Args, String> {
             "--tls-key" => tls_key = Some(value),
             "--startup-delay" => args.testing.startup_delay = duration()?,
             "--codec" => match value.as_str() {
-                "baton" => config.async_h1 = false,
-                "async-h1" if cfg!(feature = "async-h1") => config.async_h1 = true,
+                "baton" => http.async_h1 = false,
+                "async-h1" if cfg!(feature = "async-h1") => http.async_h1 = true,
                 "async-h1" => return Err("--codec async-h1 needs the async-h1 feature".into()),
                 _ => return Err(format!("--codec {value:?}: expected baton or async-h1")),
             },
@@ -155,7 +159,7 @@ fn parse_args() -> Result<Args, String> {
     }
     match (tls_cert, tls_key) {
         (Some(cert), Some(key)) if cfg!(feature = "tls") => {
-            config.tls_files = Some((cert.into(), key.into()));
+            http.tls_files = Some((cert.into(), key.into()));
         }
         (None, None) => {}
         _ if !cfg!(feature = "tls") => {
@@ -344,7 +348,7 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
                 .and_then(|v| v.as_str().trim().parse::<u64>().ok());
             let mut next = after.map_or(0, |id| id + 1);
             let (sender, receiver) = smol::channel::bounded::<Vec<u8>>(4);
-            let notice = baton::drain_notice();
+            let notice = baton::drain();
             std::thread::spawn(move || {
                 smol::block_on(async move {
                     let _ = sender.send(b"retry: 0\n\n".to_vec()).await;
@@ -381,7 +385,7 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
             // Whether a thread the server does not run sees the drain: it waits for the
             // notice up to `ms` (default 1000) and answers what it saw.
             let ms = query(&req, "ms").unwrap_or(1000).min(SLOW_CAP_MS);
-            let notice = baton::drain_notice();
+            let notice = baton::drain();
             let seen = smol::unblock(move || {
                 let waited = smol::future::or(
                     async {
@@ -393,7 +397,7 @@ async fn route(mut req: Request, pid: u32, state: Rc<State>) -> http_types::Resu
                         false
                     },
                 );
-                (smol::block_on(waited), baton::is_draining())
+                (smol::block_on(waited), baton::drain().is_draining())
             })
             .await;
             Ok(Response::from(format!(
@@ -513,7 +517,7 @@ impl Events {
             next: first,
             pid,
             tick: async_io::Timer::interval(Duration::from_millis(100)),
-            draining: Box::pin(baton::draining()),
+            draining: Box::pin(baton::drain().wait()),
             // Reconnect at once after the stream ends (a restart): the successor is serving.
             pending: b"retry: 0\n\n".to_vec(),
         }
@@ -609,7 +613,9 @@ fn main() -> ExitCode {
         false => baton::Server::bind_all(&args.addrs),
     };
     let server = match bound {
-        Ok(server) => server.with_config(args.config),
+        Ok(server) => server
+            .core(|baton| baton.with_config(args.config))
+            .with_options(args.http),
         Err(error) => {
             eprintln!("hello: {error}");
             return ExitCode::FAILURE;
@@ -631,20 +637,22 @@ fn main() -> ExitCode {
     };
     let state = Rc::new(State::default());
     let (give, take) = (state.clone(), state.clone());
-    let server = server
-        .on_hand_over_state(
-            move || serde_json::json!({ "count": give.count.get(), "note": *give.note.borrow() }),
-        )
-        .on_inherit_state(move |state| {
-            take.count.set(state["count"].as_u64().unwrap_or(0));
-            *take.note.borrow_mut() = state["note"].as_str().unwrap_or_default().to_owned();
-        })
-        .on_exit(move |report| {
-            // One write for the line: the processes of a restart share stderr.
-            let line = format!("hello[{pid}]: on_exit: {:?}\n", report.stop);
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-            async {}
-        });
+    let server = server.core(|baton| {
+        baton
+            .on_hand_over_state(
+                move || serde_json::json!({ "count": give.count.get(), "note": *give.note.borrow() }),
+            )
+            .on_inherit_state(move |state| {
+                take.count.set(state["count"].as_u64().unwrap_or(0));
+                *take.note.borrow_mut() = state["note"].as_str().unwrap_or_default().to_owned();
+            })
+            .on_exit(move |report| {
+                // One write for the line: the processes of a restart share stderr.
+                let line = format!("hello[{pid}]: on_exit: {:?}\n", report.stop);
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                async {}
+            })
+    });
     match smol::block_on(server.serve(move |req| route(req, pid, state.clone()))) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use baton::{Baton, Connection, Program, Resumed, Service, Stream};
+use baton::{Baton, Connection, Drain, Program, Resumed, Stream};
 
 /// The kind a pair moves under.
 const KIND: &str = "proxy/pair";
@@ -20,13 +20,13 @@ struct Proxy {
 
 impl Program for Proxy {
     fn accepted(&self, connection: Connection) {
-        let (client, service, upstream) = (connection.stream, connection.service, self.upstream);
+        let (client, drain, upstream) = (connection.stream, connection.drain, self.upstream);
         smol::spawn(async move {
             // Connecting blocks: on a thread of smol's blocking pool.
             let connected = smol::unblock(move || std::net::TcpStream::connect(upstream)).await;
             match connected.and_then(Stream::from_tcp) {
-                Ok(upstream) => relay(client, upstream, service).await,
-                Err(error) => eprintln!("proxy: cannot reach {upstream}: {error}"),
+                Ok(upstream) => relay(client, upstream, drain).await,
+                Err(error) => say(&format!("cannot reach {upstream}: {error}")),
             }
         })
         .detach();
@@ -37,10 +37,10 @@ impl Program for Proxy {
             // Not ours: baton closes it with a warning, and counts it as lost.
             return;
         }
-        let service = resumed.service().clone();
+        let drain = resumed.drain().clone();
         let mut pair = resumed.take_all().into_iter();
         if let (Some(client), Some(upstream)) = (pair.next(), pair.next()) {
-            smol::spawn(relay(client, upstream, service)).detach();
+            smol::spawn(relay(client, upstream, drain)).detach();
         }
     }
 }
@@ -48,8 +48,7 @@ impl Program for Proxy {
 /// Copies bytes both ways until either side closes; at the drain, between two copies (so
 /// nothing read is left unwritten), moves both sockets to the successor together. If they
 /// cannot move, the pair is served here until it ends or the drain gives up.
-async fn relay(client: Stream, upstream: Stream, service: Service) {
-    let notice = service.notice();
+async fn relay(client: Stream, upstream: Stream, drain: Drain) {
     let (mut to_upstream, mut to_client) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let mut moving = true;
     loop {
@@ -60,25 +59,28 @@ async fn relay(client: Stream, upstream: Stream, service: Service) {
         }
         let from_client = async { Next::FromClient(client.read(&mut to_upstream).await) };
         let from_upstream = async { Next::FromUpstream(upstream.read(&mut to_client).await) };
-        let drain = async {
+        let drained = async {
             if !moving {
                 std::future::pending::<()>().await;
             }
-            notice.wait().await;
+            drain.wait().await;
             Next::Drain
         };
-        let next = smol::future::or(drain, smol::future::or(from_client, from_upstream)).await;
+        let next = smol::future::or(drained, smol::future::or(from_client, from_upstream)).await;
         let done = match next {
             Next::FromClient(Ok(n @ 1..)) => upstream.write_all(&to_upstream[..n]).await.is_err(),
             Next::FromUpstream(Ok(n @ 1..)) => client.write_all(&to_client[..n]).await.is_err(),
             Next::FromClient(_) | Next::FromUpstream(_) => true,
             Next::Drain => {
                 let pair = [(&client, &[][..]), (&upstream, &[][..])];
-                match service.hand_over_group(&pair, KIND, "{}").await {
+                match drain
+                    .hand_over_group(&pair, KIND, &serde_json::Value::Null)
+                    .await
+                {
                     // The successor has both: dropping these copies leaves them open.
                     Ok(()) => return,
                     Err(error) => {
-                        eprintln!("proxy: the pair stays here: {error}");
+                        say(&format!("the pair stays here: {error}"));
                         moving = false;
                         false
                     }
@@ -133,6 +135,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line on stderr, in one write: the processes of a restart share stderr, and their
+/// lines must not interleave.
+fn say(line: &str) {
+    let line = format!("proxy[{}]: {line}\n", std::process::id());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 fn usage(message: &str) -> ExitCode {

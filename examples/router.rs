@@ -109,7 +109,7 @@ fn json(value: serde_json::Value) -> Response {
 fn router(pid: u32) -> Router {
     Router::default()
         .route(Method::Get, "/health", |_, _| async {
-            if baton::is_draining() {
+            if baton::drain().is_draining() {
                 let mut response = Response::new(StatusCode::ServiceUnavailable);
                 response.set_body("draining\n");
                 Ok(response)
@@ -165,8 +165,9 @@ fn main() -> ExitCode {
     if addrs.is_empty() {
         addrs.push("127.0.0.1:8080".into());
     }
-    let server = match baton::Server::bind_all(&addrs) {
-        Ok(server) => server,
+    // The core: listeners, restarts and their hooks.
+    let baton = match baton::Baton::bind_all(&addrs) {
+        Ok(baton) => baton,
         Err(error) => {
             eprintln!("router: {error}");
             return ExitCode::FAILURE;
@@ -174,8 +175,7 @@ fn main() -> ExitCode {
     };
     let pid = std::process::id();
     let log = move |what: String| eprintln!("router[{pid}]: {what}");
-    let server = server
-        .idle_grace(idle_grace)
+    let baton = baton
         .hand_over_connections(hand_over)
         .on_spawn(move || {
             log("hook: before spawning a successor".into());
@@ -193,6 +193,8 @@ fn main() -> ExitCode {
             log(format!("hook: exiting, {} requests cut", report.cut));
             async {}
         });
+    // The HTTP server on it.
+    let server = baton::Server::on(baton).idle_grace(idle_grace);
     let router = Rc::new(router(pid));
     let served = server.serve(move |req| {
         let router = router.clone();

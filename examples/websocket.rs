@@ -8,7 +8,7 @@
 //! Run with: `cargo run --example websocket [-- --addr 127.0.0.1:8080 --drain-timeout 5s]`
 //!
 //! The upgrade is baton's (`baton::upgrade`, a connection that can move: `hand_over`, and
-//! `Server::on_upgraded` in the successor); the drain notice is `baton::draining()`. The
+//! `Server::on_upgraded` in the successor); the drain notice is `baton::drain().wait()`. The
 //! WebSocket is async-tungstenite's, reading through `baton::websocket::Boundary`, which gives
 //! it one frame at a time: between messages the library holds nothing, and what was read
 //! past the last message travels with the connection.
@@ -90,21 +90,25 @@ fn main() -> ExitCode {
         )),
     });
     let server = match server {
-        Ok(server) => match workers {
-            Some(n) => server.workers(n),
-            None => server,
-        }
-        .drain_timeout(drain_timeout)
-        .hand_over_connections(options.hand_over)
-        // A WebSocket the previous process moved here: go on echoing, from this pid.
-        .on_upgraded(ECHO, move |upgraded, state| {
-            let messages = state["messages"].as_u64().unwrap_or(0);
-            let draining = baton::draining();
-            smol::spawn(async move {
-                echo(socket(upgraded).await, messages, pid, draining, options).await;
+        Ok(server) => server
+            .core(|baton| {
+                let baton = baton
+                    .drain_timeout(drain_timeout)
+                    .hand_over_connections(options.hand_over);
+                match workers {
+                    Some(n) => baton.workers(n),
+                    None => baton,
+                }
             })
-            .detach();
-        }),
+            // A WebSocket the previous process moved here: go on echoing, from this pid.
+            .on_upgraded(ECHO, move |upgraded, state| {
+                let messages = state["messages"].as_u64().unwrap_or(0);
+                let draining = baton::drain().wait();
+                smol::spawn(async move {
+                    echo(socket(upgraded).await, messages, pid, draining, options).await;
+                })
+                .detach();
+            }),
         Err(error) => {
             eprintln!("websocket: {error}");
             return ExitCode::FAILURE;
@@ -161,7 +165,7 @@ async fn route(req: Request, pid: u32, options: Options) -> http_types::Result<R
             response.insert_header("sec-websocket-accept", derive_accept_key(key.as_bytes()));
             let connection = baton::upgrade(&mut response);
             // Taken here, on the server's thread; awaited in the socket's task.
-            let draining = baton::draining();
+            let draining = baton::drain().wait();
             smol::spawn(async move {
                 if let Some(upgraded) = connection.await {
                     echo(socket(upgraded).await, 0, pid, draining, options).await;

@@ -42,7 +42,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::drain::Service;
+use crate::drain::Drain;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
@@ -57,11 +57,11 @@ use crate::signals::Signals;
 /// executor) and return.
 pub trait Program: 'static {
     /// A connection this process accepted. Its [`Stream`] counts it for the drain and for
-    /// `max_connections` until dropped; [`Connection::service`] says when the drain starts,
-    /// and moves it to the successor ([`Service::hand_over`]).
+    /// `max_connections` until dropped; [`Connection::drain`] says when the drain starts,
+    /// and moves it to the successor ([`Drain::hand_over`]).
     fn accepted(&self, connection: Connection);
 
-    /// A connection the previous process handed over ([`Service::hand_over`]), under the
+    /// A connection the previous process handed over ([`Drain::hand_over`]), under the
     /// kind it named: [`Resumed::take`] it to serve it. Default, and for any `Resumed`
     /// dropped untaken: closed, with a warning event naming the kind and the peer, and
     /// counted in the report as lost.
@@ -73,8 +73,8 @@ pub trait Program: 'static {
     /// the serving round's drain. It counts for the drain until dropped: stop receiving at
     /// the drain notice (the successor serves by then and reads what comes next) and drop
     /// it. Default: dropped at once (nothing is read here).
-    fn datagrams(&self, datagrams: Datagrams, service: Service) {
-        drop((datagrams, service));
+    fn datagrams(&self, datagrams: Datagrams, drain: Drain) {
+        drop((datagrams, drain));
     }
 }
 
@@ -90,12 +90,12 @@ pub struct Connection {
     /// The listener was asked for as `tls:host:port`: the connection starts with a TLS
     /// handshake, which is the program's to make.
     pub tls: bool,
-    /// The serving round's drain, notice and hand-over.
-    pub service: Service,
+    /// The serving round's drain: its notice, and hand-over to the successor.
+    pub drain: Drain,
 }
 
 /// A connection the previous process handed over, under a kind: one stream, or the group of
-/// streams it moved together ([`Service::hand_over_group`]). A program takes it
+/// streams it moved together ([`Drain::hand_over_group`]). A program takes it
 /// ([`Resumed::take`], [`Resumed::take_all`]); one dropped untaken (a kind the program does
 /// not know, say) is closed with a warning event that names the kind and the peer, and
 /// counted in the report as lost.
@@ -103,8 +103,8 @@ pub struct Resumed {
     /// Empty once taken.
     streams: Vec<Stream>,
     kind: String,
-    state: String,
-    service: Service,
+    state: serde_json::Value,
+    drain: Drain,
     /// Says that the connection was not taken.
     refused: Rc<dyn Fn(&Resumed)>,
 }
@@ -123,33 +123,32 @@ impl Resumed {
     pub(crate) fn new(
         streams: Vec<Stream>,
         kind: String,
-        state: String,
-        service: Service,
+        state: serde_json::Value,
+        drain: Drain,
         refused: Rc<dyn Fn(&Resumed)>,
     ) -> Resumed {
         Resumed {
             streams,
             kind,
             state,
-            service,
+            drain,
             refused,
         }
     }
 
-    /// The kind the previous process handed it over under (`""`: a keep-alive HTTP
-    /// connection from a build before kinds, with its addresses as state).
+    /// The kind the previous process handed it over under.
     pub fn kind(&self) -> &str {
         &self.kind
     }
 
-    /// The JSON text it came with.
-    pub fn state(&self) -> &str {
+    /// The state it came with.
+    pub fn state(&self) -> &serde_json::Value {
         &self.state
     }
 
-    /// The serving round's drain, notice and hand-over.
-    pub fn service(&self) -> &Service {
-        &self.service
+    /// The serving round's drain: its notice, and hand-over to the successor.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     /// The streams, in the order they were handed over (one, unless a group moved).
@@ -377,9 +376,9 @@ impl Baton {
     }
 
     /// The longest a restart waits for the new process to report ready before it kills it
-    /// and keeps serving. Default: [`Config::upgrade_timeout`].
-    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
-        self.config.upgrade_timeout = timeout;
+    /// and keeps serving. Default: [`Config::ready_timeout`].
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ready_timeout = timeout;
         self
     }
 
@@ -495,8 +494,7 @@ impl Baton {
             .unwrap_or_else(|| usize::from(crate::process::Alone::here().is_some()))
     }
 
-    /// The settings, to change one that has no builder method of its own here (the HTTP
-    /// server's, say).
+    /// The settings, to change one that has no builder method of its own here.
     pub fn config_mut(&mut self) -> &mut Config {
         &mut self.config
     }
@@ -525,7 +523,7 @@ impl Baton {
 
     /// Whether [`Baton::serve`] runs a supervising process here (which never calls the
     /// program: its workers do) rather than serving.
-    pub fn supervises(&self) -> bool {
+    pub(crate) fn supervises(&self) -> bool {
         self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0)
     }
 
@@ -539,7 +537,7 @@ impl Baton {
 
     /// Serves `program` until a restart hands over to a successor or a shutdown signal
     /// arrives, then drains, and returns what the drain cut short; or, as a supervising
-    /// process ([`Baton::supervises`]), runs the workers until a shutdown. Everything of the
+    /// process (see [`Baton::workers`]), runs the workers until a shutdown. Everything of the
     /// core runs in this future, on the calling thread; the program's connections may run
     /// anywhere.
     pub async fn serve(self, program: impl Program) -> io::Result<Report> {

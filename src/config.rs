@@ -1,5 +1,6 @@
-//! Every setting of a [`crate::Baton`] and the HTTP [`crate::Server`], with its default, in one place: [`Config`] is plain
-//! data, the builder methods set its fields, and the docs and the example quote it.
+//! Every setting of the core ([`crate::Baton`]), with its default, in one place: [`Config`] is
+//! plain data, the builder methods set its fields, and the docs and the examples quote it. (The
+//! HTTP server's settings are its own: `baton::http::Options`.)
 //!
 //! Timings that are not options (how long a successor waits for state, the accept back-off, …)
 //! sit beside it in [`timing`], named, so that no number is written twice.
@@ -7,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The server's settings. `Config::default()` holds every default; [`crate::Baton::with_config`]
+/// The core's settings. `Config::default()` holds every default; [`crate::Baton::with_config`]
 /// takes a whole one, and each builder method (`drain_timeout`, …) sets one field.
 ///
 /// ```
@@ -22,40 +23,22 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The longest a restart waits for the new process to report ready before it kills it and
     /// keeps serving. Default: 10 s.
-    pub upgrade_timeout: Duration,
-    /// The longest a client may take to send a request head once it started one. Default: 10 s.
-    pub header_timeout: Duration,
-    /// How long a keep-alive connection may sit idle between requests. Default: 60 s.
-    pub keep_alive_timeout: Duration,
-    /// How long a drain leaves an idle keep-alive connection open before closing it, so that a
-    /// request the client already sent is still answered. Default: 500 ms.
-    pub idle_grace: Duration,
-    /// The largest request head (request line and header fields); larger ones are answered
-    /// 431. At least 64. Default: 16 KiB.
-    pub max_head_bytes: usize,
-    /// The largest request body; larger ones are answered 413. Default: 16 MiB.
-    pub max_body_bytes: u64,
-    /// How long a client may keep a response write waiting (it stopped reading) before the
-    /// connection is reset. Default: 30 s.
-    pub write_timeout: Duration,
-    /// How long a request body may stall (no byte arrives) while it is read; the request then
-    /// fails with 408 and the connection closes. Default: 30 s.
-    pub body_timeout: Duration,
-    /// On a restart with state hand-over (`Server::on_hand_over_state`), how long the old
+    pub ready_timeout: Duration,
+    /// On a restart with state hand-over (`Baton::on_hand_over_state`), how long the old
     /// process, which has stopped serving, waits for its requests in flight before it sends
     /// its state; the successor serves only once it has the state, so new connections wait
     /// in the accept queue meanwhile. Within it the state is exact (the one after the old
     /// process's last request); a request still running then may change state that is lost.
     /// Default: 1 s.
     pub state_wait: Duration,
-    /// The largest application state (`Server::on_hand_over_state`, as JSON text) a restart
+    /// The largest application state (`Baton::on_hand_over_state`, as JSON text) a restart
     /// carries to the successor: a state up to 64 KiB travels in the relay message, a larger
     /// one in a sealed memfd passed over it. A larger state is not sent: the old process says
     /// so in an event, and the successor starts with none (and says why). The successor
     /// applies its own bound too. Default: 64 MiB.
     pub max_state_bytes: usize,
     /// The most bytes a connection may hold (read from it, not yet used) and still move to the
-    /// successor ([`crate::Service::hand_over`]): up to about 96 KiB with kind and state they
+    /// successor ([`crate::Drain::hand_over`]): up to about 96 KiB with kind and state they
     /// travel in the relay message, more in a sealed memfd beside it. Over it, the hand-over
     /// fails with an error that says so and the connection stays with this process to
     /// finish; a successor refuses more than its own bound. Default: 64 MiB.
@@ -72,8 +55,6 @@ pub struct Config {
     pub hand_over_connections: bool,
     /// Keep the serving process's pid in this file. Default: none.
     pub pid_file: Option<PathBuf>,
-    /// PEM certificate chain and private key for `tls:` listeners (feature `tls`). Default: none.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
     /// For successors that cannot report readiness (a Go server taking over, which knows
     /// nothing of `ready_fd`): count one as ready once it has run this long without exiting.
     /// The risk: a successor that is slower to start than that is taken for ready, and this
@@ -91,23 +72,13 @@ pub struct Config {
     /// container. Else `Some(0)`'s model. A single process in those places refuses restarts
     /// rather than end the service.
     pub workers: Option<usize>,
-    /// Serve with async-h1's codec instead of baton's own (feature `async-h1`, for comparison).
-    /// Default: `false`.
-    pub async_h1: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             drain_timeout: Duration::from_secs(5),
-            upgrade_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
-            keep_alive_timeout: Duration::from_secs(60),
-            idle_grace: Duration::from_millis(500),
-            max_head_bytes: 16 * 1024,
-            max_body_bytes: 16 * 1024 * 1024,
-            write_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
+            ready_timeout: Duration::from_secs(10),
             state_wait: Duration::from_secs(1),
             max_state_bytes: 64 * 1024 * 1024,
             max_held_bytes: DEFAULT_MAX_HELD,
@@ -115,10 +86,8 @@ impl Default for Config {
             max_connections: 10_000,
             hand_over_connections: true,
             pid_file: None,
-            tls_files: None,
             successor_ready_after: None,
             workers: None,
-            async_h1: false,
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Draining: which connections are open, which are answering a request, and whether the
 //! process has stopped taking new work.
 //!
-//! One [`Service`] per serving round is shared by the core's loop and every connection of the
-//! program, on any thread: atomics and channels. Connections hold a [`Work`] guard for their
-//! whole life and a [`Busy`] guard from the moment a request head is read until its response
-//! is written.
+//! One [`Drain`] per serving round is shared by the core's loop, every connection of the
+//! program and every handler, on any thread: atomics and channels. Streams count their
+//! connection for their whole life; a [`Busy`] guard marks a request from the moment its head
+//! is read until its response is written.
 //!
-//! The drain notice the application sees ([`DrainNotice`], `baton::draining()`) is the
-//! process's, not a thread's: a task on any thread or executor (smol's global executor, a
-//! thread of its own, another runtime) learns of the drain as the server's thread does.
+//! The drain is the process's, not a thread's: `baton::drain()` gives the current round's
+//! handle to code that was not handed one (an HTTP handler), and a task on any thread or
+//! executor (smol's global executor, a thread of its own, another runtime) learns of the
+//! drain as the core's thread does.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,91 +21,46 @@ use std::os::fd::AsFd as _;
 
 use crate::io::stream::Stream;
 
-/// Whether this process is draining (see [`DrainNotice::is_draining`]).
-static DRAINING: AtomicBool = AtomicBool::new(false);
-/// Closed when this process starts draining; replaced if it serves again. Made on first use.
-static NOTICE: Mutex<Option<(Sender<()>, Receiver<()>)>> = Mutex::new(None);
+/// The serving round under way (or the next one, before serving starts).
+static CURRENT: Mutex<Option<Drain>> = Mutex::new(None);
 
-/// The current notice channel's receiver (made on first use).
-fn receiver() -> Receiver<()> {
-    let mut notice = NOTICE
+fn lock_current() -> std::sync::MutexGuard<'static, Option<Drain>> {
+    CURRENT
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    notice.get_or_insert_with(|| channel::bounded(1)).1.clone()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Serving again after a drain was given up (the successor died during it).
-pub(crate) fn resume() {
-    let mut notice = NOTICE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    *notice = Some(channel::bounded(1));
-    DRAINING.store(false, Ordering::SeqCst);
+/// This process's current serving round's drain (made on first use: the round serving starts
+/// with).
+pub(crate) fn current() -> Drain {
+    lock_current().get_or_insert_with(Drain::new).clone()
 }
 
-/// Tells every [`DrainNotice`] that this process drains.
-fn announce() {
-    let mut notice = NOTICE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    DRAINING.store(true, Ordering::SeqCst);
-    notice.get_or_insert_with(|| channel::bounded(1)).0.close();
+/// A new serving round, after a drain was given up (the successor died during it): handles
+/// taken from now on are this round's.
+pub(crate) fn next_round() -> Drain {
+    let fresh = Drain::new();
+    *lock_current() = Some(fresh.clone());
+    fresh
 }
 
-/// The drain notice: cheap to clone, `Send + Sync`, usable from any thread and any executor.
-/// Take one with [`crate::drain_notice`]; [`DrainNotice::wait`] completes once this process
-/// starts draining (at once if it already is), [`DrainNotice::is_draining`] says whether it
-/// has. A streaming response or a long-lived connection ends (or moves) when it fires.
+/// The drain of one serving round: the handle the core gives a program with each connection
+/// ([`crate::Connection::drain`], [`crate::Resumed::drain`]), and `baton::drain()` to any
+/// other code. `Clone + Send + Sync`: use it, and await it, from any thread and executor.
 ///
-/// A notice taken before a drain that was given up (the successor died during it, and this
-/// process serves again) has fired; take a new one to wait for the next drain.
-#[derive(Debug, Clone)]
-pub struct DrainNotice {
-    receiver: Receiver<()>,
-}
-
-impl DrainNotice {
-    pub(crate) fn new() -> DrainNotice {
-        DrainNotice {
-            receiver: receiver(),
-        }
-    }
-
-    /// `true` once this process has started draining (a restart handed over to a successor,
-    /// or a shutdown signal), and until it serves again.
-    pub fn is_draining(&self) -> bool {
-        DRAINING.load(Ordering::SeqCst)
-    }
-
-    /// Completes when this process starts draining. The future is `Send + Sync + 'static`:
-    /// await it on any thread.
-    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + Sync + use<> {
-        let receiver = self.receiver.clone();
-        async move {
-            // Never carries a message: recv returns when the sender is closed.
-            let _ = receiver.recv().await;
-        }
-    }
-}
-
-/// `true` once this process has started draining.
-pub(crate) fn is_draining() -> bool {
-    DRAINING.load(Ordering::SeqCst)
-}
-
-/// What a serving process's program counts and asks during a drain: the handle the core gives
-/// a program for its connections ([`crate::Connection::service`], [`crate::Resumed`]).
-/// `Clone + Send + Sync`: use it from any thread.
+/// - [`Drain::wait`] / [`Drain::is_draining`]: the drain has started (a restart handed over
+///   to a successor, or a shutdown); stop taking new work on a connection, and hand it over
+///   ([`Drain::hand_over`]) or close it. A streaming response ends, a WebSocket says 1012.
+/// - [`Drain::busy`] marks a request in flight: the application's state goes to the
+///   successor once none is (see `Config::state_wait`), and a drain cut short counts them.
+/// - [`Drain::long_lived`] marks a long-lived connection (a WebSocket), which the report
+///   counts apart.
+/// - [`Drain::cut`]: the drain gave up (its timeout, a second signal): end what is left now.
 ///
-/// - [`Service::work`] counts a connection (or any unit of the program's work) until the
-///   guard drops: the drain is done when none is left, and `max_connections` counts these.
-/// - [`Service::busy`] marks a request in flight: the application's state goes to the
-///   successor once none is (see `Config::state_wait`).
-/// - [`Service::notice`] / [`Service::is_draining`]: the drain has started; stop taking new
-///   work on the connection, and hand it over ([`Service::hand_over`]) or close it.
-/// - [`Service::cut`]: the drain gave up (its timeout, a second signal): end what is left now.
+/// A handle of a round whose drain was given up (the successor died during it, and the
+/// process serves again) stays drained; take `baton::drain()` again for the new round.
 #[derive(Debug, Clone)]
-pub struct Service(Arc<Shared>);
+pub struct Drain(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
@@ -130,9 +86,9 @@ struct Shared {
     relay: Mutex<Option<Arc<crate::handoff::relay::Relay>>>,
 }
 
-impl Service {
-    pub(crate) fn new() -> Service {
-        Service(Arc::new(Shared {
+impl Drain {
+    pub(crate) fn new() -> Drain {
+        Drain(Arc::new(Shared {
             draining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -147,7 +103,8 @@ impl Service {
         }))
     }
 
-    /// `true` once this serving round drains (a restart handed over, or a shutdown).
+    /// `true` once this serving round drains (a restart handed over to a successor, or a
+    /// shutdown signal).
     pub fn is_draining(&self) -> bool {
         self.0.draining.load(Ordering::SeqCst)
     }
@@ -155,11 +112,6 @@ impl Service {
     /// Draining for a shutdown (the service ends), not a restart.
     pub fn is_shutdown(&self) -> bool {
         self.0.shutdown.load(Ordering::SeqCst)
-    }
-
-    /// The process's drain notice (see [`DrainNotice`]).
-    pub fn notice(&self) -> DrainNotice {
-        DrainNotice::new()
     }
 
     /// Open connections (work guards alive).
@@ -178,7 +130,7 @@ impl Service {
     }
 
     /// Counts a connection (or a unit of the program's work) until the guard drops.
-    pub fn work(&self) -> Work {
+    pub(crate) fn work(&self) -> Work {
         self.0.connections.fetch_add(1, Ordering::SeqCst);
         Work(self.clone())
     }
@@ -196,10 +148,14 @@ impl Service {
         LongLived(self.clone())
     }
 
-    /// Resolves once this serving round has started draining.
-    pub async fn started(&self) {
-        // The channel never carries a message: recv returns only when it is closed.
-        let _ = self.0.started.1.recv().await;
+    /// Completes once this serving round has started draining (at once if it has). The
+    /// future is `Send + Sync + 'static`: await it on any thread.
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + Sync + use<> {
+        let started = self.0.started.1.clone();
+        async move {
+            // The channel never carries a message: recv returns only when it is closed.
+            let _ = started.recv().await;
+        }
     }
 
     /// Resolves once the drain has given up on what is left (its timeout, a second shutdown
@@ -215,8 +171,8 @@ impl Service {
     }
 
     /// Moves `stream` to the successor, under `kind` (the successor's program resumes it:
-    /// [`crate::Program::resumed`]), with `state` (JSON text) and the bytes `held` read from
-    /// it and not yet used (after any the stream itself still holds). On success the
+    /// [`crate::Program::resumed`]), with `state` and the bytes `held` read from it and not
+    /// yet used (after any the stream itself still holds). On success the
     /// successor owns the connection: this copy neither reads nor writes any more, and
     /// dropping it leaves the connection open. An error (no successor to hand it to, the
     /// relay failed or stalled for a second, or more held bytes than
@@ -226,7 +182,7 @@ impl Service {
         &self,
         stream: &Stream,
         kind: &str,
-        state: &str,
+        state: &serde_json::Value,
         held: &[u8],
     ) -> io::Result<()> {
         self.hand_over_group(&[(stream, held)], kind, state).await
@@ -239,7 +195,7 @@ impl Service {
         &self,
         streams: &[(&Stream, &[u8])],
         kind: &str,
-        state: &str,
+        state: &serde_json::Value,
     ) -> io::Result<()> {
         let Some(relay) = self.relay() else {
             return Err(io::Error::new(
@@ -264,7 +220,10 @@ impl Service {
             stream.sharing();
         }
         let max_held = self.0.max_held.load(Ordering::Relaxed);
-        let sent = relay.send_connection(&sockets, kind, state, max_held).await;
+        let state = state.to_string();
+        let sent = relay
+            .send_connection(&sockets, kind, &state, max_held)
+            .await;
         match &sent {
             Ok(()) => {
                 for (stream, _) in streams {
@@ -290,7 +249,7 @@ impl Service {
         self.0.lost.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Connections this serving round lost (see [`Service::lost`]).
+    /// Connections this serving round lost (see [`Drain::lost`]).
     pub(crate) fn lost_count(&self) -> usize {
         self.0.lost.load(Ordering::SeqCst)
     }
@@ -300,11 +259,10 @@ impl Service {
     pub(crate) fn start(&self, shutdown: bool) {
         self.0.shutdown.store(shutdown, Ordering::SeqCst);
         self.0.draining.store(true, Ordering::SeqCst);
-        announce();
         self.0.started.0.close();
     }
 
-    /// Hand connections to `relay` during this drain (set before [`Service::start`]), each
+    /// Hand connections to `relay` during this drain (set before [`Drain::start`]), each
     /// with at most `max_held` held bytes.
     pub(crate) fn set_relay(&self, relay: Arc<crate::handoff::relay::Relay>, max_held: usize) {
         self.0.max_held.store(max_held, Ordering::Relaxed);
@@ -331,7 +289,7 @@ impl Service {
         self.0.cut.0.close();
     }
 
-    /// Resolves when no connection is left. Call after [`Service::start`].
+    /// Resolves when no connection is left. Call after [`Drain::start`].
     pub(crate) async fn finished(&self) {
         self.below(1).await;
     }
@@ -343,7 +301,7 @@ impl Service {
         }
     }
 
-    /// Resolves when no request is in flight. Call after [`Service::start`].
+    /// Resolves when no request is in flight. Call after [`Drain::start`].
     pub(crate) async fn requests_done(&self) {
         while self.requests() > 0 {
             let _ = self.0.ended.1.recv().await;
@@ -353,7 +311,7 @@ impl Service {
 
 /// Counts one connection (or unit of work) for the drain until dropped.
 #[derive(Debug)]
-pub struct Work(Service);
+pub(crate) struct Work(Drain);
 
 impl Drop for Work {
     fn drop(&mut self) {
@@ -365,7 +323,7 @@ impl Drop for Work {
 
 /// Counts one long-lived connection until dropped.
 #[derive(Debug)]
-pub struct LongLived(Service);
+pub struct LongLived(Drain);
 
 impl Drop for LongLived {
     fn drop(&mut self) {
@@ -375,7 +333,7 @@ impl Drop for LongLived {
 
 /// Counts one request in flight until dropped.
 #[derive(Debug)]
-pub struct Busy(Service);
+pub struct Busy(Drain);
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -397,13 +355,13 @@ mod tests {
     #[test]
     fn finishes_when_the_last_connection_ends() {
         smol::block_on(async {
-            let drain = Service::new();
+            let drain = Drain::new();
             let a = drain.work();
             let b = drain.work();
             let request = drain.busy();
             assert_eq!((drain.connections(), drain.requests()), (2, 1));
             drain.start(false);
-            drain.started().await;
+            drain.wait().await;
             drop(request);
             drop(a);
             let done = async {

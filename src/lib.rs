@@ -1,19 +1,20 @@
 //! Zero-downtime restarts for servers on smol: [`Baton`], a core that restarts any program
-//! ([`Program`]: an echo, a proxy, an RPC server), and [`Server`], the HTTP/1.1 server built on
-//! it.
+//! ([`Program`]: an echo, a proxy, an RPC server) with its live connections, and (feature
+//! `http`, on by default) [`Server`], the HTTP/1.1 server built on it.
 //!
 //! On SIGHUP the running process starts a fresh copy of its own binary and hands it the
-//! listening socket (the baton). Once the copy reports that it is serving, the old process stops
-//! accepting, finishes its in-flight requests under a timer, and exits. The socket, and every
-//! connection waiting in its accept queue, is never closed, so no client is refused.
+//! listening sockets (the baton). Once the copy reports that it is serving, the old process stops
+//! accepting, moves its connections over (or finishes them) under a timer, and exits. The
+//! sockets, and every connection waiting in their accept queues, are never closed, so no client
+//! is refused.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use baton::http_types::Response;
 //!
 //! fn main() -> std::io::Result<()> {
-//!     let server = baton::Server::bind("127.0.0.1:8080")?.drain_timeout(Duration::from_secs(5));
-//!     let report = smol::block_on(server.serve(|_req| async {
+//!     let baton = baton::Baton::bind("127.0.0.1:8080")?.drain_timeout(Duration::from_secs(5));
+//!     let report = smol::block_on(baton::Server::on(baton).serve(|_req| async {
 //!         Ok(Response::from(format!("Hello from {}!\n", std::process::id())))
 //!     }))?;
 //!     std::process::exit(if report.is_clean() { 0 } else { 1 })
@@ -26,26 +27,28 @@
 //! | SIGUSR2 | nginx's binary upgrade: start a successor and serve beside it (`<pid file>.oldbin`) |
 //! | SIGINT, SIGQUIT, SIGTERM | close the listening sockets (new connections are refused), drain and return; a second one returns at once |
 //!
-//! Hooks (`on_spawn`, `on_ready`, `on_drain`, `on_exit`) run the application's code at those
-//! turning points; they are async and run on the server's thread (for synchronous work, do it
-//! and return `async {}`). Handlers can ask [`is_draining`] (a health check, say) or await
-//! [`draining`]; an upgraded connection ([`upgrade`], a WebSocket say) can move to the
-//! successor ([`Upgraded::hand_over`], [`Server::on_upgraded`]).
+//! A program gets each connection as a [`Stream`] (edge-triggered, `Send`, futures-io), each
+//! UDP listener as [`Datagrams`], and the serving round's [`Drain`]: at the drain it moves a
+//! connection to the successor ([`Drain::hand_over`], a proxy's pair with
+//! [`Drain::hand_over_group`]) under a kind the successor's [`Program::resumed`] takes, or
+//! closes it. Hooks (`on_spawn`, `on_ready`, `on_drain`, `on_exit`) run the application's code
+//! at those turning points, on the core's thread. Code that was handed no [`Drain`] (an HTTP
+//! handler) takes the process's with [`drain()`].
 //!
-//! With [`Server::workers`] (the default as PID 1 or behind a container's init), the process becomes a
-//! supervising process that keeps the PID and the sockets and serves through worker
-//! processes, each exactly such a server; a restart replaces every worker and then
-//! re-executes the supervising process in place. [`reload`] restarts a server by its pid file
-//! and says whether the new code serves.
+//! With [`Baton::workers`] (the default as PID 1 or behind a container's init), the process
+//! becomes a supervising process that keeps the PID and the sockets and serves through worker
+//! processes, each running the program; a restart replaces every worker and then re-executes
+//! the supervising process in place. [`reload`] restarts a server by its pid file and says
+//! whether the new code serves.
 //!
-//! The successor learns about the socket from the `LISTENER` environment variable,
+//! The successor learns about the sockets from the `LISTENER` environment variable,
 //! `{"addr":"127.0.0.1:8080","fd":3,"filename":"tcp:127.0.0.1:8080->"}`, the format of the Go
 //! original, so Go and Rust servers can hand over to each other (see
-//! [`Server::bind_inherited_or`] and [`Config::successor_ready_after`]). `Server::bind` reads it and
-//! takes it (and systemd's `LISTEN_*`) out of the process environment, so processes the
-//! handler starts never inherit it; call `bind` before starting threads, because the
+//! [`Baton::bind_inherited_or`] and [`Config::successor_ready_after`]). [`Baton::bind`] reads
+//! it and takes it (and systemd's `LISTEN_*`) out of the process environment, so processes the
+//! program starts never inherit it; call `bind` before starting threads, because the
 //! environment can only be changed soundly while the process has one thread (otherwise the
-//! variables stay and the server logs that they did).
+//! variables stay and an event says so).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -64,7 +67,7 @@ mod event;
 mod handoff;
 mod hooks;
 #[cfg(feature = "http")]
-mod http;
+pub mod http;
 mod io;
 mod listener;
 mod process;
@@ -141,27 +144,15 @@ pub use http::{Server, lean, websocket};
 pub use io::datagram::Datagrams;
 pub use io::stream::Stream;
 
-/// `true` once this process has started draining (after a restart handed over, or a shutdown
-/// signal), on any thread: a health check can report it.
-pub fn is_draining() -> bool {
-    drain::is_draining()
+/// The drain of this process's current serving round: [`Drain::wait`] completes when the
+/// process starts draining (a restart handed over to a successor, or a shutdown signal),
+/// [`Drain::is_draining`] says whether it has; on any thread and any executor. A handler (a
+/// health check, a streaming response, a WebSocket) uses it to end cleanly or to move.
+pub fn drain() -> Drain {
+    drain::current()
 }
 
-/// Completes when this process starts draining (at once if it already is), awaited on any
-/// thread and any executor: a streaming response or an upgraded connection (a WebSocket)
-/// uses it to end cleanly (end the body, or send close code 1012, service restart), or to
-/// move. Same as `drain_notice().wait()`.
-pub fn draining() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
-    drain::DrainNotice::new().wait()
-}
-
-/// This process's drain notice, to keep and clone into tasks on any thread (see
-/// [`DrainNotice`]).
-pub fn drain_notice() -> DrainNotice {
-    drain::DrainNotice::new()
-}
-
-pub use drain::{Busy, DrainNotice, LongLived, Service, Work};
+pub use drain::{Busy, Drain, LongLived};
 /// http-types, as baton uses it (without its default `fs` feature, which would pull in
 /// async-std): `baton::http_types::Response` needs no dependency of the application's own.
 #[cfg(feature = "http")]

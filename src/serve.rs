@@ -28,7 +28,7 @@ use smol::future::FutureExt as _;
 use crate::baton::{Baton, Connection, Program, Resumed};
 use crate::config::Config;
 use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
-use crate::drain::Service;
+use crate::drain::Drain;
 use crate::event::Event;
 use crate::handoff::relay::{Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
@@ -103,9 +103,9 @@ struct Process {
     /// process, which then ignores SIGHUP and SIGUSR2.
     control: Option<Relay>,
     relay_buffer: Vec<u8>,
-    drain: Service,
+    drain: Drain,
     /// Drains given up when a successor died during them; their connections still count.
-    earlier: Vec<Service>,
+    earlier: Vec<Drain>,
     /// SIGUSR2 successors, reaped when they exit.
     spawned: Vec<Owned>,
     /// Started by a supervising process.
@@ -218,7 +218,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
             }
         }
     }
-    let drain = Service::new();
+    let drain = crate::drain::current();
     for message in waiting {
         relayed(
             &*program,
@@ -528,7 +528,7 @@ impl Process {
             stream,
             listener: index,
             tls: listener.tls,
-            service: self.drain.clone(),
+            drain: self.drain.clone(),
         });
     }
 
@@ -585,7 +585,7 @@ impl Process {
         let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), role)?;
         let emit = self.emit.clone();
         let hooks = self.hooks.clone();
-        let timeout = self.config.upgrade_timeout;
+        let timeout = self.config.ready_timeout;
         let settle = self.config.successor_ready_after;
         Ok(async move {
             hooks.spawning().await;
@@ -727,9 +727,8 @@ impl Process {
                 // The successor is gone and this process still holds the sockets: serve again.
                 (self.emit)(&Event::SuccessorExited { pid, status });
                 self.supervisor.resumed(pid, status);
-                crate::drain::resume();
                 self.datagrams_given = false;
-                let fresh = Service::new();
+                let fresh = crate::drain::next_round();
                 let given_up = std::mem::replace(&mut self.drain, fresh);
                 self.earlier.push(given_up);
                 return Phase::Serving;
@@ -738,7 +737,7 @@ impl Process {
         // Stop listening here (the sockets live on in the successor, if any).
         self.listeners = Listeners::new(Vec::new());
         let all = self.earlier.iter().chain(std::iter::once(&self.drain));
-        let lost = all.map(Service::lost_count).sum();
+        let lost = all.map(Drain::lost_count).sum();
         (self.emit)(&Event::Exiting {
             cut,
             dropped,
@@ -946,7 +945,7 @@ async fn receive_any(
 /// older relay to take connections from too, or the end of that relay.
 fn relayed(
     program: &dyn Program,
-    drain: &Service,
+    drain: &Drain,
     emit: &Rc<dyn Fn(&Event<'_>)>,
     inbound: &mut Inbound,
     index: usize,
@@ -976,7 +975,8 @@ fn relayed(
                 Ok(streams) => program.resumed(Resumed::new(
                     streams,
                     kind,
-                    state,
+                    // (Written by the predecessor's encoder: JSON, unless it was malformed.)
+                    serde_json::from_str(&state).unwrap_or_default(),
                     drain.clone(),
                     refused.clone(),
                 )),
@@ -991,18 +991,7 @@ fn relayed(
             }
         };
     match message {
-        // A connection from a build before kinds: its program's own (the HTTP server's
-        // keep-alive connections), with its addresses as state.
         Ok(Some(Received::Connection(handed))) => {
-            let state = serde_json::json!({ "peer": handed.peer, "local": handed.local });
-            resume(
-                vec![handed.fd],
-                String::new(),
-                state.to_string(),
-                vec![handed.pending],
-            );
-        }
-        Ok(Some(Received::Upgraded(handed))) => {
             resume(handed.fds, handed.name, handed.state, handed.held);
         }
         Ok(Some(Received::Relay(fd))) => {
@@ -1037,7 +1026,7 @@ fn relayed(
 /// that this process need not outlive the older processes still sending on them (restart
 /// storms would otherwise keep every generation alive until the oldest is done). A relay that
 /// cannot be forwarded stays, and this process goes on taking its connections.
-async fn forward_inbound(drain: &Service, inbound: &mut Vec<Relay>) {
+async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
     let Some(outbound) = drain.relay() else {
         return;
     };

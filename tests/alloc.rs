@@ -51,7 +51,7 @@ fn allocations_per_keep_alive_request_are_few_and_flat() {
         COUNTED.with(|c| c.set(true));
         let server = baton::Server::bind("127.0.0.1:0")
             .expect("bind")
-            .on_event(|_| {});
+            .core(|baton| baton.on_event(|_| {}));
         sender
             .send(server.local_addr().expect("a TCP listener"))
             .unwrap();

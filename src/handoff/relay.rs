@@ -3,9 +3,8 @@
 //! travelling as `SCM_RIGHTS` with the bytes already read from it but not yet parsed. The
 //! client sees nothing: same TCP connection, no `Connection: close`, no reconnect.
 //!
-//! Messages: a connection, `C[peer length: u32 LE][peer][local length: u32 LE][local]
-//! [unparsed bytes]` with its fd; or, once, before the successor serves, the application's
-//! state, `S...` (see [`super::state`]: inline, or in a sealed memfd passed as its fd).
+//! Messages: once, before the successor serves, the application's state, `S...` (see
+//! [`super::state`]: inline, or in a sealed memfd passed as its fd); then connections.
 //!
 //! A connection moves as `U[kind][state JSON][held bytes]` (each of the first two a u32 LE
 //! length and the text) with its fd: the successor's program resumes it by kind. A group of
@@ -73,7 +72,6 @@ pub(crate) struct Relay {
 /// What arrives on the relay.
 #[derive(Debug)]
 pub(crate) enum Received {
-    Connection(Handed),
     /// The application's state (or why there is none).
     State(super::state::Arrived),
     /// (Control channel) drain and exit, handing connections over on this relay, if any.
@@ -82,7 +80,7 @@ pub(crate) enum Received {
     /// once, drain and exit.
     Quit(String),
     /// A connection, or a group of sockets, to resume under its kind.
-    Upgraded(HandedUpgrade),
+    Connection(Handed),
     /// An older process's relay, forwarded by a process that drains: take its connections
     /// from it too, so the forwarding process need not wait for it.
     Relay(OwnedFd),
@@ -95,7 +93,7 @@ pub(crate) enum Received {
 /// A connection (or a group of sockets that move together) received from the previous
 /// process.
 #[derive(Debug)]
-pub(crate) struct HandedUpgrade {
+pub(crate) struct Handed {
     /// The sockets, in the order they were sent.
     pub(crate) fds: Vec<OwnedFd>,
     /// What the application named it (the successor's handler for that name resumes it).
@@ -104,15 +102,6 @@ pub(crate) struct HandedUpgrade {
     pub(crate) state: String,
     /// For each socket, the bytes the old process had read from it and not consumed.
     pub(crate) held: Vec<Vec<u8>>,
-}
-
-/// A connection received from the previous process.
-#[derive(Debug)]
-pub(crate) struct Handed {
-    pub(crate) fd: OwnedFd,
-    pub(crate) peer: String,
-    pub(crate) local: String,
-    pub(crate) pending: Vec<u8>,
 }
 
 impl AsFd for Relay {
@@ -134,22 +123,6 @@ impl Relay {
     pub(crate) fn set_max_held(&self, max: usize) {
         self.max_held
             .store(max, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sends one connection as builds before named kinds did (`C`): the receiving side still
-    /// takes it, as a keep-alive HTTP connection; this build sends every connection as `U`.
-    #[cfg(test)]
-    pub(crate) async fn send(
-        &self,
-        conn: impl AsFd,
-        peer: &str,
-        local: &str,
-        pending: &[u8],
-    ) -> io::Result<()> {
-        let too_much = "too much unparsed input to hand over";
-        let head = head(b'C', [peer, local], pending.len(), too_much)?;
-        self.send_with_fd(&[&head, pending], Some(conn.as_fd()))
-            .await
     }
 
     /// Sends a connection, or a group of sockets that move together, under `kind`, with
@@ -321,7 +294,7 @@ impl Relay {
         if let Some((b'N', message)) = buffer[..bytes].split_first() {
             return self
                 .group(message, fds)
-                .map(|group| Some(Received::Upgraded(group)));
+                .map(|group| Some(Received::Connection(group)));
         }
         let second = (fds.len() == 2).then(|| fds.pop()).flatten();
         let fd = fds.pop();
@@ -340,21 +313,10 @@ impl Relay {
             (Some((b'G', list)), None) => serde_json::from_slice(list)
                 .map(|pids| Some(Received::Generations(pids)))
                 .map_err(|_| bad()),
-            (Some((b'C', message)), Some(fd)) => {
-                let (peer, rest) = text(message)?;
-                let (local, rest) = text(rest)?;
-                let pending = rest.to_vec();
-                Ok(Some(Received::Connection(Handed {
-                    fd,
-                    peer,
-                    local,
-                    pending,
-                })))
-            }
             (Some((b'U', message)), Some(fd)) if second.is_none() => {
                 let (name, rest) = text(message)?;
                 let (state, rest) = text(rest)?;
-                Ok(Some(Received::Upgraded(HandedUpgrade {
+                Ok(Some(Received::Connection(Handed {
                     fds: vec![fd],
                     name,
                     state,
@@ -367,7 +329,7 @@ impl Relay {
 
     /// An `N` message (after its tag) and the fds that came with it: the sockets, then the
     /// held bytes' memfd if they are not inline. Every fd is closed if it is malformed.
-    fn group(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<HandedUpgrade> {
+    fn group(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Handed> {
         let bad = |why: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -413,7 +375,7 @@ impl Relay {
             held.push(all[at..at + len as usize].to_vec());
             at += len as usize;
         }
-        Ok(HandedUpgrade {
+        Ok(Handed {
             fds,
             name,
             state,
@@ -497,23 +459,25 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (server_side, _) = listener.accept().unwrap();
+            let sockets = [(server_side.as_fd(), &b"GET / HT"[..])];
             sender
-                .send(&server_side, "127.0.0.1:1234", "127.0.0.1:80", b"GET / HT")
+                .send_connection(&sockets, "http", r#"{"n":1}"#, 1 << 20)
                 .await
                 .unwrap();
             drop(server_side);
             let mut buffer = Vec::new();
-            let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
+            let Some(Received::Connection(mut handed)) =
+                receiver.receive(&mut buffer).await.unwrap()
             else {
                 panic!("expected a connection");
             };
             assert_eq!(
-                (handed.peer.as_str(), handed.local.as_str()),
-                ("127.0.0.1:1234", "127.0.0.1:80")
+                (handed.name.as_str(), handed.state.as_str()),
+                ("http", r#"{"n":1}"#)
             );
-            assert_eq!(handed.pending, b"GET / HT");
+            assert_eq!(handed.held, [b"GET / HT"]);
             // The same TCP connection, alive on the received fd.
-            let mut received = std::net::TcpStream::from(handed.fd);
+            let mut received = std::net::TcpStream::from(handed.fds.remove(0));
             client.write_all(b"ping").unwrap();
             let mut got = [0u8; 4];
             received.read_exact(&mut got).unwrap();
@@ -538,34 +502,6 @@ mod tests {
         });
     }
 
-    /// A connection's message may fill a whole message, and not one byte more: the receiver
-    /// would cut the rest off.
-    #[test]
-    fn unparsed_input_up_to_the_message_size_crosses_whole() {
-        smol::block_on(async {
-            let (ours, theirs) = pair().unwrap();
-            let (sender, receiver) = (Relay::new(ours).unwrap(), Relay::new(theirs).unwrap());
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server_side, _) = listener.accept().unwrap();
-            let (peer, local) = ("127.0.0.1:1234", "127.0.0.1:80");
-            let room = MAX_MESSAGE - (1 + 4 + peer.len() + 4 + local.len());
-            let over = vec![b'x'; room + 1];
-            let error = sender.send(&server_side, peer, local, &over).await;
-            assert_eq!(error.unwrap_err().kind(), io::ErrorKind::InvalidInput);
-            sender
-                .send(&server_side, peer, local, &over[..room])
-                .await
-                .unwrap();
-            let mut buffer = Vec::new();
-            let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
-            else {
-                panic!("expected a connection");
-            };
-            assert_eq!(handed.pending.len(), room);
-        });
-    }
-
     /// Held bytes at the message size go inline, one more byte in a sealed memfd beside the
     /// connection; both arrive whole. Over the sender's bound: an error, nothing sent; over
     /// the receiver's: an error that says so, and the relay carries on.
@@ -586,7 +522,8 @@ mod tests {
                     .send_connection(&[(server_side.as_fd(), &held)], kind, state, 4 << 20)
                     .await
                     .unwrap();
-                let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+                let Some(Received::Connection(handed)) =
+                    receiver.receive(&mut buffer).await.unwrap()
                 else {
                     panic!("expected a connection");
                 };
@@ -626,7 +563,7 @@ mod tests {
                 .send_connection(&[(server_side.as_fd(), b"ok")], kind, state, 4 << 20)
                 .await
                 .unwrap();
-            let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+            let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
             else {
                 panic!("expected a connection");
             };
@@ -650,7 +587,8 @@ mod tests {
                     .send_connection(&group, "proxy", "{}", 1 << 20)
                     .await
                     .unwrap();
-                let Some(Received::Upgraded(handed)) = receiver.receive(&mut buffer).await.unwrap()
+                let Some(Received::Connection(handed)) =
+                    receiver.receive(&mut buffer).await.unwrap()
                 else {
                     panic!("expected a group");
                 };

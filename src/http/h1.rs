@@ -17,7 +17,7 @@ use http_types::{Method, Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
-use crate::drain::Service;
+use crate::drain::Drain;
 use crate::http::conn::{
     DISCARD_LIMIT, Idle, Options, WRITE_BUFFER, Waited, close, error_response, wants_close,
 };
@@ -63,7 +63,7 @@ impl AsyncWrite for Io {
 pub(crate) async fn serve<F, Fut>(
     stream: Stream,
     handler: Rc<F>,
-    drain: Service,
+    drain: Drain,
     options: Options,
     events: std::rc::Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
@@ -72,7 +72,7 @@ pub(crate) async fn serve<F, Fut>(
 {
     let io = Io(Arc::new(stream));
     let mut buffer = Vec::new();
-    let drain_started = std::pin::pin!(drain.started());
+    let drain_started = std::pin::pin!(drain.wait());
     let mut idle = Idle::new(drain_started, &options, None);
     loop {
         if idle.wait(&io.0, &drain, &options, None).await != Waited::Readable {

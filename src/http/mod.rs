@@ -1,16 +1,18 @@
-//! The HTTP/1.1 server, one program of the core ([`crate::Baton`]): it adds the codec, the
-//! connection loop, the lean path, TLS and upgrades, and uses nothing of the core but what
-//! every program gets ([`crate::Program`], [`crate::Service`]).
+//! The HTTP/1.1 server (feature `http`), one program of the core ([`crate::Baton`]): it adds
+//! the codec, the connection loop, the lean path, TLS and upgrades, and uses nothing of the
+//! core but what every program gets ([`crate::Program`], [`crate::Stream`], [`crate::Drain`]).
+//! Its settings are [`Options`]; the core's stay on the [`crate::Baton`] it serves on.
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`program`] | the HTTP program: accepted and resumed connections to connection tasks, TLS certificates |
-//! | [`codec`] | the HTTP/1.1 wire format as pure functions |
-//! | [`conn`] | one connection's loop and what follows each response |
+//! | `program` | the HTTP program: accepted and resumed connections to connection tasks, TLS certificates |
+//! | `options` | [`Options`], the HTTP settings |
+//! | `codec` | the HTTP/1.1 wire format as pure functions |
+//! | `conn` | one connection's loop and what follows each response |
 //! | [`lean`] | the lean handler path |
-//! | [`h1`] | (feature `async-h1`) the same loop on async-h1 |
-//! | [`tls`] | (feature `tls`) rustls sessions |
-//! | [`stream`] | a connected client: TCP on the connections' epoll, a Unix socket, or TLS |
+//! | `h1` | (feature `async-h1`) the same loop on async-h1 |
+//! | `tls` | (feature `tls`) rustls sessions |
+//! | `stream` | a connected client: the core's [`crate::Stream`], or a TLS session over one |
 //! | [`websocket`] | [`websocket::Boundary`]: a WebSocket library fed one frame at a time, so a socket can move between messages |
 
 pub(crate) mod codec;
@@ -18,6 +20,7 @@ pub(crate) mod conn;
 #[cfg(feature = "async-h1")]
 pub(crate) mod h1;
 pub mod lean;
+mod options;
 mod program;
 pub(crate) mod stream;
 #[cfg(feature = "tls")]
@@ -36,12 +39,10 @@ use smol::LocalExecutor;
 use smol::future::FutureExt as _;
 
 use crate::baton::Baton;
-use crate::config::Config;
 use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
-use crate::event::Event;
 use crate::io::deadline::Deadlines;
-use crate::listener::Address;
 use crate::report::Report;
+pub use options::Options;
 
 /// Resumes an upgraded connection with its state.
 pub(crate) type Resume = Rc<dyn Fn(crate::Upgraded, serde_json::Value)>;
@@ -63,6 +64,8 @@ pub(crate) type Resume = Rc<dyn Fn(crate::Upgraded, serde_json::Value)>;
 pub struct Server {
     /// The core: listeners, signals, restarts, the drain.
     baton: Baton,
+    /// The HTTP settings.
+    options: Options,
     /// The lean handler, tried before the http-types one.
     lean: Option<lean::Handler>,
     /// Handlers resuming upgraded connections the previous process handed over, by name.
@@ -113,16 +116,23 @@ impl Server {
     pub fn on(baton: Baton) -> Server {
         Server {
             baton,
+            options: Options::default(),
             lean: None,
             resumers: Vec::new(),
         }
     }
 
     /// The core under this server, to set what it offers every program (hooks, the process
-    /// model, the drain): `server.core(|baton| baton.workers(2).on_drain(..))`.
+    /// model, the drain): `server.core(|baton| baton.workers(2).on_drain(..))`. Everything
+    /// the core offers is set there, on [`Baton`]; the HTTP settings are here.
     pub fn core(mut self, set: impl FnOnce(Baton) -> Baton) -> Self {
         self.baton = set(self.baton);
         self
+    }
+
+    /// The core under this server, as it stands: its listeners' addresses, its settings.
+    pub fn baton(&self) -> &Baton {
+        &self.baton
     }
 
     /// The first TCP listener's address (useful with port 0).
@@ -130,170 +140,73 @@ impl Server {
         self.baton.local_addr()
     }
 
-    /// Every listener's address, in the order requested.
-    pub fn addresses(&self) -> Vec<Address> {
-        self.baton.addresses()
+    /// The HTTP settings as they stand.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
-    /// `true` if the listeners came from the parent process.
-    pub fn is_inherited(&self) -> bool {
-        self.baton.is_inherited()
-    }
-
-    /// The settings as they stand.
-    pub fn config(&self) -> &Config {
-        self.baton.config()
-    }
-
-    /// All settings at once (see [`Baton::with_config`]).
-    pub fn with_config(self, config: Config) -> Self {
-        self.core(|b| b.with_config(config))
-    }
-
-    /// See [`Baton::workers`].
-    pub fn workers(self, n: usize) -> Self {
-        self.core(|b| b.workers(n))
-    }
-
-    /// See [`Baton::successor_ready_after`].
-    pub fn successor_ready_after(self, settle: Duration) -> Self {
-        self.core(|b| b.successor_ready_after(settle))
-    }
-
-    /// See [`Baton::drain_timeout`].
-    pub fn drain_timeout(self, timeout: Duration) -> Self {
-        self.core(|b| b.drain_timeout(timeout))
-    }
-
-    /// See [`Baton::upgrade_timeout`].
-    pub fn upgrade_timeout(self, timeout: Duration) -> Self {
-        self.core(|b| b.upgrade_timeout(timeout))
-    }
-
-    /// See [`Baton::max_connections`].
-    pub fn max_connections(self, limit: usize) -> Self {
-        self.core(|b| b.max_connections(limit))
-    }
-
-    /// See [`Baton::hand_over_connections`]: keep-alive connections move to the successor at
-    /// their next request boundary.
-    pub fn hand_over_connections(self, on: bool) -> Self {
-        self.core(|b| b.hand_over_connections(on))
-    }
-
-    /// See [`Baton::max_state_bytes`].
-    pub fn max_state_bytes(self, bytes: usize) -> Self {
-        self.core(|b| b.max_state_bytes(bytes))
-    }
-
-    /// See [`Baton::pid_file`].
-    pub fn pid_file(self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.core(|b| b.pid_file(path))
-    }
-
-    /// See [`Baton::on_event`].
-    pub fn on_event(self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
-        self.core(|b| b.on_event(sink))
-    }
-
-    /// See [`Baton::on_spawn`].
-    pub fn on_spawn<F, Fut>(self, hook: F) -> Self
-    where
-        F: Fn() -> Fut + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        self.core(|b| b.on_spawn(hook))
-    }
-
-    /// See [`Baton::on_ready`].
-    pub fn on_ready<F, Fut>(self, hook: F) -> Self
-    where
-        F: Fn(u32) -> Fut + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        self.core(|b| b.on_ready(hook))
-    }
-
-    /// See [`Baton::on_drain`].
-    pub fn on_drain<F, Fut>(self, hook: F) -> Self
-    where
-        F: Fn() -> Fut + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        self.core(|b| b.on_drain(hook))
-    }
-
-    /// See [`Baton::on_exit`].
-    pub fn on_exit<F, Fut>(self, hook: F) -> Self
-    where
-        F: Fn(Report) -> Fut + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        self.core(|b| b.on_exit(hook))
-    }
-
-    /// See [`Baton::on_hand_over_state`].
-    pub fn on_hand_over_state(self, hook: impl Fn() -> serde_json::Value + 'static) -> Self {
-        self.core(|b| b.on_hand_over_state(hook))
-    }
-
-    /// See [`Baton::on_inherit_state`].
-    pub fn on_inherit_state(self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
-        self.core(|b| b.on_inherit_state(hook))
-    }
-
-    /// The longest a client may take to send a request head once it started one. Default: [`Config::header_timeout`].
-    pub fn header_timeout(mut self, timeout: Duration) -> Self {
-        self.baton.config_mut().header_timeout = timeout;
+    /// All HTTP settings at once, replacing any set before (each method below sets one field
+    /// of it). Default: [`Options::default()`].
+    pub fn with_options(mut self, options: Options) -> Self {
+        self.options = options;
         self
     }
 
-    /// How long a keep-alive connection may sit idle between requests. Default: [`Config::keep_alive_timeout`].
+    /// The longest a client may take to send a request head once it started one. Default:
+    /// [`Options::header_timeout`].
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.options.header_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may sit idle between requests. Default:
+    /// [`Options::keep_alive_timeout`].
     pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
-        self.baton.config_mut().keep_alive_timeout = timeout;
+        self.options.keep_alive_timeout = timeout;
         self
     }
 
     /// How long a drain leaves an idle keep-alive connection open before closing it, so that a
-    /// request the client already sent is still answered. Default: [`Config::idle_grace`].
+    /// request the client already sent is still answered. Default: [`Options::idle_grace`].
     pub fn idle_grace(mut self, grace: Duration) -> Self {
-        self.baton.config_mut().idle_grace = grace;
+        self.options.idle_grace = grace;
         self
     }
 
     /// The largest request head (request line and header fields) accepted; larger ones are
-    /// answered 431. Default: [`Config::max_head_bytes`].
+    /// answered 431. Default: [`Options::max_head_bytes`].
     pub fn max_head_bytes(mut self, bytes: usize) -> Self {
-        self.baton.config_mut().max_head_bytes = bytes;
+        self.options.max_head_bytes = bytes;
         self
     }
 
-    /// The largest request body accepted; larger ones are answered 413. Default: [`Config::max_body_bytes`].
+    /// The largest request body accepted; larger ones are answered 413. Default:
+    /// [`Options::max_body_bytes`].
     pub fn max_body_bytes(mut self, bytes: u64) -> Self {
-        self.baton.config_mut().max_body_bytes = bytes;
+        self.options.max_body_bytes = bytes;
         self
     }
 
     /// Serve connections with async-h1's decoder and encoder instead of baton's own codec
-    /// (for comparison; see the crate's `async-h1` feature). Default: [`Config::async_h1`].
+    /// (for comparison; see the crate's `async-h1` feature). Default: [`Options::async_h1`].
     #[cfg(feature = "async-h1")]
     pub fn async_h1(mut self, on: bool) -> Self {
-        self.baton.config_mut().async_h1 = on;
+        self.options.async_h1 = on;
         self
     }
 
     /// How long a client may keep a response write waiting (it stopped reading) before the
-    /// connection is reset. Default: [`Config::write_timeout`].
+    /// connection is reset. Default: [`Options::write_timeout`].
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.baton.config_mut().write_timeout = timeout;
+        self.options.write_timeout = timeout;
         self
     }
 
     /// How long a request body may stall (no byte arrives) while it is read, by the handler or
     /// by the server skipping what the handler left. The request then fails with 408 and the
-    /// connection closes. Default: [`Config::body_timeout`].
+    /// connection closes. Default: [`Options::body_timeout`].
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.baton.config_mut().body_timeout = timeout;
+        self.options.body_timeout = timeout;
         self
     }
 
@@ -327,14 +240,14 @@ impl Server {
 
     /// The PEM certificate chain (leaf first) and private key for `tls:` listeners (cargo
     /// feature `tls`). The files are read when serving starts, in every process, so a restart
-    /// after replacing them rotates the certificate. Default: [`Config::tls_files`].
+    /// after replacing them rotates the certificate. Default: [`Options::tls_files`].
     #[cfg(feature = "tls")]
     pub fn tls_files(
         mut self,
         certificate: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.baton.config_mut().tls_files = Some((certificate.into(), key.into()));
+        self.options.tls_files = Some((certificate.into(), key.into()));
         self
     }
 
@@ -350,18 +263,18 @@ impl Server {
             baton,
             lean,
             resumers,
+            options,
         } = self;
-        if baton.supervises() {
-            // The supervising process never serves: the handler is for its workers. It checks
-            // the certificates all the same, so a broken set fails at start-up.
-            let tls_files = baton.config().tls_files.clone();
-            let baton = baton
-                .before_ready(move |listeners| program::load_tls(listeners, &tls_files).map(drop));
-            return baton.serve(program::Unused).await;
-        }
-        // Certificates load before this process reports ready: a successor whose files are
-        // broken fails here, and its parent serves on with the old ones.
-        let tls = program::load_tls(&baton.listeners(), &baton.config().tls_files)?;
+        // Certificates load before this process reports ready (in a supervising process
+        // too, which never serves: a broken set fails at start-up), so a successor whose files
+        // are broken fails, and its parent serves on with the old ones.
+        let tls = Rc::new(std::cell::RefCell::new(None));
+        let loaded = tls.clone();
+        let files = options.tls_files.clone();
+        let baton = baton.before_ready(move |listeners| {
+            *loaded.borrow_mut() = program::load_tls(listeners, &files)?;
+            Ok(())
+        });
         // Connections' readiness comes from the core's edge (see `crate::Stream`), their
         // idle timeouts from one sweeper (see `deadline`).
         let executor = Rc::new(LocalExecutor::new());
@@ -372,8 +285,8 @@ impl Server {
             lean,
             resumers,
             tls,
-            options: conn::Options::from(baton.config()),
-            async_h1: baton.config().async_h1,
+            options: conn::Options::from(&options),
+            async_h1: options.async_h1,
             events: baton.events(),
         };
         let tasks = run_tasks(&executor);

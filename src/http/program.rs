@@ -22,7 +22,8 @@ pub(super) struct Http<F> {
     pub(super) handler: Rc<F>,
     pub(super) lean: Option<super::lean::Handler>,
     pub(super) resumers: Vec<(String, Resume)>,
-    pub(super) tls: Option<conn::Tls>,
+    /// The acceptor for `tls:` listeners, loaded before this process reports ready.
+    pub(super) tls: Rc<std::cell::RefCell<Option<conn::Tls>>>,
     pub(super) options: conn::Options,
     /// Serve with async-h1's codec (feature `async-h1`).
     pub(super) async_h1: bool,
@@ -39,7 +40,7 @@ where
         let Connection {
             stream,
             tls,
-            service,
+            drain: service,
             ..
         } = connection;
         let stream = Stream::Plain(stream);
@@ -58,15 +59,15 @@ where
         let _ = self.async_h1;
         // Without the `tls` feature the acceptor type is uninhabited (and Copy).
         #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
-        let tls = if tls { self.tls.clone() } else { None };
+        let tls = if tls { self.tls.borrow().clone() } else { None };
         self.spawn(stream, tls, Vec::new(), true, service);
     }
 
     fn resumed(&self, resumed: Resumed) {
         let kind = resumed.kind();
-        if kind == conn::KEEP_ALIVE || kind.is_empty() {
+        if kind == conn::KEEP_ALIVE {
             // A keep-alive connection: served as if accepted here, the bytes it held first.
-            let service = resumed.service().clone();
+            let service = resumed.drain().clone();
             let stream = resumed.take();
             let held = stream.take_held();
             return self.spawn(Stream::Plain(stream), None, held, false, service);
@@ -77,8 +78,8 @@ where
         let Some(resume) = found.map(|(_, hook)| hook.clone()) else {
             return drop(resumed);
         };
-        let state = serde_json::from_str(resumed.state()).unwrap_or(serde_json::Value::Null);
-        let service = resumed.service().clone();
+        let state = resumed.state().clone();
+        let service = resumed.drain().clone();
         let stream = resumed.take();
         let held = stream.take_held();
         let task = conn::resume_upgraded(
@@ -104,7 +105,7 @@ where
         tls: Option<conn::Tls>,
         pending: Vec<u8>,
         fresh: bool,
-        service: crate::Service,
+        service: crate::Drain,
     ) {
         let (peer, local) = match &stream {
             Stream::Plain(plain) => (peer_text(plain.peer()), plain.local().to_string()),
@@ -139,15 +140,6 @@ fn peer_text(peer: &crate::Address) -> String {
     }
 }
 
-/// The program of a supervising process, which never serves (its workers do).
-pub(super) struct Unused;
-
-impl Program for Unused {
-    fn accepted(&self, connection: Connection) {
-        drop(connection);
-    }
-}
-
 /// The acceptor for `tls:` listeners, loaded from the configured files; `None` if no listener
 /// needs one. Certificate files without a `tls:` listener are refused too: the user asked for
 /// TLS and would otherwise get plain HTTP without a word.
@@ -159,8 +151,8 @@ pub(super) fn load_tls(
         return match files {
             Some(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "a TLS certificate and key are set (Server::tls_files, hello --tls-cert \
-                 --tls-key) but no address is a tls: one: add one such as tls:127.0.0.1:8443",
+                "a TLS certificate and key are set (Server::tls_files) but no address is a \
+                 tls: one: add one such as tls:127.0.0.1:8443",
             )),
             None => Ok(None),
         };
@@ -170,7 +162,7 @@ pub(super) fn load_tls(
         Some((certificate, key)) => super::tls::acceptor(certificate, key).map(Some),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "a tls: listener needs a certificate and key (Server::tls_files, hello --tls-cert --tls-key)",
+            "a tls: listener needs a certificate and key (Server::tls_files)",
         )),
     }
     #[cfg(not(feature = "tls"))]

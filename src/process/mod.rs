@@ -397,7 +397,7 @@ impl Supervising {
         for _ in &slots {
             let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
             let emit = self.emit.clone();
-            let timeout = self.config.upgrade_timeout;
+            let timeout = self.config.ready_timeout;
             // With a relay, the state comes later, from the worker this one replaces, once
             // that one has stopped serving: exact, as for a single process.
             tasks.push(

@@ -27,7 +27,7 @@ use async_io::Timer;
 use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
-use crate::drain::{Busy, Service};
+use crate::drain::{Busy, Drain};
 use crate::http::codec::{self, Framing, Reject};
 use crate::http::stream::Stream;
 use crate::io::deadline::Deadline;
@@ -63,9 +63,9 @@ pub(crate) struct Options {
     pub(crate) body_timeout: Duration,
 }
 
-impl From<&crate::Config> for Options {
+impl From<&crate::http::Options> for Options {
     /// The settings one connection needs, with the lower bounds applied.
-    fn from(config: &crate::Config) -> Options {
+    fn from(config: &crate::http::Options) -> Options {
         let c = config;
         Options {
             header_timeout: c.header_timeout,
@@ -84,7 +84,7 @@ pub(crate) async fn serve<F, Fut>(
     incoming: Incoming,
     handler: Rc<F>,
     lean: Option<crate::http::lean::Handler>,
-    drain: Service,
+    drain: Drain,
     options: Options,
     events: Rc<dyn Fn(&crate::Event<'_>)>,
 ) where
@@ -120,7 +120,7 @@ pub(crate) async fn serve<F, Fut>(
             body: Vec::new(),
         }),
     };
-    let drain_started = std::pin::pin!(drain.started());
+    let drain_started = std::pin::pin!(drain.wait());
     let mut idle = Idle::new(drain_started, &options, first_head);
     while let Some((work, in_flight)) = conn.next(&mut idle).await {
         let after = match work {
@@ -159,7 +159,7 @@ struct Connection<'d> {
     /// The response buffer, reused.
     out: Vec<u8>,
     eager: EagerRead,
-    drain: &'d Service,
+    drain: &'d Drain,
     options: Options,
     /// Until the first request head is read: when it must be complete (accept + header
     /// timeout).
@@ -202,7 +202,7 @@ impl Connection<'_> {
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
         // so it moves there, with whatever the client already sent.
-        if drain.is_draining() && hand_over(io, drain, &self.requests, self.buf.pending()).await {
+        if drain.is_draining() && hand_over(io, drain, self.buf.pending()).await {
             return None;
         }
         if self.buf.pending().is_empty() && !drain.is_draining() && self.eager.try_now(io) {
@@ -239,7 +239,7 @@ impl Connection<'_> {
                 Waited::Close => {
                     // Idle when a drain started: hand over if possible, else close.
                     if drain.is_draining() {
-                        hand_over(io, drain, &self.requests, self.buf.pending()).await;
+                        hand_over(io, drain, self.buf.pending()).await;
                     }
                     return None;
                 }
@@ -248,7 +248,7 @@ impl Connection<'_> {
         // The last check before this process commits to a request: a drain that started
         // while it waited moves the connection now, with what it sent. From here the request
         // counts as in flight (a drain hands its state over only after it).
-        if drain.is_draining() && hand_over(io, drain, &self.requests, self.buf.pending()).await {
+        if drain.is_draining() && hand_over(io, drain, self.buf.pending()).await {
             return None;
         }
         let in_flight = self.drain.busy();
@@ -449,7 +449,7 @@ pub(crate) async fn resume_upgraded(
     stream: Stream,
     held: Vec<u8>,
     resume: impl FnOnce(upgrade::Upgraded),
-    drain: Service,
+    drain: Drain,
 ) {
     let _upgraded = drain.long_lived();
     let io = Arc::new(stream);
@@ -479,7 +479,7 @@ fn decide(
     keep_alive: bool,
     body: Option<body::Outcome>,
     io: &Stream,
-    drain: &Service,
+    drain: &Drain,
 ) -> After {
     // A draining process closes connections, unless it can hand them over.
     let closing = drain.is_draining() && !relayable(io, drain);
@@ -588,7 +588,7 @@ async fn next_request(
     buf: &mut ReadBuf,
     requests: &mut Requests,
     options: &Options,
-    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Service)>,
+    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Drain)>,
 ) -> Result<Work, HeadError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
@@ -656,7 +656,7 @@ fn try_lean(
     lean: &mut Lean,
     out: &mut Vec<u8>,
     io: &Stream,
-    drain: &Service,
+    drain: &Drain,
 ) -> Option<(usize, bool)> {
     let body_len = match head.framing {
         Framing::None => 0,
@@ -751,7 +751,7 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
     pub(crate) async fn wait(
         &mut self,
         io: &Stream,
-        drain: &Service,
+        drain: &Drain,
         options: &Options,
         first_head: Option<Instant>,
     ) -> Waited {
@@ -815,29 +815,26 @@ pub(crate) enum Waited {
     HeadTimedOut,
 }
 
-/// The kind a keep-alive HTTP connection moves under (see [`Service::hand_over`]); its state
-/// is `{"peer": .., "local": ..}`, its held bytes what the client sent past the last request.
+/// The kind a keep-alive HTTP connection moves under (see [`Drain::hand_over`]), with no
+/// state; its held bytes are what the client sent past the last request.
 pub(crate) const KEEP_ALIVE: &str = "baton/http";
 
 /// Can this connection be handed to the successor? (Not in a TLS session: its state stays
 /// with this process.)
-fn relayable(io: &Stream, drain: &Service) -> bool {
+fn relayable(io: &Stream, drain: &Drain) -> bool {
     io.plain().is_some() && drain.can_hand_over()
 }
 
 /// Sends the connection to the successor. `true`: it is the successor's now; drop it without
 /// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
-async fn hand_over(io: &Stream, drain: &Service, requests: &Requests, pending: &[u8]) -> bool {
+async fn hand_over(io: &Stream, drain: &Drain, pending: &[u8]) -> bool {
     let Some(stream) = io.plain() else {
         return false;
     };
     if !drain.can_hand_over() {
         return false;
     }
-    // (For a successor of a build before the stream knew its addresses.)
-    let state = serde_json::json!({ "peer": requests.peer, "local": requests.local_text });
-    let state = state.to_string();
     // (Bounded: a successor that stops reading its relay does not hold this connection.)
-    let sent = drain.hand_over(stream, KEEP_ALIVE, &state, pending);
+    let sent = drain.hand_over(stream, KEEP_ALIVE, &serde_json::Value::Null, pending);
     sent.await.is_ok()
 }

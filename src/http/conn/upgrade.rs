@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::drain::Service;
+use crate::drain::Drain;
 use crate::http::stream::Stream;
 
 /// An upgraded connection: read and write it as the new protocol's byte stream. Dropping it
@@ -37,7 +37,7 @@ pub struct Upgraded {
 #[derive(Debug)]
 pub(crate) struct HandOver {
     name: String,
-    state: String,
+    state: serde_json::Value,
     held: Vec<u8>,
     reply: smol::channel::Sender<io::Result<()>>,
 }
@@ -63,10 +63,10 @@ impl Upgraded {
     /// the handler it registered for that name, see [`crate::Server::on_upgraded`]), with
     /// `state` and the bytes `held` that were read from it but not consumed (a partial
     /// frame, say). Call it at a message boundary of the protocol, once the drain has started
-    /// ([`crate::draining`]): only then is there a successor to take it.
+    /// ([`crate::drain`]): only then is there a successor to take it.
     ///
     /// On success the connection is the successor's; the client notices nothing. Otherwise
-    /// (no successor, connection hand-over off, a TLS or Unix connection, the successor not
+    /// (no successor, connection hand-over off, a connection in a TLS session, the successor not
     /// taking it within 1 s) the connection comes back with the reason, to be closed as the
     /// protocol says (a WebSocket: 1012).
     pub async fn hand_over(
@@ -80,7 +80,7 @@ impl Upgraded {
         let (reply, answer) = smol::channel::bounded(1);
         let request = HandOver {
             name: name.to_owned(),
-            state: state.to_string(),
+            state,
             held: unread,
             reply,
         };
@@ -105,7 +105,7 @@ impl Upgraded {
 pub(crate) async fn serve(
     io: Arc<Stream>,
     requests: smol::channel::Receiver<HandOver>,
-    drain: &Service,
+    drain: &Drain,
 ) {
     while let Ok(request) = requests.recv().await {
         let moved = move_to_successor(&io, drain, &request).await;
@@ -113,7 +113,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn move_to_successor(io: &Stream, drain: &Service, request: &HandOver) -> io::Result<()> {
+async fn move_to_successor(io: &Stream, drain: &Drain, request: &HandOver) -> io::Result<()> {
     let Some(stream) = io.plain() else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
