@@ -162,3 +162,8 @@ pub use listener::{LISTENER_ENV, Origin};
 pub use reload::reload;
 pub use report::{Report, Stop};
 pub use signals::Signal;
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
