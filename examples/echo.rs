@@ -103,6 +103,8 @@ async fn echo(stream: Stream, drain: Drain, shared: Shared) {
     let mut answer = Vec::new();
     // Set once a hand-over failed: finish the line in progress, then close.
     let mut closing = false;
+    // One wait for the whole connection, not one per read.
+    let mut drained = std::pin::pin!(drain.wait());
     loop {
         answer.clear();
         let mut used = 0;
@@ -160,7 +162,7 @@ async fn echo(stream: Stream, drain: Drain, shared: Shared) {
             if closing || lingers.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
-            drain.wait().await;
+            drained.as_mut().await;
             None
         };
         match smol::future::or(more, wake).await {
