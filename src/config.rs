@@ -101,6 +101,8 @@ pub(crate) mod timing {
 
     /// How long a successor waits for its predecessor's state before it serves cold.
     pub(crate) const STATE_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Accept failures are reported at most this often (with how many were not).
+    pub(crate) const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(1);
     /// Pause after an accept error that a retry cannot fix at once (out of fds or memory).
     pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
     /// How long a message to the successor on its relay (a connection, the state) may wait

@@ -86,12 +86,17 @@ pub enum Event<'a> {
         /// Its pid.
         pid: u32,
     },
-    /// A successor could not be started or never became ready; this process keeps serving.
+    /// A successor or worker could not be started or never became ready.
     SpawnFailed {
         /// Its pid, if it got as far as having one.
         pid: Option<u32>,
         /// What went wrong (its source, where there is one, is the underlying error).
         error: &'a io::Error,
+        /// Whether something serves meanwhile (this process, or other workers): the line
+        /// says "still serving" only then.
+        serving: bool,
+        /// (A worker's slot) when the next try starts, after its back-off.
+        retry_in: Option<std::time::Duration>,
     },
     /// A child started by SIGUSR2 exited and was reaped.
     ChildExited {
@@ -100,10 +105,13 @@ pub enum Event<'a> {
         /// How it ended.
         status: ExitStatus,
     },
-    /// `accept` failed; the server keeps serving.
+    /// `accept` failed; the server keeps serving. Reported at most once a second while
+    /// it goes on (out of fds, say), with how many failures that second left unreported.
     AcceptFailed {
         /// The error.
         error: &'a io::Error,
+        /// Failures since the last report, not reported each.
+        suppressed: usize,
     },
     /// The successor exited while this process was draining; this process serves again.
     SuccessorExited {
@@ -194,6 +202,12 @@ pub enum Event<'a> {
         /// The error.
         error: &'a io::Error,
     },
+    /// This process drains without a successor to move its connections and state to (the
+    /// relay could not be received): they finish here, or close as their protocol says.
+    HandOverImpossible {
+        /// Why.
+        why: &'a str,
+    },
     /// A connection the previous process handed over was closed here without being served:
     /// the program does not take its kind (a deploy that renamed it, say), or it arrived
     /// unusable. Counted as lost in the report, which is then not clean.
@@ -262,6 +276,7 @@ impl Event<'_> {
             | Event::GenerationEnded { .. }
             | Event::Ignored { .. }
             | Event::AcceptFailed { .. }
+            | Event::HandOverImpossible { .. }
             | Event::ResumeFailed { .. } => Level::Warn,
             Event::StateInherited {
                 why_none: Some(why),
@@ -355,20 +370,37 @@ impl fmt::Display for Event<'_> {
             Event::Spawned { pid } => write!(f, "spawned child {pid}"),
             Event::Ready { pid } => write!(f, "child {pid} ready"),
             Event::SpawnFailed {
-                pid: Some(pid),
+                pid,
                 error,
+                serving,
+                retry_in,
             } => {
-                write!(f, "child {pid} failed: {error}; still serving")
-            }
-            Event::SpawnFailed { pid: None, error } => {
-                write!(f, "child failed to start: {error}; still serving")
+                match pid {
+                    Some(pid) => write!(f, "child {pid} failed: {error}")?,
+                    None => write!(f, "child failed to start: {error}")?,
+                }
+                match serving {
+                    true => write!(f, "; still serving")?,
+                    false => write!(f, "; nothing serves yet")?,
+                }
+                match retry_in {
+                    Some(delay) if delay.is_zero() => write!(f, "; trying again now"),
+                    Some(delay) => write!(f, "; trying again in {delay:?} (back-off)"),
+                    None => Ok(()),
+                }
             }
             Event::ChildExited { pid, status } => write!(f, "child {pid} exited ({status})"),
             Event::SuccessorExited { pid, status } => write!(
                 f,
                 "successor {pid} exited ({status}) during the drain; serving again"
             ),
-            Event::AcceptFailed { error } => write!(f, "accept failed: {error}; still serving"),
+            Event::AcceptFailed { error, suppressed } => {
+                write!(f, "accept failed: {error}; still serving")?;
+                if *suppressed > 0 {
+                    write!(f, " ({suppressed} more failed since the last report)")?;
+                }
+                Ok(())
+            }
             Event::Draining {
                 connections,
                 requests,
@@ -459,6 +491,11 @@ impl fmt::Display for Event<'_> {
             Event::Program {
                 source, message, ..
             } => write!(f, "{source}: {message}"),
+            Event::HandOverImpossible { why } => write!(
+                f,
+                "connections and state cannot move to the new process: {why}; they finish \
+                 here or close"
+            ),
             Event::ResumeFailed {
                 kind,
                 peer: Some(peer),
@@ -503,6 +540,8 @@ mod tests {
         let failed = Event::SpawnFailed {
             pid: None,
             error: &error,
+            serving: true,
+            retry_in: None,
         };
         assert_eq!(failed.level(), Level::Error);
         let ignored = Event::Ignored {
@@ -567,6 +606,8 @@ mod tests {
         let failed = Event::SpawnFailed {
             pid: None,
             error: &error,
+            serving: true,
+            retry_in: None,
         };
         log_event(&failed);
         let lines = LINES.lock().unwrap();

@@ -27,7 +27,7 @@ use smol::future::FutureExt as _;
 
 use crate::baton::{Baton, Connection, Program, Resumed};
 use crate::config::Config;
-use crate::config::timing::{CUT_GRACE, STATE_TIMEOUT};
+use crate::config::timing::{ACCEPT_REPORT_EVERY, CUT_GRACE, STATE_TIMEOUT};
 use crate::drain::Drain;
 use crate::event::Event;
 use crate::handoff::relay::{Received, Relay};
@@ -112,6 +112,8 @@ struct Process {
     is_worker: bool,
     /// The UDP listeners went to the program since this process (last) started serving.
     datagrams_given: bool,
+    /// When an accept failure was last reported, and how many failed since.
+    accept_reports: std::cell::Cell<(Option<std::time::Instant>, usize)>,
     /// A single process that must not replace itself (PID 1, or behind a namespace's init):
     /// restarts are refused, with the reason, rather than end the service.
     alone: Option<crate::process::Alone>,
@@ -168,7 +170,11 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         before_ready: _,
     } = baton;
     let edge = Edge::global()?.clone();
-    let control = control.map(Relay::new).transpose()?;
+    // A worker must take its retire message's relay even at its fd limit.
+    let control = control
+        .map(Relay::new)
+        .transpose()?
+        .map(Relay::with_reserve);
     let is_worker = control.is_some();
     // The PID file names this process before its parent hears that it is ready. A worker's
     // supervising process keeps the PID file and speaks to systemd.
@@ -247,6 +253,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         spawned: Vec::new(),
         is_worker,
         datagrams_given: false,
+        accept_reports: std::cell::Cell::new((None, 0)),
         alone: crate::process::Alone::here().filter(|_| !is_worker),
     })
 }
@@ -361,9 +368,7 @@ impl Process {
                 Wake::Accepted(Ok((index, connection))) => self.serve_accepted(index, connection),
                 Wake::Accepted(Err(failure)) => {
                     if failure.pause {
-                        (self.emit)(&Event::AcceptFailed {
-                            error: &failure.error,
-                        });
+                        self.accept_failed(&failure.error);
                     }
                 }
                 Wake::Signal(signal) => {
@@ -432,6 +437,14 @@ impl Process {
                         Ok(Some(Received::Quit(name))) => {
                             let signal = Signal::from_name(&name).unwrap_or(Signal::Term);
                             (Stop::Shutdown { signal }, None)
+                        }
+                        // A retire whose relay could not be taken (at the fd limit despite
+                        // the reserve): retire all the same, and say that nothing moves.
+                        Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                            (self.emit)(&Event::HandOverImpossible {
+                                why: &error.to_string(),
+                            });
+                            (Stop::Retired, None)
                         }
                         // The channel stays while the supervising process is there: a second
                         // shutdown comes on it as "stop at once".
@@ -508,9 +521,22 @@ impl Process {
                 .and_then(|socket| Datagrams::register(socket, local, index, self.drain.work()));
             match datagrams {
                 Ok(datagrams) => self.program.datagrams(datagrams, self.drain.clone()),
-                Err(error) => (self.emit)(&Event::AcceptFailed { error: &error }),
+                Err(error) => self.accept_failed(&error),
             }
         }
+    }
+
+    /// Reports a failed accept, at most once per [`ACCEPT_REPORT_EVERY`], with how many
+    /// went unreported since: a process at its fd limit fails ten times a second.
+    fn accept_failed(&self, error: &io::Error) {
+        let (last, suppressed) = self.accept_reports.get();
+        let now = std::time::Instant::now();
+        if last.is_some_and(|last| now.duration_since(last) < ACCEPT_REPORT_EVERY) {
+            self.accept_reports.set((last, suppressed + 1));
+            return;
+        }
+        self.accept_reports.set((Some(now), 0));
+        (self.emit)(&Event::AcceptFailed { error, suppressed });
     }
 
     fn serve_accepted(&self, index: usize, (socket, peer): Accepted) {
@@ -520,7 +546,7 @@ impl Process {
             Ok(stream) => stream.counted(self.drain.work()),
             Err(error) => {
                 // (The epoll refused it: out of memory, or max_user_watches.) Closed now.
-                (self.emit)(&Event::AcceptFailed { error: &error });
+                self.accept_failed(&error);
                 return;
             }
         };
@@ -556,7 +582,11 @@ impl Process {
         if restart {
             self.supervisor.reloading();
         }
-        match self.upgrade_task() {
+        let room = match restart && self.config.hand_over_connections {
+            true => handoff::check_fd_room(None),
+            false => Ok(()),
+        };
+        match room.and_then(|()| self.upgrade_task()) {
             Ok(task) => Some(Upgrade {
                 restart,
                 task: Box::pin(task),
@@ -568,6 +598,8 @@ impl Process {
                 (self.emit)(&Event::SpawnFailed {
                     pid: None,
                     error: &error,
+                    serving: true,
+                    retry_in: None,
                 });
                 None
             }
@@ -585,7 +617,7 @@ impl Process {
         let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), role)?;
         let emit = self.emit.clone();
         let hooks = self.hooks.clone();
-        let timeout = self.config.ready_timeout;
+        let timeout = Some(self.config.ready_timeout);
         let settle = self.config.successor_ready_after;
         Ok(async move {
             hooks.spawning().await;
@@ -629,7 +661,12 @@ impl Process {
                 if restart {
                     self.supervisor.upgrade_failed(&error.to_string());
                 }
-                (self.emit)(&Event::SpawnFailed { pid, error: &error });
+                (self.emit)(&Event::SpawnFailed {
+                    pid,
+                    error: &error,
+                    serving: true,
+                    retry_in: None,
+                });
                 Phase::Serving
             }
         }

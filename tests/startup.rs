@@ -271,8 +271,8 @@ fn a_binary_that_cannot_be_executed_leaves_the_old_process_serving() {
         common::get(server.addr, "/hello").unwrap().pid(),
         Some(server.pid)
     );
-    // Executable but not a binary: exec fails with ENOEXEC, or (execvp's fallback) a shell
-    // tries it as a script and exits 127. Either way the old process serves on.
+    // Executable but neither a binary nor a script: refused before any exec (execvp would hand
+    // it to /bin/sh), with the reason; the old process serves on.
     let staged = scratch.0.join(".staged");
     std::fs::write(&staged, b"\x00\x01\x02\x03 garbage").unwrap();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -286,9 +286,12 @@ fn a_binary_that_cannot_be_executed_leaves_the_old_process_serving() {
             .cloned()
     });
     assert!(
-        failed.contains("Exec format error") || failed.contains("exit status: 127"),
+        failed.contains("neither an ELF binary nor a #! script")
+            && failed.contains(&path.display().to_string())
+            && !failed.contains("spawned"),
         "{failed}"
     );
+    assert_eq!(server.count("spawned child"), 0, "{}", server.dump());
     assert_eq!(
         common::get(server.addr, "/hello").unwrap().pid(),
         Some(server.pid)

@@ -325,6 +325,9 @@ impl Spawn {
             control,
             program,
         } = self;
+        check_start_path(&program).map_err(|e| {
+            crate::error::context(e.kind(), format!("cannot start {}", program.display()), e)
+        })?;
         let relay = relay.map(crate::handoff::relay::Relay::new).transpose()?;
         let control = control.map(crate::handoff::relay::Relay::new).transpose()?;
         let (sender, receiver) = smol::channel::bounded(1);
@@ -368,7 +371,7 @@ impl Spawn {
     pub(crate) async fn start_until_ready(
         self,
         emit: &dyn Fn(&crate::Event<'_>),
-        timeout: Duration,
+        timeout: Option<Duration>,
         settle: Option<Duration>,
     ) -> Result<Ready, (Option<u32>, io::Error)> {
         let successor = self.start().await.map_err(|e| (None, e))?;
@@ -380,6 +383,89 @@ impl Spawn {
             .await
             .map_err(|(pid, why)| (Some(pid), io::Error::from(why)))
     }
+}
+
+/// Room a process should keep under its fd limit for a restart that moves its connections:
+/// the successor has the same limit, and needs its own few fds (listeners, relay, pipe,
+/// control channel, signal and reactor fds, a state memfd) besides every connection it takes.
+const FD_ROOM: usize = 16;
+
+/// Refuses a restart that would move `pid`'s connections (this process's, if `None`) to a
+/// successor that could not hold them all: the same fd limit, nearly used up. The error says
+/// how many are used, of what, and what to do; nothing is cut, and the process serves on.
+pub(crate) fn check_fd_room(pid: Option<u32>) -> io::Result<()> {
+    if pid.is_some() && !own_proc() {
+        // /proc shows another PID namespace's pids (a namespace without a /proc of its
+        // own): a worker's pid there would name another process. Not checked.
+        return Ok(());
+    }
+    let proc = pid.map_or_else(|| "self".to_owned(), |pid| pid.to_string());
+    let soft = match pid {
+        // This process's own, without opening a file (it may have none to spare).
+        None => rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .and_then(|limit| usize::try_from(limit).ok()),
+        Some(_) => std::fs::read_to_string(format!("/proc/{proc}/limits"))
+            .unwrap_or_default()
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|soft| soft.parse::<usize>().ok()),
+    };
+    let used = match std::fs::read_dir(format!("/proc/{proc}/fd")) {
+        Ok(fds) => fds.count(),
+        // Not even one fd to look with: at the limit.
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => soft.unwrap_or(usize::MAX),
+        Err(_) => return Ok(()),
+    };
+    match soft {
+        Some(limit) if used + FD_ROOM > limit => {
+            let whose =
+                pid.map_or_else(|| "this process".to_owned(), |pid| format!("worker {pid}"));
+            Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "{whose} holds {used} of its {limit} fds (RLIMIT_NOFILE): a successor with \
+                     the same limit could not take its connections; raise the limit (ulimit -n, \
+                     LimitNOFILE=) and restart again"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `/proc` shows this process's PID namespace (its pid there is this process's).
+fn own_proc() -> bool {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat.split(' ').next() == Some(&std::process::id().to_string())
+}
+
+/// Refuses a start path that holds neither an ELF binary nor a `#!` script: `execvp` would
+/// hand such a file to `/bin/sh`, and a corrupt or half-copied binary would run as a shell
+/// script. A path that cannot be read here is left to the exec, whose error says why.
+fn check_start_path(path: &Path) -> io::Result<()> {
+    use std::io::Read as _;
+    // A bare name is found through PATH by the exec itself.
+    if path.components().count() < 2 {
+        return Ok(());
+    }
+    let mut head = [0u8; 4];
+    let Ok(read) = std::fs::File::open(path).and_then(|mut file| file.read(&mut head)) else {
+        return Ok(());
+    };
+    let head = &head[..read];
+    if head.starts_with(b"\x7fELF") || head.starts_with(b"#!") {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "it is neither an ELF binary nor a #! script (it starts with {}), so it is not \
+             run (a shell would run it as a script)",
+            String::from_utf8_lossy(head).escape_debug()
+        ),
+    ))
 }
 
 /// In the forked child, before exec: set the signal mask to SIGHUP and SIGUSR2 only (held
@@ -426,7 +512,7 @@ impl Successor {
     /// nothing of `ready_fd`) counts as ready once it has run that long without exiting.
     pub(crate) async fn ready(
         mut self,
-        timeout: Duration,
+        timeout: Option<Duration>,
         settle: Option<Duration>,
     ) -> Result<Ready, (u32, NotReady)> {
         let mut byte = [0u8; 1];
@@ -439,7 +525,10 @@ impl Successor {
             Some(Ok(usize::MAX))
         };
         let outcome = read.or(settled).or(async {
-            Timer::after(timeout).await;
+            match timeout {
+                Some(timeout) => Timer::after(timeout).await,
+                None => std::future::pending().await,
+            };
             None
         });
         let outcome = match outcome.await {
@@ -463,7 +552,7 @@ impl Successor {
             }
             Some(Ok(_)) => NotReady::Exited(None),
             Some(Err(e)) => NotReady::Io(e),
-            None => NotReady::Timeout(timeout),
+            None => NotReady::Timeout(timeout.unwrap_or_default()),
         };
         let pid = self.pid();
         let failure = match failure {

@@ -67,6 +67,10 @@ pub(crate) struct Relay {
     ready: Readiness,
     /// The most held bytes a connection received here may come with.
     max_held: std::sync::atomic::AtomicUsize,
+    /// (A worker's control channel) an fd kept in reserve and closed just before each
+    /// receive, so that a worker at its fd limit can still take the relay a retire message
+    /// carries (its connections would be lost otherwise); taken again after.
+    reserve: std::sync::Mutex<Option<Option<OwnedFd>>>,
 }
 
 /// What arrives on the relay.
@@ -116,7 +120,16 @@ impl Relay {
             socket: Async::new(UnixStream::from(fd))?,
             ready: Readiness::default(),
             max_held: std::sync::atomic::AtomicUsize::new(crate::config::DEFAULT_MAX_HELD),
+            reserve: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Keeps an fd in reserve for the fds messages bring (see `reserve`): for a channel
+    /// whose messages must arrive whole even at the fd limit.
+    pub(crate) fn with_reserve(self) -> Relay {
+        let spare = rustix::io::fcntl_dupfd_cloexec(self.socket.as_fd(), 0).ok();
+        *self.reserve.lock().unwrap_or_else(|e| e.into_inner()) = Some(spare);
+        self
     }
 
     /// Connections received here may come with at most `max` held bytes.
@@ -268,7 +281,25 @@ impl Relay {
     /// The next message if one is there (`WouldBlock` if not).
     fn try_receive(&self, buffer: &mut Vec<u8>) -> io::Result<Option<Received>> {
         buffer.resize(MAX_MESSAGE, 0);
-        let (bytes, mut fds) = {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(spare) = reserve.as_mut() {
+            // Its number is free for an fd the message brings.
+            drop(spare.take());
+        }
+        let received = self.receive_fds(buffer);
+        if let Some(spare) = reserve.as_mut() {
+            *spare = rustix::io::fcntl_dupfd_cloexec(self.socket.as_fd(), 0).ok();
+        }
+        drop(reserve);
+        let (bytes, fds) = received?;
+        self.decode(&buffer[..bytes], fds)
+    }
+
+    /// One `recvmsg`: the message's length and the fds that came with it. A message whose
+    /// fds did not fit (this process at its fd limit: the kernel drops them) is an error
+    /// that says so, not a message without them.
+    fn receive_fds(&self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        let (bytes, fds) = {
             let socket = self.socket.get_ref();
             {
                 let mut space =
@@ -288,9 +319,23 @@ impl Relay {
                         fds.extend(more);
                     }
                 }
+                if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a relay message's fds were dropped: this process is at its fd limit \
+                         (RLIMIT_NOFILE)",
+                    ));
+                }
                 (received.bytes, fds)
             }
         };
+        Ok((bytes, fds))
+    }
+
+    /// A message as received: its bytes and fds.
+    fn decode(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Option<Received>> {
+        let buffer = message;
+        let bytes = message.len();
         if let Some((b'N', message)) = buffer[..bytes].split_first() {
             return self
                 .group(message, fds)

@@ -304,11 +304,13 @@ impl Supervising {
                     match self.start_workers(executor, vec![slot], false) {
                         Ok(next) => self.replacing.push(next),
                         Err(error) => {
+                            let retry_in = self.quick_death(slot);
                             (self.emit)(&Event::SpawnFailed {
                                 pid: None,
                                 error: &error,
+                                serving: !self.workers.is_empty(),
+                                retry_in: Some(retry_in),
                             });
-                            self.quick_death(slot);
                         }
                     }
                 }
@@ -351,7 +353,17 @@ impl Supervising {
                             self.notify.reloading();
                             let all = (0..self.count).collect();
                             let restart = self.generation > 0;
-                            starting = match self.start_workers(executor, all, restart) {
+                            // Each old worker's connections must fit in its successor.
+                            let room = match restart && self.config.hand_over_connections {
+                                true => self
+                                    .workers
+                                    .iter()
+                                    .try_for_each(|w| handoff::check_fd_room(Some(w.pid))),
+                                false => Ok(()),
+                            };
+                            starting = match room
+                                .and_then(|()| self.start_workers(executor, all, restart))
+                            {
                                 Ok(next) => Some(next),
                                 Err(error) => {
                                     self.restart_failed(None, &error);
@@ -397,7 +409,10 @@ impl Supervising {
         for _ in &slots {
             let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
             let emit = self.emit.clone();
-            let timeout = self.config.ready_timeout;
+            // The first start is not a restart: no generation serves yet to fall back on, so
+            // its workers are waited for as long as they take (a start-up that loads a large
+            // configuration, say); only later workers are held to `ready_timeout`.
+            let timeout = (self.generation > 0).then_some(self.config.ready_timeout);
             // With a relay, the state comes later, from the worker this one replaces, once
             // that one has stopped serving: exact, as for a single process.
             tasks.push(
@@ -446,10 +461,16 @@ impl Supervising {
                 return false;
             }
             Err((pid, error)) => {
-                (self.emit)(&Event::SpawnFailed { pid, error: &error });
+                let mut retry_in = Duration::ZERO;
                 for &slot in slots {
-                    self.quick_death(slot);
+                    retry_in = retry_in.max(self.quick_death(slot));
                 }
+                (self.emit)(&Event::SpawnFailed {
+                    pid,
+                    error: &error,
+                    serving: !self.workers.is_empty(),
+                    retry_in: Some(retry_in),
+                });
                 return false;
             }
         };
@@ -512,7 +533,12 @@ impl Supervising {
     }
 
     fn restart_failed(&mut self, pid: Option<u32>, error: &io::Error) {
-        (self.emit)(&Event::SpawnFailed { pid, error });
+        (self.emit)(&Event::SpawnFailed {
+            pid,
+            error,
+            serving: !self.workers.is_empty(),
+            retry_in: None,
+        });
         self.notify.upgrade_failed(&error.to_string());
     }
 
