@@ -65,7 +65,7 @@ impl Datagrams {
     /// none is there; its length and sender.
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         poll_fn(|cx| {
-            self.conn.poll_read_with(cx, |fd| {
+            self.conn.poll_with(cx, false, |fd| {
                 let (n, _, from) =
                     rustix::net::recvfrom(fd, &mut *buf, rustix::net::RecvFlags::empty())?;
                 let from = from.and_then(|from| SocketAddr::try_from(from).ok());
@@ -79,7 +79,7 @@ impl Datagrams {
     /// Sends `buf` to `to` as one datagram, waiting for room if the socket has none.
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         poll_fn(|cx| {
-            self.conn.poll_write_with(cx, |fd| {
+            self.conn.poll_with(cx, true, |fd| {
                 Ok(rustix::net::sendto(
                     fd,
                     buf,

@@ -428,27 +428,18 @@ impl Conn {
         )?)
     }
 
-    /// Runs `attempt` (a receive) while the socket may have something; `Pending` once it says
-    /// `WouldBlock` (for a datagram socket, where a read says nothing of what is left).
-    pub(crate) fn poll_read_with<T>(
+    /// Runs `attempt` (a receive, or a send with `write`) while the socket may be ready that
+    /// way; `Pending` once it says `WouldBlock` (for a datagram socket, where a receive says
+    /// nothing of what is left).
+    pub(crate) fn poll_with<T>(
         &self,
         cx: &mut Context<'_>,
-        attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
+        write: bool,
+        mut attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        let mut attempt = attempt;
+        let way = if write { Way::Write } else { Way::Read };
         self.edge
-            .poll_slot(self.index, Some(cx), Way::Read, || attempt(&self.fd))
-    }
-
-    /// Runs `attempt` (a send) while the socket may have room.
-    pub(crate) fn poll_write_with<T>(
-        &self,
-        cx: &mut Context<'_>,
-        attempt: impl FnMut(&OwnedFd) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
-        let mut attempt = attempt;
-        self.edge
-            .poll_slot(self.index, Some(cx), Way::Write, || attempt(&self.fd))
+            .poll_slot(self.index, Some(cx), way, || attempt(&self.fd))
     }
 
     /// One `recv(2)` (cheaper than `read(2)` on a socket: no file position to lock).
