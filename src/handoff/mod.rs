@@ -15,8 +15,7 @@ pub(crate) mod state;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -490,10 +489,12 @@ fn place_fds(moves: &[(RawFd, RawFd)]) -> io::Result<()> {
     }
     for (copy, &(_, to)) in copies.iter().zip(moves) {
         let Some(copy) = copy else { continue };
-        // SAFETY: `to` is only used as a dup2 target in this child about to exec; ManuallyDrop
-        // keeps it from being closed here; whatever the number held before is replaced on purpose.
-        let mut target = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(to) });
-        rustix::io::dup2(copy, &mut target)?;
+        // SAFETY: dup2 is sound for any pair of numbers: `copy` is an open fd this child owns,
+        // and `to` may or may not be open (whatever it held is replaced, on purpose, in this
+        // child about to exec); no Rust value owns `to`, so nothing closes it twice.
+        if unsafe { libc::dup2(copy.as_raw_fd(), to) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
     }
     // The CLOEXEC copies are closed on drop (or at exec at the latest).
     Ok(())

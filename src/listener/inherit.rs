@@ -309,12 +309,65 @@ impl Inheritance {
             endless_parent =
                 Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32));
         }
-        Ok(Inheritance {
+        let inheritance = Inheritance {
             descriptions,
             activated,
             supervisor,
             endless_parent,
-        })
+        };
+        inheritance.check_distinct()?;
+        Ok(inheritance)
+    }
+
+    /// Refuses an fd named for two roles (a listener and a channel, the relay and the control
+    /// channel, two readiness pipes): each role takes ownership of its fd, and one fd owned
+    /// twice would be closed twice. The error names the fd and both roles.
+    fn check_distinct(&self) -> io::Result<()> {
+        let mut roles: Vec<(RawFd, String)> = Vec::new();
+        let mut name = |fd: RawFd, role: String| -> io::Result<()> {
+            match roles.iter().find(|(seen, _)| *seen == fd) {
+                Some((_, first)) if *first != role => Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: fd {fd} is named as both {first} and {role}: each fd \
+                     serves one role"
+                ))),
+                Some(_) => Ok(()),
+                None => {
+                    roles.push((fd, role));
+                    Ok(())
+                }
+            }
+        };
+        for d in &self.descriptions {
+            name(d.fd, format!("the listener for {:?}", d.addr))?;
+        }
+        for d in &self.descriptions {
+            if let Some(fd) = d.ready_fd {
+                name(fd, "ready_fd".into())?;
+            }
+            if let Some(fd) = d.relay_fd {
+                name(fd, "relay_fd".into())?;
+            }
+            if let Some(fd) = d.control_fd {
+                name(fd, "control_fd".into())?;
+            }
+        }
+        let kinds = |pick: fn(&Description) -> Option<RawFd>| {
+            let mut all: Vec<RawFd> = self.descriptions.iter().filter_map(pick).collect();
+            all.dedup();
+            all.len()
+        };
+        for (what, count) in [
+            ("ready_fd", kinds(|d| d.ready_fd)),
+            ("relay_fd", kinds(|d| d.relay_fd)),
+            ("control_fd", kinds(|d| d.control_fd)),
+        ] {
+            if count > 1 {
+                return Err(invalid_msg(format!(
+                    "{LISTENER_ENV}: its listeners name different {what}s: one is expected"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The readiness pipe's write end, if the parent passed one.
@@ -351,12 +404,14 @@ impl Inheritance {
 
     #[cfg(test)]
     pub(crate) fn from_listener(value: &str) -> io::Result<Inheritance> {
-        Ok(Inheritance {
+        let inheritance = Inheritance {
             descriptions: Description::parse_all(value)?,
             activated: Vec::new(),
             supervisor: None,
             endless_parent: None,
-        })
+        };
+        inheritance.check_distinct()?;
+        Ok(inheritance)
     }
 }
 

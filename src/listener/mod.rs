@@ -838,6 +838,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One fd named for two roles would be owned, and closed, twice: refused, naming it.
+    #[test]
+    fn an_fd_named_for_two_roles_is_refused_with_its_number() {
+        let cases = [
+            (
+                r#"{"addr":"127.0.0.1:0","fd":3,"filename":"","relay_fd":7,"control_fd":7}"#,
+                "fd 7 is named as both relay_fd and control_fd",
+            ),
+            (
+                r#"{"addr":"127.0.0.1:0","fd":3,"filename":"","ready_fd":3}"#,
+                "fd 3 is named as both the listener for \"127.0.0.1:0\" and ready_fd",
+            ),
+            (
+                r#"[{"addr":"a:1","fd":3,"filename":"","ready_fd":5},
+                    {"addr":"b:1","fd":4,"filename":"","ready_fd":6}]"#,
+                "different ready_fds",
+            ),
+        ];
+        for (value, expected) in cases {
+            let error = Inheritance::from_listener(value).unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        // The same listener fd for two addresses is one role: taken once (see bind_all).
+        let value = r#"[{"addr":"a:1","fd":3,"filename":""},{"addr":"b:1","fd":4,"filename":""}]"#;
+        assert!(Inheritance::from_listener(value).is_ok());
+    }
+
     #[test]
     fn wrong_kinds_of_fd_are_named() {
         let (datagrams, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
