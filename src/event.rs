@@ -165,6 +165,8 @@ pub enum Event<'a> {
         /// It died with the application's state (it had state hooks, and did not retire):
         /// its replacement starts without it.
         state_lost: bool,
+        /// It was stopped by the service's shutdown (not retired by a restart).
+        stopped: bool,
     },
     /// A restart is complete: every worker is of the new generation.
     Restarted {
@@ -442,6 +444,13 @@ impl fmt::Display for Event<'_> {
                 pid,
                 status,
                 replaced_in: None,
+                stopped: true,
+                ..
+            } => write!(f, "worker {pid} exited ({status}), stopped by the shutdown"),
+            Event::WorkerExited {
+                pid,
+                status,
+                replaced_in: None,
                 ..
             } => write!(f, "worker {pid} exited ({status}), retired"),
             Event::WorkerExited {
@@ -449,6 +458,7 @@ impl fmt::Display for Event<'_> {
                 status,
                 replaced_in: Some(delay),
                 state_lost,
+                ..
             } => {
                 let lost = match state_lost {
                     true => "; its state is lost, and its replacement starts without it",

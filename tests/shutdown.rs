@@ -115,6 +115,13 @@ fn every_process_of_a_supervised_shutdown_reports_it() {
         let line = format!("hello[{pid}]: on_exit: Shutdown {{ signal: Term }}");
         server.wait_line(&line);
     }
+    // The supervising process says so too: stopped, not "retired" (as a restart's are).
+    for pid in &workers {
+        server.wait_line(&format!(
+            "worker {pid} exited (exit status: 0), stopped by the shutdown"
+        ));
+    }
+    assert_eq!(server.count("retired"), 0, "{}", server.dump());
 }
 
 /// A request the shutdown's drain cuts is answered 503 with the reason: shutting down, not

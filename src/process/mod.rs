@@ -164,6 +164,8 @@ struct Supervising {
     reap_again: bool,
     /// Workers that exited unclean while retiring.
     unclean: usize,
+    /// The service shuts down: workers that exit now were stopped, not retired by a restart.
+    stopping: bool,
     /// The application's hooks: only `on_exit` runs in the supervising process.
     hooks: crate::hooks::Hooks,
 }
@@ -210,6 +212,7 @@ impl Supervising {
             replacing: Vec::new(),
             reap_again: false,
             unclean: 0,
+            stopping: false,
             hooks,
         };
         if let Some(text) = supervisor_state {
@@ -622,6 +625,7 @@ impl Supervising {
                 status,
                 replaced_in: Some(replaced_in),
                 state_lost: self.hooks.has_state(),
+                stopped: false,
             });
         } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
             self.retiring.remove(at);
@@ -631,6 +635,7 @@ impl Supervising {
                 status,
                 replaced_in: None,
                 state_lost: false,
+                stopped: self.stopping,
             });
         }
     }
@@ -639,6 +644,7 @@ impl Supervising {
     /// copies when told), then waits for every worker to drain, bounded by the drain timeout
     /// (then they are killed); a second shutdown signal makes them stop at once.
     async fn shutdown(&mut self, signal: Signal) -> Report {
+        self.stopping = true;
         self.notify.stopping();
         let unix_paths: Vec<std::path::PathBuf> = self
             .listeners
