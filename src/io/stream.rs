@@ -194,16 +194,22 @@ impl Stream {
         )
     }
 
+    /// What a read gets before the socket: an error once moved, else held bytes if any.
+    fn before_socket(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags == 0 {
+            return None;
+        }
+        if flags & MOVED != 0 {
+            return Some(Err(Stream::moved()));
+        }
+        self.read_held(buf).map(Ok)
+    }
+
     /// Reads into `buf`, or registers `cx` for the next edge if nothing is there.
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let flags = self.flags.load(Ordering::Acquire);
-        if flags != 0 {
-            if flags & MOVED != 0 {
-                return Poll::Ready(Err(Stream::moved()));
-            }
-            if let Some(n) = self.read_held(buf) {
-                return Poll::Ready(Ok(n));
-            }
+        if let Some(read) = self.before_socket(buf) {
+            return Poll::Ready(read);
         }
         self.conn.poll_read(cx, buf)
     }
@@ -242,14 +248,8 @@ impl Stream {
     }
 
     fn poll_read_now(&self, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let flags = self.flags.load(Ordering::Acquire);
-        if flags != 0 {
-            if flags & MOVED != 0 {
-                return Poll::Ready(Err(Stream::moved()));
-            }
-            if let Some(n) = self.read_held(buf) {
-                return Poll::Ready(Ok(n));
-            }
+        if let Some(read) = self.before_socket(buf) {
+            return Poll::Ready(read);
         }
         match self.conn.try_read(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
