@@ -105,8 +105,8 @@ pub struct Resumed {
     kind: String,
     state: serde_json::Value,
     drain: Drain,
-    /// Says that the connection was not taken.
-    refused: Rc<dyn Fn(&Resumed)>,
+    /// Where the refusal of a connection not taken is said.
+    events: Rc<dyn Fn(&Event<'_>)>,
 }
 
 impl fmt::Debug for Resumed {
@@ -125,15 +125,22 @@ impl Resumed {
         kind: String,
         state: serde_json::Value,
         drain: Drain,
-        refused: Rc<dyn Fn(&Resumed)>,
+        events: Rc<dyn Fn(&Event<'_>)>,
     ) -> Resumed {
         Resumed {
             streams,
             kind,
             state,
             drain,
-            refused,
+            events,
         }
+    }
+
+    /// The streams not taken are closed (dropped with this), said and counted as lost.
+    fn refuse(&self) {
+        let peer = self.streams.first().map(Stream::peer);
+        let why = "this program does not take that kind";
+        self.drain.lose(&*self.events, &self.kind, peer, why);
     }
 
     /// The kind the previous process handed it over under.
@@ -163,7 +170,7 @@ impl Resumed {
     pub fn take(mut self) -> Stream {
         let first = self.streams.remove(0);
         if !self.streams.is_empty() {
-            (self.refused.clone())(&self);
+            self.refuse();
             self.streams.clear();
         }
         first
@@ -178,7 +185,7 @@ impl Resumed {
 impl Drop for Resumed {
     fn drop(&mut self) {
         if !self.streams.is_empty() {
-            (self.refused.clone())(self);
+            self.refuse();
         }
     }
 }

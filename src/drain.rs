@@ -206,10 +206,14 @@ impl Drain {
         };
         // What each stream still holds from a predecessor goes first.
         let own: Vec<Vec<u8>> = streams.iter().map(|(s, _)| s.take_held()).collect();
-        let all: Vec<Vec<u8>> = own
+        // (Copied together only where a stream still held some of its own.)
+        let all: Vec<std::borrow::Cow<'_, [u8]>> = own
             .iter()
             .zip(streams)
-            .map(|(own, (_, held))| [&own[..], held].concat())
+            .map(|(own, (_, held))| match own.is_empty() {
+                true => std::borrow::Cow::Borrowed(*held),
+                false => std::borrow::Cow::Owned([&own[..], held].concat()),
+            })
             .collect();
         let sockets: Vec<(std::os::fd::BorrowedFd<'_>, &[u8])> = streams
             .iter()
@@ -245,11 +249,21 @@ impl Drain {
 
     /// Counts a connection this process lost: closed without being served or moved (a kind
     /// the program does not take). The report is then not clean.
-    pub(crate) fn lost(&self) {
+    ///
+    /// Closes nothing itself: the caller drops the connection. `kind` and `peer`, as far as
+    /// they are known, and `why` go to `emit` as [`crate::Event::ResumeFailed`].
+    pub(crate) fn lose(
+        &self,
+        emit: &dyn Fn(&crate::Event<'_>),
+        kind: &str,
+        peer: Option<&crate::Address>,
+        why: &str,
+    ) {
         self.0.lost.fetch_add(1, Ordering::SeqCst);
+        emit(&crate::Event::ResumeFailed { kind, peer, why });
     }
 
-    /// Connections this serving round lost (see [`Drain::lost`]).
+    /// Connections this serving round lost (see [`Drain::lose`]).
     pub(crate) fn lost_count(&self) -> usize {
         self.0.lost.load(Ordering::SeqCst)
     }

@@ -126,13 +126,14 @@ pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Re
     // connection would be woken again: say so and stop.
     let edge = Edge::global()?.clone();
     let events = baton.on_event.clone();
+    let driven = edge.clone();
     let edge_failed = async move {
-        let error = edge.drive().await;
+        let error = driven.drive().await;
         events(&Event::EdgeFailed { error: &error });
         Err(error)
     };
     let phases = async {
-        let mut process = start(baton, program).await?;
+        let mut process = start(baton, program, edge).await?;
         let mut phase = Phase::Serving;
         let report = loop {
             phase = match phase {
@@ -150,7 +151,7 @@ pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Re
 
 /// Everything before the first accept: the program's checks, the pid file, the predecessor's
 /// state, and telling the parent (if any) that this process serves.
-async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
+async fn start(baton: Baton, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::Result<Process> {
     // The program's checks (certificates, say) pass before anything reports ready: a
     // successor whose configuration is broken fails here, and its parent serves on.
     baton.check_before_ready()?;
@@ -169,7 +170,6 @@ async fn start(baton: Baton, program: Rc<dyn Program>) -> io::Result<Process> {
         hooks,
         before_ready: _,
     } = baton;
-    let edge = Edge::global()?.clone();
     // A worker must take its retire message's relay even at its fd limit.
     let control = control
         .map(Relay::new)
@@ -480,7 +480,7 @@ impl Process {
         let accept = async {
             // At the limit, leave new connections in the kernel's queue until one ends.
             drain.below(config.max_connections.max(1)).await;
-            let accepted = listeners.accept(Some(&*edge)).await;
+            let accepted = listeners.accept(edge).await;
             Wake::Accepted(accepted)
         };
         let signal = async { Wake::Signal(signals.next().await) };
@@ -988,18 +988,6 @@ fn relayed(
     index: usize,
     message: io::Result<Option<Received>>,
 ) {
-    // A connection the program does not take: closed, said, and counted as lost.
-    let refused: Rc<dyn Fn(&Resumed)> = {
-        let (drain, emit) = (drain.clone(), emit.clone());
-        Rc::new(move |resumed: &Resumed| {
-            drain.lost();
-            emit(&Event::ResumeFailed {
-                kind: resumed.kind(),
-                peer: resumed.streams().first().map(Stream::peer),
-                why: "this program does not take that kind",
-            });
-        })
-    };
     let resume =
         |fds: Vec<std::os::fd::OwnedFd>, kind: String, state: String, held: Vec<Vec<u8>>| {
             // Non-blocking already (the flag belongs to the open file each shares).
@@ -1015,16 +1003,9 @@ fn relayed(
                     // (Written by the predecessor's encoder: JSON, unless it was malformed.)
                     serde_json::from_str(&state).unwrap_or_default(),
                     drain.clone(),
-                    refused.clone(),
+                    emit.clone(),
                 )),
-                Err(error) => {
-                    drain.lost();
-                    emit(&Event::ResumeFailed {
-                        kind: &kind,
-                        peer: None,
-                        why: &error.to_string(),
-                    });
-                }
+                Err(error) => drain.lose(&**emit, &kind, None, &error.to_string()),
             }
         };
     match message {
@@ -1041,12 +1022,7 @@ fn relayed(
         // memfd that does not match): lost, and said; the relay carries on (its messages
         // keep their boundaries).
         Err(error) if error.kind() == io::ErrorKind::InvalidData => {
-            drain.lost();
-            emit(&Event::ResumeFailed {
-                kind: "?",
-                peer: None,
-                why: &error.to_string(),
-            });
+            drain.lose(&**emit, "?", None, &error.to_string());
         }
         // State comes first, before serving; one later (or a control message) is not for a
         // relay that is serving: ignored.

@@ -176,10 +176,7 @@ impl Relay {
         }
         let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(fd, _)| *fd).collect();
         let lengths = 4 + 9 * sockets.len();
-        let mut head = match head(b'N', [kind, state], lengths + total, too_much) {
-            Ok(head) => head,
-            Err(_) => head(b'N', [kind, state], lengths, too_much)?,
-        };
+        let mut head = head(b'N', [kind, state], lengths, too_much)?;
         let inline = head.len() + lengths + total <= MAX_MESSAGE;
         head.extend_from_slice(&(sockets.len() as u32).to_le_bytes());
         for (_, held) in sockets {
@@ -334,17 +331,15 @@ impl Relay {
 
     /// A message as received: its bytes and fds.
     fn decode(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Option<Received>> {
-        let buffer = message;
-        let bytes = message.len();
-        if let Some((b'N', message)) = buffer[..bytes].split_first() {
+        if let Some((b'N', group)) = message.split_first() {
             return self
-                .group(message, fds)
+                .group(group, fds)
                 .map(|group| Some(Received::Connection(group)));
         }
         let second = (fds.len() == 2).then(|| fds.pop()).flatten();
         let fd = fds.pop();
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
-        match (buffer[..bytes].split_first(), fd) {
+        match (message.split_first(), fd) {
             (None, None) => Ok(None),
             (Some((b'S', state)), fd) => super::state::Arrived::parse(state, fd)
                 .map(|state| Some(Received::State(state)))

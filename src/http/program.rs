@@ -43,11 +43,10 @@ where
             drain: service,
             ..
         } = connection;
-        let stream = Stream::Plain(stream);
         #[cfg(feature = "async-h1")]
         if self.async_h1 {
             let task = super::h1::serve(
-                stream,
+                Stream::Plain(stream),
                 self.handler.clone(),
                 service,
                 self.options,
@@ -70,7 +69,7 @@ where
             let service = resumed.drain().clone();
             let stream = resumed.take();
             let held = stream.take_held();
-            return self.spawn(Stream::Plain(stream), None, held, false, service);
+            return self.spawn(stream, None, held, false, service);
         }
         // An upgraded connection, resumed by the handler registered for its kind; refused
         // (closed, warned about, counted) if there is none.
@@ -101,19 +100,15 @@ where
     /// first; `fresh` if accepted here (its first head is bounded from the accept).
     fn spawn(
         &self,
-        stream: Stream,
+        stream: crate::Stream,
         tls: Option<conn::Tls>,
         pending: Vec<u8>,
         fresh: bool,
         service: crate::Drain,
     ) {
-        let (peer, local) = match &stream {
-            Stream::Plain(plain) => (peer_text(plain.peer()), plain.local().to_string()),
-            #[cfg(feature = "tls")]
-            Stream::Tls(_) => unreachable!("TLS starts in the connection's task"),
-        };
+        let (peer, local) = (peer_text(stream.peer()), stream.local().to_string());
         let incoming = conn::Incoming {
-            stream,
+            stream: Stream::Plain(stream),
             peer,
             local,
             tls,

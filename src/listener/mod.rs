@@ -356,10 +356,7 @@ impl Listeners {
     /// The next connection from any listener, with the listener it came from. An error that
     /// needs a pause (out of fds or buffers) is returned once, and the next call waits
     /// [`ACCEPT_BACKOFF`] first; any other error concerns one connection only.
-    pub(crate) async fn accept(
-        &self,
-        edge: Option<&Arc<Edge>>,
-    ) -> Result<(usize, Accepted), AcceptError> {
+    pub(crate) async fn accept(&self, edge: &Arc<Edge>) -> Result<(usize, Accepted), AcceptError> {
         if self.backoff.replace(false) {
             async_io::Timer::after(ACCEPT_BACKOFF).await;
         }
@@ -379,7 +376,7 @@ impl Listeners {
 
     fn poll_any(
         &self,
-        edge: Option<&Arc<Edge>>,
+        edge: &Arc<Edge>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(usize, Accepted)>> {
         let next = self.next.get();
@@ -390,7 +387,7 @@ impl Listeners {
                 continue;
             }
             let mut watch = listener.watch.borrow_mut();
-            if let (None, Some(edge)) = (&*watch, edge) {
+            if watch.is_none() {
                 *watch = edge.watch(listener.socket.as_fd()).ok();
             }
             let socket = &listener.socket;
