@@ -393,12 +393,14 @@ const FD_ROOM: usize = 16;
 /// successor that could not hold them all: the same fd limit, nearly used up. The error says
 /// how many are used, of what, and what to do; nothing is cut, and the process serves on.
 pub(crate) fn check_fd_room(pid: Option<u32>) -> io::Result<()> {
-    if pid.is_some() && !own_proc() {
-        // /proc shows another PID namespace's pids (a namespace without a /proc of its
-        // own): a worker's pid there would name another process. Not checked.
-        return Ok(());
-    }
-    let proc = pid.map_or_else(|| "self".to_owned(), |pid| pid.to_string());
+    let proc = match pid {
+        None => "self".to_owned(),
+        Some(pid) => match child_in_proc(pid) {
+            Some(proc) => proc,
+            // Gone, or no /proc to look in: its exit or the exec will say.
+            None => return Ok(()),
+        },
+    };
     let soft = match pid {
         // This process's own, without opening a file (it may have none to spare).
         None => rustix::process::getrlimit(rustix::process::Resource::Nofile)
@@ -434,10 +436,33 @@ pub(crate) fn check_fd_room(pid: Option<u32>) -> io::Result<()> {
     }
 }
 
-/// Whether `/proc` shows this process's PID namespace (its pid there is this process's).
-fn own_proc() -> bool {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    stat.split(' ').next() == Some(&std::process::id().to_string())
+/// The name in `/proc` of this process's child `pid`. In a PID namespace without a `/proc`
+/// of its own (PID 1 of `unshare --pid` without a new mount), `/proc` numbers processes as
+/// the outer namespace does: there the child is found among this process's children by the
+/// last pid of its `NSpid` line.
+fn child_in_proc(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    if stat.split(' ').next() == Some(&std::process::id().to_string()) {
+        return Some(pid.to_string());
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let children = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok());
+    children
+        .flat_map(|list| {
+            list.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|outer| {
+            std::fs::read_to_string(format!("/proc/{outer}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|line| line.strip_prefix("NSpid:"))
+                .and_then(|pids| pids.split_whitespace().last())
+                == Some(&pid.to_string())
+        })
 }
 
 /// Refuses a start path that holds neither an ELF binary nor a `#!` script: `execvp` would

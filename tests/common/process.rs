@@ -208,6 +208,43 @@ impl Server {
         Server::listening(child, log, service, 2, true)
     }
 
+    /// `command` made to run in this server's PID namespace, as `docker exec` runs one (for
+    /// a server started there; else unchanged): pids it reads in a pid file name the
+    /// processes they name there. It joins the namespace and forks; the fork execs, and
+    /// the process `command` spawns waits for it and exits with its status.
+    pub fn inside(&self, mut command: Command) -> Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        if !self.namespaced {
+            return command;
+        }
+        let namespace = std::fs::File::open(format!("/proc/{}/ns/pid", self.pid))
+            .expect("open the server's PID namespace");
+        // SAFETY: between fork and exec, only async-signal-safe calls: setns on an fd the
+        // closure owns, fork, waitpid and _exit, on no memory but locals.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWPID) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                match libc::fork() {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    0 => Ok(()),
+                    child => {
+                        let mut status = 0;
+                        while libc::waitpid(child, &mut status, 0) == -1 {}
+                        libc::_exit(if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        });
+                    }
+                }
+            });
+        }
+        command
+    }
+
     /// The init in front of a server started with [`Server::start_behind_init`] is running.
     pub fn init_alive(&self) -> bool {
         super::procfs::parent_of(self.pid).is_some_and(super::procfs::alive)
