@@ -105,6 +105,14 @@ pub enum Event<'a> {
         /// How it ended.
         status: ExitStatus,
     },
+    /// A SIGUSR2 successor exited after handing the service on: the PID file names
+    /// `serving`, a live process. This process stays the old binary (`<pid file>.oldbin`).
+    SuccessorMovedOn {
+        /// The successor that exited.
+        gone: u32,
+        /// The process the PID file names.
+        serving: u32,
+    },
     /// `accept` failed; the server keeps serving. Reported at most once a second while
     /// it goes on (out of fds, say), with how many failures that second left unreported.
     AcceptFailed {
@@ -392,6 +400,11 @@ impl fmt::Display for Event<'_> {
                 }
             }
             Event::ChildExited { pid, status } => write!(f, "child {pid} exited ({status})"),
+            Event::SuccessorMovedOn { gone, serving } => write!(
+                f,
+                "SIGUSR2 successor {gone} exited; the PID file names {serving}, which serves on: \
+                 this process stays the old binary (.oldbin)"
+            ),
             Event::SuccessorExited { pid, status } => write!(
                 f,
                 "successor {pid} exited ({status}) during the drain; serving again"

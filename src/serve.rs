@@ -646,7 +646,7 @@ impl Process {
                         send_state(relay, &state, false, &*self.emit).await;
                     }
                     self.supervisor.successor_ready(pid);
-                    self.supervisor.old_binary(true);
+                    self.supervisor.old_binary();
                     self.spawned.push(child);
                     return Phase::Serving;
                 }
@@ -935,11 +935,23 @@ impl Process {
     }
 
     fn reap(&mut self) {
-        let had = !self.spawned.is_empty();
+        let had: Vec<u32> = self.spawned.iter().map(|c| c.id()).collect();
         reap(&mut self.spawned, &*self.emit);
-        if had && self.spawned.is_empty() && !self.drain.is_draining() {
-            // The SIGUSR2 successor is gone (rolled back): this process is the service again.
-            self.supervisor.old_binary(false);
+        if self.drain.is_draining() {
+            return;
+        }
+        let gone = had
+            .iter()
+            .filter(|&&pid| self.spawned.iter().all(|c| c.id() != pid));
+        for &pid in gone {
+            // A SIGUSR2 successor is gone: rolled back (this process is the service again), or
+            // restarted itself into another process that has the PID file now.
+            if !self.spawned.is_empty() {
+                continue;
+            }
+            if let Some(serving) = self.supervisor.successor_gone(pid) {
+                (self.emit)(&Event::SuccessorMovedOn { gone: pid, serving });
+            }
         }
     }
 }

@@ -58,24 +58,39 @@ impl Supervisor {
         }
     }
 
-    /// SIGUSR2 (nginx's binary upgrade): `true` once the successor serves, this process's
-    /// pid goes to `<pid file>.oldbin` (the successor has rewritten the PID file); `false`
-    /// when the successor is gone, the PID file names this process again and `.oldbin` goes.
-    pub(crate) fn old_binary(&self, old: bool) {
-        let Some(path) = &self.pid_file else {
-            return;
-        };
-        let oldbin = oldbin_file(path);
-        if old {
-            let _ = write_pid_file(&oldbin, std::process::id());
-        } else {
-            let _ = std::fs::remove_file(&oldbin);
-            let _ = write_pid_file(path, std::process::id());
-            let pid = std::process::id();
-            self.notify(&format!(
-                "MAINPID={pid}\nREADY=1\nSTATUS=the SIGUSR2 successor is gone; serving again\n"
-            ));
+    /// SIGUSR2 (nginx's binary upgrade): once the successor serves, this process's pid goes
+    /// to `<pid file>.oldbin` (the successor has rewritten the PID file).
+    pub(crate) fn old_binary(&self) {
+        if let Some(path) = &self.pid_file {
+            let _ = write_pid_file(&oldbin_file(path), std::process::id());
         }
+    }
+
+    /// The SIGUSR2 successor `gone` exited. If it rolled back (the PID file still names it,
+    /// or nothing that runs), the PID file names this process again and `.oldbin` goes;
+    /// returns `true`. If the PID file names another live process (the successor restarted
+    /// itself, and its own successor serves), the service lives on there: this process stays
+    /// the old binary, and the PID file is left alone; returns that process.
+    pub(crate) fn successor_gone(&self, gone: u32) -> Option<u32> {
+        let path = self.pid_file.as_ref()?;
+        let named = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok());
+        let own = std::process::id();
+        let moved_on = named.filter(|&pid| {
+            u32::try_from(pid).is_ok_and(|pid| pid != gone && pid != own)
+                && rustix::process::Pid::from_raw(pid)
+                    .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+        });
+        if let Some(serving) = moved_on {
+            return u32::try_from(serving).ok();
+        }
+        let _ = std::fs::remove_file(oldbin_file(path));
+        let _ = write_pid_file(path, own);
+        self.notify(&format!(
+            "MAINPID={own}\nREADY=1\nSTATUS=the SIGUSR2 successor is gone; serving again\n"
+        ));
+        None
     }
 
     /// A supervising process's workers serve.

@@ -238,3 +238,50 @@ fn sigusr2_is_a_binary_upgrade_that_can_be_finished_or_rolled_back() {
     signal(second, Signal::TERM);
     assert!(wait_gone(second, DEADLINE));
 }
+
+/// SIGUSR2, then SIGHUP to the new process (nginx's binary upgrade, then a restart of the
+/// new binary): the new process hands over to its own successor and exits. The old process
+/// sees its child exit, but the PID file names a live process that serves: it leaves the
+/// PID file alone and stays the old binary. SIGQUIT to it then finishes the upgrade, and
+/// stopping by the PID file stops the service.
+#[test]
+fn a_restart_of_the_sigusr2_successor_keeps_the_pid_file_naming_who_serves() {
+    let scratch = Scratch::new("usr2-hup");
+    let pid_file = scratch.0.join("hello.pid");
+    let oldbin = scratch.0.join("hello.pid.oldbin");
+    let path = pid_file.to_str().unwrap();
+    let mut server = Server::hello(&["--pid-file", path]);
+    signal(server.pid, Signal::USR2);
+    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    let child = common::child_pid(&line);
+    let deadline = Instant::now() + DEADLINE;
+    while pid_in(&oldbin) != Some(server.pid) {
+        assert!(Instant::now() < deadline, "no .oldbin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(child, Signal::HUP);
+    let grandchild = server.wait_for("the SIGUSR2 child's successor", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| common::log::parse(l))
+            .filter(|l| l.pid == child)
+            .filter_map(|l| l.child())
+            .find(|&(_, outcome)| outcome == "ready")
+            .map(|(pid, _)| pid)
+    });
+    assert!(wait_gone(child, DEADLINE), "{}", server.dump());
+    server.wait_line(&format!(
+        "SIGUSR2 successor {child} exited; the PID file names {grandchild}"
+    ));
+    assert_eq!(pid_in(&pid_file), Some(grandchild), "{}", server.dump());
+    assert_eq!(pid_in(&oldbin), Some(server.pid));
+    // Finishing the upgrade leaves the grandchild the service, named by the PID file.
+    signal(server.pid, Signal::QUIT);
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    assert_eq!(pid_in(&pid_file), Some(grandchild));
+    assert!(!oldbin.exists(), ".oldbin left behind");
+    assert_eq!(common::serving_pid(server.addr), grandchild);
+    signal(pid_in(&pid_file).unwrap(), Signal::TERM);
+    assert!(wait_gone(grandchild, DEADLINE));
+    assert!(common::get(server.addr, "/hello").is_err(), "still served");
+}
