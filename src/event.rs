@@ -204,6 +204,8 @@ pub enum Event<'a> {
         /// Connections handed over to this process that it closed unserved (see
         /// [`Event::ResumeFailed`]).
         lost: usize,
+        /// What ended the drain early, if something did.
+        cut_by: Option<crate::CutBy>,
     },
     /// The connections' epoll failed: no connection on it would be woken any more. The server
     /// stops (its `serve` returns this error), rather than hang its clients; a supervising
@@ -536,10 +538,12 @@ impl fmt::Display for Event<'_> {
                 dropped,
                 upgraded,
                 lost,
+                cut_by,
             } => {
+                let by = cut_by.unwrap_or(crate::CutBy::DrainTimeout);
                 write!(
                     f,
-                    "exiting: {cut} requests cut by the drain timeout, {dropped} connections dropped"
+                    "exiting: {cut} requests cut {by}, {dropped} connections dropped"
                 )?;
                 if *upgraded > 0 {
                     write!(f, " ({upgraded} of them upgraded)")?;
@@ -590,6 +594,7 @@ mod tests {
             dropped: 1,
             upgraded: 0,
             lost: 0,
+            cut_by: Some(crate::CutBy::DrainTimeout),
         };
         assert_eq!(cut.level(), Level::Warn);
         let program = Event::Program {

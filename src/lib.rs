@@ -160,7 +160,7 @@ pub use http_types;
 pub use io::Address;
 pub use listener::{LISTENER_ENV, Origin};
 pub use reload::reload;
-pub use report::{Report, Stop};
+pub use report::{CutBy, Report, Stop};
 pub use signals::Signal;
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

@@ -19,6 +19,36 @@ pub struct Report {
     /// Connections the previous process handed over that this one closed unserved: a kind
     /// the program does not take, or one that arrived unusable (each an event).
     pub lost: usize,
+    /// What ended the drain early, if something did.
+    pub cut_by: Option<CutBy>,
+}
+
+/// What ended a drain before every connection was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutBy {
+    /// `Config::drain_timeout` passed.
+    DrainTimeout,
+    /// A shutdown signal while draining: a second one, a worker's supervising process
+    /// passing one on, or (single process) the successor at the generation limit.
+    Signal,
+    /// A later restart would have left more than `max` generations alive
+    /// (`Config::max_generations`): the oldest draining one ends.
+    GenerationLimit {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for CutBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutBy::DrainTimeout => write!(f, "by the drain timeout"),
+            CutBy::Signal => write!(f, "by a shutdown signal"),
+            CutBy::GenerationLimit { max } => {
+                write!(f, "by the generation limit (at most {max} alive)")
+            }
+        }
+    }
 }
 
 impl Report {

@@ -19,6 +19,7 @@ use std::io;
 use std::process::ExitStatus;
 
 use crate::reap::Owned;
+use crate::report::CutBy;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -740,7 +741,7 @@ impl Process {
             .await;
         let (cut, dropped, upgraded) = match ending {
             Ending::Drained => (0, 0, 0),
-            Ending::Cut => {
+            Ending::Cut(_) => {
                 let (connections, requests) = self.open();
                 let all = self.earlier.iter().chain(std::iter::once(&self.drain));
                 let upgraded = all.clone().map(|d| d.upgraded_open()).sum();
@@ -775,11 +776,16 @@ impl Process {
         self.listeners = Listeners::new(Vec::new());
         let all = self.earlier.iter().chain(std::iter::once(&self.drain));
         let lost = all.map(Drain::lost_count).sum();
+        let cut_by = match ending {
+            Ending::Cut(by) => Some(by),
+            _ => None,
+        };
         (self.emit)(&Event::Exiting {
             cut,
             dropped,
             upgraded,
             lost,
+            cut_by,
         });
         self.supervisor.exited(last);
         Phase::Done(Report {
@@ -788,6 +794,7 @@ impl Process {
             dropped,
             upgraded,
             lost,
+            cut_by,
         })
     }
 
@@ -861,7 +868,7 @@ impl Process {
         };
         let timeout = async {
             deadline.await;
-            Ending::Cut
+            Ending::Cut(CutBy::DrainTimeout)
         };
         // A worker retired by its supervising process takes a shutdown signal (a Ctrl-C to the
         // whole group reaches it too) as the one that started this drain; a second one, or the
@@ -876,7 +883,7 @@ impl Process {
                     }
                     Ok((signal, Command::Shutdown)) => {
                         emit(&Event::Signal { signal });
-                        return Ending::Cut;
+                        return Ending::Cut(CutBy::Signal);
                     }
                     Ok((_, Command::Reap)) => {
                         reap(spawned, &**emit);
@@ -909,7 +916,7 @@ impl Process {
             loop {
                 match control.as_ref() {
                     Some(channel) => match channel.receive(&mut buffer).await {
-                        Ok(Some(Received::StopNow)) => return Ending::Cut,
+                        Ok(Some(Received::StopNow(by))) => return Ending::Cut(by),
                         Ok(Some(_)) => {}
                         // The supervising process is gone: drain on.
                         _ => std::future::pending::<()>().await,
@@ -1067,8 +1074,8 @@ async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
 /// How a drain ended.
 enum Ending {
     Drained,
-    /// The drain timeout, or a second shutdown signal.
-    Cut,
+    /// The drain timeout, a second shutdown signal, or the generation limit.
+    Cut(CutBy),
     /// The successor this process handed over to exited during the drain.
     SuccessorExited(u32, ExitStatus),
 }

@@ -587,3 +587,116 @@ fn behind_an_init_a_single_process_refuses_a_restart_that_would_end_the_service(
     assert_eq!(common::serving_pid(server.addr), 2);
     assert!(server.init_alive());
 }
+
+/// 40 SIGHUPs within about 100 ms while slow requests keep every generation draining: the
+/// generations alive stay bounded by `--max-generations` (a generation still starting
+/// aside), in the single process and with two workers alike, every slow request gets an
+/// answer (200, or 503 where the limit ended its generation), and the service serves after.
+fn a_sighup_storm_keeps_the_generations_bounded(workers: usize) {
+    let scratch = Scratch::new(&format!("storm-{workers}"));
+    let pid_file = scratch.0.join("hello.pid");
+    let server = Server::hello(&[
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--workers",
+        &workers.to_string(),
+        "--max-generations",
+        "3",
+        "--drain-timeout",
+        "20s",
+    ]);
+    if workers > 0 {
+        workers_ready(&server, 1, workers);
+    }
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    answers.push(common::get(addr, "/slow?ms=1500").map(|r| r.status));
+                }
+                answers
+            })
+        })
+        .collect();
+    let bound = 1 + 4 * workers.max(1);
+    let mut most = 0;
+    let mut sample = || {
+        let alive = server
+            .pids()
+            .into_iter()
+            .filter(|&p| common::alive(p))
+            .count();
+        most = most.max(alive);
+    };
+    // As an operator's script would: to whatever the PID file names.
+    for _ in 0..40 {
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        signal(pid.trim().parse().unwrap(), Signal::HUP);
+        sample();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) {
+        sample();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        most <= bound,
+        "workers {workers}: {most} processes alive at once (at most {bound})\n{}",
+        server.dump()
+    );
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok(200 | 503)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "workers {workers}: {failed:?}\n{}",
+        server.dump()
+    );
+    assert_eq!(common::get(addr, "/hello").unwrap().status, 200);
+    // What the limit ended says so; nothing waited out the 20 s drain timeout.
+    let lines = server.lines();
+    let ended = lines
+        .iter()
+        .filter(|l| l.contains("ended generation"))
+        .count();
+    // (A worker hears it from its supervising process; a single process gets SIGTERM from
+    // its successor.)
+    let by = match workers {
+        0 => "cut by a shutdown signal",
+        _ => "cut by the generation limit (at most 3 alive)",
+    };
+    let by_limit = lines.iter().filter(|l| l.contains(by)).count();
+    assert!(
+        by_limit >= ended.min(1),
+        "workers {workers}\n{}",
+        server.dump()
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("by the drain timeout") && !l.contains(": 0 requests")),
+        "{}",
+        server.dump()
+    );
+}
+
+#[test]
+fn a_sighup_storm_keeps_the_generations_bounded_in_the_single_process() {
+    a_sighup_storm_keeps_the_generations_bounded(0);
+}
+
+#[test]
+fn a_sighup_storm_keeps_the_generations_bounded_with_workers() {
+    a_sighup_storm_keeps_the_generations_bounded(2);
+}

@@ -91,7 +91,7 @@ pub(crate) enum Received {
     /// The pids of the generations still draining, oldest first, the sender last.
     Generations(Vec<u32>),
     /// (Control channel) a draining worker stops at once: a second shutdown signal.
-    StopNow,
+    StopNow(crate::CutBy),
 }
 
 /// A connection (or a group of sockets that move together) received from the previous
@@ -225,9 +225,11 @@ impl Relay {
         )
     }
 
-    /// (Control channel) tells a draining worker to stop at once.
-    pub(crate) fn try_stop_now(&self) -> io::Result<()> {
-        send_with_fd(self.socket.get_ref(), &[b"K"], None)
+    /// (Control channel) tells a draining worker to stop at once, and why: a second
+    /// shutdown signal (`None`), or the generation limit `Some(max)`.
+    pub(crate) fn try_stop_now(&self, limit: Option<usize>) -> io::Result<()> {
+        let max = limit.map(|max| max.to_string()).unwrap_or_default();
+        send_with_fd(self.socket.get_ref(), &[b"K", max.as_bytes()], None)
     }
 
     async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
@@ -348,7 +350,12 @@ impl Relay {
                 String::from_utf8_lossy(signal).into_owned(),
             ))),
             (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
-            (Some((b'K', [])), None) => Ok(Some(Received::StopNow)),
+            (Some((b'K', [])), None) => Ok(Some(Received::StopNow(crate::CutBy::Signal))),
+            (Some((b'K', max)), None) => std::str::from_utf8(max)
+                .ok()
+                .and_then(|max| max.parse().ok())
+                .map(|max| Some(Received::StopNow(crate::CutBy::GenerationLimit { max })))
+                .ok_or_else(bad),
             (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
             (Some((b'G', list)), None) => serde_json::from_slice(list)
                 .map(|pids| Some(Received::Generations(pids)))

@@ -39,6 +39,7 @@ use crate::handoff::relay::Relay;
 use crate::handoff::{self, Exec, Ready, Role};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
 use crate::reap::Found;
+use crate::report::CutBy;
 use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
@@ -153,8 +154,8 @@ struct Supervising {
     signals: Signals,
     notify: Supervisor,
     workers: Vec<Worker>,
-    /// Workers told to retire, still draining.
-    retiring: Vec<u32>,
+    /// Workers told to retire, still draining (oldest first).
+    retiring: Vec<Retiring>,
     generation: u64,
     /// Each worker's place, `count` of them.
     slots: Vec<Slot>,
@@ -236,7 +237,13 @@ impl Supervising {
     fn resume(&mut self, text: &str) -> io::Result<()> {
         let carried = Carried::parse(text)?;
         self.generation = carried.generation;
-        self.retiring = carried.retiring;
+        for worker in carried.retiring {
+            self.retiring.push(Retiring {
+                pid: worker.pid,
+                generation: worker.generation,
+                control: worker.control.map(Relay::new).transpose()?,
+            });
+        }
         for (slot, worker) in carried.workers.into_iter().enumerate() {
             self.workers.push(Worker {
                 pid: worker.pid,
@@ -515,10 +522,15 @@ impl Supervising {
                     .find(|(slot, _)| *slot == worker.slot)
                     .and_then(|(_, relay)| relay.as_ref());
                 let _ = worker.control.try_retire(relay.map(|r| r.as_fd()));
-                self.retiring.push(worker.pid);
+                self.retiring.push(Retiring {
+                    pid: worker.pid,
+                    generation: worker.generation,
+                    control: Some(worker.control),
+                });
             }
             // A new binary: the slots' crash counts start again.
             self.slots = vec![Slot::default(); self.count];
+            self.bound_generations();
         }
         // Our ends of the relays close here: each new worker's relay ends when the worker it
         // took over from exits.
@@ -568,7 +580,7 @@ impl Supervising {
     }
 
     fn is_known(&self, pid: u32) -> bool {
-        self.workers.iter().any(|w| w.pid == pid) || self.retiring.contains(&pid)
+        self.workers.iter().any(|w| w.pid == pid) || self.retiring.iter().any(|r| r.pid == pid)
     }
 
     /// Collects every child that exited and is this process's to collect: workers (by pid;
@@ -577,7 +589,8 @@ impl Supervising {
     fn reap(&mut self) {
         self.reap_again = false;
         let known: Vec<u32> = self.workers.iter().map(|w| w.pid).collect();
-        for pid in known.into_iter().chain(self.retiring.clone()) {
+        let retiring = self.retiring.iter().map(|r| r.pid);
+        for pid in known.into_iter().chain(retiring.collect::<Vec<_>>()) {
             if let Some(status) = crate::reap::reap_pid(pid) {
                 self.exited(pid, status);
             }
@@ -627,7 +640,7 @@ impl Supervising {
                 state_lost: self.hooks.has_state(),
                 stopped: false,
             });
-        } else if let Some(at) = self.retiring.iter().position(|&p| p == pid) {
+        } else if let Some(at) = self.retiring.iter().position(|r| r.pid == pid) {
             self.retiring.remove(at);
             self.unclean += usize::from(!status.success());
             (self.emit)(&Event::WorkerExited {
@@ -653,14 +666,17 @@ impl Supervising {
             .map(Into::into)
             .collect();
         self.listeners.clear();
-        let mut retired_channels = Vec::new();
         for worker in std::mem::take(&mut self.workers) {
             let _ = worker.control.try_quit(signal);
-            self.retiring.push(worker.pid);
-            retired_channels.push(worker.control);
+            self.retiring.push(Retiring {
+                pid: worker.pid,
+                generation: worker.generation,
+                control: Some(worker.control),
+            });
         }
         let deadline = Instant::now() + self.config.drain_timeout + KILL_GRACE;
         let mut killed = false;
+        let mut cut_by = None;
         self.reap();
         while !self.retiring.is_empty() {
             let next = async { Some(self.signals.next().await) };
@@ -676,8 +692,9 @@ impl Supervising {
                 Some(Ok((signal, Command::Shutdown))) => {
                     (self.emit)(&Event::Signal { signal });
                     // Draining workers stop at once on a second shutdown signal.
-                    for control in &retired_channels {
-                        let _ = control.try_stop_now();
+                    cut_by = Some(CutBy::Signal);
+                    for control in self.retiring.iter().filter_map(|r| r.control.as_ref()) {
+                        let _ = control.try_stop_now(None);
                     }
                 }
                 Some(Ok((signal, _))) => {
@@ -690,6 +707,7 @@ impl Supervising {
                 Some(Err(_)) => {}
                 None => {
                     killed = true;
+                    cut_by = cut_by.or(Some(CutBy::DrainTimeout));
                     self.signal_retiring(rustix::process::Signal::KILL);
                 }
             }
@@ -699,11 +717,13 @@ impl Supervising {
             let _ = std::fs::remove_file(path);
         }
         let cut = self.unclean;
+        let cut_by = cut_by.filter(|_| cut > 0);
         (self.emit)(&Event::Exiting {
             cut,
             dropped: 0,
             upgraded: 0,
             lost: 0,
+            cut_by,
         });
         self.notify.exited(true);
         Report {
@@ -712,11 +732,43 @@ impl Supervising {
             dropped: 0,
             upgraded: 0,
             lost: 0,
+            cut_by,
+        }
+    }
+
+    /// After a restart: with the serving generation and those still draining, more than
+    /// `max_generations` are alive; the oldest draining ones are told to stop at once (what
+    /// they still do is cut, and their exit says by what), as a single process does.
+    fn bound_generations(&mut self) {
+        let max = self.config.max_generations.max(2);
+        let mut draining: Vec<u64> = self
+            .retiring
+            .iter()
+            .filter(|r| r.control.is_some())
+            .map(|r| r.generation)
+            .collect();
+        draining.sort_unstable();
+        draining.dedup();
+        let excess = (draining.len() + 1).saturating_sub(max);
+        for &generation in &draining[..excess] {
+            for retiring in self.retiring.iter_mut() {
+                if retiring.generation != generation {
+                    continue;
+                }
+                // Told once: its channel goes with the message.
+                if let Some(control) = retiring.control.take() {
+                    let _ = control.try_stop_now(Some(max));
+                    (self.emit)(&Event::GenerationEnded {
+                        pid: retiring.pid,
+                        max,
+                    });
+                }
+            }
         }
     }
 
     fn signal_retiring(&self, signal: rustix::process::Signal) {
-        for &pid in &self.retiring {
+        for pid in self.retiring.iter().map(|r| r.pid) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(pid, signal);
             }
@@ -745,7 +797,16 @@ impl Supervising {
                     slot: Some(w.slot),
                 })
                 .collect(),
-            retiring: self.retiring.clone(),
+            retiring: self
+                .retiring
+                .iter()
+                .map(|r| CarriedWorker {
+                    pid: r.pid,
+                    control: r.control.as_ref().map(|c| c.as_fd().as_raw_fd()),
+                    generation: r.generation,
+                    slot: None,
+                })
+                .collect(),
         };
         let state = carried.to_json();
         let descriptions: Vec<Description> = self
@@ -755,6 +816,7 @@ impl Supervising {
             .collect();
         let mut keep: Vec<RawFd> = self.listeners.iter().map(Listener::fd).collect();
         keep.extend(carried.workers.iter().map(|w| w.control));
+        keep.extend(carried.retiring.iter().filter_map(|w| w.control));
         (self.emit)(&Event::Reexecuting {
             program: self.exec.program(),
         });
@@ -781,6 +843,15 @@ impl Supervising {
             error,
         ))
     }
+}
+
+/// A worker told to retire (or to stop), still draining.
+struct Retiring {
+    pid: u32,
+    /// 0 if unknown (carried by a build that did not say).
+    generation: u64,
+    /// Its control channel: "stop at once" goes there.
+    control: Option<Relay>,
 }
 
 /// What woke the supervising loop.

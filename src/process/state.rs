@@ -3,8 +3,10 @@
 //! listeners travel as `LISTENER` does for any successor.
 //!
 //! `{"version":1,"generation":2,"workers":[{"pid":41,"control_fd":9,
-//! "generation":2,"slot":0}],"retiring":[38]}`; a version this build does not know is an error
-//! (`slot` may be missing, as builds before it wrote none: the worker's index then).
+//! "generation":2,"slot":0}],"retiring":[{"pid":38,"control_fd":10,"generation":1}]}`; a
+//! version this build does not know is an error (`slot` may be missing, as builds before it
+//! wrote none: the worker's index then; a retiring worker may be a bare pid, as they wrote
+//! it: of an unknown generation, without a channel).
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
@@ -29,8 +31,8 @@ pub(crate) struct CarriedWorker<F> {
 pub(crate) struct Carried<F> {
     pub(crate) generation: u64,
     pub(crate) workers: Vec<CarriedWorker<F>>,
-    /// Workers still draining.
-    pub(crate) retiring: Vec<u32>,
+    /// Workers still draining, with their channels if they still have them.
+    pub(crate) retiring: Vec<CarriedWorker<Option<F>>>,
 }
 
 impl Carried<RawFd> {
@@ -52,7 +54,17 @@ impl Carried<RawFd> {
             "version": VERSION,
             "generation": self.generation,
             "workers": workers,
-            "retiring": self.retiring,
+            "retiring": self
+                .retiring
+                .iter()
+                .map(|w| {
+                    serde_json::json!({
+                        "pid": w.pid,
+                        "control_fd": w.control,
+                        "generation": w.generation,
+                    })
+                })
+                .collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -96,7 +108,28 @@ impl Carried<OwnedFd> {
         }
         let mut retiring = Vec::new();
         for value in json["retiring"].as_array().into_iter().flatten() {
-            retiring.push(pid(value.as_u64().ok_or_else(|| bad("a retiring pid"))?)?);
+            let worker = match value.as_u64() {
+                Some(bare) => CarriedWorker {
+                    pid: pid(bare)?,
+                    control: None,
+                    generation: 0,
+                    slot: None,
+                },
+                None => CarriedWorker {
+                    pid: pid(number(value, "pid")?)?,
+                    control: match value.get("control_fd") {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(_) => Some(crate::listener::claim_channel(
+                            RawFd::try_from(number(value, "control_fd")?)
+                                .map_err(|_| bad("a control_fd out of range"))?,
+                            &format!("{SUPERVISOR_ENV}: a retiring worker's control_fd"),
+                        )?),
+                    },
+                    generation: number(value, "generation")?,
+                    slot: None,
+                },
+            };
+            retiring.push(worker);
         }
         Ok(Carried {
             generation: number(&json, "generation")?,
@@ -115,12 +148,33 @@ mod tests {
         let carried = Carried {
             generation: 3,
             workers: Vec::new(),
-            retiring: vec![7, 8],
+            retiring: [(7, 1), (8, 2)]
+                .map(|(pid, generation)| CarriedWorker {
+                    pid,
+                    control: None,
+                    generation,
+                    slot: None,
+                })
+                .into(),
         };
         let text = carried.to_json();
         let back = Carried::parse(&text).unwrap();
         assert_eq!(back.generation, 3);
-        assert_eq!(back.retiring, [7, 8]);
+        let retiring: Vec<(u32, u64)> = back
+            .retiring
+            .iter()
+            .map(|w| (w.pid, w.generation))
+            .collect();
+        assert_eq!(retiring, [(7, 1), (8, 2)]);
+        // As builds before the generations were carried wrote it.
+        let bare = r#"{"version":1,"generation":3,"workers":[],"retiring":[7,8]}"#;
+        let back = Carried::parse(bare).unwrap();
+        let retiring: Vec<(u32, u64)> = back
+            .retiring
+            .iter()
+            .map(|w| (w.pid, w.generation))
+            .collect();
+        assert_eq!(retiring, [(7, 0), (8, 0)]);
         let old = text.replace("\"version\":1", "\"version\":9");
         let error = Carried::parse(&old).unwrap_err().to_string();
         assert!(error.contains("version 9"), "{error}");
