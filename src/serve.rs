@@ -540,9 +540,20 @@ impl Process {
         (self.emit)(&Event::AcceptFailed { error, suppressed });
     }
 
-    fn serve_accepted(&self, index: usize, (socket, peer): Accepted) {
+    fn serve_accepted(&self, index: usize, accepted: Accepted) {
         let listener = &self.listeners.as_slice()[index];
-        let stream = match Stream::with_addresses(socket, peer, listener.local.clone()) {
+        self.serve_accepted_from(listener.local.clone(), listener.tls, index, accepted);
+    }
+
+    /// Gives the program a connection accepted on listener `index` (at `local`).
+    fn serve_accepted_from(
+        &self,
+        local: Address,
+        tls: bool,
+        index: usize,
+        (socket, peer): Accepted,
+    ) {
+        let stream = match Stream::with_addresses(socket, peer, local) {
             // Counted from the accept on, so the connection limit holds exactly.
             Ok(stream) => stream.counted(self.drain.work()),
             Err(error) => {
@@ -554,7 +565,7 @@ impl Process {
         self.program.accepted(Connection {
             stream,
             listener: index,
-            tls: listener.tls,
+            tls,
             drain: self.drain.clone(),
         });
     }
@@ -680,10 +691,10 @@ impl Process {
     /// should the successor die during the drain, it serves again. The sockets, and every
     /// connection waiting in their accept queues, live on in the successor either way.
     ///
-    /// A shutdown closes this process's listeners at once: once the last copy of a socket is
-    /// closed, new connections are refused (and those still in its queue reset), which a
-    /// client or load balancer sees at once, instead of being accepted by the kernel and left
-    /// unanswered. (Under socket activation systemd keeps its own copy, and the socket stays
+    /// A shutdown closes this process's listeners at once, after taking what waits in their
+    /// queues (served like any connection): once the last copy of a socket is closed, new
+    /// connections are refused, which a client or load balancer sees at once, instead of
+    /// being accepted by the kernel and left unanswered. (Under socket activation systemd keeps its own copy, and the socket stays
     /// its business.) A worker closes its copies at any drain: it never serves again, and
     /// its supervising process holds the sockets.
     async fn draining(&mut self, draining: Draining) -> Phase {
@@ -707,7 +718,23 @@ impl Process {
                 let _ = std::fs::remove_file(path);
             }
         }
-        if shutdown || self.is_worker {
+        if shutdown {
+            // The queues' connections are served, not reset by the close, which follows at
+            // once (a worker's copy may be the last): only a handshake completing in between
+            // is reset; what comes after the close is refused.
+            let queued = self.listeners.take_queued(QUEUED_AT_SHUTDOWN);
+            let named: Vec<(Address, bool)> = self
+                .listeners
+                .iter()
+                .map(|l| (l.local.clone(), l.tls))
+                .collect();
+            self.listeners = Listeners::new(Vec::new());
+            for (index, accepted) in queued {
+                let (local, tls) = &named[index];
+                self.serve_accepted_from(local.clone(), *tls, index, accepted);
+            }
+        }
+        if self.is_worker {
             self.listeners = Listeners::new(Vec::new());
         }
         if let Some(relay) = outbound.take() {
@@ -1070,6 +1097,10 @@ async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
     }
     *inbound = kept;
 }
+
+/// The most connections taken from each listener's queue at a shutdown (a listen backlog's
+/// worth): closing the socket would reset them.
+const QUEUED_AT_SHUTDOWN: usize = 4096;
 
 /// How a drain ended.
 enum Ending {

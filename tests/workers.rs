@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -699,4 +700,58 @@ fn a_sighup_storm_keeps_the_generations_bounded_in_the_single_process() {
 #[test]
 fn a_sighup_storm_keeps_the_generations_bounded_with_workers() {
     a_sighup_storm_keeps_the_generations_bounded(2);
+}
+
+/// SIGTERM while connections wait in the listen queue (each process is at its connection
+/// limit, holding an idle keep-alive connection): a shutdown answers each of them, never
+/// lets the close of the socket reset them after their clients saw them accepted; what
+/// comes after is refused. In the single process and with two workers.
+fn a_shutdown_answers_what_waits_in_the_queue(workers: usize) {
+    let server = Server::hello(&["--workers", &workers.to_string(), "--max-connections", "1"]);
+    if workers > 0 {
+        workers_ready(&server, 1, workers);
+    }
+    // One idle connection per serving process: each is at its limit, and accepts no more.
+    let mut idle = Vec::new();
+    let mut full = HashSet::new();
+    while full.len() < workers.max(1) {
+        let mut client = common::Client::new(server.addr);
+        full.insert(client.get("/hello").unwrap().pid().unwrap());
+        idle.push(client);
+    }
+    let mut queued: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+            stream
+                .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            stream
+        })
+        .collect();
+    signal(server.pid, Signal::TERM);
+    for stream in &mut queued {
+        let reply = common::read_reply(&mut std::io::BufReader::new(stream));
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200),
+            "workers {workers}: a queued connection got {reply:?}\n{}",
+            server.dump()
+        );
+    }
+    drop(idle);
+    assert!(common::wait_gone(server.pid, DEADLINE), "{}", server.dump());
+    assert_eq!(
+        common::get(server.addr, "/hello").map(|r| r.status),
+        Err(Failure::Refused)
+    );
+}
+
+#[test]
+fn a_shutdown_answers_what_waits_in_the_queue_in_the_single_process() {
+    a_shutdown_answers_what_waits_in_the_queue(0);
+}
+
+#[test]
+fn a_shutdown_answers_what_waits_in_the_queue_with_workers() {
+    a_shutdown_answers_what_waits_in_the_queue(2);
 }

@@ -80,24 +80,7 @@ impl Socket {
         watch: Option<&Watched>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Accepted>> {
-        let attempt = || match self {
-            // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
-            Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
-                .map_err(io::Error::from)
-                .and_then(|(fd, peer)| {
-                    // Answers are written whole; Nagle would only delay them.
-                    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
-                    let peer = peer
-                        .and_then(|p| SocketAddr::try_from(p).ok())
-                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    Ok((fd, Address::Tcp(peer)))
-                }),
-            Socket::Unix(l) => rustix::net::accept_with(l, accept_flags())
-                .map_err(io::Error::from)
-                .map(|fd| (fd, Address::Unix(PathBuf::new()))),
-            // (Never asked: `poll_any` skips UDP sockets.)
-            Socket::Udp(_) => Err(io::ErrorKind::Unsupported.into()),
-        };
+        let attempt = || self.try_accept();
         // Watched by the connections' epoll (woken by it, and found by its look between
         // tasks); else through async-io's reactor.
         if let Some(watch) = watch {
@@ -112,6 +95,28 @@ impl Socket {
             return Poll::Pending;
         }
         ready.poll(cx, readable, attempt)
+    }
+
+    /// Accepts one connection if one is waiting (`WouldBlock` if none).
+    fn try_accept(&self) -> io::Result<Accepted> {
+        match self {
+            // accept4 makes the socket non-blocking itself: no ioctl(FIONBIO) after it.
+            Socket::Tcp(l) => rustix::net::acceptfrom_with(l, accept_flags())
+                .map_err(io::Error::from)
+                .and_then(|(fd, peer)| {
+                    // Answers are written whole; Nagle would only delay them.
+                    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+                    let peer = peer
+                        .and_then(|p| SocketAddr::try_from(p).ok())
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    Ok((fd, Address::Tcp(peer)))
+                }),
+            Socket::Unix(l) => rustix::net::accept_with(l, accept_flags())
+                .map_err(io::Error::from)
+                .map(|fd| (fd, Address::Unix(PathBuf::new()))),
+            // (Never asked: UDP sockets are skipped.)
+            Socket::Udp(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -347,6 +352,30 @@ impl Listeners {
 
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Listener> {
         self.all.iter()
+    }
+
+    /// Accepts every connection already in the listeners' queues (at most `most` each),
+    /// right before this process closes its copies: when the last copy of a socket closes,
+    /// the kernel resets what it has queued, connections whose clients saw them accepted.
+    /// Taken here, they are served; what arrives after the close is refused. Returns them
+    /// with the listener each came from.
+    pub(crate) fn take_queued(&self, most: usize) -> Vec<(usize, Accepted)> {
+        let mut queued = Vec::new();
+        for (index, listener) in self.all.iter().enumerate() {
+            if let Socket::Udp(_) = listener.socket {
+                continue;
+            }
+            let mut taken = 0;
+            while taken < most {
+                match listener.socket.try_accept() {
+                    Ok(accepted) => queued.push((index, accepted)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                taken += 1;
+            }
+        }
+        queued
     }
 
     pub(crate) fn as_slice(&self) -> &[Listener] {
