@@ -17,13 +17,16 @@ use rustix::net::{SocketAddrUnix, SocketType, sockopt};
 use super::{ACTIVATION_ENV, Address, FIRST_FD, LISTENER_ENV, MAX_LISTENERS, Origin, Spec};
 use crate::error::{invalid, invalid_msg};
 
-/// Borrows an fd number handed to this process, for inspection only (fstat, getsockopt,
-/// fcntl): a number that is not open makes those calls fail with EBADF, nothing more.
-fn inspect(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: the number comes from `LISTENER` or `LISTEN_FDS`, which hand it to this
-    // process. The borrow is only passed to syscalls that inspect or change the fd's flags;
-    // none of them closes it, and on a number that is not open they fail with EBADF.
-    unsafe { BorrowedFd::borrow_raw(fd) }
+/// Runs `look` on an fd number handed to this process, borrowed for that call only, for
+/// inspection (fstat, getsockopt, getsockname, fcntl): a number that is not open makes those
+/// calls fail with EBADF, nothing more. The borrow cannot outlive `look`.
+fn inspect<T>(fd: RawFd, look: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
+    // SAFETY: `look` gets a borrow that cannot escape it (its lifetime is the closure's
+    // argument's), and only this module's inspecting calls are made with it: none closes or
+    // takes the fd, and on a number that is not open (or not this process's) each fails with
+    // EBADF or inspects what is there without changing it but for the CLOEXEC flag the
+    // caller asked for.
+    look(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// Sets or clears CLOEXEC on `fd`, one of this process's own open fds (a supervising
@@ -35,7 +38,7 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
         FdFlags::empty()
     };
     // Same borrow as `inspect`: only the fd's flags change, and the caller owns it.
-    rustix::io::fcntl_setfd(inspect(fd), flags).map_err(io::Error::from)
+    inspect(fd, |fd| rustix::io::fcntl_setfd(fd, flags)).map_err(io::Error::from)
 }
 
 /// An inherited fd that passed its check (a listening socket, the readiness pipe, the relay).
@@ -398,7 +401,7 @@ impl Inheritance {
     pub(crate) fn close_activated_on_exec(&self) {
         for (fd, _) in &self.activated {
             // Fails harmlessly (EBADF) if one is not open.
-            let _ = rustix::io::fcntl_setfd(inspect(*fd), FdFlags::CLOEXEC);
+            let _ = inspect(*fd, |fd| rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC));
         }
     }
 
@@ -442,7 +445,10 @@ pub(crate) fn activated_for(
 /// Checks that `fd` is an open, listening stream socket (TCP or Unix), or a bound UDP socket,
 /// and returns its address.
 fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
-    let fd = inspect(fd);
+    inspect(fd, |fd| validate_borrowed(fd, what))
+}
+
+fn validate_borrowed(fd: BorrowedFd<'_>, what: &str) -> io::Result<Address> {
     let stat = rustix::fs::fstat(fd).map_err(|e| {
         let e = io::Error::from(e);
         if e.raw_os_error() == Some(libc::EBADF) {
@@ -508,7 +514,7 @@ fn validate(fd: RawFd, what: &str) -> io::Result<Address> {
 
 fn validate_pipe(number: RawFd) -> io::Result<Checked> {
     let what = format!("{LISTENER_ENV}: ready_fd {number}");
-    let stat = rustix::fs::fstat(inspect(number))
+    let stat = inspect(number, |fd| rustix::fs::fstat(fd))
         .map_err(|e| invalid(format!("{what} is not open"), e))?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
     if file_type != FileType::Fifo {
@@ -528,7 +534,7 @@ pub(crate) fn claim_channel(number: RawFd, what: &str) -> io::Result<OwnedFd> {
 
 fn validate_channel(number: RawFd, what: &str) -> io::Result<Checked> {
     let what = format!("{what} {number}");
-    let kind = sockopt::socket_type(inspect(number))
+    let kind = inspect(number, |fd| sockopt::socket_type(fd))
         .map_err(|e| invalid(format!("{what} is not a socket"), e))?;
     if kind != SocketType::SEQPACKET {
         return Err(invalid_msg(format!("{what} is not a SEQPACKET socket")));
