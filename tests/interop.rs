@@ -293,7 +293,7 @@ fn the_go_original_hands_over_to_hello_without_a_failed_request() {
     let load = Load::per_request(server.addr, 2);
     std::thread::sleep(Duration::from_millis(200));
     // The deploy: hello in place of the Go binary, then the Go program's own SIGHUP restart.
-    scratch.install("server", &binary(&example("hello")));
+    scratch.install("server", &binary(&example("fixture")));
     signal(server.pid, Signal::HUP);
     let hello = successor_listening(&server, server.pid);
     let line = server.wait_line(&format!("baton[{hello}]: listening on "));
@@ -323,7 +323,7 @@ fn endless_hands_over_to_hello_which_tells_its_parent() {
     let server = Server::start(command);
     let load = Load::per_request(server.addr, 2);
     std::thread::sleep(Duration::from_millis(200));
-    scratch.install("server", &binary(&example("hello")));
+    scratch.install("server", &binary(&example("fixture")));
     signal(server.pid, Signal::HUP);
     let hello = successor_listening(&server, server.pid);
     server.wait_line(&format!(
@@ -343,7 +343,7 @@ fn endless_hands_over_to_hello_which_tells_its_parent() {
 
 fn hello_hands_over_to_a_go_successor_that_cannot_report_ready() {
     let scratch = Scratch::new("interop-go-successor");
-    let path = scratch.install("server", &binary(&example("hello")));
+    let path = scratch.install("server", &binary(&example("fixture")));
     let mut command = Command::new(&path);
     command.args(["--addr", "127.0.0.1:0", "--ready-after", "300ms"]);
     let server = Server::start(command);

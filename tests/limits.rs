@@ -98,7 +98,7 @@ fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
 
 #[test]
 fn out_of_fds_the_server_backs_off_and_recovers() {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command.args(["--addr", "127.0.0.1:0"]);
     // SAFETY: setrlimit is a plain syscall on the forked child before exec.
     unsafe {

@@ -117,7 +117,7 @@ fn a_live_unix_socket_is_not_taken_over_by_a_second_server() {
     let scratch = Scratch::new("live-unix");
     let unix = format!("unix:{}", scratch.0.join("s.sock").display());
     let _first = Server::hello(&["--addr", &unix]);
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["--addr", &unix])
         .output()
         .unwrap();
@@ -159,7 +159,7 @@ fn socket_activation_adopts_the_passed_sockets_and_restarts_with_listener() {
     let mut command = Command::new("/bin/sh");
     command
         .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-        .arg(example("hello"))
+        .arg(example("fixture"))
         // The first socket is matched by its bound address, the second by its name.
         .args(["--addr", &web_addr.to_string(), "--addr", "api"])
         .env("LISTEN_FDS", "2")
@@ -213,7 +213,7 @@ fn socket_activation_adopts_the_passed_sockets_and_restarts_with_listener() {
 
 #[test]
 fn socket_activation_for_another_pid_is_ignored() {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args(["--addr", "127.0.0.1:0"])
         .env("LISTEN_FDS", "1")

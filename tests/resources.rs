@@ -12,7 +12,7 @@ use common::{Client, Scratch, Server, Signal, example, signal};
 
 /// `hello` with RLIMIT_NOFILE at `limit`, plus `args`.
 fn limited(limit: u64, args: &[&str]) -> Command {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command.args(["--addr", "127.0.0.1:0"]).args(args);
     // SAFETY: between fork and exec, only setrlimit (async-signal-safe) on a local value.
     unsafe {
@@ -156,7 +156,7 @@ fn first_start_is_not_held_to_the_ready_timeout(model: Model) {
     let scratch = Scratch::new(&format!("resources-ready-{model:?}"));
     let pid_file = scratch.0.join("hello.pid");
     let pid_arg = pid_file.to_str().unwrap();
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command.args([
         "--addr",
         "127.0.0.1:0",
@@ -175,7 +175,7 @@ fn first_start_is_not_held_to_the_ready_timeout(model: Model) {
         assert!(first.contains(&pid), "{pid} is not of {first:?}");
     }
     // (As PID 1, the pid file names it as its namespace does: reload from inside.)
-    let mut reload = Command::new(example("hello"));
+    let mut reload = Command::new(example("fixture"));
     reload.args(["reload", "--pid-file", pid_arg, "--timeout", "10s"]);
     let reload = server.inside(reload).output().expect("run hello reload");
     assert_eq!(reload.status.code(), Some(1), "{model:?}: {reload:?}");

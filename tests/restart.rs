@@ -191,7 +191,7 @@ fn second_sigint_during_a_drain_exits_at_once() {
 /// might be a baton or Go server itself) must not see it, in the first process or after a restart.
 #[test]
 fn processes_the_handler_starts_never_see_listener() {
-    let mut command = std::process::Command::new(common::example("hello"));
+    let mut command = std::process::Command::new(common::example("fixture"));
     command
         .args(["--addr", "127.0.0.1:0"])
         .env("BATON_TEST_MARK", "1");

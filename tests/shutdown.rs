@@ -96,7 +96,7 @@ fn a_supervised_shutdown_refuses_or_answers_and_never_leaves_a_connection() {
 
 #[test]
 fn behind_an_init_a_shutdown_refuses_or_answers_and_never_leaves_a_connection() {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command.args(["--addr", "127.0.0.1:0"]);
     let server = Server::start_behind_init(command);
     server.workers_ready(1, 1);

@@ -51,7 +51,7 @@ fn garbage_gets_400_and_the_next_client_is_served() {
 
 /// Runs the example with `LISTENER` set to `value` and returns its exit code and stderr.
 fn run_with_listener(value: &str, addr: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(example("hello"))
+    let mut child = Command::new(example("fixture"))
         .args(["--addr", addr])
         .env("LISTENER", value)
         .stdin(Stdio::null())
@@ -115,7 +115,7 @@ fn listener_fd_that_is_closed_is_a_clear_error() {
 /// to be ignored, and the process bound beside it: how a Go server's successor failed).
 #[test]
 fn listener_for_another_address_is_an_error_naming_both() {
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["--addr", "127.0.0.1:0"])
         .env("LISTENER", r#"{"addr":":8080","fd":0,"filename":""}"#)
         .output()
@@ -129,7 +129,7 @@ fn listener_for_another_address_is_an_error_naming_both() {
 }
 
 fn binary() -> Vec<u8> {
-    std::fs::read(example("hello")).unwrap()
+    std::fs::read(example("fixture")).unwrap()
 }
 
 #[test]

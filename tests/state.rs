@@ -87,7 +87,7 @@ fn a_4_mib_note_survives_five_restarts_of_a_single_process() {
 #[test]
 fn a_4_mib_note_survives_five_restarts_of_a_supervising_process() {
     let scratch = Scratch::new("state-note-workers");
-    let path = scratch.install("hello", &std::fs::read(example("hello")).unwrap());
+    let path = scratch.install("hello", &std::fs::read(example("fixture")).unwrap());
     let mut command = Command::new(&path);
     command.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
     command.args(["--max-body-bytes", BIG_BODY]);

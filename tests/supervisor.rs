@@ -85,7 +85,7 @@ fn until(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
 fn notify_socket_gets_ready_reloading_mainpid_and_stopping() {
     let scratch = Scratch::new("notify");
     let (socket, path) = notify_socket(&scratch);
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args(["--addr", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &path);
@@ -114,7 +114,7 @@ fn a_failed_restart_reports_ready_again() {
     let scratch = Scratch::new("notify-failed");
     let (socket, path) = notify_socket(&scratch);
     let binary = scratch.0.join("hello");
-    std::fs::copy(example("hello"), &binary).unwrap();
+    std::fs::copy(example("fixture"), &binary).unwrap();
     let mut command = Command::new(&binary);
     command
         .args(["--addr", "127.0.0.1:0"])
@@ -139,7 +139,7 @@ fn hello_reload_names_the_successor_in_the_single_process_model() {
     let pid_file = scratch.0.join("hello.pid");
     let path = pid_file.to_str().unwrap();
     let server = Server::hello(&["--pid-file", path]);
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["reload", "--pid-file", path])
         .output()
         .unwrap();
@@ -157,7 +157,7 @@ fn hello_reload_names_the_successor_in_the_single_process_model() {
 fn a_supervising_process_keeps_mainpid_and_reports_its_workers() {
     let scratch = Scratch::new("notify-workers");
     let (socket, path) = notify_socket(&scratch);
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args(["--addr", "127.0.0.1:0", "--workers", "2"])
         .env("NOTIFY_SOCKET", &path);

@@ -109,7 +109,7 @@ fn setup(name: &str) -> Setup {
 }
 
 fn hello_tls(setup: &Setup, extra: &[&str]) -> Server {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args(["--addr", "tls:127.0.0.1:0", "--tls-cert"])
         .arg(&setup.cert)
@@ -248,7 +248,7 @@ fn a_stalled_handshake_is_closed_at_the_timeout_and_disturbs_no_one() {
 #[test]
 fn plain_and_tls_listeners_side_by_side() {
     let setup = setup("tls-mixed");
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args([
             "--addr",
@@ -284,7 +284,7 @@ fn plain_and_tls_listeners_side_by_side() {
 #[test]
 fn tls_files_without_a_tls_address_are_refused_with_what_to_add() {
     let setup = setup("tls-no-address");
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["--addr", "127.0.0.1:0", "--tls-cert"])
         .arg(&setup.cert)
         .arg("--tls-key")
@@ -295,7 +295,7 @@ fn tls_files_without_a_tls_address_are_refused_with_what_to_add() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("no address is a tls: one"), "{text}");
     // And a tls: address without them.
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["--addr", "tls:127.0.0.1:0"])
         .output()
         .unwrap();

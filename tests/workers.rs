@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{DEADLINE, Failure, Load, Scratch, Server, Signal, example, log, signal, wait_gone};
 
 fn binary() -> Vec<u8> {
-    std::fs::read(example("hello")).expect("the example binary")
+    std::fs::read(example("fixture")).expect("the example binary")
 }
 
 /// The workers of generation `generation` once `count` of them are ready (their pids).
@@ -171,7 +171,7 @@ fn hello_reload_exits_zero_after_a_good_restart_and_one_with_the_reason_after_a_
     let server = Server::start(command);
     workers_ready(&server, 1, 1);
     let reload = |timeout: &str| {
-        let mut command = Command::new(example("hello"));
+        let mut command = Command::new(example("fixture"));
         command.args(["reload", "--pid-file", pid_arg, "--timeout", timeout]);
         command.output().expect("run hello reload")
     };
@@ -193,7 +193,7 @@ fn hello_reload_exits_zero_after_a_good_restart_and_one_with_the_reason_after_a_
     );
     // The old worker serves on.
     assert_eq!(common::serving_pid(server.addr), serving);
-    let missing = Command::new(example("hello"))
+    let missing = Command::new(example("fixture"))
         .args(["reload", "--pid-file", "/nonexistent/x.pid"])
         .output()
         .unwrap();
@@ -306,7 +306,7 @@ fn serving_workers_killed_every_second_are_replaced_at_once() {
 
 #[test]
 fn ctrl_c_to_the_process_group_drains_every_worker_and_starts_none() {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command
         .args(["--addr", "127.0.0.1:0", "--workers", "2"])
         .process_group(0);
@@ -386,7 +386,7 @@ fn workers_zero_keeps_the_single_process_model() {
 /// Bad input for the supervising process's own state is refused with its name.
 #[test]
 fn a_malformed_supervisor_state_is_a_clear_error() {
-    let output = Command::new(example("hello"))
+    let output = Command::new(example("fixture"))
         .args(["--addr", "127.0.0.1:0"])
         .env("BATON_SUPERVISOR", "{not json")
         .output()
@@ -449,7 +449,7 @@ fn a_successor_that_cannot_be_executed_never_takes_the_service_down(workers: &st
     let count: usize = workers.parse().unwrap();
     let serving = workers_ready(&server, 1, count);
     let reload = || {
-        Command::new(example("hello"))
+        Command::new(example("fixture"))
             .args(["reload", "--pid-file", &pid_arg, "--timeout", "10s"])
             .output()
             .expect("run hello reload")
@@ -576,7 +576,7 @@ fn behind_an_init_the_default_supervises_and_restarts_lose_nothing() {
 /// and serves on: replacing itself would end the namespace, its successor with it.
 #[test]
 fn behind_an_init_a_single_process_refuses_a_restart_that_would_end_the_service() {
-    let mut command = Command::new(example("hello"));
+    let mut command = Command::new(example("fixture"));
     command.args(["--addr", "127.0.0.1:0", "--workers", "0"]);
     let server = Server::start_behind_init(command);
     assert_eq!(common::serving_pid(server.addr), 2);

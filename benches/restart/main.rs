@@ -233,7 +233,7 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
     let target = root.join("target/bench-tls");
     release_build(
         root,
-        &["--example", "hello", "--features", "tls"],
+        &["--example", "fixture", "--features", "tls"],
         Some(&target),
         "the example with tls",
     );
@@ -282,7 +282,7 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
     let flavors = [
         Flavor {
             name: "baton",
-            binary: target.join("release/examples/hello"),
+            binary: target.join("release/examples/fixture"),
             prefix: "baton",
             args: files.clone(),
             addr: "tls:127.0.0.1:0",
@@ -406,10 +406,10 @@ fn tls_scenarios(root: &Path, plan: &Plan, cpu: Option<usize>) -> String {
 fn soak() {
     const RESTARTS: usize = 200;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    release_build(&root, &["--example", "hello"], None, "the example");
+    release_build(&root, &["--example", "fixture"], None, "the example");
     let flavor = Flavor {
         name: "baton",
-        binary: root.join("target/release/examples/hello"),
+        binary: root.join("target/release/examples/fixture"),
         prefix: "baton",
         args: Vec::new(),
         addr: "127.0.0.1:0",
@@ -488,8 +488,10 @@ fn soak() {
 
 /// Builds the example and the peer with the same release profile.
 fn build(root: &Path) -> Vec<Flavor> {
-    eprintln!("[bench] building baton's hello example and the tokio peer (release)");
-    release_build(root, &["--example", "hello"], None, "the example");
+    eprintln!(
+        "[bench] building baton's test fixture (hello with the tests' routes) and the tokio peer (release)"
+    );
+    release_build(root, &["--example", "fixture"], None, "the example");
     let peer = root.join("benches/tokio-peer");
     let manifest = peer.join("Cargo.toml");
     release_build(
@@ -502,14 +504,14 @@ fn build(root: &Path) -> Vec<Flavor> {
     let h1_target = root.join("target/bench-async-h1");
     release_build(
         root,
-        &["--example", "hello", "--features", "async-h1"],
+        &["--example", "fixture", "--features", "async-h1"],
         Some(&h1_target),
         "the example with async-h1",
     );
     vec![
         Flavor {
             name: "baton",
-            binary: root.join("target/release/examples/hello"),
+            binary: root.join("target/release/examples/fixture"),
             prefix: "baton",
             args: Vec::new(),
             addr: "127.0.0.1:0",
@@ -517,7 +519,7 @@ fn build(root: &Path) -> Vec<Flavor> {
         },
         Flavor {
             name: "baton, closing",
-            binary: root.join("target/release/examples/hello"),
+            binary: root.join("target/release/examples/fixture"),
             prefix: "baton",
             args: vec!["--no-hand-over".into()],
             addr: "127.0.0.1:0",
@@ -525,7 +527,7 @@ fn build(root: &Path) -> Vec<Flavor> {
         },
         Flavor {
             name: "baton on async-h1",
-            binary: h1_target.join("release/examples/hello"),
+            binary: h1_target.join("release/examples/fixture"),
             prefix: "baton",
             args: vec!["--codec".into(), "async-h1".into()],
             addr: "127.0.0.1:0",
@@ -533,7 +535,7 @@ fn build(root: &Path) -> Vec<Flavor> {
         },
         Flavor {
             name: "baton lean",
-            binary: root.join("target/release/examples/hello"),
+            binary: root.join("target/release/examples/fixture"),
             prefix: "baton",
             args: vec!["--lean".into()],
             addr: "127.0.0.1:0",

@@ -86,7 +86,7 @@ pub struct Server {
 impl Server {
     /// Starts `examples/hello` on 127.0.0.1 with a kernel-chosen port, plus `args`.
     pub fn hello(args: &[&str]) -> Server {
-        let mut command = Command::new(example("hello"));
+        let mut command = Command::new(example("fixture"));
         command.args(["--addr", "127.0.0.1:0"]).args(args);
         Server::start(command)
     }
