@@ -226,7 +226,12 @@ impl Drain {
         let max_held = self.0.max_held.load(Ordering::Relaxed);
         let state = state.to_string();
         let sent = relay
-            .send_connection(&sockets, kind, &state, max_held)
+            .send(crate::handoff::relay::Message::Connection {
+                sockets: &sockets,
+                kind,
+                state: &state,
+                max_held,
+            })
             .await;
         match &sent {
             Ok(()) => {

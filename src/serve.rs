@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::config::timing::{ACCEPT_REPORT_EVERY, CUT_GRACE, STATE_TIMEOUT};
 use crate::drain::Drain;
 use crate::event::Event;
-use crate::handoff::relay::{Received, Relay};
+use crate::handoff::relay::{Message, Received, Relay};
 use crate::handoff::state::{Arrived, Content, Outgoing};
 use crate::handoff::{self, Exec};
 use crate::hooks::Hooks;
@@ -325,8 +325,8 @@ fn outgoing_state(hooks: &Hooks, max: usize, emit: &dyn Fn(&Event<'_>)) -> Outgo
 /// could not go.
 async fn send_state(relay: &Relay, state: &Outgoing, wait: bool, emit: &dyn Fn(&Event<'_>)) {
     let sent = match wait {
-        true => relay.send_state(state).await,
-        false => relay.try_send_state(state),
+        true => relay.send(Message::State(state)).await,
+        false => relay.try_send(Message::State(state)),
     };
     if let (Err(error), Content::State(bytes)) = (sent, &state.sent) {
         emit(&Event::StateNotHandedOver {
@@ -752,7 +752,7 @@ impl Process {
             // The successor bounds the generations alive: tell it which are still draining.
             let mut pids = self.inbound.older.clone();
             pids.push(std::process::id());
-            let _ = relay.send_generations(&pids).await;
+            let _ = relay.send(Message::Generations(&pids)).await;
         }
         // Counted before the drain starts: once it has, connections move and end at once.
         let (connections, requests) = self.open();
@@ -1091,7 +1091,11 @@ async fn forward_inbound(drain: &Drain, inbound: &mut Vec<Relay>) {
     };
     let mut kept = Vec::new();
     for relay in inbound.drain(..) {
-        if outbound.send_relay(&relay).await.is_err() {
+        if outbound
+            .send(Message::Relay(std::os::fd::AsFd::as_fd(&relay)))
+            .await
+            .is_err()
+        {
             kept.push(relay);
         }
     }

@@ -11,6 +11,7 @@
 
 pub(crate) mod relay;
 pub(crate) mod state;
+pub(crate) mod wire;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -3,26 +3,11 @@
 //! travelling as `SCM_RIGHTS` with the bytes already read from it but not yet parsed. The
 //! client sees nothing: same TCP connection, no `Connection: close`, no reconnect.
 //!
-//! Messages: once, before the successor serves, the application's state, `S...` (see
-//! [`super::state`]: inline, or in a sealed memfd passed as its fd); then connections.
-//!
-//! A connection moves as `U[kind][state JSON][held bytes]` (each of the first two a u32 LE
-//! length and the text) with its fd: the successor's program resumes it by kind. A group of
-//! sockets that move together (a proxy's client and upstream), or held bytes that would not
-//! fit in [`MAX_MESSAGE`], move as `N[kind][state JSON][count: u32 LE][each socket's held
-//! length: u64 LE][where: 0 inline, 1 memfd][the held bytes, one after another, if inline]`
-//! with the sockets' fds in order, then a sealed memfd holding the held bytes if not inline
-//! (up to the sender's `max_held_bytes` in all).
-//!
-//! A draining process also sends `G[JSON array of pids]`: the generations still draining.
-//! A draining process forwards its own inbound relay, if it still has one, as `F` with that
-//! relay's fd, so that it need not stay alive for an older process that is still draining.
-//!
-//! The same kind of channel connects a supervising process to each of its workers (the
-//! control channel): `R`, "retire: drain and exit", with, as its fd, the relay to hand the
-//! worker's connections and state to (none: close them); `Q[signal]`, "the service shuts
-//! down: stop accepting at once, drain and exit" (the signal's name); `K`, "stop at once" (a
-//! second shutdown signal). Its EOF tells a worker that its supervising process is gone.
+//! Messages: once, before the successor serves, the application's state; then connections
+//! (each alone, or a group of sockets that move together), forwarded relays and the
+//! generations still draining. The same kind of channel connects a supervising process to
+//! each of its workers (the control channel): retire, quit, stop at once; its EOF tells a
+//! worker that its supervising process is gone. [`super::wire`] encodes and decodes them all.
 //!
 //! Every async send is bounded by [`RELAY_TIMEOUT`]: a successor that stops reading its relay
 //! must not hold this process (or one of its connections) hostage.
@@ -42,12 +27,8 @@ use smol::future::FutureExt as _;
 use crate::config::timing::RELAY_TIMEOUT;
 use crate::io::ready::Readiness;
 
-/// Largest message: addresses plus at most a request head's worth of unparsed bytes (and an
-/// inline state, [`super::state::INLINE`]).
-const MAX_MESSAGE: usize = 96 * 1024;
-
-/// The most sockets one hand-over moves together.
-pub(crate) const MAX_GROUP: usize = 8;
+pub(crate) use super::wire::{MAX_GROUP, Message, Received};
+use super::wire::{MAX_MESSAGE, decode, encode};
 
 /// A new socket pair for one successor: (this process's end, the successor's end).
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -71,41 +52,6 @@ pub(crate) struct Relay {
     /// receive, so that a worker at its fd limit can still take the relay a retire message
     /// carries (its connections would be lost otherwise); taken again after.
     reserve: std::sync::Mutex<Option<Option<OwnedFd>>>,
-}
-
-/// What arrives on the relay.
-#[derive(Debug)]
-pub(crate) enum Received {
-    /// The application's state (or why there is none).
-    State(super::state::Arrived),
-    /// (Control channel) drain and exit, handing connections over on this relay, if any.
-    Retire(Option<OwnedFd>),
-    /// (Control channel) the service shuts down (on this signal, by name): stop accepting at
-    /// once, drain and exit.
-    Quit(String),
-    /// A connection, or a group of sockets, to resume under its kind.
-    Connection(Handed),
-    /// An older process's relay, forwarded by a process that drains: take its connections
-    /// from it too, so the forwarding process need not wait for it.
-    Relay(OwnedFd),
-    /// The pids of the generations still draining, oldest first, the sender last.
-    Generations(Vec<u32>),
-    /// (Control channel) a draining worker stops at once: a second shutdown signal.
-    StopNow(crate::CutBy),
-}
-
-/// A connection (or a group of sockets that move together) received from the previous
-/// process.
-#[derive(Debug)]
-pub(crate) struct Handed {
-    /// The sockets, in the order they were sent.
-    pub(crate) fds: Vec<OwnedFd>,
-    /// What the application named it (the successor's handler for that name resumes it).
-    pub(crate) name: String,
-    /// The application's JSON state for it.
-    pub(crate) state: String,
-    /// For each socket, the bytes the old process had read from it and not consumed.
-    pub(crate) held: Vec<Vec<u8>>,
 }
 
 impl AsFd for Relay {
@@ -138,124 +84,24 @@ impl Relay {
             .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Sends a connection, or a group of sockets that move together, under `kind`, with
-    /// its `state` (JSON text) and, for each socket, the bytes held from it: in the message
-    /// if all fits, else in a sealed memfd beside it, up to `max_held` bytes in all. On
-    /// success the successor owns them.
-    pub(crate) async fn send_connection(
-        &self,
-        sockets: &[(BorrowedFd<'_>, &[u8])],
-        kind: &str,
-        state: &str,
-        max_held: usize,
-    ) -> io::Result<()> {
-        if sockets.is_empty() || sockets.len() > MAX_GROUP {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a hand-over moves 1 to {MAX_GROUP} sockets, not {}",
-                    sockets.len()
-                ),
-            ));
-        }
-        let total: usize = sockets.iter().map(|(_, held)| held.len()).sum();
-        if total > max_held {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the connection holds {total} unread bytes, over max_held_bytes ({max_held}): \
-                     it stays with this process",
-                ),
-            ));
-        }
-        let too_much = "the connection's kind and state are over 96 KiB";
-        if let [(fd, held)] = sockets {
-            if let Ok(head) = head(b'U', [kind, state], held.len(), too_much) {
-                return self.send_with_fds(&[&head, held], &[*fd]).await;
-            }
-        }
-        let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(fd, _)| *fd).collect();
-        let lengths = 4 + 9 * sockets.len();
-        let mut head = head(b'N', [kind, state], lengths, too_much)?;
-        let inline = head.len() + lengths + total <= MAX_MESSAGE;
-        head.extend_from_slice(&(sockets.len() as u32).to_le_bytes());
-        for (_, held) in sockets {
-            head.extend_from_slice(&(held.len() as u64).to_le_bytes());
-        }
-        if inline {
-            head.push(0);
-            let mut parts: Vec<&[u8]> = vec![&head];
-            parts.extend(sockets.iter().map(|(_, held)| *held));
-            return self.send_with_fds(&parts, &fds).await;
-        }
-        head.push(1);
-        let all: Vec<u8> = sockets
-            .iter()
-            .flat_map(|(_, held)| held.iter().copied())
-            .collect();
-        let memfd = super::state::sealed(&all, "baton-held")?;
-        fds.push(memfd.as_fd());
-        self.send_with_fds(&[&head], &fds).await
-    }
-
-    /// Tells the successor which generations are still draining (oldest first, this one
-    /// last), so that it can keep their number bounded.
-    pub(crate) async fn send_generations(&self, pids: &[u32]) -> io::Result<()> {
-        let text = serde_json::to_string(pids).map_err(io::Error::other)?;
-        self.send_with_fd(&[b"G", text.as_bytes()], None).await
-    }
-
-    /// Forwards `relay` (the relay this process receives on) to the successor.
-    pub(crate) async fn send_relay(&self, relay: &Relay) -> io::Result<()> {
-        self.send_with_fd(&[b"F"], Some(relay.as_fd())).await
-    }
-
-    /// (Control channel) tells a worker to drain and exit, handing its connections over on
-    /// `relay` if given. Does not wait: the channel holds it if the worker is busy.
-    pub(crate) fn try_retire(&self, relay: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        send_with_fd(self.socket.get_ref(), &[b"R"], relay)
-    }
-
-    /// (Control channel) tells a worker that the service shuts down, on `signal`.
-    pub(crate) fn try_quit(&self, signal: crate::signals::Signal) -> io::Result<()> {
-        send_with_fd(
-            self.socket.get_ref(),
-            &[b"Q", signal.name().as_bytes()],
-            None,
-        )
-    }
-
-    /// (Control channel) tells a draining worker to stop at once, and why: a second
-    /// shutdown signal (`None`), or the generation limit `Some(max)`.
-    pub(crate) fn try_stop_now(&self, limit: Option<usize>) -> io::Result<()> {
-        let max = limit.map(|max| max.to_string()).unwrap_or_default();
-        send_with_fd(self.socket.get_ref(), &[b"K", max.as_bytes()], None)
-    }
-
-    async fn send_with_fd(&self, parts: &[&[u8]], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        self.send_with_fds(parts, &fds).await
-    }
-
-    async fn send_with_fds(&self, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    /// Sends `message`, waiting (at most [`RELAY_TIMEOUT`]) for room if the channel is full.
+    /// On success the other process owns the fds it carries; on an error nothing went (an
+    /// encoding error says what could not go).
+    pub(crate) async fn send(&self, message: Message<'_>) -> io::Result<()> {
+        let encoded = encode(&message)?;
+        let fds = encoded.fds();
         bounded(
             self.socket
-                .write_with(|socket| send_with_fds(socket, parts, fds)),
+                .write_with(|socket| send_with_fds(socket, &encoded.parts, &fds)),
         )
         .await
     }
 
-    /// Sends the application's state (before the successor serves), waiting for room if the
-    /// channel is full.
-    pub(crate) async fn send_state(&self, state: &super::state::Outgoing) -> io::Result<()> {
-        let fd = state.fd.as_ref().map(AsFd::as_fd);
-        self.send_with_fd(&[&state.message], fd).await
-    }
-
-    /// Like [`Relay::send_state`], without waiting: `WouldBlock` if there is no room.
-    pub(crate) fn try_send_state(&self, state: &super::state::Outgoing) -> io::Result<()> {
-        let fd = state.fd.as_ref().map(AsFd::as_fd);
-        send_with_fd(self.socket.get_ref(), &[&state.message], fd)
+    /// [`Relay::send`] without waiting: `WouldBlock` if there is no room (a control message
+    /// to a busy worker waits in the channel).
+    pub(crate) fn try_send(&self, message: Message<'_>) -> io::Result<()> {
+        let encoded = encode(&message)?;
+        send_with_fds(self.socket.get_ref(), &encoded.parts, &encoded.fds())
     }
 
     /// The next message, or `None` once the other process has closed the channel.
@@ -291,7 +137,8 @@ impl Relay {
         }
         drop(reserve);
         let (bytes, fds) = received?;
-        self.decode(&buffer[..bytes], fds)
+        let max_held = self.max_held.load(std::sync::atomic::Ordering::Relaxed);
+        decode(&buffer[..bytes], fds, max_held)
     }
 
     /// One `recvmsg`: the message's length and the fds that came with it. A message whose
@@ -330,105 +177,6 @@ impl Relay {
         };
         Ok((bytes, fds))
     }
-
-    /// A message as received: its bytes and fds.
-    fn decode(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Option<Received>> {
-        if let Some((b'N', group)) = message.split_first() {
-            return self
-                .group(group, fds)
-                .map(|group| Some(Received::Connection(group)));
-        }
-        let second = (fds.len() == 2).then(|| fds.pop()).flatten();
-        let fd = fds.pop();
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
-        match (message.split_first(), fd) {
-            (None, None) => Ok(None),
-            (Some((b'S', state)), fd) => super::state::Arrived::parse(state, fd)
-                .map(|state| Some(Received::State(state)))
-                .ok_or_else(bad),
-            (Some((b'Q', signal)), None) => Ok(Some(Received::Quit(
-                String::from_utf8_lossy(signal).into_owned(),
-            ))),
-            (Some((b'R', [])), relay) => Ok(Some(Received::Retire(relay))),
-            (Some((b'K', [])), None) => Ok(Some(Received::StopNow(crate::CutBy::Signal))),
-            (Some((b'K', max)), None) => std::str::from_utf8(max)
-                .ok()
-                .and_then(|max| max.parse().ok())
-                .map(|max| Some(Received::StopNow(crate::CutBy::GenerationLimit { max })))
-                .ok_or_else(bad),
-            (Some((b'F', [])), Some(relay)) => Ok(Some(Received::Relay(relay))),
-            (Some((b'G', list)), None) => serde_json::from_slice(list)
-                .map(|pids| Some(Received::Generations(pids)))
-                .map_err(|_| bad()),
-            (Some((b'U', message)), Some(fd)) if second.is_none() => {
-                let (name, rest) = text(message)?;
-                let (state, rest) = text(rest)?;
-                Ok(Some(Received::Connection(Handed {
-                    fds: vec![fd],
-                    name,
-                    state,
-                    held: vec![rest.to_vec()],
-                })))
-            }
-            _ => Err(bad()),
-        }
-    }
-
-    /// An `N` message (after its tag) and the fds that came with it: the sockets, then the
-    /// held bytes' memfd if they are not inline. Every fd is closed if it is malformed.
-    fn group(&self, message: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Handed> {
-        let bad = |why: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a malformed relay message: {why}"),
-            )
-        };
-        let (name, rest) = text(message)?;
-        let (state, rest) = text(rest)?;
-        let (count, mut rest) = rest.split_at_checked(4).ok_or_else(|| bad("no count"))?;
-        let count = u32::from_le_bytes(count.try_into().map_err(|_| bad("no count"))?) as usize;
-        if count == 0 || count > MAX_GROUP {
-            return Err(bad("a group of no socket, or too many"));
-        }
-        let mut lengths = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (len, after) = rest.split_at_checked(8).ok_or_else(|| bad("cut lengths"))?;
-            lengths.push(u64::from_le_bytes(len.try_into().map_err(|_| bad("cut"))?));
-            rest = after;
-        }
-        let (&place, rest) = rest.split_first().ok_or_else(|| bad("no place"))?;
-        let total: u64 = lengths.iter().sum();
-        let max = self.max_held.load(std::sync::atomic::Ordering::Relaxed);
-        if total > max as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a connection came with {total} held bytes, over this process's \
-                     max_held_bytes ({max})"
-                ),
-            ));
-        }
-        let all = match place {
-            0 if fds.len() == count && rest.len() as u64 == total => rest.to_vec(),
-            1 if fds.len() == count + 1 && rest.is_empty() => {
-                let memfd = fds.pop().ok_or_else(|| bad("no memfd"))?;
-                super::state::read_sealed(memfd, total)?
-            }
-            _ => return Err(bad("the fds or held bytes do not match the lengths")),
-        };
-        let mut held = Vec::with_capacity(count);
-        let mut at = 0usize;
-        for len in lengths {
-            held.push(all[at..at + len as usize].to_vec());
-            at += len as usize;
-        }
-        Ok(Handed {
-            fds,
-            name,
-            state,
-            held,
-        })
-    }
 }
 
 /// `send`, or `TimedOut` if the other process has not made room for it within
@@ -444,45 +192,13 @@ async fn bounded(send: impl Future<Output = io::Result<()>>) -> io::Result<()> {
     send.or(stalled).await
 }
 
-/// The head of a `kind` message that carries two texts, each after its length (read back by
-/// [`text`]), and then `rest` bytes; `too_much` if the whole is over [`MAX_MESSAGE`].
-fn head(kind: u8, texts: [&str; 2], rest: usize, too_much: &'static str) -> io::Result<Vec<u8>> {
-    let len = 1 + texts.iter().map(|text| 4 + text.len()).sum::<usize>();
-    if len + rest > MAX_MESSAGE {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, too_much));
-    }
-    let mut head = Vec::with_capacity(len);
-    head.push(kind);
-    for text in texts {
-        head.extend_from_slice(&(text.len() as u32).to_le_bytes());
-        head.extend_from_slice(text.as_bytes());
-    }
-    Ok(head)
-}
-
-/// One text of a message, after its length, and what follows it.
-fn text(message: &[u8]) -> io::Result<(String, &[u8])> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "a malformed relay message");
-    let len = message.get(..4).ok_or_else(bad)?;
-    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
-    let body = message.get(4..4 + len).ok_or_else(bad)?;
-    let text = String::from_utf8(body.to_vec()).map_err(|_| bad())?;
-    Ok((text, &message[4 + len..]))
-}
-
-/// One datagram of `parts`, with `fd` as `SCM_RIGHTS` if given.
-fn send_with_fd(
+/// One datagram of `parts`, with `fds` as `SCM_RIGHTS`.
+fn send_with_fds(
     socket: &UnixStream,
-    parts: &[&[u8]],
-    fd: Option<BorrowedFd<'_>>,
+    parts: &[std::borrow::Cow<'_, [u8]>],
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-    send_with_fds(socket, parts, &fds)
-}
-
-/// One datagram of `parts`, with `fds` (at most two) as `SCM_RIGHTS`.
-fn send_with_fds(socket: &UnixStream, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_GROUP + 1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many fds for one relay message"));
@@ -498,6 +214,23 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    async fn send_connection(
+        relay: &Relay,
+        sockets: &[(BorrowedFd<'_>, &[u8])],
+        kind: &str,
+        state: &str,
+        max_held: usize,
+    ) -> io::Result<()> {
+        relay
+            .send(Message::Connection {
+                sockets,
+                kind,
+                state,
+                max_held,
+            })
+            .await
+    }
+
     #[test]
     fn a_connection_and_its_unparsed_bytes_cross_over() {
         smol::block_on(async {
@@ -507,8 +240,7 @@ mod tests {
             let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (server_side, _) = listener.accept().unwrap();
             let sockets = [(server_side.as_fd(), &b"GET / HT"[..])];
-            sender
-                .send_connection(&sockets, "http", r#"{"n":1}"#, 1 << 20)
+            send_connection(&sender, &sockets, "http", r#"{"n":1}"#, 1 << 20)
                 .await
                 .unwrap();
             drop(server_side);
@@ -530,7 +262,7 @@ mod tests {
             received.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"ping");
             let state = crate::handoff::state::Outgoing::new(Some(br#"{"count":3}"#), 1 << 20);
-            sender.send_state(&state).await.unwrap();
+            sender.send(Message::State(&state)).await.unwrap();
             let Some(Received::State(state)) = receiver.receive(&mut buffer).await.unwrap() else {
                 panic!("expected the state");
             };
@@ -538,7 +270,7 @@ mod tests {
             // A state too large for a message comes in a sealed memfd, whole.
             let large = vec![b'7'; 1 << 20];
             let state = crate::handoff::state::Outgoing::new(Some(&large), 1 << 21);
-            sender.send_state(&state).await.unwrap();
+            sender.send(Message::State(&state)).await.unwrap();
             let Some(Received::State(state)) = receiver.receive(&mut buffer).await.unwrap() else {
                 panic!("expected the state");
             };
@@ -565,10 +297,15 @@ mod tests {
             let mut buffer = Vec::new();
             for len in [room, room + 1, 3 << 20] {
                 let held: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-                sender
-                    .send_connection(&[(server_side.as_fd(), &held)], kind, state, 4 << 20)
-                    .await
-                    .unwrap();
+                send_connection(
+                    &sender,
+                    &[(server_side.as_fd(), &held)],
+                    kind,
+                    state,
+                    4 << 20,
+                )
+                .await
+                .unwrap();
                 let Some(Received::Connection(handed)) =
                     receiver.receive(&mut buffer).await.unwrap()
                 else {
@@ -578,10 +315,15 @@ mod tests {
                 assert!(handed.held == [held], "{len} held bytes came back changed");
             }
             let over = vec![0u8; 5 << 20];
-            let refused = sender
-                .send_connection(&[(server_side.as_fd(), &over)], kind, state, 4 << 20)
-                .await
-                .unwrap_err();
+            let refused = send_connection(
+                &sender,
+                &[(server_side.as_fd(), &over)],
+                kind,
+                state,
+                4 << 20,
+            )
+            .await
+            .unwrap_err();
             assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
             assert!(
                 refused
@@ -590,15 +332,15 @@ mod tests {
                 "{refused}"
             );
             receiver.set_max_held(1 << 20);
-            sender
-                .send_connection(
-                    &[(server_side.as_fd(), &over[..2 << 20])],
-                    kind,
-                    state,
-                    4 << 20,
-                )
-                .await
-                .unwrap();
+            send_connection(
+                &sender,
+                &[(server_side.as_fd(), &over[..2 << 20])],
+                kind,
+                state,
+                4 << 20,
+            )
+            .await
+            .unwrap();
             let error = receiver.receive(&mut buffer).await.unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData);
             assert!(
@@ -606,10 +348,15 @@ mod tests {
                 "{error}"
             );
             // The relay still works after a refused message.
-            sender
-                .send_connection(&[(server_side.as_fd(), b"ok")], kind, state, 4 << 20)
-                .await
-                .unwrap();
+            send_connection(
+                &sender,
+                &[(server_side.as_fd(), b"ok")],
+                kind,
+                state,
+                4 << 20,
+            )
+            .await
+            .unwrap();
             let Some(Received::Connection(handed)) = receiver.receive(&mut buffer).await.unwrap()
             else {
                 panic!("expected a connection");
@@ -630,8 +377,7 @@ mod tests {
             for size in [10, 200_000] {
                 let (one, two) = (vec![1u8; size], vec![2u8; size / 2]);
                 let group = [(a.as_fd(), &one[..]), (b.as_fd(), &two[..])];
-                sender
-                    .send_connection(&group, "proxy", "{}", 1 << 20)
+                send_connection(&sender, &group, "proxy", "{}", 1 << 20)
                     .await
                     .unwrap();
                 let Some(Received::Connection(handed)) =
@@ -649,17 +395,20 @@ mod tests {
                 (&b).read_exact(&mut got).unwrap();
             }
             let none: [(BorrowedFd<'_>, &[u8]); 0] = [];
-            let error = sender.send_connection(&none, "proxy", "{}", 1).await;
+            let error = send_connection(&sender, &none, "proxy", "{}", 1).await;
             assert_eq!(error.unwrap_err().kind(), io::ErrorKind::InvalidInput);
-            // A group whose lengths do not match its bytes.
-            let mut head = head(b'N', ["proxy", "{}"], 0, "").unwrap();
-            head.extend_from_slice(&1u32.to_le_bytes());
-            head.extend_from_slice(&5u64.to_le_bytes());
-            head.push(0);
-            head.extend_from_slice(b"abc");
-            sender.send_with_fds(&[&head], &[a.as_fd()]).await.unwrap();
+            // A malformed message (cut short) is an error, its fd closed, and the relay
+            // carries on.
+            let parts = [std::borrow::Cow::Borrowed(&b"N\x05\0\0\0pro"[..])];
+            send_with_fds(sender.socket.get_ref(), &parts, &[a.as_fd()]).unwrap();
             let error = receiver.receive(&mut buffer).await.unwrap_err();
-            assert!(error.to_string().contains("do not match"), "{error}");
+            assert!(
+                error.to_string().contains("its kind runs past the end"),
+                "{error}"
+            );
+            sender.send(Message::Generations(&[7])).await.unwrap();
+            let next = receiver.receive(&mut buffer).await.unwrap();
+            assert!(matches!(next, Some(Received::Generations(pids)) if pids == [7]));
         });
     }
 }

@@ -35,7 +35,7 @@ use crate::config::timing::{
     CLEAN_EXIT_GRACE, FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH,
 };
 use crate::event::Event;
-use crate::handoff::relay::Relay;
+use crate::handoff::relay::{Message, Relay};
 use crate::handoff::{self, Exec, Ready, Role};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
 use crate::reap::Found;
@@ -445,7 +445,7 @@ impl Supervising {
                 Some(error) => {
                     for worker in &ready {
                         if let Some(control) = &worker.control {
-                            let _ = control.try_retire(None);
+                            let _ = control.try_send(Message::Retire(None));
                         }
                         // Its `Owned` goes with `ready`: the reaper collects it when it
                         // exits, as any other child.
@@ -521,7 +521,9 @@ impl Supervising {
                     .iter()
                     .find(|(slot, _)| *slot == worker.slot)
                     .and_then(|(_, relay)| relay.as_ref());
-                let _ = worker.control.try_retire(relay.map(|r| r.as_fd()));
+                let _ = worker
+                    .control
+                    .try_send(Message::Retire(relay.map(|r| r.as_fd())));
                 self.retiring.push(Retiring {
                     pid: worker.pid,
                     generation: worker.generation,
@@ -667,7 +669,7 @@ impl Supervising {
             .collect();
         self.listeners.clear();
         for worker in std::mem::take(&mut self.workers) {
-            let _ = worker.control.try_quit(signal);
+            let _ = worker.control.try_send(Message::Quit(signal));
             self.retiring.push(Retiring {
                 pid: worker.pid,
                 generation: worker.generation,
@@ -694,7 +696,7 @@ impl Supervising {
                     // Draining workers stop at once on a second shutdown signal.
                     cut_by = Some(CutBy::Signal);
                     for control in self.retiring.iter().filter_map(|r| r.control.as_ref()) {
-                        let _ = control.try_stop_now(None);
+                        let _ = control.try_send(Message::StopNow(CutBy::Signal));
                     }
                 }
                 Some(Ok((signal, _))) => {
@@ -757,7 +759,7 @@ impl Supervising {
                 }
                 // Told once: its channel goes with the message.
                 if let Some(control) = retiring.control.take() {
-                    let _ = control.try_stop_now(Some(max));
+                    let _ = control.try_send(Message::StopNow(CutBy::GenerationLimit { max }));
                     (self.emit)(&Event::GenerationEnded {
                         pid: retiring.pid,
                         max,
