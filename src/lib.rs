@@ -70,11 +70,11 @@ mod hooks;
 pub mod http;
 mod io;
 mod listener;
-mod process;
+mod program;
 mod reap;
 mod reload;
 mod report;
-mod serve;
+mod restart;
 mod signals;
 mod supervisor;
 
@@ -132,7 +132,7 @@ pub mod fuzzing {
     }
 }
 
-pub use baton::{Baton, Connection, ListenerInfo, Program, Resumed};
+pub use baton::Baton;
 pub use config::Config;
 #[cfg(feature = "log")]
 pub use event::log_event;
@@ -143,6 +143,8 @@ pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
 pub use http::{Server, lean, websocket};
 pub use io::datagram::Datagrams;
 pub use io::stream::Stream;
+pub use listener::ListenerInfo;
+pub use program::{Connection, Program, Resumed};
 
 /// The drain of this process's current serving round: [`Drain::wait`] completes when the
 /// process starts draining (a restart handed over to a successor, or a shutdown signal),

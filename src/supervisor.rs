@@ -11,7 +11,7 @@
 //! | upgrade failed | `READY=1`, `STATUS=...` | |
 //! | final shutdown | `STOPPING=1` | removed if it still holds this pid |
 //!
-//! A supervising process (see [`crate::process`]) keeps the PID and so the PID file for the
+//! A supervising process (see [`crate::restart::supervising`]) keeps the PID and so the PID file for the
 //! service's life; it sends `MAINPID=<itself>`, `READY=1` and a `STATUS=` with its workers
 //! once they serve, and around each restart `RELOADING=1` and again `READY=1`. After each
 //! restart it also writes `<pid file>.restart` (see [`crate::reload`]): the number of

@@ -13,8 +13,9 @@ use smol::LocalExecutor;
 use super::Resume;
 use super::conn;
 use super::stream::Stream;
-use crate::baton::{Connection, ListenerInfo, Program, Resumed};
 use crate::event::Event;
+use crate::listener::ListenerInfo;
+use crate::program::{Connection, Program, Resumed};
 
 /// What every connection of the server shares: the handlers and the settings.
 pub(super) struct Http<F> {

@@ -58,6 +58,18 @@ fn accept_flags() -> SocketFlags {
     SocketFlags::NONBLOCK | SocketFlags::CLOEXEC
 }
 
+/// What a program may know of a listener before it serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenerInfo {
+    /// Its local address.
+    pub addr: Address,
+    /// Created here, inherited, or socket-activated.
+    pub origin: Origin,
+    /// Asked for as `tls:host:port`.
+    pub tls: bool,
+}
+
 /// A listening socket of either kind, or a UDP socket (which is never accepted on: its
 /// program reads it, see `crate::Datagrams`).
 #[derive(Debug)]
@@ -305,8 +317,8 @@ impl Listener {
 
     /// The path of a Unix listener, to remove at final shutdown.
     /// What a program may know of it.
-    pub(crate) fn info(&self) -> crate::baton::ListenerInfo {
-        crate::baton::ListenerInfo {
+    pub(crate) fn info(&self) -> ListenerInfo {
+        ListenerInfo {
             addr: self.local.clone(),
             origin: self.origin,
             tls: self.tls,

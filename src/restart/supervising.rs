@@ -29,7 +29,6 @@ use async_io::Timer;
 use smol::future::FutureExt as _;
 use smol::{LocalExecutor, Task};
 
-use crate::baton::Baton;
 use crate::config::Config;
 use crate::config::timing::{
     CLEAN_EXIT_GRACE, FIRST_BACKOFF, KILL_GRACE, MOST_BACKOFF, QUICK_DEATH,
@@ -44,54 +43,8 @@ use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
 
-mod state;
-
-use state::{Carried, CarriedWorker};
-
-/// Where a process that replaces itself on a restart would take the service down with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Alone {
-    /// It is PID 1 of its namespace: when it exits, the kernel kills every process left in
-    /// the namespace, the successor included.
-    Pid1,
-    /// Its parent is the init of a PID namespace that is not the host's (tini as `docker run
-    /// --init`, dumb-init, catatonit, a pod's shared namespace), which exits when its only
-    /// child does, and the kernel then kills the successor.
-    BehindInit,
-}
-
-impl Alone {
-    /// This process's situation, if it is one of those. Detected, not guessed from a name:
-    /// the parent is PID 1 and this PID namespace is not the host's (the initial namespace
-    /// has a fixed inode, `PROC_PID_INIT_INO`). Under the host's init (systemd, or a daemon
-    /// reparented to it) there is no such risk.
-    pub(crate) fn here() -> Option<Alone> {
-        /// The inode of the initial PID namespace (the kernel's `PROC_PID_INIT_INO`).
-        const HOST_PID_NAMESPACE: &str = "pid:[4026531836]";
-        if std::process::id() == 1 {
-            return Some(Alone::Pid1);
-        }
-        let parent_is_init = rustix::process::getppid().is_some_and(|p| p.is_init());
-        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
-        (parent_is_init && namespace.as_os_str() != HOST_PID_NAMESPACE).then_some(Alone::BehindInit)
-    }
-
-    /// Why a single process here must not restart by replacing itself.
-    pub(crate) fn why_no_restart(self) -> &'static str {
-        match self {
-            Alone::Pid1 => {
-                "this process is PID 1: once it exits the kernel ends its PID namespace, the \
-                 successor with it; run a supervising process (Server::workers, hello \
-                 --workers N; the default as PID 1)"
-            }
-            Alone::BehindInit => {
-                "this process's parent is the init of its PID namespace, which exits with its \
-                 only child and ends the namespace, the successor with it; run a supervising \
-                 process (Server::workers, hello --workers N; the default here)"
-            }
-        }
-    }
-}
+use super::carried::{Carried, CarriedWorker};
+use super::{Alone, Setup};
 
 /// How soon the reaper looks again when an exited child was someone else's to collect.
 const REAP_AGAIN: Duration = Duration::from_millis(20);
@@ -132,9 +85,9 @@ struct Starting {
 }
 
 /// Runs the supervising process until a shutdown signal has drained every worker.
-pub(crate) async fn supervise(baton: Baton) -> io::Result<Report> {
+pub(crate) async fn supervise(setup: Setup) -> io::Result<Report> {
     let executor = LocalExecutor::new();
-    let mut supervising = Supervising::start(baton)?;
+    let mut supervising = Supervising::start(setup)?;
     let run = supervising.run(&executor);
     let tasks = async {
         loop {
@@ -172,12 +125,12 @@ struct Supervising {
 }
 
 impl Supervising {
-    fn start(baton: Baton) -> io::Result<Supervising> {
+    fn start(setup: Setup) -> io::Result<Supervising> {
         // The program's checks (certificates, say) run here too, so a broken set fails at
         // start-up, not in every worker (each worker runs them itself, so a restart picks up
         // new files).
-        baton.check_before_ready()?;
-        let Baton {
+        setup.check_before_ready()?;
+        let Setup {
             config,
             listeners,
             supervisor_state,
@@ -187,7 +140,7 @@ impl Supervising {
             on_event: emit,
             hooks,
             ..
-        } = baton;
+        } = setup;
         let alone = Alone::here();
         let pid1 = alone == Some(Alone::Pid1);
         if !pid1 {
@@ -195,7 +148,7 @@ impl Supervising {
             let me = rustix::process::getpid();
             rustix::process::set_child_subreaper(Some(me)).map_err(io::Error::from)?;
         }
-        crate::serve::announce(&listeners, environment_kept, &*emit);
+        super::announce(&listeners, environment_kept, &*emit);
         let notify = Supervisor::new(config.pid_file.clone());
         let count = config.workers.unwrap_or(1).max(1);
         let mut supervising = Supervising {

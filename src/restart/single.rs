@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_io::Timer;
 use smol::future::FutureExt as _;
 
-use crate::baton::{Baton, Connection, Program, Resumed};
+use super::{Setup, announce};
 use crate::config::Config;
 use crate::config::timing::{ACCEPT_REPORT_EVERY, CUT_GRACE, STATE_TIMEOUT};
 use crate::drain::Drain;
@@ -40,6 +40,7 @@ use crate::io::datagram::Datagrams;
 use crate::io::edge::Edge;
 use crate::io::stream::Stream;
 use crate::listener::{AcceptError, Accepted, Listener, Listeners};
+use crate::program::{Connection, Program, Resumed};
 use crate::report::{Report, Stop};
 use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
@@ -117,16 +118,16 @@ struct Process {
     accept_reports: std::cell::Cell<(Option<std::time::Instant>, usize)>,
     /// A single process that must not replace itself (PID 1, or behind a namespace's init):
     /// restarts are refused, with the reason, rather than end the service.
-    alone: Option<crate::process::Alone>,
+    alone: Option<super::Alone>,
 }
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
-pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Report> {
+pub(crate) async fn run(setup: Setup, program: Rc<dyn Program>) -> io::Result<Report> {
     // Every connection's readiness comes from the process's edge: handed out here, on the
     // core's thread, whatever thread the connections' tasks run on. If its epoll breaks, no
     // connection would be woken again: say so and stop.
     let edge = Edge::global()?.clone();
-    let events = baton.on_event.clone();
+    let events = setup.on_event.clone();
     let driven = edge.clone();
     let edge_failed = async move {
         let error = driven.drive().await;
@@ -134,7 +135,7 @@ pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Re
         Err(error)
     };
     let phases = async {
-        let mut process = start(baton, program, edge).await?;
+        let mut process = start(setup, program, edge).await?;
         let mut phase = Phase::Serving;
         let report = loop {
             phase = match phase {
@@ -152,11 +153,11 @@ pub(crate) async fn run(baton: Baton, program: Rc<dyn Program>) -> io::Result<Re
 
 /// Everything before the first accept: the program's checks, the pid file, the predecessor's
 /// state, and telling the parent (if any) that this process serves.
-async fn start(baton: Baton, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::Result<Process> {
+async fn start(setup: Setup, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::Result<Process> {
     // The program's checks (certificates, say) pass before anything reports ready: a
     // successor whose configuration is broken fails here, and its parent serves on.
-    baton.check_before_ready()?;
-    let Baton {
+    setup.check_before_ready()?;
+    let Setup {
         config,
         listeners,
         ready,
@@ -170,7 +171,7 @@ async fn start(baton: Baton, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::R
         on_event: emit,
         hooks,
         before_ready: _,
-    } = baton;
+    } = setup;
     // A worker must take its retire message's relay even at its fd limit.
     let control = control
         .map(Relay::new)
@@ -255,27 +256,8 @@ async fn start(baton: Baton, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::R
         is_worker,
         datagrams_given: false,
         accept_reports: std::cell::Cell::new((None, 0)),
-        alone: crate::process::Alone::here().filter(|_| !is_worker),
+        alone: super::Alone::here().filter(|_| !is_worker),
     })
-}
-
-/// Reports each listener, and whether the inherited variables had to stay in the environment.
-pub(crate) fn announce(
-    listeners: &[Listener],
-    environment_kept: Option<Option<usize>>,
-    emit: &dyn Fn(&Event<'_>),
-) {
-    for listener in listeners {
-        emit(&Event::Listening {
-            addr: &listener.local,
-            fd: listener.fd(),
-            origin: listener.origin,
-            tls: listener.tls,
-        });
-    }
-    if let Some(threads) = environment_kept {
-        emit(&Event::EnvironmentKept { threads });
-    }
 }
 
 /// Waits, up to `bound`, for the previous process's state on its relay; what arrives before it
@@ -385,8 +367,7 @@ impl Process {
                             });
                         }
                         Command::Restart | Command::Spawn if self.alone.is_some() => {
-                            let reason =
-                                self.alone.map_or("", crate::process::Alone::why_no_restart);
+                            let reason = self.alone.map_or("", super::Alone::why_no_restart);
                             if command == Command::Restart {
                                 self.supervisor.upgrade_failed(reason);
                             }
