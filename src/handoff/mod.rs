@@ -159,7 +159,7 @@ pub(crate) struct Ready {
 
 /// Who the child is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub(crate) enum Child {
     /// A successor (SIGHUP or SIGUSR2); with `relay`, this process hands it connections.
     Successor { relay: bool },
     /// A worker of this supervising process: a control channel; with `relay`, a retiring
@@ -216,10 +216,10 @@ impl fmt::Display for NotReady {
 /// has exec'd, and on a busy core that wait (measured: ~2 ms) would stall every connection of
 /// this process. The thread owns its own copies of the fds it hands over, so a shutdown that
 /// closes the listener meanwhile cannot pull an fd from under the fork.
-pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], role: Role) -> io::Result<Spawn> {
-    let (relay, control) = match role {
-        Role::Successor { relay } => (relay, false),
-        Role::Worker { relay } => (relay, true),
+pub(crate) fn prepare(exec: &Exec, listeners: &[Listener], child: Child) -> io::Result<Spawn> {
+    let (relay, control) = match child {
+        Child::Successor { relay } => (relay, false),
+        Child::Worker { relay } => (relay, true),
     };
     let layout = Layout::new(listeners.len(), relay, control);
     if layout.len() > Layout::MAX_FDS {

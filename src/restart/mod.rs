@@ -15,6 +15,7 @@ use crate::listener::{Listener, ListenerInfo};
 use crate::signals::Signals;
 
 mod carried;
+pub(crate) mod role;
 pub(crate) mod single;
 pub(crate) mod supervising;
 

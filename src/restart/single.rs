@@ -26,6 +26,7 @@ use std::sync::Arc;
 use async_io::Timer;
 use smol::future::FutureExt as _;
 
+use super::role::{self, Action, Role};
 use super::{Setup, announce};
 use crate::config::Config;
 use crate::config::timing::{ACCEPT_REPORT_EVERY, CUT_GRACE, STATE_TIMEOUT};
@@ -111,14 +112,12 @@ struct Process {
     /// SIGUSR2 successors, reaped when they exit.
     spawned: Vec<Owned>,
     /// Started by a supervising process.
-    is_worker: bool,
+    /// Single (may it replace itself?) or a worker.
+    role: Role,
     /// The UDP listeners went to the program since this process (last) started serving.
     datagrams_given: bool,
     /// When an accept failure was last reported, and how many failed since.
     accept_reports: std::cell::Cell<(Option<std::time::Instant>, usize)>,
-    /// A single process that must not replace itself (PID 1, or behind a namespace's init):
-    /// restarts are refused, with the reason, rather than end the service.
-    alone: Option<super::Alone>,
 }
 
 /// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
@@ -253,10 +252,12 @@ async fn start(setup: Setup, program: Rc<dyn Program>, edge: Arc<Edge>) -> io::R
         drain,
         earlier: Vec::new(),
         spawned: Vec::new(),
-        is_worker,
+        role: match is_worker {
+            true => Role::Worker,
+            false => Role::Single(super::Alone::here()),
+        },
         datagrams_given: false,
         accept_reports: std::cell::Cell::new((None, 0)),
-        alone: super::Alone::here().filter(|_| !is_worker),
     })
 }
 
@@ -359,41 +360,28 @@ impl Process {
                     if command != Command::Reap {
                         (self.emit)(&Event::Signal { signal });
                     }
-                    match command {
-                        Command::Restart | Command::Spawn if self.control.is_some() => {
-                            (self.emit)(&Event::Ignored {
-                                signal,
-                                reason: "a worker: its supervising process restarts it",
-                            });
-                        }
-                        Command::Restart | Command::Spawn if self.alone.is_some() => {
-                            let reason = self.alone.map_or("", super::Alone::why_no_restart);
-                            if command == Command::Restart {
+                    let phase = match () {
+                        () if upgrade.is_some() => role::Phase::Restarting,
+                        () if !self.spawned.is_empty() => role::Phase::BesideSuccessor,
+                        () => role::Phase::Serving,
+                    };
+                    match role::action(self.role, phase, command) {
+                        Action::Reap => self.reap(),
+                        Action::Ignore(reason) => {
+                            // `reload` waits for an outcome: this is it (an upgrade under way
+                            // writes its own).
+                            if command == Command::Restart && phase != role::Phase::Restarting {
                                 self.supervisor.upgrade_failed(reason);
                             }
                             (self.emit)(&Event::Ignored { signal, reason });
                         }
-                        Command::Restart | Command::Spawn if upgrade.is_some() => {
-                            (self.emit)(&Event::Ignored {
-                                signal,
-                                reason: "an upgrade is already in progress",
-                            });
-                        }
-                        Command::Restart | Command::Spawn if !self.spawned.is_empty() => {
-                            // nginx's binary upgrade: finish it or roll it back first.
-                            (self.emit)(&Event::Ignored {
-                                signal,
-                                reason: "the SIGUSR2 successor still runs: SIGQUIT this process to \
-                                         finish the upgrade, or the successor to roll it back",
-                            });
-                        }
-                        Command::Restart | Command::Spawn => {
-                            if let Some(upgrade) = self.upgrade(command == Command::Restart) {
+                        action @ (Action::Restart | Action::Spawn) => {
+                            if let Some(upgrade) = self.upgrade(action == Action::Restart) {
                                 return Ok(Phase::Upgrading(upgrade));
                             }
                         }
                         // A successor still starting is killed with its task.
-                        Command::Shutdown => {
+                        Action::Shutdown | Action::StopNow => {
                             return Ok(Phase::Draining(Draining {
                                 stop: Stop::Shutdown { signal },
                                 successor: None,
@@ -401,7 +389,6 @@ impl Process {
                                 from_supervisor: false,
                             }));
                         }
-                        Command::Reap => self.reap(),
                     }
                 }
                 Wake::Upgraded(outcome) => {
@@ -606,7 +593,7 @@ impl Process {
         // the relay either: they would be lost in it.
         let hand_over =
             self.config.hand_over_connections && self.config.successor_ready_after.is_none();
-        let role = handoff::Role::Successor { relay: hand_over };
+        let role = handoff::Child::Successor { relay: hand_over };
         let spawn = handoff::prepare(&self.exec, self.listeners.as_slice(), role)?;
         let emit = self.emit.clone();
         let hooks = self.hooks.clone();
@@ -690,7 +677,7 @@ impl Process {
         // Not accepting any more: accepts by the successor should not wake this process.
         self.listeners.unwatch();
         // A worker's sockets belong to its supervising process, which ends the service.
-        let last = shutdown && self.spawned.is_empty() && !self.is_worker;
+        let last = shutdown && self.spawned.is_empty() && self.role != Role::Worker;
         if last {
             self.supervisor.stopping();
             // A Unix socket's file goes only when serving ends for good: never in a restart
@@ -715,7 +702,7 @@ impl Process {
                 self.serve_accepted_from(local.clone(), *tls, index, accepted);
             }
         }
-        if self.is_worker {
+        if self.role == Role::Worker {
             self.listeners = Listeners::new(Vec::new());
         }
         if let Some(relay) = outbound.take() {
@@ -833,6 +820,7 @@ impl Process {
             drain,
             earlier,
             spawned,
+            role: this_role,
             ..
         } = self;
         // A predecessor may still be handing connections over (a restart came before it was
@@ -881,19 +869,16 @@ impl Process {
         // A worker retired by its supervising process takes a shutdown signal (a Ctrl-C to the
         // whole group reaches it too) as the one that started this drain; a second one, or the
         // supervisor's "stop at once", cuts it.
-        let mut group_copy_expected = from_supervisor;
+        let mut first_is_expected = from_supervisor;
         let signalled = async {
             loop {
-                match signals.next().await {
-                    Ok((signal, Command::Shutdown)) if group_copy_expected => {
-                        emit(&Event::Signal { signal });
-                        group_copy_expected = false;
-                    }
-                    Ok((signal, Command::Shutdown)) => {
-                        emit(&Event::Signal { signal });
-                        return Ending::Cut(CutBy::Signal);
-                    }
-                    Ok((_, Command::Reap)) => {
+                let Ok((signal, command)) = signals.next().await else {
+                    std::future::pending::<()>().await;
+                    continue;
+                };
+                let phase = role::Phase::Draining { first_is_expected };
+                match role::action(*this_role, phase, command) {
+                    Action::Reap => {
                         reap(spawned, &**emit);
                         if let Some(child) = successor.as_mut() {
                             match child.try_wait() {
@@ -908,14 +893,15 @@ impl Process {
                             }
                         }
                     }
-                    Ok((signal, _)) => {
+                    Action::Ignore(reason) => {
                         emit(&Event::Signal { signal });
-                        emit(&Event::Ignored {
-                            signal,
-                            reason: "draining",
-                        });
+                        first_is_expected &= command != Command::Shutdown;
+                        emit(&Event::Ignored { signal, reason });
                     }
-                    Err(_) => std::future::pending::<()>().await,
+                    _ => {
+                        emit(&Event::Signal { signal });
+                        return Ending::Cut(CutBy::Signal);
+                    }
                 }
             }
         };

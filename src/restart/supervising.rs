@@ -35,7 +35,7 @@ use crate::config::timing::{
 };
 use crate::event::Event;
 use crate::handoff::relay::{Message, Relay};
-use crate::handoff::{self, Exec, Ready, Role};
+use crate::handoff::{self, Child, Exec, Ready};
 use crate::listener::{Description, LISTENER_ENV, Listener, SUPERVISOR_ENV};
 use crate::reap::Found;
 use crate::report::CutBy;
@@ -44,6 +44,7 @@ use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
 
 use super::carried::{Carried, CarriedWorker};
+use super::role::{self, Action, Phase, Role};
 use super::{Alone, Setup};
 
 /// How soon the reaper looks again when an exited child was someone else's to collect.
@@ -219,64 +220,9 @@ impl Supervising {
             self.reap();
         }
         let signal = loop {
-            // While a generation starts, it fills every slot; else each empty slot gets a
-            // replacement once its back-off (if any) has passed.
-            let respawn_at = match starting {
-                Some(_) => None,
-                None => self.next_vacancy(),
-            };
-            let reap_again = self.reap_again;
-            let Supervising {
-                signals, replacing, ..
-            } = self;
-            let signal = async { Wake::Signal(signals.next().await) };
-            let started = async {
-                match starting.as_mut() {
-                    Some(starting) => Wake::Started((&mut starting.task).await),
-                    None => std::future::pending().await,
-                }
-            };
-            let replaced = std::future::poll_fn(|cx| {
-                for (at, replacement) in replacing.iter_mut().enumerate() {
-                    if let Poll::Ready(outcome) = replacement.task.poll(cx) {
-                        return Poll::Ready(Wake::Replaced(at, outcome));
-                    }
-                }
-                Poll::Pending
-            });
-            let respawn = async {
-                match respawn_at {
-                    Some((slot, at)) => {
-                        Timer::at(at).await;
-                        Wake::Respawn(slot)
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let again = async {
-                if !reap_again {
-                    std::future::pending::<()>().await;
-                }
-                Timer::after(REAP_AGAIN).await;
-                Wake::Reap
-            };
-            match signal.or(started).or(replaced).or(respawn).or(again).await {
+            match self.next_wake(&mut starting).await {
                 Wake::Reap => self.reap(),
-                Wake::Respawn(slot) => {
-                    self.slots[slot].not_before = None;
-                    match self.start_workers(executor, vec![slot], false) {
-                        Ok(next) => self.replacing.push(next),
-                        Err(error) => {
-                            let retry_in = self.quick_death(slot);
-                            (self.emit)(&Event::SpawnFailed {
-                                pid: None,
-                                error: &error,
-                                serving: !self.workers.is_empty(),
-                                retry_in: Some(retry_in),
-                            });
-                        }
-                    }
-                }
+                Wake::Respawn(slot) => self.respawn(executor, slot),
                 Wake::Replaced(at, outcome) => {
                     let replacement = self.replacing.swap_remove(at);
                     self.started(replacement.restart, &replacement.slots, outcome);
@@ -296,43 +242,19 @@ impl Supervising {
                     if command != Command::Reap {
                         (self.emit)(&Event::Signal { signal });
                     }
-                    match command {
-                        Command::Reap => self.reap(),
-                        Command::Shutdown => break signal,
-                        Command::Spawn => (self.emit)(&Event::Ignored {
-                            signal,
-                            reason: "a supervising process restarts its workers on SIGHUP",
-                        }),
-                        Command::Restart if starting.as_ref().is_some_and(|s| s.restart) => {
-                            (self.emit)(&Event::Ignored {
-                                signal,
-                                reason: "an upgrade is already in progress",
-                            });
-                        }
-                        Command::Restart => {
-                            // Replacements still starting are of the generation that goes:
-                            // dropping their tasks kills them.
-                            self.replacing.clear();
-                            self.notify.reloading();
-                            let all = (0..self.count).collect();
-                            let restart = self.generation > 0;
-                            // Each old worker's connections must fit in its successor.
-                            let room = match restart && self.config.hand_over_connections {
-                                true => self
-                                    .workers
-                                    .iter()
-                                    .try_for_each(|w| handoff::check_fd_room(Some(w.pid))),
-                                false => Ok(()),
-                            };
-                            starting = match room
-                                .and_then(|()| self.start_workers(executor, all, restart))
-                            {
-                                Ok(next) => Some(next),
-                                Err(error) => {
-                                    self.restart_failed(None, &error);
-                                    None
-                                }
-                            };
+                    let phase = match &starting {
+                        Some(starting) if starting.restart => Phase::Restarting,
+                        _ => Phase::Serving,
+                    };
+                    match role::action(Role::Supervising, phase, command) {
+                        Action::Reap => self.reap(),
+                        Action::Shutdown | Action::StopNow => break signal,
+                        Action::Ignore(reason) => (self.emit)(&Event::Ignored { signal, reason }),
+                        // (A supervising process takes no SIGUSR2: the table says so.)
+                        Action::Restart | Action::Spawn => {
+                            if let Some(next) = self.restart(executor) {
+                                starting = Some(next);
+                            }
                         }
                     }
                 }
@@ -344,6 +266,97 @@ impl Supervising {
         let report = self.shutdown(signal).await;
         self.hooks.exiting(&report).await;
         Ok(report)
+    }
+
+    /// Waits for the next thing the supervising loop acts on: a signal, the generation
+    /// `starting` (or a replacement) up or failed, a slot whose replacement may start, or
+    /// another look for exited children.
+    async fn next_wake(&mut self, starting: &mut Option<Starting>) -> Wake {
+        // While a generation starts, it fills every slot; else each empty slot gets a
+        // replacement once its back-off (if any) has passed.
+        let respawn_at = match starting {
+            Some(_) => None,
+            None => self.next_vacancy(),
+        };
+        let reap_again = self.reap_again;
+        let Supervising {
+            signals, replacing, ..
+        } = self;
+        let signal = async { Wake::Signal(signals.next().await) };
+        let started = async {
+            match starting.as_mut() {
+                Some(starting) => Wake::Started((&mut starting.task).await),
+                None => std::future::pending().await,
+            }
+        };
+        let replaced = std::future::poll_fn(|cx| {
+            for (at, replacement) in replacing.iter_mut().enumerate() {
+                if let Poll::Ready(outcome) = replacement.task.poll(cx) {
+                    return Poll::Ready(Wake::Replaced(at, outcome));
+                }
+            }
+            Poll::Pending
+        });
+        let respawn = async {
+            match respawn_at {
+                Some((slot, at)) => {
+                    Timer::at(at).await;
+                    Wake::Respawn(slot)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let again = async {
+            if !reap_again {
+                std::future::pending::<()>().await;
+            }
+            Timer::after(REAP_AGAIN).await;
+            Wake::Reap
+        };
+        signal.or(started).or(replaced).or(respawn).or(again).await
+    }
+
+    /// Starts the replacement of `slot` (its back-off has passed).
+    fn respawn(&mut self, executor: &LocalExecutor<'static>, slot: usize) {
+        self.slots[slot].not_before = None;
+        match self.start_workers(executor, vec![slot], false) {
+            Ok(next) => self.replacing.push(next),
+            Err(error) => {
+                let retry_in = self.quick_death(slot);
+                (self.emit)(&Event::SpawnFailed {
+                    pid: None,
+                    error: &error,
+                    serving: !self.workers.is_empty(),
+                    retry_in: Some(retry_in),
+                });
+            }
+        }
+    }
+
+    /// SIGHUP: a new generation of workers (the first, if none started yet), unless an old
+    /// worker's connections would not fit in its successor (then the reason is reported).
+    fn restart(&mut self, executor: &LocalExecutor<'static>) -> Option<Starting> {
+        // Replacements still starting are of the generation that goes: dropping their tasks
+        // kills them.
+        self.replacing.clear();
+        self.notify.reloading();
+        let all = (0..self.count).collect();
+        let restart = self.generation > 0;
+        // Each old worker's connections must fit in its successor.
+        let room = match restart && self.config.hand_over_connections {
+            true => self
+                .workers
+                .iter()
+                .try_for_each(|w| handoff::check_fd_room(Some(w.pid))),
+            false => Ok(()),
+        };
+        match room.and_then(|()| self.start_workers(executor, all, restart)) {
+            Ok(next) => Some(next),
+            Err(error) => {
+                self.restart_failed(None, &error);
+                None
+            }
+        }
     }
 
     /// The empty slot whose replacement may start first, and when.
@@ -370,7 +383,7 @@ impl Supervising {
         let relay = restart && self.config.hand_over_connections;
         let mut tasks = Vec::with_capacity(slots.len());
         for _ in &slots {
-            let spawn = handoff::prepare(&self.exec, &self.listeners, Role::Worker { relay })?;
+            let spawn = handoff::prepare(&self.exec, &self.listeners, Child::Worker { relay })?;
             let emit = self.emit.clone();
             // The first start is not a restart: no generation serves yet to fall back on, so
             // its workers are waited for as long as they take (a start-up that loads a large
@@ -642,22 +655,26 @@ impl Supervising {
                 Timer::at(deadline).await;
                 None
             };
+            let draining = Phase::Draining {
+                first_is_expected: false,
+            };
             match next.or(late).await {
-                Some(Ok((_, Command::Reap))) => {}
-                Some(Ok((signal, Command::Shutdown))) => {
-                    (self.emit)(&Event::Signal { signal });
-                    // Draining workers stop at once on a second shutdown signal.
-                    cut_by = Some(CutBy::Signal);
-                    for control in self.retiring.iter().filter_map(|r| r.control.as_ref()) {
-                        let _ = control.try_send(Message::StopNow(CutBy::Signal));
+                Some(Ok((signal, command))) => {
+                    match role::action(Role::Supervising, draining, command) {
+                        Action::Reap => {}
+                        Action::Ignore(reason) => {
+                            (self.emit)(&Event::Signal { signal });
+                            (self.emit)(&Event::Ignored { signal, reason });
+                        }
+                        _ => {
+                            (self.emit)(&Event::Signal { signal });
+                            // Draining workers stop at once on a second shutdown signal.
+                            cut_by = Some(CutBy::Signal);
+                            for control in self.retiring.iter().filter_map(|r| r.control.as_ref()) {
+                                let _ = control.try_send(Message::StopNow(CutBy::Signal));
+                            }
+                        }
                     }
-                }
-                Some(Ok((signal, _))) => {
-                    (self.emit)(&Event::Signal { signal });
-                    (self.emit)(&Event::Ignored {
-                        signal,
-                        reason: "draining",
-                    });
                 }
                 Some(Err(_)) => {}
                 None => {
