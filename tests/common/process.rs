@@ -468,7 +468,20 @@ fn launch(command: &mut Command, what: &str) -> (Child, Arc<Log>) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().expect(what);
+    // A binary just installed (`Scratch::install`) may still be open for writing in a child
+    // another test thread forked meanwhile, until that child execs: ETXTBSY, briefly.
+    let deadline = Instant::now() + DEADLINE;
+    let mut child = loop {
+        match command.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            spawned => break spawned.expect(what),
+        }
+    };
     let stderr = child.stderr.take().expect("stderr is piped");
     (child, Log::follow(stderr))
 }

@@ -1,0 +1,194 @@
+//! What a server does once it serves, as phases:
+//!
+//! ```text
+//! start ─> Serving ──SIGHUP/SIGUSR2──> Upgrading ──ready (SIGHUP)──> Draining ──> Report
+//!             ^                            │  failed, or ready (SIGUSR2)    │
+//!             └────────────────────────────┘                                │
+//!             └───────────────────── the successor exited ──────────────────┘
+//! ```
+//!
+//! The core's serving loop, for any [`Program`]: [`start`] runs the program's checks
+//! ([`crate::Baton::before_ready`]), writes the pid file, takes the predecessor's state and
+//! reports ready. [`Process::serving`] is the select loop of both `Serving` and `Upgrading`
+//! (accept, relayed connections, signals, and, while upgrading, the successor's readiness).
+//! [`Process::draining`] stops accepting and waits for the program's work under the drain
+//! timer. Nothing here knows the program's protocol.
+
+use std::future::Future;
+use std::io;
+use std::process::ExitStatus;
+
+use crate::reap::Owned;
+use crate::report::CutBy;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_io::Timer;
+use smol::future::FutureExt as _;
+
+use super::role::{self, Action, Role};
+use super::{Setup, announce};
+use crate::config::Config;
+use crate::config::timing::{ACCEPT_REPORT_EVERY, CUT_GRACE, STATE_TIMEOUT};
+use crate::drain::Drain;
+use crate::event::Event;
+use crate::handoff::relay::{Message, Received, Relay};
+use crate::handoff::state::{Arrived, Content, Outgoing};
+use crate::handoff::{self, Exec};
+use crate::hooks::Hooks;
+use crate::io::Address;
+use crate::io::datagram::Datagrams;
+use crate::io::edge::Edge;
+use crate::io::stream::Stream;
+use crate::listener::{AcceptError, Accepted, Listener, Listeners};
+use crate::program::{Connection, Program, Resumed};
+use crate::report::{Report, Stop};
+use crate::signals::{Command, Signal, Signals};
+use crate::supervisor::Supervisor;
+
+mod draining;
+mod inbound;
+mod serving;
+mod start;
+mod upgrade;
+
+use inbound::{Inbound, forward_inbound, receive_any, relayed};
+use start::start;
+
+/// Where the server is.
+enum Phase {
+    Serving,
+    /// A successor is starting; this process serves meanwhile.
+    Upgrading(Upgrade),
+    Draining(Draining),
+    Done(Report),
+}
+
+/// A successor on its way up, and what to do once it is ready.
+struct Upgrade {
+    /// SIGHUP (drain once ready) rather than SIGUSR2 (keep serving beside it).
+    restart: bool,
+    task: std::pin::Pin<Box<dyn Future<Output = Upgraded>>>,
+}
+
+/// The successor, serving (with this process's end of the relay, if any); or its pid (if it
+/// got one) and why it is not.
+type Upgraded = Result<handoff::Ready, (Option<u32>, io::Error)>;
+
+/// Why draining, and, after a restart, to whom.
+struct Draining {
+    stop: Stop,
+    /// The successor that took over; if it exits during the drain, this process serves again.
+    successor: Option<Owned>,
+    /// This process's end of the successor's relay, for handing connections over.
+    outbound: Option<Relay>,
+    /// A worker told to drain by its supervising process (which may send a shutdown signal
+    /// to the whole group as well).
+    from_supervisor: bool,
+}
+
+/// Everything the phases share.
+struct Process {
+    /// What serves the connections.
+    program: Rc<dyn Program>,
+    /// The connections' epoll, which watches the listeners too.
+    edge: Arc<Edge>,
+    config: Config,
+    listeners: Listeners,
+    signals: Signals,
+    exec: Exec,
+    emit: Rc<dyn Fn(&Event<'_>)>,
+    hooks: Hooks,
+    supervisor: Supervisor,
+    /// Relays connections come in on, and the older generations still draining.
+    inbound: Inbound,
+    /// A worker's control channel to its supervising process: it restarts and stops this
+    /// process, which then ignores SIGHUP and SIGUSR2.
+    control: Option<Relay>,
+    relay_buffer: Vec<u8>,
+    drain: Drain,
+    /// Drains given up when a successor died during them; their connections still count.
+    earlier: Vec<Drain>,
+    /// SIGUSR2 successors, reaped when they exit.
+    spawned: Vec<Owned>,
+    /// Started by a supervising process.
+    /// Single (may it replace itself?) or a worker.
+    role: Role,
+    /// The UDP listeners went to the program since this process (last) started serving.
+    datagrams_given: bool,
+    /// When an accept failure was last reported, and how many failed since.
+    accept_reports: std::cell::Cell<(Option<std::time::Instant>, usize)>,
+}
+
+/// Serves until a restart or a shutdown has drained, and returns what the drain cut short.
+pub(crate) async fn run(setup: Setup, program: Rc<dyn Program>) -> io::Result<Report> {
+    // Every connection's readiness comes from the process's edge: handed out here, on the
+    // core's thread, whatever thread the connections' tasks run on. If its epoll breaks, no
+    // connection would be woken again: say so and stop.
+    let edge = Edge::global()?.clone();
+    let events = setup.on_event.clone();
+    let driven = edge.clone();
+    let edge_failed = async move {
+        let error = driven.drive().await;
+        events(&Event::EdgeFailed { error: &error });
+        Err(error)
+    };
+    let phases = async {
+        let mut process = start(setup, program, edge).await?;
+        let mut phase = Phase::Serving;
+        let report = loop {
+            phase = match phase {
+                Phase::Serving => process.serving(None).await?,
+                Phase::Upgrading(upgrade) => process.serving(Some(upgrade)).await?,
+                Phase::Draining(draining) => process.draining(draining).await,
+                Phase::Done(report) => break report,
+            };
+        };
+        process.hooks.exiting(&report).await;
+        Ok(report)
+    };
+    phases.or(edge_failed).await
+}
+
+/// The application's state as a message for the successor; an event says so when the state
+/// cannot go (over `max` bytes).
+fn outgoing_state(hooks: &Hooks, max: usize, emit: &dyn Fn(&Event<'_>)) -> Outgoing {
+    let outgoing = Outgoing::new(hooks.state().as_deref(), max);
+    if let Content::NotSent { bytes, why } = &outgoing.sent {
+        emit(&Event::StateNotHandedOver {
+            bytes: *bytes,
+            reason: why,
+        });
+    }
+    outgoing
+}
+
+/// Sends `state` on `relay` (`try`: only if there is room at once); an event says so if it
+/// could not go.
+async fn send_state(relay: &Relay, state: &Outgoing, wait: bool, emit: &dyn Fn(&Event<'_>)) {
+    let sent = match wait {
+        true => relay.send(Message::State(state)).await,
+        false => relay.try_send(Message::State(state)),
+    };
+    if let (Err(error), Content::State(bytes)) = (sent, &state.sent) {
+        emit(&Event::StateNotHandedOver {
+            bytes: *bytes,
+            reason: &error.to_string(),
+        });
+    }
+}
+
+/// Collects SIGUSR2 children that have exited, so none is left a zombie.
+fn reap(children: &mut Vec<Owned>, emit: &dyn Fn(&Event<'_>)) {
+    children.retain_mut(|child| match child.try_wait() {
+        Ok(Some(status)) => {
+            emit(&Event::ChildExited {
+                pid: child.id(),
+                status,
+            });
+            false
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    });
+}
