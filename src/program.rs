@@ -9,7 +9,7 @@ use crate::event::Event;
 use crate::io::datagram::Datagrams;
 use crate::io::stream::Stream;
 
-/// A program served by [`Baton::serve`]: what to do with each connection. Its methods run on
+/// A program served by [`crate::Baton::serve`]: what to do with each connection. Its methods run on
 /// the thread that runs `serve`; they should start the connection's work (a task on any
 /// executor) and return.
 pub trait Program: 'static {

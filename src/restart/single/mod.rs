@@ -7,12 +7,14 @@
 //!             └───────────────────── the successor exited ──────────────────┘
 //! ```
 //!
-//! The core's serving loop, for any [`Program`]: [`start`] runs the program's checks
-//! ([`crate::Baton::before_ready`]), writes the pid file, takes the predecessor's state and
-//! reports ready. [`Process::serving`] is the select loop of both `Serving` and `Upgrading`
-//! (accept, relayed connections, signals, and, while upgrading, the successor's readiness).
-//! [`Process::draining`] stops accepting and waits for the program's work under the drain
-//! timer. Nothing here knows the program's protocol.
+//! The core's serving loop, for any [`Program`], one file per phase: `start` runs the
+//! program's checks ([`crate::Baton::before_ready`]), writes the pid file, takes the
+//! predecessor's state and reports ready; `serving` is the select loop of both `Serving` and
+//! `Upgrading` (accept, relayed connections, signals, control messages, and, while upgrading,
+//! the successor's readiness); `upgrade` starts a successor and acts on its outcome;
+//! `draining` stops accepting and waits for the program's work under the drain timer;
+//! `inbound` takes what older processes relay. What a signal does is the role's table's
+//! ([`super::role`]). Nothing here knows the program's protocol.
 
 use std::future::Future;
 use std::io;
