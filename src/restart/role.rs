@@ -77,6 +77,13 @@ pub(crate) fn action(role: Role, phase: Phase, command: Command) -> Action {
     }
 }
 
+/// The generation limit, the same for every role: with `draining` generations draining (the
+/// one that just started counted) besides the one serving, how many of the oldest must end
+/// at once so that at most `max` (at least 2) are alive.
+pub(crate) fn generations_to_end(draining: usize, max: usize) -> usize {
+    (draining + 1).saturating_sub(max.max(2)).min(draining)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +179,19 @@ mod tests {
         assert!(why.contains("PID 1"), "{why}");
         let beside = action(Role::Single(None), Phase::BesideSuccessor, Command::Restart);
         assert!(matches!(beside, Action::Ignore(why) if why.contains("SIGUSR2 successor")));
+    }
+
+    #[test]
+    fn the_generation_limit_ends_the_oldest_beyond_it() {
+        // Serving plus one draining: always allowed.
+        assert_eq!(generations_to_end(1, 2), 0);
+        assert_eq!(generations_to_end(2, 3), 0);
+        // One over: the oldest ends.
+        assert_eq!(generations_to_end(3, 3), 1);
+        assert_eq!(generations_to_end(5, 3), 3);
+        // A limit under 2 is 2: a restart always leaves the old generation its drain.
+        assert_eq!(generations_to_end(1, 0), 0);
+        assert_eq!(generations_to_end(2, 1), 1);
+        assert_eq!(generations_to_end(0, 3), 0);
     }
 }

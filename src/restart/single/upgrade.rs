@@ -11,7 +11,8 @@ impl Process {
     pub(super) fn bound_generations(&mut self) {
         let max = self.config.max_generations.max(2);
         let older = &self.inbound.older;
-        let excess = (older.len() + 2).saturating_sub(max).min(older.len());
+        // This process drains too, but is not the one to end.
+        let excess = role::generations_to_end(older.len() + 1, max).min(older.len());
         for &pid in &older[..excess] {
             if let Some(target) = rustix::process::Pid::from_raw(pid as i32) {
                 // Draining already: a shutdown signal ends its drain at once.

@@ -279,7 +279,7 @@ impl Supervising {
             .collect();
         draining.sort_unstable();
         draining.dedup();
-        let excess = (draining.len() + 1).saturating_sub(max);
+        let excess = role::generations_to_end(draining.len(), max);
         for &generation in &draining[..excess] {
             for retiring in self.retiring.iter_mut() {
                 if retiring.generation != generation {
