@@ -60,6 +60,52 @@ pub(super) struct Outcome {
 }
 
 impl Inbound {
+    /// Writes the `100 Continue` the client waits for, if it is still due, and flushes it.
+    fn poll_continue(&mut self, io: &Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.continue_pending {
+            let rest = &CONTINUE[self.continue_written..];
+            let n = std::task::ready!(io.poll_write(cx, rest))?;
+            self.continue_written += n;
+            self.continue_pending = self.continue_written < CONTINUE.len();
+        }
+        if self.continue_written > 0 {
+            std::task::ready!(io.poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Decodes what the buffer holds of the body into `out`: the bytes used from the buffer
+    /// and the bytes produced. At the end of a chunked body its trailers are delivered.
+    fn decode_buffered(
+        &mut self,
+        out: &mut [u8],
+        cx: &mut Context<'_>,
+    ) -> Result<(usize, usize), Reject> {
+        let pending = self.buf.pending();
+        match &mut self.body {
+            BodyState::Length(left) if !pending.is_empty() => {
+                let n = (*left).min(pending.len() as u64).min(out.len() as u64) as usize;
+                out[..n].copy_from_slice(&pending[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    self.body = BodyState::Done;
+                }
+                Ok((n, n))
+            }
+            BodyState::Chunked(state) if !pending.is_empty() => {
+                let (used, produced) = state.decode(pending, out, &mut self.trailer_section)?;
+                if *state == Chunked::Done {
+                    self.body = BodyState::Done;
+                    let sender = self.trailers.take();
+                    let section = std::mem::take(&mut self.trailer_section);
+                    deliver_trailers(&section, sender, cx)?;
+                }
+                Ok((used, produced))
+            }
+            _ => Ok((0, 0)),
+        }
+    }
+
     /// The state of a body `body` long, read from `buf` (taken over until it is given back).
     fn new(buf: &mut ReadBuf, body: BodyState, max_body: u64) -> Inbound {
         Inbound {
@@ -131,64 +177,22 @@ impl AsyncRead for BodyReader {
                 reject.to_string(),
             )));
         }
-        while inbound.continue_pending {
-            let rest = &CONTINUE[inbound.continue_written..];
-            match this.io.poll_write(cx, rest) {
-                Poll::Ready(Ok(n)) => {
-                    inbound.continue_written += n;
-                    inbound.continue_pending = inbound.continue_written < CONTINUE.len();
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if inbound.continue_written > 0 {
-            match this.io.poll_flush(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+        if let Err(e) = std::task::ready!(inbound.poll_continue(&this.io, cx)) {
+            return Poll::Ready(Err(e));
         }
         loop {
-            let pending = inbound.buf.pending();
-            let (used, produced) = match &mut inbound.body {
-                BodyState::Done => return Poll::Ready(Ok(0)),
-                BodyState::Length(left) if !pending.is_empty() => {
-                    let n = (*left).min(pending.len() as u64).min(out.len() as u64) as usize;
-                    out[..n].copy_from_slice(&pending[..n]);
-                    *left -= n as u64;
-                    if *left == 0 {
-                        inbound.body = BodyState::Done;
-                    }
-                    (n, n)
+            if inbound.body == BodyState::Done {
+                return Poll::Ready(Ok(0));
+            }
+            let (used, produced) = match inbound.decode_buffered(out, cx) {
+                Ok(progress) => progress,
+                Err(reject) => {
+                    inbound.failed = Some(reject);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        reject.to_string(),
+                    )));
                 }
-                BodyState::Chunked(state) if !pending.is_empty() => {
-                    match state.decode(pending, out, &mut inbound.trailer_section) {
-                        Ok((used, produced)) => {
-                            if *state == Chunked::Done {
-                                inbound.body = BodyState::Done;
-                                let sender = inbound.trailers.take();
-                                let section = std::mem::take(&mut inbound.trailer_section);
-                                if let Err(reject) = deliver_trailers(&section, sender, cx) {
-                                    inbound.failed = Some(reject);
-                                    return Poll::Ready(Err(io::Error::new(
-                                        io::ErrorKind::InvalidData,
-                                        reject.to_string(),
-                                    )));
-                                }
-                            }
-                            (used, produced)
-                        }
-                        Err(reject) => {
-                            inbound.failed = Some(reject);
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                reject.to_string(),
-                            )));
-                        }
-                    }
-                }
-                _ => (0, 0),
             };
             inbound.buf.consume(used);
             if produced > 0 {

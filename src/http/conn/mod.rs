@@ -34,12 +34,17 @@ use crate::io::deadline::Deadline;
 
 mod body;
 mod buf;
+mod head;
+mod idle;
 mod request;
 mod response;
 mod upgrade;
 
 use body::{BodyState, Inbound};
 use buf::{EagerRead, ReadBuf};
+use head::{HeadError, Next, next_request};
+pub(crate) use idle::{Idle, KEEP_ALIVE, Waited};
+use idle::{hand_over, relayable};
 use request::Requests;
 use response::{plain, refuse};
 
@@ -312,56 +317,16 @@ impl Connection<'_> {
             Some(Err(error)) => error_response(error, method, self.events),
             None => {
                 drop(in_flight);
-                let why = match self.drain.is_shutdown() {
-                    true => "the server is shutting down",
-                    false => "the server is restarting",
-                };
-                let mut response = plain(StatusCode::ServiceUnavailable, why);
-                response.insert_header("retry-after", "0");
-                let timeout = options.write_timeout;
-                let _ = write_response(
-                    io,
-                    &mut self.out,
-                    &mut response,
-                    method,
-                    minor,
-                    true,
-                    timeout,
-                )
-                .await;
-                return After::Close;
+                return self.refuse_cut(method, minor).await;
             }
         };
         // Take the read buffer back from the body reader, whatever the handler did with it.
         let body = inbound.map(|shared| Inbound::take_back(&shared, &mut self.buf));
         if response.status() == StatusCode::SwitchingProtocols {
-            // baton's own upgrade (movable), else http-types' (recv_upgrade).
-            let slot = response.ext_mut().remove::<upgrade::Slot>();
             let wanted = body.is_none() && minor == 1;
-            let to = match slot {
-                Some(slot) if wanted => Some(UpgradeTo::Baton(slot)),
-                None if wanted && response.has_upgrade() => {
-                    Some(UpgradeTo::HttpTypes(response.send_upgrade()))
-                }
-                _ => None,
-            };
-            let timeout = options.write_timeout;
-            let written = write_response(
-                io,
-                &mut self.out,
-                &mut response,
-                method,
-                minor,
-                false,
-                timeout,
-            )
-            .await;
-            drop(in_flight);
-            return match (written, to) {
-                (Ok(()), Some(to)) => self.upgrade(to).await,
-                // A 101 the handler takes no connection for: nothing can follow on it.
-                _ => After::Gone,
-            };
+            return self
+                .switch(response, (method, minor), wanted, in_flight)
+                .await;
         }
         self.peer_done = !keep_alive
             && body
@@ -397,6 +362,51 @@ impl Connection<'_> {
 }
 
 impl Connection<'_> {
+    /// At the drain's cut, a request whose handler has not answered gets a visible 503 (not
+    /// a bare FIN a client could take for an empty answer), and the connection closes.
+    async fn refuse_cut(&mut self, method: http_types::Method, minor: u8) -> After {
+        let why = match self.drain.is_shutdown() {
+            true => "the server is shutting down",
+            false => "the server is restarting",
+        };
+        let mut response = plain(StatusCode::ServiceUnavailable, why);
+        response.insert_header("retry-after", "0");
+        let timeout = self.options.write_timeout;
+        let out = &mut self.out;
+        let _ = write_response(&self.io, out, &mut response, method, minor, true, timeout).await;
+        After::Close
+    }
+
+    /// A 101: writes it and hands the connection to the upgrade, baton's own (movable) or
+    /// http-types' (`recv_upgrade`), if the handler took one and the request `wanted` it
+    /// (HTTP/1.1, no body); else nothing can follow on the connection.
+    async fn switch(
+        &mut self,
+        mut response: Response,
+        (method, minor): (http_types::Method, u8),
+        wanted: bool,
+        in_flight: Busy,
+    ) -> After {
+        let slot = response.ext_mut().remove::<upgrade::Slot>();
+        let to = match slot {
+            Some(slot) if wanted => Some(UpgradeTo::Baton(slot)),
+            None if wanted && response.has_upgrade() => {
+                Some(UpgradeTo::HttpTypes(response.send_upgrade()))
+            }
+            _ => None,
+        };
+        let timeout = self.options.write_timeout;
+        let out = &mut self.out;
+        let written =
+            write_response(&self.io, out, &mut response, method, minor, false, timeout).await;
+        drop(in_flight);
+        match (written, to) {
+            (Ok(()), Some(to)) => self.upgrade(to).await,
+            // A 101 the handler takes no connection for: nothing can follow on it.
+            _ => After::Gone,
+        }
+    }
+
     /// Writes the response the lean handler made (in the response buffer).
     async fn answer_lean(&mut self, close: bool, in_flight: Busy) -> After {
         let written = response::send(&self.io, &self.out, self.options.write_timeout).await;
@@ -564,277 +574,4 @@ async fn handshake(stream: Stream, tls: Option<Tls>, timeout: Duration) -> Optio
         let _ = timeout;
         match acceptor {}
     }
-}
-
-enum HeadError {
-    Closed,
-    TimedOut,
-    Reject(Reject),
-}
-
-/// A request whose head has been read, and how its connection goes on.
-struct Next {
-    request: Request,
-    framing: Framing,
-    keep_alive: bool,
-    expect_continue: bool,
-    minor: u8,
-}
-
-/// Reads until `buf` holds a whole request head, then builds the request from it and consumes
-/// the head from the buffer (a pipelined request behind it stays there).
-async fn next_request(
-    io: &Stream,
-    buf: &mut ReadBuf,
-    requests: &mut Requests,
-    options: &Options,
-    mut lean: Option<(&mut Lean, &mut Vec<u8>, &Drain)>,
-) -> Result<Work, HeadError> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
-        let next = match codec::parse_head(buf.pending(), &mut headers, options.max_head) {
-            Ok(Some(head)) => {
-                if let Some((lean, out, drain)) = lean.as_mut() {
-                    let max_body = options.max_body;
-                    let keep_alive = head.keep_alive;
-                    let taken = try_lean(&head, buf.pending(), max_body, lean, out, io, drain);
-                    if let Some(used) = taken {
-                        let close = used.1;
-                        buf.consume(used.0);
-                        buf.shrink();
-                        return Ok(Work::Lean { close, keep_alive });
-                    }
-                }
-                let request = requests.build(&head).map_err(HeadError::Reject)?;
-                let next = Box::new(Next {
-                    request,
-                    framing: head.framing,
-                    keep_alive: head.keep_alive,
-                    expect_continue: head.expect_continue,
-                    minor: head.minor,
-                });
-                Ok(Some((next, head.len)))
-            }
-            Ok(None) => Ok(None),
-            Err(reject) => Err(reject),
-        };
-        // (Acted on once the head's borrow of the buffer has ended.)
-        match next {
-            Ok(Some((next, len))) => {
-                buf.consume(len);
-                buf.shrink();
-                return Ok(Work::Full(next));
-            }
-            Ok(None) => {}
-            // A later HTTP/1.x is served as 1.1 (RFC 9112 §2.3); httparse knows 1.0 and 1.1.
-            Err(Reject::UnsupportedVersion) if codec::downgrade_minor(buf.pending_mut()) => {
-                continue;
-            }
-            Err(reject) => return Err(HeadError::Reject(reject)),
-        }
-        match buf.fill(io, options.max_head).await {
-            Ok(0) if buf.pending().is_empty() => return Err(HeadError::Closed),
-            Ok(0) => {
-                return Err(HeadError::Reject(Reject::BadRequest(
-                    "connection closed inside the head",
-                )));
-            }
-            Ok(_) => {}
-            Err(_) => return Err(HeadError::Closed),
-        }
-    }
-}
-
-/// Offers a parsed request to the lean handler: only an origin-form request with an
-/// upper-case method and no body, or a body of known length already in `pending`. Taken: the
-/// response is encoded into `out`, and the bytes the request used and whether the
-/// connection closes after it come back.
-fn try_lean(
-    head: &codec::Head<'_, '_>,
-    pending: &[u8],
-    max_body: u64,
-    lean: &mut Lean,
-    out: &mut Vec<u8>,
-    io: &Stream,
-    drain: &Drain,
-) -> Option<(usize, bool)> {
-    let body_len = match head.framing {
-        Framing::None => 0,
-        // Over the limit: the http-types path refuses it (413).
-        Framing::Length(n) if n > max_body => return None,
-        Framing::Length(n) => usize::try_from(n).ok()?,
-        Framing::Chunked => return None,
-    };
-    let end = head.len.checked_add(body_len)?;
-    if end > pending.len() || head.expect_continue || !head.target.starts_with('/') {
-        return None;
-    }
-    if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
-        return None;
-    }
-    let (path, query) = match head.target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (head.target, None),
-    };
-    let request = crate::http::lean::Request {
-        method: head.method,
-        path,
-        query,
-        headers: head.headers,
-        body: &pending[head.len..end],
-    };
-    lean.fields.clear();
-    lean.body.clear();
-    let mut response = crate::http::lean::Response {
-        status: 200,
-        fields: &mut lean.fields,
-        body: &mut lean.body,
-    };
-    if !(lean.handler)(&request, &mut response) {
-        return None;
-    }
-    let status = response.status;
-    // The same rules as for the http-types handler: the request's keep-alive, and a drain
-    // closes connections it cannot hand over.
-    let close = !head.keep_alive || (drain.is_draining() && !relayable(io, drain));
-    let head_only = head.method == "HEAD";
-    crate::http::lean::encode(
-        out,
-        status,
-        &lean.fields,
-        &lean.body,
-        head_only,
-        close,
-        head.minor,
-    );
-    Some((end, close))
-}
-
-/// What a connection waits on between requests, kept for its whole life so that waiting
-/// registers nothing new: the listener for the start of a drain, one keep-alive timer re-armed
-/// only when it fires, and when the last request was done.
-pub(crate) struct Idle<'a, D> {
-    drain_started: Pin<&'a mut D>,
-    timer: Deadline,
-    /// When `timer` fires.
-    armed: Instant,
-    since: Instant,
-}
-
-impl<'a, D: Future<Output = ()>> Idle<'a, D> {
-    /// `drain_started` is the connection's pinned `Drain::started()`; `first_head`, when the
-    /// first request head is due (see [`Idle::wait`]).
-    pub(crate) fn new(
-        drain_started: Pin<&'a mut D>,
-        options: &Options,
-        first_head: Option<Instant>,
-    ) -> Self {
-        let since = Instant::now();
-        let armed = first_head.unwrap_or(since + options.keep_alive_timeout);
-        Idle {
-            drain_started,
-            timer: Deadline::at(armed),
-            armed,
-            since,
-        }
-    }
-
-    /// A request is done: the keep-alive timeout counts from now.
-    pub(crate) fn restart(&mut self) {
-        self.since = Instant::now();
-    }
-
-    /// Waits until the client sends something (or closes): [`Waited::Readable`]. Or the
-    /// connection should be closed instead: idle past the keep-alive timeout, or through the
-    /// grace of a drain ([`Waited::Close`]), or, before its first request, past `first_head`
-    /// ([`Waited::HeadTimedOut`]).
-    pub(crate) async fn wait(
-        &mut self,
-        io: &Stream,
-        drain: &Drain,
-        options: &Options,
-        first_head: Option<Instant>,
-    ) -> Waited {
-        let Idle {
-            drain_started,
-            timer,
-            armed,
-            since,
-        } = self;
-        let readable = async {
-            match io.readable().await {
-                Ok(()) => Waited::Readable,
-                Err(_) => Waited::Close,
-            }
-        };
-        let grace = async {
-            // Once draining, the drain future has completed and must not be polled again.
-            if !drain.is_draining() {
-                drain_started.as_mut().await;
-            }
-            // With a relay the connection moves at once; no request can race a close.
-            if !relayable(io, drain) {
-                Timer::after(options.idle_grace).await;
-            }
-            Waited::Close
-        };
-        let idle = async {
-            let kept = *since + options.keep_alive_timeout;
-            let deadline = first_head.map_or(kept, |first| first.min(kept));
-            if *armed > deadline {
-                // Armed for the first head, which came: the keep-alive deadline is sooner.
-                timer.set_at(deadline);
-                *armed = deadline;
-            }
-            loop {
-                if Instant::now() >= deadline {
-                    return match first_head {
-                        Some(first) if first <= kept => Waited::HeadTimedOut,
-                        _ => Waited::Close,
-                    };
-                }
-                // The timer may still hold an earlier deadline: re-arm it only when it fires,
-                // not on every request.
-                (&mut *timer).await;
-                timer.set_at(deadline);
-                *armed = deadline;
-            }
-        };
-        readable.or(grace).or(idle).await
-    }
-}
-
-/// What ended [`Idle::wait`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Waited {
-    /// The client sent something (or closed: the read finds out).
-    Readable,
-    /// Idle too long, or through a drain's grace.
-    Close,
-    /// No first request head within the header timeout of the accept: answer 408.
-    HeadTimedOut,
-}
-
-/// The kind a keep-alive HTTP connection moves under (see [`Drain::hand_over`]), with no
-/// state; its held bytes are what the client sent past the last request.
-pub(crate) const KEEP_ALIVE: &str = "baton/http";
-
-/// Can this connection be handed to the successor? (Not in a TLS session: its state stays
-/// with this process.)
-fn relayable(io: &Stream, drain: &Drain) -> bool {
-    io.plain().is_some() && drain.can_hand_over()
-}
-
-/// Sends the connection to the successor. `true`: it is the successor's now; drop it without
-/// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
-async fn hand_over(io: &Stream, drain: &Drain, pending: &[u8]) -> bool {
-    let Some(stream) = io.plain() else {
-        return false;
-    };
-    if !drain.can_hand_over() {
-        return false;
-    }
-    // (Bounded: a successor that stops reading its relay does not hold this connection.)
-    let sent = drain.hand_over(stream, KEEP_ALIVE, &serde_json::Value::Null, pending);
-    sent.await.is_ok()
 }

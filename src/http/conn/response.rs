@@ -123,8 +123,18 @@ pub(crate) async fn write_response(
     if chunked {
         return write_chunked(io, out, &mut body, timeout).await;
     }
-    // Gather the body behind the head; write whenever the buffer is full. Without a length
-    // (HTTP/1.0), the body runs until its end and the connection closes after it.
+    write_sized(io, out, &mut body, len, timeout).await
+}
+
+/// Gathers `body` (of length `len`, or until its end if `None`: HTTP/1.0) behind what `out`
+/// holds, writing whenever the buffer is full.
+async fn write_sized(
+    io: &Stream,
+    out: &mut Vec<u8>,
+    body: &mut Body,
+    len: Option<u64>,
+    timeout: Duration,
+) -> io::Result<()> {
     let mut remaining = len.unwrap_or(u64::MAX);
     while remaining > 0 {
         if out.len() >= WRITE_BUFFER {

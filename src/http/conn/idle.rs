@@ -1,0 +1,133 @@
+//! Between requests: what a connection waits on (a request, the drain, its deadlines), and
+//! its hand-over to the successor at a request boundary.
+
+use super::*;
+
+/// What a connection waits on between requests, kept for its whole life so that waiting
+/// registers nothing new: the listener for the start of a drain, one keep-alive timer re-armed
+/// only when it fires, and when the last request was done.
+pub(crate) struct Idle<'a, D> {
+    drain_started: Pin<&'a mut D>,
+    timer: Deadline,
+    /// When `timer` fires.
+    armed: Instant,
+    since: Instant,
+}
+
+impl<'a, D: Future<Output = ()>> Idle<'a, D> {
+    /// `drain_started` is the connection's pinned `Drain::started()`; `first_head`, when the
+    /// first request head is due (see [`Idle::wait`]).
+    pub(crate) fn new(
+        drain_started: Pin<&'a mut D>,
+        options: &Options,
+        first_head: Option<Instant>,
+    ) -> Self {
+        let since = Instant::now();
+        let armed = first_head.unwrap_or(since + options.keep_alive_timeout);
+        Idle {
+            drain_started,
+            timer: Deadline::at(armed),
+            armed,
+            since,
+        }
+    }
+
+    /// A request is done: the keep-alive timeout counts from now.
+    pub(crate) fn restart(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Waits until the client sends something (or closes): [`Waited::Readable`]. Or the
+    /// connection should be closed instead: idle past the keep-alive timeout, or through the
+    /// grace of a drain ([`Waited::Close`]), or, before its first request, past `first_head`
+    /// ([`Waited::HeadTimedOut`]).
+    pub(crate) async fn wait(
+        &mut self,
+        io: &Stream,
+        drain: &Drain,
+        options: &Options,
+        first_head: Option<Instant>,
+    ) -> Waited {
+        let Idle {
+            drain_started,
+            timer,
+            armed,
+            since,
+        } = self;
+        let readable = async {
+            match io.readable().await {
+                Ok(()) => Waited::Readable,
+                Err(_) => Waited::Close,
+            }
+        };
+        let grace = async {
+            // Once draining, the drain future has completed and must not be polled again.
+            if !drain.is_draining() {
+                drain_started.as_mut().await;
+            }
+            // With a relay the connection moves at once; no request can race a close.
+            if !relayable(io, drain) {
+                Timer::after(options.idle_grace).await;
+            }
+            Waited::Close
+        };
+        let idle = async {
+            let kept = *since + options.keep_alive_timeout;
+            let deadline = first_head.map_or(kept, |first| first.min(kept));
+            if *armed > deadline {
+                // Armed for the first head, which came: the keep-alive deadline is sooner.
+                timer.set_at(deadline);
+                *armed = deadline;
+            }
+            loop {
+                if Instant::now() >= deadline {
+                    return match first_head {
+                        Some(first) if first <= kept => Waited::HeadTimedOut,
+                        _ => Waited::Close,
+                    };
+                }
+                // The timer may still hold an earlier deadline: re-arm it only when it fires,
+                // not on every request.
+                (&mut *timer).await;
+                timer.set_at(deadline);
+                *armed = deadline;
+            }
+        };
+        readable.or(grace).or(idle).await
+    }
+}
+
+/// What ended [`Idle::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The client sent something (or closed: the read finds out).
+    Readable,
+    /// Idle too long, or through a drain's grace.
+    Close,
+    /// No first request head within the header timeout of the accept: answer 408.
+    HeadTimedOut,
+}
+
+/// The kind a keep-alive HTTP connection moves under (see [`Drain::hand_over`]), with no
+/// state; its held bytes are what the client sent past the last request.
+pub(crate) const KEEP_ALIVE: &str = "baton/http";
+
+/// Can this connection be handed to the successor? (Not in a TLS session: its state stays
+/// with this process.)
+pub(super) fn relayable(io: &Stream, drain: &Drain) -> bool {
+    io.plain().is_some() && drain.can_hand_over()
+}
+
+/// Sends the connection to the successor. `true`: it is the successor's now; drop it without
+/// closing it. `false`: it stays here (no relay, or the relay failed: then no more are sent).
+pub(super) async fn hand_over(io: &Stream, drain: &Drain, pending: &[u8]) -> bool {
+    let Some(stream) = io.plain() else {
+        return false;
+    };
+    if !drain.can_hand_over() {
+        return false;
+    }
+    // (Bounded: a successor that stops reading its relay does not hold this connection.)
+    let sent = drain.hand_over(stream, KEEP_ALIVE, &serde_json::Value::Null, pending);
+    sent.await.is_ok()
+}
