@@ -40,45 +40,72 @@ struct Options {
     ignore_drain: bool,
 }
 
-fn main() -> ExitCode {
-    let mut addr = "127.0.0.1:8080".to_owned();
-    let mut drain_timeout = baton::Config::default().drain_timeout;
-    let mut options = Options {
-        hand_over: true,
-        ignore_drain: false,
+/// What the command line asks for.
+struct Args {
+    addr: String,
+    drain_timeout: std::time::Duration,
+    options: Options,
+    tls_files: (Option<String>, Option<String>),
+    workers: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, ExitCode> {
+    let mut parsed = Args {
+        addr: "127.0.0.1:8080".to_owned(),
+        drain_timeout: baton::Config::default().drain_timeout,
+        options: Options {
+            hand_over: true,
+            ignore_drain: false,
+        },
+        tls_files: (None, None),
+        workers: None,
     };
-    let mut tls_files: (Option<String>, Option<String>) = (None, None);
-    let mut workers = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
-            "--no-hand-over" => options.hand_over = false,
-            "--ignore-drain" => options.ignore_drain = true,
+            "--no-hand-over" => parsed.options.hand_over = false,
+            "--ignore-drain" => parsed.options.ignore_drain = true,
             "--addr" | "--drain-timeout" | "--tls-cert" | "--tls-key" | "--workers" => {
                 let Some(value) = args.next() else {
-                    return usage(&format!("{flag} needs a value"));
+                    return Err(usage(&format!("{flag} needs a value")));
                 };
                 match flag.as_str() {
-                    "--addr" => addr = value,
-                    "--tls-cert" => tls_files.0 = Some(value),
-                    "--tls-key" => tls_files.1 = Some(value),
+                    "--addr" => parsed.addr = value,
+                    "--tls-cert" => parsed.tls_files.0 = Some(value),
+                    "--tls-key" => parsed.tls_files.1 = Some(value),
                     "--workers" => match value.parse() {
-                        Ok(n) => workers = Some(n),
-                        Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
+                        Ok(n) => parsed.workers = Some(n),
+                        Err(_) => {
+                            return Err(usage(&format!("--workers {value:?}: expected a number")));
+                        }
                     },
                     _ => match parse_seconds(&value) {
-                        Some(timeout) => drain_timeout = timeout,
+                        Some(timeout) => parsed.drain_timeout = timeout,
                         None => {
-                            return usage(&format!(
+                            return Err(usage(&format!(
                                 "--drain-timeout {value:?}: expected 5s or 500ms"
-                            ));
+                            )));
                         }
                     },
                 }
             }
-            _ => return usage(&format!("unknown option {flag}")),
+            _ => return Err(usage(&format!("unknown option {flag}"))),
         }
     }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    let Args {
+        addr,
+        drain_timeout,
+        options,
+        tls_files,
+        workers,
+    } = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let pid = std::process::id();
     let server = baton::Server::bind(&addr).and_then(|server| match tls_files {
         #[cfg(feature = "tls")]
