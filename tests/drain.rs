@@ -23,7 +23,7 @@ fn a_thread_the_server_does_not_run_sees_the_drain(server: Server, workers: bool
         let reply = common::get(addr, "/draining-elsewhere?ms=8000");
         (reply, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(200));
+    server.wait_in_flight("/draining-elsewhere", 1);
     let restarted = Instant::now();
     restart(&server, serving, workers);
     let (reply, answered) = asked.join().unwrap();
@@ -96,7 +96,7 @@ fn a_shutdown_fires_the_notice_on_other_threads() {
     let mut server = Server::hello(&["--drain-timeout", "10s"]);
     let addr = server.addr;
     let asked = std::thread::spawn(move || common::get(addr, "/draining-elsewhere?ms=8000"));
-    std::thread::sleep(Duration::from_millis(200));
+    server.wait_in_flight("/draining-elsewhere", 1);
     signal(server.pid, Signal::TERM);
     let reply = asked.join().unwrap().expect("answered");
     assert_eq!(reply.body.trim(), "notice true, is_draining true");

@@ -116,7 +116,7 @@ fn idle_generations_exit_at_once_while_an_older_one_still_drains() {
     let server = common::Server::hello(&["--drain-timeout", "10s"]);
     let addr = server.addr;
     let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=4000"));
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    server.wait_in_flight("/slow", 1);
     let mut generations = vec![server.pid];
     for _ in 0..4 {
         let next = server.restart(*generations.last().unwrap());
@@ -195,9 +195,11 @@ fn a_restart_beyond_max_generations_ends_the_oldest_draining_one() {
     let server = common::Server::hello(&["--drain-timeout", "20s", "--max-generations", "3"]);
     let addr = server.addr;
     // A slow request to whichever generation serves now; answered by that one.
-    let slow = || {
+    let mut started = 0;
+    let mut slow = || {
         let handle = std::thread::spawn(move || common::get(addr, "/slow?ms=8000"));
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        started += 1;
+        server.wait_in_flight("/slow", started);
         handle
     };
     let first = server.pid;

@@ -50,9 +50,8 @@ fn try_once(addr: SocketAddr) -> Outcome {
 fn a_shutdown_refuses_or_answers(mut server: Server) {
     let addr = server.addr;
     let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=1500"));
-    // The request is in flight once a process logged that it has one to drain, below; first
-    // let it reach the handler.
-    std::thread::sleep(Duration::from_millis(200));
+    // The request reaches the handler; then a process logs that it has one to drain, below.
+    server.wait_in_flight("/slow", 1);
     signal(server.pid, Signal::TERM);
     server.wait_line("draining 1 connections (1 requests in flight)");
     let mut outcomes = Vec::new();

@@ -1,4 +1,6 @@
-//! Spawning the successor and both sides of the readiness handshake.
+//! Spawning a successor or a worker, both sides of the readiness handshake, and the checks
+//! before a restart (the start path is a binary or a script; the successor would have room
+//! for the connections it takes).
 //!
 //! The child is the binary at the path this process was started from (resolved against the
 //! working directory at start-up, so a binary renamed into place is picked up), with the same

@@ -1,4 +1,4 @@
-//! Handing live connections to the successor (opt-in, `Server::hand_over_connections`): a
+//! Handing live connections to the successor (on by default: `Config::hand_over_connections`): a
 //! Unix SEQPACKET socket pair made at spawn, one message per connection, the connection's fd
 //! travelling as `SCM_RIGHTS` with the bytes already read from it but not yet parsed. The
 //! client sees nothing: same TCP connection, no `Connection: close`, no reconnect.

@@ -417,6 +417,15 @@ impl Server {
         });
     }
 
+    /// Waits until `n` requests for `path` have reached their handler (the fixture logs
+    /// `in flight: <path>` for its long requests): what a test would otherwise sleep for.
+    pub fn wait_in_flight(&self, path: &str, n: usize) {
+        let needle = format!(": in flight: {path}");
+        self.wait_for(&format!("{n} requests in flight for {path}"), |lines| {
+            (lines.iter().filter(|l| l.ends_with(&needle)).count() >= n).then_some(())
+        });
+    }
+
     /// Every pid that logged, or was logged as a spawned child (it may not have logged yet).
     pub fn pids(&self) -> HashSet<u32> {
         let lines = self.lines();
