@@ -511,3 +511,24 @@ fn a_large_response_is_read_to_its_end() {
         body.len()
     );
 }
+
+/// A response's content type is the handler's: a body set from text says `text/plain`, and
+/// a response with no content (404 here) gets none invented for it.
+#[test]
+fn content_types_are_the_handlers_own() {
+    let server = Server::hello(&[]);
+    let hello = common::get(server.addr, "/hello").unwrap();
+    assert_eq!(
+        hello.header("content-type"),
+        Some("text/plain;charset=utf-8")
+    );
+    let missing = common::get(server.addr, "/nothing").unwrap();
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.header("content-type"),
+        None,
+        "{:?}",
+        missing.headers
+    );
+    assert_eq!(missing.header("content-length"), Some("0"));
+}

@@ -6,7 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use async_io::Timer;
-use http_types::{Body, Method, Response, StatusCode};
+use http_types::{Method, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
@@ -95,12 +95,11 @@ pub(crate) async fn write_response(
     timeout: Duration,
 ) -> io::Result<()> {
     let status = u16::from(response.status());
-    let mut body = response.take_body();
     let bodyless = codec::bodyless(status);
     let len = if bodyless {
         Some(0)
     } else {
-        body.len().map(|n| n as u64)
+        response.len().map(|n| n as u64)
     };
     let length = codec::Length::of(status, len, minor);
     let chunked = length == codec::Length::Chunked;
@@ -121,9 +120,11 @@ pub(crate) async fn write_response(
         return send(io, out, timeout).await;
     }
     if chunked {
-        return write_chunked(io, out, &mut body, timeout).await;
+        return write_chunked(io, out, response, timeout).await;
     }
-    write_sized(io, out, &mut body, len, timeout).await
+    // The body is read from the response itself: taking it out (`take_body`) would look up
+    // and copy a content type per response.
+    write_sized(io, out, response, len, timeout).await
 }
 
 /// Gathers `body` (of length `len`, or until its end if `None`: HTTP/1.0) behind what `out`
@@ -131,7 +132,7 @@ pub(crate) async fn write_response(
 async fn write_sized(
     io: &Stream,
     out: &mut Vec<u8>,
-    body: &mut Body,
+    body: &mut (impl smol::io::AsyncRead + Unpin),
     len: Option<u64>,
     timeout: Duration,
 ) -> io::Result<()> {
@@ -233,7 +234,7 @@ pub(super) async fn send(io: &Stream, mut buf: &[u8], timeout: Duration) -> io::
 pub(super) async fn write_chunked(
     io: &Stream,
     out: &mut Vec<u8>,
-    body: &mut Body,
+    body: &mut (impl smol::io::AsyncRead + Unpin),
     timeout: Duration,
 ) -> io::Result<()> {
     const PREFIX: usize = 18; // up to 16 hex digits + CRLF
