@@ -90,15 +90,24 @@ pub(crate) struct Head<'b, 'h> {
     pub(crate) len: usize,
 }
 
+/// Room for a request head's fields, uninitialised until parsed into: [`no_headers`].
+pub(crate) type Headers<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// Storage for [`parse_head`], uninitialised.
+pub(crate) fn no_headers<'b>() -> Headers<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Parses one request head from the start of `buf`. `Ok(None)`: incomplete, read more.
 pub(crate) fn parse_head<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    headers: &'h mut Headers<'b>,
     max_head: usize,
 ) -> Result<Option<Head<'b, 'h>>, Reject> {
-    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
-    let mut request = httparse::Request::new(headers);
-    let status = match request.parse(buf) {
+    // Leading empty lines before a request line are allowed (RFC 9112 §2.2). The fields go
+    // into storage left uninitialised: nothing is zeroed per request.
+    let mut request = httparse::Request::new(&mut []);
+    let status = match request.parse_with_uninit_headers(buf, headers) {
         Ok(status) => status,
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
         Err(httparse::Error::Version) => return Err(Reject::UnsupportedVersion),
@@ -270,10 +279,26 @@ fn too_large(buf: &[u8], max_head: usize) -> Reject {
     }
 }
 
+/// Whether a line of `head` ends in LF without CR. Eight bytes at a time: a word with no LF
+/// (most of a head) costs one test; only a word that has one is looked at byte by byte.
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let bare = |i: usize| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r');
+    let mut words = head.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        // Zero where the word has a LF; the test below finds whether any byte is zero.
+        let x = u64::from_ne_bytes(bytes) ^ LF;
+        if x.wrapping_sub(ONES) & !x & HIGH != 0 && (at..at + 8).any(bare) {
+            return true;
+        }
+        at += 8;
+    }
+    (at..head.len()).any(bare)
 }
 
 /// Comma-separated list elements, trimmed of optional whitespace.

@@ -28,7 +28,7 @@ pub(super) async fn next_request(
     mut lean: Option<(&mut Lean, &mut Vec<u8>, &Drain)>,
 ) -> Result<Work, HeadError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; codec::MAX_HEADERS];
+        let mut headers = codec::no_headers();
         let next = match codec::parse_head(buf.pending(), &mut headers, options.max_head) {
             Ok(Some(head)) => {
                 if let Some((lean, out, drain)) = lean.as_mut() {

@@ -72,8 +72,10 @@ impl Requests {
         } else {
             Version::Http1_1
         }));
-        request.set_peer_addr(Some(&self.peer));
-        request.set_local_addr(Some(&self.local_text));
+        // As `String`s: `ToString` clones those as they are, where a `&String` would go
+        // through the formatting machinery.
+        request.set_peer_addr(Some(self.peer.clone()));
+        request.set_local_addr(Some(self.local_text.clone()));
         for (i, header) in head.headers.iter().enumerate() {
             let value = ascii_value(header.value, "non-ASCII header value")?;
             let name = known(header.name).unwrap_or_else(|| HeaderName::from(header.name));
