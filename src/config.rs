@@ -142,12 +142,6 @@ pub(crate) mod timing {
     /// 16, for ~3% of throughput.
     #[cfg(feature = "http")]
     pub(crate) const TASKS_BETWEEN_IO_CHECKS: usize = 16;
-    /// The check above looks only at the connections' own epoll (one `epoll_wait`); every
-    /// this many checks, a whole round of the reactor (signals, listeners, timers: five
-    /// syscalls with async-io's poller) runs too. An executor that runs out of tasks waits in
-    /// the reactor anyway.
-    #[cfg(feature = "http")]
-    pub(crate) const IO_LOOKS_BETWEEN_REACTOR_ROUNDS: usize = 8;
     /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
     /// deadline fires up to this much late when others fell due just before it (see
     /// `deadline`).

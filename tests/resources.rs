@@ -77,7 +77,7 @@ impl Model {
 /// Either way no client reconnects, and nothing is reported cut or lost.
 fn keep_alive_connections_at_the_fd_limit(model: Model) {
     let connections = match model {
-        Model::Single => 47,
+        Model::Single => 46,
         _ => 40,
     };
     let server = model.start(limited(64, &[]));

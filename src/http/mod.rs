@@ -17,6 +17,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod conn;
+mod driver;
 #[cfg(feature = "async-h1")]
 pub(crate) mod h1;
 pub mod lean;
@@ -36,10 +37,8 @@ use std::time::Duration;
 
 use http_types::{Request, Response};
 use smol::LocalExecutor;
-use smol::future::FutureExt as _;
 
 use crate::baton::Baton;
-use crate::config::timing::{IO_LOOKS_BETWEEN_REACTOR_ROUNDS, TASKS_BETWEEN_IO_CHECKS};
 use crate::io::deadline::Deadlines;
 use crate::report::Report;
 pub use options::Options;
@@ -289,30 +288,7 @@ impl Server {
             async_h1: options.async_h1,
             events: baton.events(),
         };
-        let tasks = run_tasks(&executor);
-        baton.serve(program).or(tasks).await
+        driver::drive(baton.serve(program), executor).await
     }
 }
 
-/// Runs `executor`'s tasks for ever, checking for I/O every [`TASKS_BETWEEN_IO_CHECKS`]
-/// tasks by one look at the connections' readiness ([`crate::Stream::wake_ready`], one
-/// `epoll_wait`; and before waiting, when the executor runs out of tasks), and a whole round
-/// of the reactor every [`IO_LOOKS_BETWEEN_REACTOR_ROUNDS`] looks.
-async fn run_tasks<T>(executor: &LocalExecutor<'static>) -> T {
-    // One look at the connections and listeners: whether it found any.
-    let look = || crate::Stream::wake_ready().is_ok_and(|n| n > 0);
-    loop {
-        for _ in 0..IO_LOOKS_BETWEEN_REACTOR_ROUNDS {
-            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                // Out of tasks: look first, and wait in the reactor only if nothing is ready.
-                if !executor.try_tick() && !look() {
-                    executor.tick().await;
-                }
-            }
-            look();
-        }
-        // Back to `block_on`, which polls the reactor (without blocking) before polling this
-        // future again: signals, listeners, relays, timers.
-        smol::future::yield_now().await;
-    }
-}

@@ -29,10 +29,18 @@ const BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Edge {
     epoll: Async<OwnedFd>,
+    /// Wakes a thread blocked in [`Edge::wait`] (registered in the epoll under [`NOTIFY`]).
+    notifier: OwnedFd,
+    /// A thread waits on the epoll itself ([`Edge::wait`]): async-io's reactor is not asked.
+    thread_driven: AtomicBool,
     slots: Mutex<Slots>,
     /// An error of the epoll, and the driver waiting to hear of one.
     failure: Mutex<(Option<io::Error>, Option<Waker>)>,
 }
+
+/// The epoll data of the notifier's registration (a slot's is its index and generation, whose
+/// index is never `u32::MAX`).
+const NOTIFY: u64 = u64::MAX;
 
 /// The reactor saw the epoll readable.
 impl std::task::Wake for Edge {
@@ -41,6 +49,10 @@ impl std::task::Wake for Edge {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        // A thread waits on the epoll itself now: it takes the events, not the reactor.
+        if self.thread_driven.load(Ordering::SeqCst) {
+            return;
+        }
         match self.poll_now() {
             Ok(_) => self.arm(),
             Err(error) => self.fail(error),
@@ -139,8 +151,16 @@ impl Edge {
 
     pub(crate) fn new() -> io::Result<Arc<Edge>> {
         let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let notifier = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        let interest = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        epoll::add(&fd, &notifier, epoll::EventData::new_u64(NOTIFY), interest)?;
         Ok(Arc::new(Edge {
             epoll: Async::new(fd)?,
+            notifier,
+            thread_driven: AtomicBool::new(false),
             slots: Mutex::new(Slots::default()),
             failure: Mutex::new((None, None)),
         }))
@@ -175,6 +195,9 @@ impl Edge {
     /// Registers the edge's waker for the epoll's next readiness, handing out what is ready
     /// meanwhile.
     fn arm(self: &Arc<Edge>) {
+        if self.thread_driven.load(Ordering::SeqCst) {
+            return;
+        }
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
         loop {
@@ -191,7 +214,7 @@ impl Edge {
     }
 
     /// The epoll failed: the driver reports it.
-    fn fail(&self, error: io::Error) {
+    pub(crate) fn fail(&self, error: io::Error) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         failure.0 = Some(error);
         if let Some(waker) = failure.1.take() {
@@ -203,20 +226,43 @@ impl Edge {
     /// many there were. One `epoll_wait`: a cheaper look for ready connections than a round
     /// of the reactor (which costs four more syscalls), for a busy executor between tasks.
     pub(crate) fn poll_now(&self) -> io::Result<usize> {
-        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut()))
+        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), false))
     }
 
-    fn poll_into(&self, buffers: &mut Buffers) -> io::Result<usize> {
+    /// Makes the calling thread the one that takes the epoll's events ([`Edge::wait`]),
+    /// instead of async-io's reactor (`on`), or gives them back to the reactor.
+    pub(crate) fn set_thread_driven(self: &Arc<Edge>, on: bool) {
+        self.thread_driven.store(on, Ordering::SeqCst);
+        if !on {
+            self.arm();
+        }
+    }
+
+    /// Blocks until there are events (or [`Edge::notify`]), then takes them as
+    /// [`Edge::poll_now`] does; how many connection events there were.
+    pub(crate) fn wait(&self) -> io::Result<usize> {
+        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), true))
+    }
+
+    /// Wakes the thread blocked in [`Edge::wait`], if one is (else its next wait returns at
+    /// once).
+    pub(crate) fn notify(&self) {
+        let _ = rustix::io::write(&self.notifier, &1u64.to_ne_bytes());
+    }
+
+    fn poll_into(&self, buffers: &mut Buffers, block: bool) -> io::Result<usize> {
         let Buffers { events, wake } = buffers;
         let mut total = 0;
+        let mut block = block;
         loop {
             events.clear();
             let zero = rustix::time::Timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
             };
+            let timeout = (!std::mem::take(&mut block)).then_some(&zero);
             let spare = rustix::buffer::spare_capacity(&mut *events);
-            match epoll::wait(self.epoll.as_fd(), spare, Some(&zero)) {
+            match epoll::wait(self.epoll.as_fd(), spare, timeout) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -226,6 +272,13 @@ impl Edge {
                 let mut slots = self.slots();
                 for event in events.iter() {
                     let data = event.data.u64();
+                    if data == NOTIFY {
+                        // Cleared, so its counter never fills; one wake-up, whatever its count.
+                        let mut count = [0u8; 8];
+                        let _ = rustix::io::read(&self.notifier, &mut count);
+                        total -= 1;
+                        continue;
+                    }
                     let (index, generation) = (data as u32 as usize, (data >> 32) as u32);
                     let Some(entry) = slots.entries.get_mut(index) else {
                         continue;

@@ -1,0 +1,145 @@
+//! The HTTP server's thread, driving itself: the core's future and the connections' tasks run
+//! here, and when neither has anything to do the thread waits on the connections' epoll
+//! itself (`epoll_wait`, nothing else), as tokio's does.
+//!
+//! Waiting in async-io's reactor instead costs four more syscalls around each wait (its
+//! timerfd set and re-armed, its notifier read and re-armed) and a re-arm of the epoll's own
+//! registration after it fired. Here async-io's reactor is left to its own thread, for what
+//! is not a connection (signals, relays, timers, child processes): whatever it wakes on this
+//! thread's behalf sets a flag and, if this thread is waiting, writes the epoll's notifier.
+//! Connection events, the common case, wake nothing but the tasks they are for, on this
+//! thread.
+
+use std::future::Future;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use smol::LocalExecutor;
+use smol::future::FutureExt as _;
+
+use crate::config::timing::TASKS_BETWEEN_IO_CHECKS;
+use crate::io::edge::Edge;
+
+/// What was woken since it last ran, and whether the thread waits on the epoll.
+struct Woken {
+    core: AtomicBool,
+    tasks: AtomicBool,
+    waiting: AtomicBool,
+    edge: Arc<Edge>,
+    /// Once the epoll failed: `block_on`'s waker (the thread then parks as usual).
+    outer: Mutex<Option<Waker>>,
+}
+
+/// The waker of the core's future (`tasks: false`) or of the executor (`true`).
+struct Flag {
+    woken: Arc<Woken>,
+    tasks: bool,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let woken = &self.woken;
+        match self.tasks {
+            true => woken.tasks.store(true, SeqCst),
+            false => woken.core.store(true, SeqCst),
+        }
+        // (Set before the look: a waiting thread sees the flag once the notifier wakes it,
+        // and a thread about to wait sees it before it does.)
+        if woken.waiting.load(SeqCst) {
+            woken.edge.notify();
+        }
+        if let Some(outer) = woken.outer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            outer.wake();
+        }
+    }
+}
+
+impl Woken {
+    fn any(&self) -> bool {
+        self.core.load(SeqCst) || self.tasks.load(SeqCst)
+    }
+}
+
+/// Runs `core` (the core's serving future) and `executor`'s tasks on this thread until `core`
+/// is done, waiting on the connections' epoll when idle (see the module's notes). Without an
+/// epoll, the executor runs beside `core` in `block_on` as any future does.
+pub(super) async fn drive<T>(core: impl Future<Output = T>, executor: Rc<LocalExecutor<'static>>) -> T {
+    let Ok(edge) = Edge::global().cloned() else {
+        let tasks = async move { executor.run(std::future::pending::<T>()).await };
+        return core.or(tasks).await;
+    };
+    let woken = Arc::new(Woken {
+        core: AtomicBool::new(true),
+        tasks: AtomicBool::new(true),
+        waiting: AtomicBool::new(false),
+        edge: edge.clone(),
+        outer: Mutex::new(None),
+    });
+    let flag = |tasks| {
+        Waker::from(Arc::new(Flag {
+            woken: woken.clone(),
+            tasks,
+        }))
+    };
+    let (core_waker, tasks_waker) = (flag(false), flag(true));
+    let mut core = pin!(core);
+    // Runs ready tasks when polled, a few at a time between looks at the connections (see
+    // `TASKS_BETWEEN_IO_CHECKS`); else leaves its waker with the executor.
+    let mut tasks = pin!(async {
+        loop {
+            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
+                executor.tick().await;
+            }
+            smol::future::yield_now().await;
+        }
+    });
+    let mut failed = false;
+    edge.set_thread_driven(true);
+    let done = std::future::poll_fn(|cx| {
+        loop {
+            if woken.core.swap(false, SeqCst) {
+                let mut cx = Context::from_waker(&core_waker);
+                if let Poll::Ready(out) = core.as_mut().poll(&mut cx) {
+                    return Poll::Ready(out);
+                }
+            }
+            if woken.tasks.swap(false, SeqCst) {
+                let _ = tasks.as_mut().poll(&mut Context::from_waker(&tasks_waker));
+            }
+            if failed {
+                // The core hears of the failure and stops; until then, park in `block_on`.
+                *woken.outer.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                match woken.any() {
+                    true => continue,
+                    false => return Poll::Pending,
+                }
+            }
+            let looked = match edge.poll_now() {
+                Ok(0) if !woken.any() => {
+                    woken.waiting.store(true, SeqCst);
+                    let waited = match woken.any() {
+                        true => Ok(0),
+                        false => edge.wait(),
+                    };
+                    woken.waiting.store(false, SeqCst);
+                    waited
+                }
+                other => other,
+            };
+            if let Err(error) = looked {
+                failed = true;
+                edge.fail(error);
+            }
+        }
+    })
+    .await;
+    edge.set_thread_driven(false);
+    done
+}
