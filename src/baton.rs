@@ -37,7 +37,6 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -48,7 +47,7 @@ use crate::hooks::Hooks;
 use crate::listener::{Address, Inheritance, Listener, ListenerInfo, Origin};
 use crate::program::Program;
 use crate::report::Report;
-use crate::restart::{Alone, Check, Setup};
+use crate::restart::{Alone, Setup};
 use crate::signals::Signals;
 
 /// The restart core, one per process: its listeners, its signals, its successor, its drain.
@@ -62,34 +61,16 @@ use crate::signals::Signals;
 /// [`Baton::workers`], `serve` runs a supervising process instead, whose workers each run
 /// the program.
 pub struct Baton {
-    pub(crate) config: Config,
-    pub(crate) listeners: Vec<Listener>,
-    /// The parent's readiness pipe, written once this process serves.
-    pub(crate) ready: Option<OwnedFd>,
-    /// This process's end of the relay its parent hands connections over on, if it does.
-    pub(crate) relay: Option<OwnedFd>,
-    /// A worker's end of the control channel to its supervising process.
-    pub(crate) control: Option<OwnedFd>,
-    /// A supervising process's state from before it re-executed itself.
-    pub(crate) supervisor_state: Option<String>,
-    /// The endless parent that handed the sockets over: told (SIGTERM) once this serves.
-    pub(crate) endless_parent: Option<u32>,
-    /// `Some(threads)` if `LISTENER`/`LISTEN_*` had to stay in the environment.
-    pub(crate) environment_kept: Option<Option<usize>>,
-    pub(crate) signals: Signals,
-    pub(crate) exec: Exec,
-    pub(crate) on_event: Rc<dyn Fn(&Event<'_>)>,
-    pub(crate) hooks: Hooks,
-    /// Checks that must pass before this process reports ready (see [`Baton::before_ready`]).
-    pub(crate) before_ready: Vec<Check>,
+    /// What a serving process (or a supervising one) starts with.
+    setup: Setup,
 }
 
 impl fmt::Debug for Baton {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Baton")
-            .field("listeners", &self.listeners)
-            .field("program", &self.exec.program())
-            .field("config", &self.config)
+            .field("listeners", &self.setup.listeners)
+            .field("program", &self.setup.exec.program())
+            .field("config", &self.setup.config)
             .finish_non_exhaustive()
     }
 }
@@ -157,7 +138,7 @@ impl Baton {
         };
         let bound = Listener::bind_all(&addrs, &inheritance)?;
         let pid = std::process::id();
-        Ok(Baton {
+        let setup = Setup {
             before_ready: Vec::new(),
             config: Config::default(),
             listeners: bound.listeners,
@@ -175,12 +156,13 @@ impl Baton {
                 let line = format!("baton[{pid}]: {event}\n");
                 let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             }),
-        })
+        };
+        Ok(Baton { setup })
     }
 
     /// The first TCP listener's address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listeners.iter().find_map(|l| match l.local {
+        self.setup.listeners.iter().find_map(|l| match l.local {
             Address::Tcp(addr) => Some(addr),
             Address::Unix(_) | Address::Udp(_) => None,
         })
@@ -188,57 +170,64 @@ impl Baton {
 
     /// Every listener's address, in the order requested.
     pub fn addresses(&self) -> Vec<Address> {
-        self.listeners.iter().map(|l| l.local.clone()).collect()
+        self.setup
+            .listeners
+            .iter()
+            .map(|l| l.local.clone())
+            .collect()
     }
 
     /// `true` if the listeners came from the parent process.
     pub fn is_inherited(&self) -> bool {
-        self.listeners.iter().any(|l| l.origin == Origin::Inherited)
+        self.setup
+            .listeners
+            .iter()
+            .any(|l| l.origin == Origin::Inherited)
     }
 
     /// All settings at once, replacing any set before (each builder method below sets one
     /// field of it). Default: [`Config::default()`].
     pub fn with_config(mut self, config: Config) -> Self {
-        self.config = config;
+        self.setup.config = config;
         self
     }
 
     /// The settings as they stand.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.setup.config
     }
 
     /// Run as a supervising process with `n` workers (see [`Config::workers`]); 0 forces
     /// today's single-process model. Default: [`Config::workers`].
     pub fn workers(mut self, n: usize) -> Self {
-        self.config.workers = Some(n);
+        self.setup.config.workers = Some(n);
         self
     }
 
     /// Counts a successor that cannot report readiness as ready after it has run `settle`
     /// without exiting. Default: [`Config::successor_ready_after`].
     pub fn successor_ready_after(mut self, settle: Duration) -> Self {
-        self.config.successor_ready_after = Some(settle);
+        self.setup.config.successor_ready_after = Some(settle);
         self
     }
 
     /// The longest a drain waits for in-flight requests before it drops them. Default: [`Config::drain_timeout`].
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.config.drain_timeout = timeout;
+        self.setup.config.drain_timeout = timeout;
         self
     }
 
     /// The longest a restart waits for the new process to report ready before it kills it
     /// and keeps serving. Default: [`Config::ready_timeout`].
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.config.ready_timeout = timeout;
+        self.setup.config.ready_timeout = timeout;
         self
     }
 
     /// The most connections served at once; at the limit, new ones wait in the kernel's
     /// accept queue until one closes. Default: [`Config::max_connections`].
     pub fn max_connections(mut self, limit: usize) -> Self {
-        self.config.max_connections = limit;
+        self.setup.config.max_connections = limit;
         self
     }
 
@@ -250,7 +239,7 @@ impl Baton {
         F: Fn() -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.hooks.set_spawn(hook);
+        self.setup.hooks.set_spawn(hook);
         self
     }
 
@@ -260,7 +249,7 @@ impl Baton {
         F: Fn(u32) -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.hooks.set_ready(hook);
+        self.setup.hooks.set_ready(hook);
         self
     }
 
@@ -271,7 +260,7 @@ impl Baton {
         F: Fn() -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.hooks.set_drain(hook);
+        self.setup.hooks.set_drain(hook);
         self
     }
 
@@ -284,7 +273,7 @@ impl Baton {
     /// gets the state of the worker whose place it takes; a worker that crashed leaves none.
     /// A synchronous closure on the server's thread. Default: none.
     pub fn on_hand_over_state(mut self, hook: impl Fn() -> serde_json::Value + 'static) -> Self {
-        self.hooks.set_give(hook);
+        self.setup.hooks.set_give(hook);
         self
     }
 
@@ -292,7 +281,7 @@ impl Baton {
     /// [`Baton::on_hand_over_state`]), before this process serves; not called if none came
     /// (the event `StateInherited` says why). A synchronous closure. Default: none.
     pub fn on_inherit_state(mut self, hook: impl Fn(serde_json::Value) + 'static) -> Self {
-        self.hooks.set_take(hook);
+        self.setup.hooks.set_take(hook);
         self
     }
 
@@ -304,7 +293,7 @@ impl Baton {
         F: Fn(Report) -> Fut + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.hooks.set_exit(hook);
+        self.setup.hooks.set_exit(hook);
         self
     }
 
@@ -313,14 +302,14 @@ impl Baton {
     /// `Connection: close`: clients keep their connection and never reconnect. A connection
     /// that cannot be handed over is closed as before. Default: [`Config::hand_over_connections`].
     pub fn hand_over_connections(mut self, on: bool) -> Self {
-        self.config.hand_over_connections = on;
+        self.setup.config.hand_over_connections = on;
         self
     }
 
     /// The largest state a restart carries to the successor (see
     /// [`Baton::on_hand_over_state`]). Default: [`Config::max_state_bytes`].
     pub fn max_state_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_state_bytes = bytes;
+        self.setup.config.max_state_bytes = bytes;
         self
     }
 
@@ -328,13 +317,13 @@ impl Baton {
     /// by each successor before it reports ready, removed at the final shutdown if it still
     /// names this process. Default: [`Config::pid_file`].
     pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.config.pid_file = Some(path.into());
+        self.setup.config.pid_file = Some(path.into());
         self
     }
 
     /// Where events go. Default: one line per event on stderr, `baton[<pid>]: <event>`.
     pub fn on_event(mut self, sink: impl Fn(&Event<'_>) + 'static) -> Self {
-        self.on_event = Rc::new(sink);
+        self.setup.on_event = Rc::new(sink);
         self
     }
 
@@ -342,19 +331,20 @@ impl Baton {
     /// process is PID 1 (a container's init) or behind the init of a PID namespace (see
     /// [`crate::restart::Alone`]), else none (single-process model).
     fn worker_count(&self) -> usize {
-        self.config
+        self.setup
+            .config
             .workers
             .unwrap_or_else(|| usize::from(Alone::here().is_some()))
     }
 
     /// The settings, to change one that has no builder method of its own here.
     pub fn config_mut(&mut self) -> &mut Config {
-        &mut self.config
+        &mut self.setup.config
     }
 
     /// The listeners, as a program may know them before serving.
     pub fn listeners(&self) -> Vec<ListenerInfo> {
-        self.listeners.iter().map(Listener::info).collect()
+        self.setup.listeners.iter().map(Listener::info).collect()
     }
 
     /// Runs `check` before this process reports ready (and, in a supervising process, before
@@ -365,19 +355,20 @@ impl Baton {
         mut self,
         check: impl Fn(&[ListenerInfo]) -> io::Result<()> + 'static,
     ) -> Self {
-        self.before_ready.push(Rc::new(check));
+        self.setup.before_ready.push(Rc::new(check));
         self
     }
 
     /// Where events go (see [`Baton::on_event`]): a program reports its own there.
     pub fn events(&self) -> Rc<dyn Fn(&Event<'_>)> {
-        self.on_event.clone()
+        self.setup.on_event.clone()
     }
 
     /// Whether [`Baton::serve`] runs a supervising process here (which never calls the
     /// program: its workers do) rather than serving.
     fn supervises(&self) -> bool {
-        self.control.is_none() && (self.supervisor_state.is_some() || self.worker_count() > 0)
+        self.setup.control.is_none()
+            && (self.setup.supervisor_state.is_some() || self.worker_count() > 0)
     }
 
     /// Serves `program` until a restart hands over to a successor or a shutdown signal
@@ -387,21 +378,7 @@ impl Baton {
     /// anywhere.
     pub async fn serve(self, program: impl Program) -> io::Result<Report> {
         let supervises = self.supervises();
-        let setup = Setup {
-            config: self.config,
-            listeners: self.listeners,
-            ready: self.ready,
-            relay: self.relay,
-            control: self.control,
-            supervisor_state: self.supervisor_state,
-            endless_parent: self.endless_parent,
-            environment_kept: self.environment_kept,
-            signals: self.signals,
-            exec: self.exec,
-            on_event: self.on_event,
-            hooks: self.hooks,
-            before_ready: self.before_ready,
-        };
+        let setup = self.setup;
         match supervises {
             true => crate::restart::supervising::supervise(setup).await,
             false => crate::restart::single::run(setup, Rc::new(program)).await,

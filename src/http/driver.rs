@@ -70,7 +70,10 @@ impl Woken {
 /// Runs `core` (the core's serving future) and `executor`'s tasks on this thread until `core`
 /// is done, waiting on the connections' epoll when idle (see the module's notes). Without an
 /// epoll, the executor runs beside `core` in `block_on` as any future does.
-pub(super) async fn drive<T>(core: impl Future<Output = T>, executor: Rc<LocalExecutor<'static>>) -> T {
+pub(super) async fn drive<T>(
+    core: impl Future<Output = T>,
+    executor: Rc<LocalExecutor<'static>>,
+) -> T {
     let Ok(edge) = Edge::global().cloned() else {
         let tasks = async move { executor.run(std::future::pending::<T>()).await };
         return core.or(tasks).await;

@@ -295,4 +295,3 @@ impl Server {
         driver::drive(baton.serve(program), executor).await
     }
 }
-
