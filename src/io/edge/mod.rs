@@ -229,6 +229,7 @@ impl Edge {
         BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), false))
     }
 
+    #[cfg(feature = "http")]
     /// Makes the calling thread the one that takes the epoll's events ([`Edge::wait`]),
     /// instead of async-io's reactor (`on`), or gives them back to the reactor.
     pub(crate) fn set_thread_driven(self: &Arc<Edge>, on: bool) {
@@ -238,12 +239,14 @@ impl Edge {
         }
     }
 
+    #[cfg(feature = "http")]
     /// Blocks until there are events (or [`Edge::notify`]), then takes them as
     /// [`Edge::poll_now`] does; how many connection events there were.
     pub(crate) fn wait(&self) -> io::Result<usize> {
         BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), true))
     }
 
+    #[cfg(feature = "http")]
     /// Wakes the thread blocked in [`Edge::wait`], if one is (else its next wait returns at
     /// once).
     pub(crate) fn notify(&self) {
