@@ -106,7 +106,7 @@ fn keep_alive_connections_at_the_fd_limit(model: Model) {
                 line.contains("of its 64 fds (RLIMIT_NOFILE)") && line.contains("still serving"),
                 "{line}"
             );
-            first
+            first.clone()
         }
         (None, Model::Workers(n)) => server.workers_ready(2, n),
         (None, _) => panic!(
@@ -121,8 +121,13 @@ fn keep_alive_connections_at_the_fd_limit(model: Model) {
                 server.dump()
             )
         });
+        // (A request that reaches an old worker before its retire does is answered there,
+        // and the connection moves after it.)
         let pid = reply.pid().unwrap();
-        assert!(serving.contains(&pid), "{pid} is not of {serving:?}");
+        assert!(
+            serving.contains(&pid) || first.contains(&pid),
+            "{pid} is not of {serving:?} or {first:?}"
+        );
     }
     assert!(
         clients.iter().all(|c| c.connects == 1),
