@@ -107,7 +107,7 @@ where
         fresh: bool,
         service: crate::Drain,
     ) {
-        let (peer, local) = (peer_text(stream.peer()), stream.local().to_string());
+        let (peer, local) = (stream.peer().clone(), stream.local().clone());
         let incoming = conn::Incoming {
             stream: Stream::Plain(stream),
             peer,
@@ -125,14 +125,6 @@ where
             self.events.clone(),
         );
         self.executor.spawn(task).detach();
-    }
-}
-
-/// A peer's address as requests report it (`unix` for a Unix socket's client).
-fn peer_text(peer: &crate::Address) -> String {
-    match peer {
-        crate::Address::Tcp(addr) | crate::Address::Udp(addr) => addr.to_string(),
-        crate::Address::Unix(_) => "unix".to_owned(),
     }
 }
 

@@ -112,7 +112,8 @@ pub(crate) async fn serve<F, Fut>(
         io: Arc::new(stream),
         requests: Requests::new(peer, local),
         buf: ReadBuf::with(pending),
-        out: Vec::new(),
+        // Room for a response head: it would otherwise grow through five reallocations.
+        out: Vec::with_capacity(256),
         eager: EagerRead::default(),
         drain: &drain,
         events: &*events,
@@ -520,10 +521,10 @@ fn decide(
 /// A connection just accepted, with what the loop needs to know about it.
 pub(crate) struct Incoming {
     pub(crate) stream: Stream,
-    /// The client's address, as requests report it.
-    pub(crate) peer: String,
-    /// The listener's address, as requests report it.
-    pub(crate) local: String,
+    /// The client's address.
+    pub(crate) peer: crate::Address,
+    /// The listener's address.
+    pub(crate) local: crate::Address,
     /// The listener's TLS acceptor, for a `tls:` listener.
     pub(crate) tls: Option<Tls>,
     /// Bytes already read from it (by the process that handed it over) and not yet parsed.

@@ -6,6 +6,7 @@ use http_types::headers::HeaderName;
 use http_types::{Method, Request, Url, Version};
 
 use crate::http::codec::{self, Reject};
+use crate::io::Address;
 
 /// A header or trailer field's value as text: ASCII only, else `what` is named in the 400.
 pub(super) fn ascii_value<'v>(value: &'v [u8], what: &'static str) -> Result<&'v str, Reject> {
@@ -23,17 +24,21 @@ pub(super) struct Requests {
     base: Option<(Vec<u8>, Url)>,
     /// The last origin-form target and the `Url` it made (under `base`'s Host).
     last: Option<(String, Url)>,
-    pub(super) peer: String,
-    pub(super) local_text: String,
+    peer: Address,
+    local: Address,
+    /// The two addresses as requests report them, made for the first request that needs
+    /// them (a connection the lean handler serves never does).
+    texts: Option<(String, String)>,
 }
 
 impl Requests {
-    pub(super) fn new(peer: String, local_text: String) -> Requests {
+    pub(super) fn new(peer: Address, local: Address) -> Requests {
         Requests {
             base: None,
             last: None,
             peer,
-            local_text,
+            local,
+            texts: None,
         }
     }
 
@@ -57,9 +62,12 @@ impl Requests {
         let Requests {
             base,
             last,
-            local_text,
-            ..
+            peer,
+            local,
+            texts,
         } = self;
+        let (peer_text, local_text) =
+            texts.get_or_insert_with(|| (address_text(peer, true), address_text(local, false)));
         let host = head.host.unwrap_or(local_text.as_bytes());
         let same_host = base.as_ref().is_some_and(|(cached, _)| cached == host);
         let url = match last {
@@ -74,8 +82,8 @@ impl Requests {
         }));
         // As `String`s: `ToString` clones those as they are, where a `&String` would go
         // through the formatting machinery.
-        request.set_peer_addr(Some(self.peer.clone()));
-        request.set_local_addr(Some(self.local_text.clone()));
+        request.set_peer_addr(Some(peer_text.clone()));
+        request.set_local_addr(Some(local_text.clone()));
         for (i, header) in head.headers.iter().enumerate() {
             let value = ascii_value(header.value, "non-ASCII header value")?;
             let name = known(header.name).unwrap_or_else(|| HeaderName::from(header.name));
@@ -90,6 +98,29 @@ impl Requests {
             }
         }
         Ok(request)
+    }
+}
+
+/// An address as requests report it: `1.2.3.4:80` for TCP (IPv4 written out directly: the
+/// formatting machinery costs more than the rest of a connection's set-up), `unix` for a Unix
+/// socket's client, else the address's own text.
+fn address_text(address: &Address, peer: bool) -> String {
+    match address {
+        Address::Tcp(std::net::SocketAddr::V4(v4)) => {
+            let mut text = Vec::with_capacity(21);
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                codec::push_decimal(&mut text, u64::from(octet));
+            }
+            text.push(b':');
+            codec::push_decimal(&mut text, u64::from(v4.port()));
+            String::from_utf8(text).unwrap_or_default()
+        }
+        Address::Tcp(addr) | Address::Udp(addr) if peer => addr.to_string(),
+        Address::Unix(_) if peer => "unix".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -197,7 +228,8 @@ mod tests {
     /// other target or Host builds its own.
     #[test]
     fn a_repeated_target_gets_the_same_url_and_nothing_else_does() {
-        let mut requests = Requests::new("1.2.3.4:5".into(), "127.0.0.1:80".into());
+        let peer = Address::Tcp("1.2.3.4:5".parse().unwrap());
+        let mut requests = Requests::new(peer, Address::Tcp("127.0.0.1:80".parse().unwrap()));
         let url = |requests: &mut Requests, target, host| {
             requests
                 .build(&head(target, host))
@@ -222,5 +254,24 @@ mod tests {
                 "{target} {host:?}"
             );
         }
+    }
+
+    /// Addresses as requests report them: what `Display` makes of them, but for a Unix
+    /// socket's client (`unix`).
+    #[test]
+    fn addresses_read_as_their_display() {
+        for text in [
+            "1.2.3.4:5",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+        ] {
+            let addr: std::net::SocketAddr = text.parse().unwrap();
+            assert_eq!(address_text(&Address::Tcp(addr), true), addr.to_string());
+            assert_eq!(address_text(&Address::Tcp(addr), false), addr.to_string());
+        }
+        let unix = Address::Unix("/run/x.sock".into());
+        assert_eq!(address_text(&unix, true), "unix");
+        assert_eq!(address_text(&unix, false), unix.to_string());
     }
 }
