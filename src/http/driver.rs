@@ -127,12 +127,16 @@ pub(super) async fn drive<T>(
             let looked = match edge.poll_now() {
                 Ok(0) if !woken.any() => {
                     woken.waiting.store(true, SeqCst);
-                    let waited = match woken.any() {
-                        true => Ok(0),
-                        false => edge.wait(),
-                    };
-                    woken.waiting.store(false, SeqCst);
-                    waited
+                    // Not waiting from the moment the wait returns: the wakers of the events
+                    // it brings run on this thread, and need not write the notifier.
+                    let woke = || woken.waiting.store(false, SeqCst);
+                    match woken.any() {
+                        true => {
+                            woke();
+                            Ok(0)
+                        }
+                        false => edge.wait(&woke),
+                    }
                 }
                 other => other,
             };

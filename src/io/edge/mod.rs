@@ -226,7 +226,7 @@ impl Edge {
     /// many there were. One `epoll_wait`: a cheaper look for ready connections than a round
     /// of the reactor (which costs four more syscalls), for a busy executor between tasks.
     pub(crate) fn poll_now(&self) -> io::Result<usize> {
-        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), false))
+        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), None))
     }
 
     #[cfg(feature = "http")]
@@ -240,10 +240,11 @@ impl Edge {
     }
 
     #[cfg(feature = "http")]
-    /// Blocks until there are events (or [`Edge::notify`]), then takes them as
+    /// Blocks until there are events (or [`Edge::notify`]), calls `woke` (the waiter is no
+    /// longer waiting: the wakers about to run need not notify it), then takes them as
     /// [`Edge::poll_now`] does; how many connection events there were.
-    pub(crate) fn wait(&self) -> io::Result<usize> {
-        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), true))
+    pub(crate) fn wait(&self, woke: &dyn Fn()) -> io::Result<usize> {
+        BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), Some(woke)))
     }
 
     #[cfg(feature = "http")]
@@ -253,7 +254,9 @@ impl Edge {
         let _ = rustix::io::write(&self.notifier, &1u64.to_ne_bytes());
     }
 
-    fn poll_into(&self, buffers: &mut Buffers, block: bool) -> io::Result<usize> {
+    /// One look (or, with `block`, a wait and then `block` called), then the events handed
+    /// out; looks again while a batch came full.
+    fn poll_into(&self, buffers: &mut Buffers, block: Option<&dyn Fn()>) -> io::Result<usize> {
         let Buffers { events, wake } = buffers;
         let mut total = 0;
         let mut block = block;
@@ -263,9 +266,14 @@ impl Edge {
                 tv_sec: 0,
                 tv_nsec: 0,
             };
-            let timeout = (!std::mem::take(&mut block)).then_some(&zero);
+            let woke = block.take();
+            let timeout = woke.is_none().then_some(&zero);
             let spare = rustix::buffer::spare_capacity(&mut *events);
-            match epoll::wait(self.epoll.as_fd(), spare, timeout) {
+            let waited = epoll::wait(self.epoll.as_fd(), spare, timeout);
+            if let Some(woke) = woke {
+                woke();
+            }
+            match waited {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
