@@ -100,7 +100,7 @@ fn a_4_mib_note_survives_five_restarts_of_a_supervising_process() {
         let [worker] = server.workers_ready(generation, 1)[..] else {
             panic!("one worker")
         };
-        assert_eq!(common::serving_pid(server.addr), worker);
+        common::served_by(server.addr, worker);
         assert_same_note(
             &get_note(&server),
             &text,

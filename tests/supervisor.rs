@@ -234,7 +234,7 @@ fn sigusr2_is_a_binary_upgrade_that_can_be_finished_or_rolled_back() {
     assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
     assert_eq!(pid_in(&pid_file), Some(second));
     assert!(!oldbin.exists(), ".oldbin left behind");
-    assert_eq!(common::serving_pid(server.addr), second);
+    common::served_by(server.addr, second);
     signal(second, Signal::TERM);
     assert!(wait_gone(second, DEADLINE));
 }

@@ -149,6 +149,24 @@ impl Client {
 }
 
 /// The pid that answers `/hello` on a fresh connection now.
+/// Waits until a fresh connection is answered by `pid` (after a restart, a process that is
+/// still to hear that it retires may answer one more), and panics with the last answer's pid
+/// if none is within the deadline.
+pub fn served_by(addr: SocketAddr, pid: u32) {
+    let deadline = std::time::Instant::now() + super::DEADLINE;
+    loop {
+        let answered = serving_pid(addr);
+        if answered == pid {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} never answered; {answered} still does"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn serving_pid(addr: SocketAddr) -> u32 {
     get(addr, "/hello")
         .expect("hello")
