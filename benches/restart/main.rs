@@ -228,6 +228,18 @@ fn release_build(root: &Path, args: &[&str], target: Option<&Path>, what: &str) 
 }
 
 /// `--soak`: 200 restarts of baton under mixed load (keep-alive, a connection per request,
+/// baton (the test fixture, release build) as the bench runs it by default.
+fn baton_flavor(root: &Path) -> Flavor {
+    Flavor {
+        name: "baton",
+        binary: root.join("target/release/examples/fixture"),
+        prefix: "baton",
+        args: Vec::new(),
+        addr: "127.0.0.1:0",
+        features: "",
+    }
+}
+
 /// Builds the example and the peer with the same release profile.
 fn build(root: &Path) -> Vec<Flavor> {
     eprintln!(
@@ -251,14 +263,7 @@ fn build(root: &Path) -> Vec<Flavor> {
         "the example with async-h1",
     );
     vec![
-        Flavor {
-            name: "baton",
-            binary: root.join("target/release/examples/fixture"),
-            prefix: "baton",
-            args: Vec::new(),
-            addr: "127.0.0.1:0",
-            features: "",
-        },
+        baton_flavor(root),
         Flavor {
             name: "baton, closing",
             binary: root.join("target/release/examples/fixture"),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::load::Mode;
-use crate::procs::{Flavor, Running};
+use crate::procs::Running;
 use crate::*;
 
 /// slow requests, POST bodies), checking that nothing fails and that the serving process's
@@ -14,14 +14,7 @@ pub(crate) fn soak() {
     const RESTARTS: usize = 200;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     release_build(&root, &["--example", "fixture"], None, "the example");
-    let flavor = Flavor {
-        name: "baton",
-        binary: root.join("target/release/examples/fixture"),
-        prefix: "baton",
-        args: Vec::new(),
-        addr: "127.0.0.1:0",
-        features: "",
-    };
+    let flavor = crate::baton_flavor(&root);
     let pinned =
         std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 && procs::pin_self(1);
     let mut server = Running::start(&flavor, pinned.then_some(0));

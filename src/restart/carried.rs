@@ -41,33 +41,31 @@ impl Carried<RawFd> {
         let workers: Vec<serde_json::Value> = self
             .workers
             .iter()
-            .map(|w| {
-                serde_json::json!({
-                    "pid": w.pid,
-                    "control_fd": w.control,
-                    "generation": w.generation,
-                    "slot": w.slot,
-                })
-            })
+            .map(|w| entry(w, serde_json::json!(w.control)))
+            .collect();
+        let retiring: Vec<serde_json::Value> = self
+            .retiring
+            .iter()
+            .map(|w| entry(w, serde_json::json!(w.control)))
             .collect();
         serde_json::json!({
             "version": VERSION,
             "generation": self.generation,
             "workers": workers,
-            "retiring": self
-                .retiring
-                .iter()
-                .map(|w| {
-                    serde_json::json!({
-                        "pid": w.pid,
-                        "control_fd": w.control,
-                        "generation": w.generation,
-                    })
-                })
-                .collect::<Vec<_>>(),
+            "retiring": retiring,
         })
         .to_string()
     }
+}
+
+/// One worker as the JSON text carries it (a retiring one's `slot` is null).
+fn entry<F>(worker: &CarriedWorker<F>, control_fd: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "pid": worker.pid,
+        "control_fd": control_fd,
+        "generation": worker.generation,
+        "slot": worker.slot,
+    })
 }
 
 impl Carried<OwnedFd> {
