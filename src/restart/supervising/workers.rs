@@ -184,10 +184,7 @@ impl Supervising {
     pub(super) fn quick_death(&mut self, slot: usize) -> Duration {
         let slot = &mut self.slots[slot];
         slot.quick_deaths += 1;
-        let delay = match slot.quick_deaths {
-            0 | 1 => Duration::ZERO,
-            n => (FIRST_BACKOFF * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
-        };
+        let delay = backoff(slot.quick_deaths);
         slot.not_before = Some(Instant::now() + delay);
         delay
     }
@@ -303,5 +300,31 @@ impl Supervising {
                 let _ = rustix::process::kill_process(pid, signal);
             }
         }
+    }
+}
+
+/// How long a slot's next replacement waits after `quick_deaths` deaths in a row soon after
+/// start: the first is replaced at once, then [`FIRST_BACKOFF`], doubling, at most
+/// [`MOST_BACKOFF`].
+fn backoff(quick_deaths: u32) -> Duration {
+    match quick_deaths {
+        0 | 1 => Duration::ZERO,
+        n => (FIRST_BACKOFF * 2u32.saturating_pow(n - 2)).min(MOST_BACKOFF),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_loop_backs_off_doubling_to_a_bound() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), FIRST_BACKOFF);
+        assert_eq!(backoff(3), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(4), FIRST_BACKOFF * 4);
+        let waits: Vec<Duration> = (1..200).map(backoff).collect();
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(backoff(u32::MAX), MOST_BACKOFF);
     }
 }
