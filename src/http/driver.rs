@@ -29,7 +29,8 @@ struct Woken {
     tasks: AtomicBool,
     waiting: AtomicBool,
     edge: Arc<Edge>,
-    /// Once the epoll failed: `block_on`'s waker (the thread then parks as usual).
+    /// The epoll failed: the thread parks in `block_on` as usual, its waker in `outer`.
+    failed: AtomicBool,
     outer: Mutex<Option<Waker>>,
 }
 
@@ -55,8 +56,11 @@ impl Wake for Flag {
         if woken.waiting.load(SeqCst) {
             woken.edge.notify();
         }
-        if let Some(outer) = woken.outer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            outer.wake();
+        if woken.failed.load(SeqCst) {
+            let outer = woken.outer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(outer) = outer {
+                outer.wake();
+            }
         }
     }
 }
@@ -82,6 +86,7 @@ pub(super) async fn drive<T>(
         core: AtomicBool::new(true),
         tasks: AtomicBool::new(true),
         waiting: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
         edge: edge.clone(),
         outer: Mutex::new(None),
     });
@@ -142,6 +147,7 @@ pub(super) async fn drive<T>(
             };
             if let Err(error) = looked {
                 failed = true;
+                woken.failed.store(true, SeqCst);
                 edge.fail(error);
             }
         }
