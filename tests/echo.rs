@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{DEADLINE, Server, example, wait_gone};
@@ -22,6 +22,8 @@ fn echo(args: &[&str]) -> Server {
 /// One client on one TCP connection, sending `line N` every 20 ms and reading each answer.
 struct Client {
     stop: Arc<AtomicBool>,
+    /// The pid that answered the latest line.
+    latest: Arc<AtomicU32>,
     thread: std::thread::JoinHandle<Result<Vec<(u64, u32)>, String>>,
 }
 
@@ -29,6 +31,8 @@ impl Client {
     fn start(addr: SocketAddr) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let latest = Arc::new(AtomicU32::new(0));
+        let answered = latest.clone();
         let thread = std::thread::spawn(move || {
             let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
             stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -53,13 +57,32 @@ impl Client {
                 if text != format!("line {n}") {
                     return Err(format!("line {n} answered {answer:?}"));
                 }
-                answers.push((n, pid.parse().map_err(|_| format!("pid in {answer:?}"))?));
+                let pid = pid.parse().map_err(|_| format!("pid in {answer:?}"))?;
+                answered.store(pid, Ordering::Relaxed);
+                answers.push((n, pid));
                 n += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
             Ok(answers)
         });
-        Client { stop, thread }
+        Client {
+            stop,
+            latest,
+            thread,
+        }
+    }
+
+    /// Waits until `pid` has answered one of this client's lines (what a test would
+    /// otherwise sleep for before the next restart).
+    fn answered_by(&self, pid: u32) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.latest.load(Ordering::Relaxed) != pid {
+            assert!(
+                std::time::Instant::now() < deadline && !self.thread.is_finished(),
+                "{pid} answered no line"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn finish(self) -> Vec<(u64, u32)> {
@@ -88,7 +111,11 @@ fn assert_lines_moved(answers: &[(u64, u32)], order: &[u32]) {
         at = place;
     }
     let answered: std::collections::HashSet<u32> = answers.iter().map(|a| a.1).collect();
-    assert!(answered.len() >= 6, "answered by {answered:?} of {order:?}");
+    assert_eq!(
+        answered.len(),
+        order.len(),
+        "answered by {answered:?} of {order:?}"
+    );
     assert_eq!(answers.last().map(|a| a.1), order.last().copied());
 }
 
@@ -99,13 +126,13 @@ fn a_connection_keeps_every_line_across_ten_restarts_of_a_single_process() {
     let mut order = vec![server.pid];
     let mut pid = server.pid;
     for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
+        client.answered_by(pid);
         let next = server.restart(pid);
         assert!(wait_gone(pid, DEADLINE), "{}", server.dump());
         order.push(next);
         pid = next;
     }
-    std::thread::sleep(Duration::from_millis(100));
+    client.answered_by(pid);
     let answers = client.finish();
     assert_lines_moved(&answers, &order);
 }
@@ -116,7 +143,7 @@ fn a_connection_keeps_every_line_across_ten_restarts_of_a_supervising_process() 
     let mut order = server.workers_ready(1, 1);
     let client = Client::start(server.addr);
     for generation in 2..=11 {
-        std::thread::sleep(Duration::from_millis(100));
+        client.answered_by(*order.last().unwrap());
         server.restart_workers(generation);
         let [worker] = server.workers_ready(generation, 1)[..] else {
             panic!("one worker")
@@ -124,7 +151,7 @@ fn a_connection_keeps_every_line_across_ten_restarts_of_a_supervising_process() 
         assert!(wait_gone(*order.last().unwrap(), DEADLINE));
         order.push(worker);
     }
-    std::thread::sleep(Duration::from_millis(100));
+    client.answered_by(*order.last().unwrap());
     let answers = client.finish();
     assert_lines_moved(&answers, &order);
 }
