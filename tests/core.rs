@@ -156,15 +156,30 @@ impl Line {
     }
 }
 
+/// Waits until the clients counting into `progress` have had `more` answers since the call
+/// (what a test would otherwise sleep for between restarts).
+fn more_answered(progress: &std::sync::atomic::AtomicU64, more: u64) {
+    let target = progress.load(std::sync::atomic::Ordering::Relaxed) + more;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress: {target} not reached"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Clients with two lines in flight at all times keep every line, in order, across five
 /// restarts: nothing is answered twice, nothing lost.
 fn lines_in_flight_cross_restarts(model: Model) {
     let mut echo = Echo::start(model, "inflight", &[]);
     let addr = echo.server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, progress) = (stop.clone(), progress.clone());
             std::thread::spawn(move || -> Result<u64, String> {
                 let mut line = Line::connect(addr);
                 let mut sent = 0u64;
@@ -179,6 +194,7 @@ fn lines_in_flight_cross_restarts(model: Model) {
                         return Err(format!("line {answered} answered {text:?}"));
                     }
                     answered += 1;
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Ok(answered)
@@ -186,10 +202,10 @@ fn lines_in_flight_cross_restarts(model: Model) {
         })
         .collect();
     for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
+        more_answered(&progress, 20);
         echo.restart();
     }
-    std::thread::sleep(Duration::from_millis(100));
+    more_answered(&progress, 20);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for client in clients {
         let answered = client
@@ -354,7 +370,8 @@ fn datagrams_cross_restarts(model: Model) {
         .parse()
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = stop.clone();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stopping, counted) = (stop.clone(), progress.clone());
     let client = std::thread::spawn(move || -> Result<(u64, Vec<u32>), String> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -378,15 +395,16 @@ fn datagrams_cross_restarts(model: Model) {
                 pids.push(pid);
             }
             n += 1;
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok((n, pids))
     });
     for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
+        more_answered(&progress, 10);
         echo.restart();
     }
-    std::thread::sleep(Duration::from_millis(100));
+    more_answered(&progress, 10);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (answered, pids) = client
         .join()
