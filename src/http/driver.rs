@@ -73,12 +73,13 @@ impl Woken {
 
 /// Runs `core` (the core's serving future) and `executor`'s tasks on this thread until `core`
 /// is done, waiting on the connections' epoll when idle (see the module's notes). Without an
-/// epoll, the executor runs beside `core` in `block_on` as any future does.
+/// epoll (or its notifier), the executor runs beside `core` in `block_on` as any future does.
 pub(super) async fn drive<T>(
     core: impl Future<Output = T>,
     executor: Rc<LocalExecutor<'static>>,
 ) -> T {
-    let Ok(edge) = Edge::global().cloned() else {
+    let driven = Edge::global().and_then(|edge| edge.set_thread_driven(true).map(|()| edge));
+    let Ok(edge) = driven.cloned() else {
         let tasks = async move { executor.run(std::future::pending::<T>()).await };
         return core.or(tasks).await;
     };
@@ -109,7 +110,6 @@ pub(super) async fn drive<T>(
         }
     });
     let mut failed = false;
-    edge.set_thread_driven(true);
     let done = std::future::poll_fn(|cx| {
         loop {
             if woken.core.swap(false, SeqCst) {
@@ -153,6 +153,6 @@ pub(super) async fn drive<T>(
         }
     })
     .await;
-    edge.set_thread_driven(false);
+    let _ = edge.set_thread_driven(false);
     done
 }

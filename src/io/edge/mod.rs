@@ -29,8 +29,9 @@ const BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Edge {
     epoll: Async<OwnedFd>,
-    /// Wakes a thread blocked in [`Edge::wait`] (registered in the epoll under [`NOTIFY`]).
-    notifier: OwnedFd,
+    /// Wakes a thread blocked in [`Edge::wait`] (registered in the epoll under [`NOTIFY`]);
+    /// made when a thread first drives the edge, so a process that never does holds no more.
+    notifier: OnceLock<OwnedFd>,
     /// A thread waits on the epoll itself ([`Edge::wait`]): async-io's reactor is not asked.
     thread_driven: AtomicBool,
     slots: Mutex<Slots>,
@@ -151,15 +152,9 @@ impl Edge {
 
     pub(crate) fn new() -> io::Result<Arc<Edge>> {
         let fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let notifier = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
-        let interest = epoll::EventFlags::IN | epoll::EventFlags::ET;
-        epoll::add(&fd, &notifier, epoll::EventData::new_u64(NOTIFY), interest)?;
         Ok(Arc::new(Edge {
             epoll: Async::new(fd)?,
-            notifier,
+            notifier: OnceLock::new(),
             thread_driven: AtomicBool::new(false),
             slots: Mutex::new(Slots::default()),
             failure: Mutex::new((None, None)),
@@ -231,12 +226,24 @@ impl Edge {
 
     #[cfg(feature = "http")]
     /// Makes the calling thread the one that takes the epoll's events ([`Edge::wait`]),
-    /// instead of async-io's reactor (`on`), or gives them back to the reactor.
-    pub(crate) fn set_thread_driven(self: &Arc<Edge>, on: bool) {
+    /// instead of async-io's reactor (`on`; it needs the notifier, made here the first time),
+    /// or gives them back to the reactor.
+    pub(crate) fn set_thread_driven(self: &Arc<Edge>, on: bool) -> io::Result<()> {
+        if on && self.notifier.get().is_none() {
+            let flags =
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+            let notifier = rustix::event::eventfd(0, flags)?;
+            let interest = epoll::EventFlags::IN | epoll::EventFlags::ET;
+            let data = epoll::EventData::new_u64(NOTIFY);
+            epoll::add(self.epoll.as_fd(), &notifier, data, interest)?;
+            // (One driving thread per process: no other can have set it meanwhile.)
+            let _ = self.notifier.set(notifier);
+        }
         self.thread_driven.store(on, Ordering::SeqCst);
         if !on {
             self.arm();
         }
+        Ok(())
     }
 
     #[cfg(feature = "http")]
@@ -251,7 +258,9 @@ impl Edge {
     /// Wakes the thread blocked in [`Edge::wait`], if one is (else its next wait returns at
     /// once).
     pub(crate) fn notify(&self) {
-        let _ = rustix::io::write(&self.notifier, &1u64.to_ne_bytes());
+        if let Some(notifier) = self.notifier.get() {
+            let _ = rustix::io::write(notifier, &1u64.to_ne_bytes());
+        }
     }
 
     /// One look (or, with `block`, a wait and then `block` called), then the events handed
@@ -285,8 +294,9 @@ impl Edge {
                     let data = event.data.u64();
                     if data == NOTIFY {
                         // Cleared, so its counter never fills; one wake-up, whatever its count.
-                        let mut count = [0u8; 8];
-                        let _ = rustix::io::read(&self.notifier, &mut count);
+                        if let Some(notifier) = self.notifier.get() {
+                            let _ = rustix::io::read(notifier, &mut [0u8; 8]);
+                        }
                         total -= 1;
                         continue;
                     }
