@@ -68,22 +68,22 @@ impl Supervisor {
 
     /// The SIGUSR2 successor `gone` exited. If it rolled back (the PID file still names it,
     /// or nothing that runs), the PID file names this process again and `.oldbin` goes;
-    /// returns `true`. If the PID file names another live process (the successor restarted
+    /// returns `None`. If the PID file names another live process (the successor restarted
     /// itself, and its own successor serves), the service lives on there: this process stays
     /// the old binary, and the PID file is left alone; returns that process.
     pub(crate) fn successor_gone(&self, gone: u32) -> Option<u32> {
         let path = self.pid_file.as_ref()?;
-        let named = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok());
         let own = std::process::id();
-        let moved_on = named.filter(|&pid| {
-            u32::try_from(pid).is_ok_and(|pid| pid != gone && pid != own)
-                && rustix::process::Pid::from_raw(pid)
+        let moved_on = pid_in(path).filter(|&pid| {
+            pid != gone
+                && pid != own
+                && i32::try_from(pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
                     .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
         });
-        if let Some(serving) = moved_on {
-            return u32::try_from(serving).ok();
+        if moved_on.is_some() {
+            return moved_on;
         }
         let _ = std::fs::remove_file(oldbin_file(path));
         let _ = write_pid_file(path, own);
@@ -162,17 +162,14 @@ impl Supervisor {
     pub(crate) fn exited(&self, last: bool) {
         if let Some(path) = &self.pid_file {
             let oldbin = oldbin_file(path);
-            let ours = std::fs::read_to_string(&oldbin)
-                .is_ok_and(|text| text.trim() == std::process::id().to_string());
-            if ours {
+            let own = Some(std::process::id());
+            if pid_in(&oldbin) == own {
                 let _ = std::fs::remove_file(&oldbin);
             }
             if !last {
                 return;
             }
-            let ours = std::fs::read_to_string(path)
-                .is_ok_and(|text| text.trim() == std::process::id().to_string());
-            if ours {
+            if pid_in(path) == own {
                 let _ = std::fs::remove_file(path);
                 let _ = std::fs::remove_file(restart_file(path));
             }
@@ -193,6 +190,11 @@ impl Supervisor {
             None => socket.send_to(message.as_bytes(), target),
         };
     }
+}
+
+/// The pid a PID file holds, if it holds one.
+fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Writes `pid` to `path` atomically: a temporary file beside it, then a rename.

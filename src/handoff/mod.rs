@@ -448,6 +448,7 @@ fn child_in_proc(pid: u32) -> Option<String> {
     if stat.split(' ').next() == Some(&std::process::id().to_string()) {
         return Some(pid.to_string());
     }
+    let pid = pid.to_string();
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
     let children = tasks
         .flatten()
@@ -464,7 +465,7 @@ fn child_in_proc(pid: u32) -> Option<String> {
                 .lines()
                 .find_map(|line| line.strip_prefix("NSpid:"))
                 .and_then(|pids| pids.split_whitespace().last())
-                == Some(&pid.to_string())
+                == Some(pid.as_str())
         })
 }
 

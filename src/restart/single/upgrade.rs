@@ -127,18 +127,12 @@ impl Process {
     pub(super) fn reap(&mut self) {
         let had: Vec<u32> = self.spawned.iter().map(|c| c.id()).collect();
         reap(&mut self.spawned, &*self.emit);
-        if self.drain.is_draining() {
+        // Every SIGUSR2 successor is gone: rolled back (this process is the service again), or
+        // restarted itself into another process that has the PID file now.
+        if self.drain.is_draining() || !self.spawned.is_empty() {
             return;
         }
-        let gone = had
-            .iter()
-            .filter(|&&pid| self.spawned.iter().all(|c| c.id() != pid));
-        for &pid in gone {
-            // A SIGUSR2 successor is gone: rolled back (this process is the service again), or
-            // restarted itself into another process that has the PID file now.
-            if !self.spawned.is_empty() {
-                continue;
-            }
+        for pid in had {
             if let Some(serving) = self.supervisor.successor_gone(pid) {
                 (self.emit)(&Event::SuccessorMovedOn { gone: pid, serving });
             }

@@ -276,20 +276,18 @@ impl Supervising {
             .collect();
         draining.sort_unstable();
         draining.dedup();
-        let excess = role::generations_to_end(draining.len(), max);
-        for &generation in &draining[..excess] {
-            for retiring in self.retiring.iter_mut() {
-                if retiring.generation != generation {
-                    continue;
-                }
-                // Told once: its channel goes with the message.
-                if let Some(control) = retiring.control.take() {
-                    let _ = control.try_send(Message::StopNow(CutBy::GenerationLimit { max }));
-                    (self.emit)(&Event::GenerationEnded {
-                        pid: retiring.pid,
-                        max,
-                    });
-                }
+        let ended = &draining[..role::generations_to_end(draining.len(), max)];
+        for retiring in self.retiring.iter_mut() {
+            if !ended.contains(&retiring.generation) {
+                continue;
+            }
+            // Told once: its channel goes with the message.
+            if let Some(control) = retiring.control.take() {
+                let _ = control.try_send(Message::StopNow(CutBy::GenerationLimit { max }));
+                (self.emit)(&Event::GenerationEnded {
+                    pid: retiring.pid,
+                    max,
+                });
             }
         }
     }
