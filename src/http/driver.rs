@@ -109,7 +109,6 @@ pub(super) async fn drive<T>(
             smol::future::yield_now().await;
         }
     });
-    let mut failed = false;
     let done = std::future::poll_fn(|cx| {
         loop {
             if woken.core.swap(false, SeqCst) {
@@ -121,7 +120,7 @@ pub(super) async fn drive<T>(
             if woken.tasks.swap(false, SeqCst) {
                 let _ = tasks.as_mut().poll(&mut Context::from_waker(&tasks_waker));
             }
-            if failed {
+            if woken.failed.load(SeqCst) {
                 // The core hears of the failure and stops; until then, park in `block_on`.
                 *woken.outer.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
                 match woken.any() {
@@ -146,7 +145,6 @@ pub(super) async fn drive<T>(
                 other => other,
             };
             if let Err(error) = looked {
-                failed = true;
                 woken.failed.store(true, SeqCst);
                 edge.fail(error);
             }
