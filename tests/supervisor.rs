@@ -183,6 +183,19 @@ fn a_supervising_process_keeps_mainpid_and_reports_its_workers() {
     assert!(wait_gone(server.pid, DEADLINE));
 }
 
+/// SIGUSR2 to `server`'s first process: its child, once `oldbin` names the old process.
+fn binary_upgrade(server: &Server, oldbin: &std::path::Path) -> u32 {
+    signal(server.pid, Signal::USR2);
+    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
+    let child = common::child_pid(&line);
+    let deadline = Instant::now() + DEADLINE;
+    while pid_in(oldbin) != Some(server.pid) {
+        assert!(Instant::now() < deadline, "no .oldbin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
 /// SIGUSR2 is nginx's binary upgrade: the new process gets the PID file, the old one's pid is
 /// kept in `<pid file>.oldbin`, a further SIGHUP or SIGUSR2 to the old one is refused, and
 /// SIGQUIT to the old one finishes the upgrade; SIGQUIT to the new one rolls it back.
@@ -195,15 +208,8 @@ fn sigusr2_is_a_binary_upgrade_that_can_be_finished_or_rolled_back() {
 
     // Rolled back: the new process goes, the old one has the PID file again.
     let mut server = Server::hello(&["--pid-file", path]);
-    signal(server.pid, Signal::USR2);
-    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
-    let child = common::child_pid(&line);
+    let child = binary_upgrade(&server, &oldbin);
     assert_eq!(pid_in(&pid_file), Some(child));
-    let deadline = Instant::now() + DEADLINE;
-    while pid_in(&oldbin) != Some(server.pid) {
-        assert!(Instant::now() < deadline, "no .oldbin");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     signal(server.pid, Signal::HUP);
     server.wait_line("ignored SIGHUP: the SIGUSR2 successor still runs");
     signal(child, Signal::QUIT);
@@ -251,14 +257,7 @@ fn a_restart_of_the_sigusr2_successor_keeps_the_pid_file_naming_who_serves() {
     let oldbin = scratch.0.join("hello.pid.oldbin");
     let path = pid_file.to_str().unwrap();
     let mut server = Server::hello(&["--pid-file", path]);
-    signal(server.pid, Signal::USR2);
-    let line = server.wait_line(&format!("baton[{}]: child ", server.pid));
-    let child = common::child_pid(&line);
-    let deadline = Instant::now() + DEADLINE;
-    while pid_in(&oldbin) != Some(server.pid) {
-        assert!(Instant::now() < deadline, "no .oldbin");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = binary_upgrade(&server, &oldbin);
     signal(child, Signal::HUP);
     let grandchild = server.wait_for("the SIGUSR2 child's successor", |lines| {
         lines
