@@ -4,6 +4,9 @@
 //! nothing. With `--no-hand-over` it gets `<pid>: goodbye` and a clean close instead. Each
 //! connection is a task on smol's global executor, not on the thread that runs the core,
 //! reading and writing baton's [`Stream`] (edge-triggered: a read and a write per echoed line).
+//! With `--local`, connections are tasks on the core's own thread instead
+//! ([`Baton::serve_local`]: tokio `current_thread`'s shape, the thread waiting on the
+//! connections' epoll itself).
 //!
 //! State shared by every connection: the count of lines answered, which a restart carries to
 //! the successor (`?count` answers it). With workers, each worker counts its own, and hands
@@ -17,12 +20,15 @@
 //! connection), `?peer` (the client's address as this end sees it), `?count`, `?linger` (this connection ignores the drain: it stays until the
 //! drain timeout cuts it, which the report counts).
 
+use std::future::Future;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton::{Baton, Connection, Datagrams, Drain, Program, Resumed, Stream};
+use smol::LocalExecutor;
 
 /// What every connection of the process shares.
 struct Echo {
@@ -30,12 +36,13 @@ struct Echo {
     kind: &'static str,
     /// Lines answered, carried across restarts.
     count: Arc<AtomicU64>,
+    /// Where connections run (`--local`: the core's thread), else smol's global executor.
+    local: Option<Rc<LocalExecutor<'static>>>,
 }
 
 impl Program for Echo {
     fn accepted(&self, connection: Connection) {
-        let task = echo(connection.stream, connection.drain, self.shared());
-        smol::spawn(task).detach();
+        self.spawn(echo(connection.stream, connection.drain, self.shared()));
     }
 
     fn resumed(&self, resumed: Resumed) {
@@ -43,12 +50,12 @@ impl Program for Echo {
         // closes it with a warning, and counts it as lost.
         if resumed.kind() == self.kind {
             let drain = resumed.drain().clone();
-            smol::spawn(echo(resumed.take(), drain, self.shared())).detach();
+            self.spawn(echo(resumed.take(), drain, self.shared()));
         }
     }
 
     fn datagrams(&self, datagrams: Datagrams, drain: Drain) {
-        smol::spawn(answer_datagrams(datagrams, drain, self.shared())).detach();
+        self.spawn(answer_datagrams(datagrams, drain, self.shared()));
     }
 }
 
@@ -76,6 +83,13 @@ async fn answer_datagrams(datagrams: Datagrams, drain: Drain, shared: Shared) {
 }
 
 impl Echo {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match &self.local {
+            Some(local) => local.spawn(task).detach(),
+            None => smol::spawn(task).detach(),
+        }
+    }
+
     fn shared(&self) -> Shared {
         Shared {
             kind: self.kind,
@@ -194,6 +208,7 @@ struct Options {
     max_held_bytes: Option<usize>,
     hand_over: bool,
     kind: String,
+    local: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -205,12 +220,21 @@ fn options() -> Result<Options, String> {
         max_held_bytes: None,
         hand_over: true,
         kind: "echo".into(),
+        local: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--no-hand-over" {
-            options.hand_over = false;
-            continue;
+        // The flags without a value.
+        match flag.as_str() {
+            "--no-hand-over" => {
+                options.hand_over = false;
+                continue;
+            }
+            "--local" => {
+                options.local = true;
+                continue;
+            }
+            _ => {}
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let number = || {
@@ -260,7 +284,17 @@ fn main() -> ExitCode {
         .on_inherit_state(move |state| taken.store(state.as_u64().unwrap_or(0), Ordering::Relaxed));
     // (The kind lives as long as the process.)
     let kind: &'static str = Box::leak(options.kind.into_boxed_str());
-    match smol::block_on(baton.serve(Echo { kind, count })) {
+    let local = options.local.then(|| Rc::new(LocalExecutor::new()));
+    let echo = Echo {
+        kind,
+        count,
+        local: local.clone(),
+    };
+    let served = match local {
+        Some(local) => smol::block_on(baton.serve_local(echo, local)),
+        None => smol::block_on(baton.serve(echo)),
+    };
+    match served {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {
@@ -292,7 +326,7 @@ fn say(line: &str) {
 fn usage(message: &str) -> ExitCode {
     eprintln!(
         "{message}\nusage: echo [--addr HOST:PORT|udp:HOST:PORT|unix:PATH]... [--workers N] [--pid-file PATH] \
-         [--drain-timeout 5s] [--max-held-bytes N] [--kind NAME] [--no-hand-over]"
+         [--drain-timeout 5s] [--max-held-bytes N] [--kind NAME] [--no-hand-over] [--local]"
     );
     ExitCode::from(2)
 }

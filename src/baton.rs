@@ -384,4 +384,22 @@ impl Baton {
             false => crate::restart::single::run(setup, Rc::new(program)).await,
         }
     }
+
+    /// Serves as [`Baton::serve`] does, and runs `executor`'s tasks on this thread beside the
+    /// core: a program that spawns its connections there (from [`Program::accepted`] and
+    /// [`Program::resumed`], which run on this thread) gets tokio `current_thread`'s shape.
+    /// When neither the core nor a task has anything to do, this thread waits on the
+    /// connections' epoll itself, one `epoll_wait` and nothing else; async-io's reactor runs on
+    /// a thread of its own meanwhile, for signals, timers and child processes, whose wake-ups
+    /// reach this thread through an eventfd. A [`Stream`](crate::Stream) woken here costs no
+    /// thread switch and no syscall besides its reads and writes. Give it a thread of its own
+    /// (`smol::block_on` in `main`), not a task on an executor other tasks share: it blocks that
+    /// thread while it waits. Streams still work from other threads' tasks too.
+    pub async fn serve_local(
+        self,
+        program: impl Program,
+        executor: Rc<smol::LocalExecutor<'static>>,
+    ) -> io::Result<Report> {
+        crate::io::driver::drive(self.serve(program), executor).await
+    }
 }

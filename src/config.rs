@@ -140,7 +140,6 @@ pub(crate) mod timing {
     /// for readiness would wait up to ~200 requests' time, about 1 ms. Under `wrk -c16`, five
     /// runs each: p99 0.72-0.93 ms checking every 200 tasks, 0.19-0.27 ms (one run 0.7) every
     /// 16, for ~3% of throughput.
-    #[cfg(feature = "http")]
     pub(crate) const TASKS_BETWEEN_IO_CHECKS: usize = 16;
     /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
     /// deadline fires up to this much late when others fell due just before it (see

@@ -172,8 +172,9 @@ fn more_answered(progress: &std::sync::atomic::AtomicU64, more: u64) {
 
 /// Clients with two lines in flight at all times keep every line, in order, across five
 /// restarts: nothing is answered twice, nothing lost.
-fn lines_in_flight_cross_restarts(model: Model) {
-    let mut echo = Echo::start(model, "inflight", &[]);
+fn lines_in_flight_cross_restarts(model: Model, args: &[&str]) {
+    // (A scratch directory of its own for each set of flags: the tests run at once.)
+    let mut echo = Echo::start(model, &format!("inflight{}", args.concat()), args);
     let addr = echo.server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -218,17 +219,17 @@ fn lines_in_flight_cross_restarts(model: Model) {
 
 #[test]
 fn lines_in_flight_cross_restarts_of_a_single_process() {
-    lines_in_flight_cross_restarts(Model::Single);
+    lines_in_flight_cross_restarts(Model::Single, &[]);
 }
 
 #[test]
 fn lines_in_flight_cross_restarts_of_two_workers() {
-    lines_in_flight_cross_restarts(Model::Workers);
+    lines_in_flight_cross_restarts(Model::Workers, &[]);
 }
 
 #[test]
 fn lines_in_flight_cross_restarts_as_pid_1() {
-    lines_in_flight_cross_restarts(Model::Pid1);
+    lines_in_flight_cross_restarts(Model::Pid1, &[]);
 }
 
 /// An unfinished line of 1 MB (more than a relay message carries) moves with its connection
@@ -361,8 +362,10 @@ fn a_connection_open_when_the_drain_gives_up_is_counted_as_dropped_in_every_mode
 
 /// Datagrams to a `udp:` listener, one at a time, sent on through five restarts: every one
 /// is answered, by the old process until its drain and by the successor after.
-fn datagrams_cross_restarts(model: Model) {
-    let mut echo = Echo::start(model, "udp", &["--addr", "udp:127.0.0.1:0"]);
+fn datagrams_cross_restarts(model: Model, args: &[&str]) {
+    let name = format!("udp{}", args.concat());
+    let args = [&["--addr", "udp:127.0.0.1:0"], args].concat();
+    let mut echo = Echo::start(model, &name, &args);
     let udp = echo.server.addresses(2)[1].clone();
     let udp: std::net::SocketAddr = udp
         .strip_prefix("udp:")
@@ -417,17 +420,27 @@ fn datagrams_cross_restarts(model: Model) {
 
 #[test]
 fn datagrams_cross_restarts_of_a_single_process() {
-    datagrams_cross_restarts(Model::Single);
+    datagrams_cross_restarts(Model::Single, &[]);
 }
 
 #[test]
 fn datagrams_cross_restarts_of_two_workers() {
-    datagrams_cross_restarts(Model::Workers);
+    datagrams_cross_restarts(Model::Workers, &[]);
 }
 
 #[test]
 fn datagrams_cross_restarts_as_pid_1() {
-    datagrams_cross_restarts(Model::Pid1);
+    datagrams_cross_restarts(Model::Pid1, &[]);
+}
+
+/// The same with echo's connections and datagrams as tasks on the core's thread
+/// (`Baton::serve_local`), whose thread waits on the connections' epoll itself.
+#[test]
+fn lines_and_datagrams_cross_restarts_on_the_cores_thread_in_every_model() {
+    for model in MODELS {
+        lines_in_flight_cross_restarts(model, &["--local"]);
+        datagrams_cross_restarts(model, &["--local"]);
+    }
 }
 
 /// A proxy's pair of sockets (its client's and its upstream's) moves as one hand-over: across

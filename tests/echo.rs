@@ -1,6 +1,6 @@
 //! `examples/echo.rs`, a line echo on baton's core with no HTTP: its connections move to each
 //! successor at a line boundary, in a single process and with workers, and run on smol's
-//! global executor, not on the core's thread.
+//! global executor, not on the core's thread (with `--local`, on the core's thread).
 
 mod common;
 
@@ -121,7 +121,17 @@ fn assert_lines_moved(answers: &[(u64, u32)], order: &[u32]) {
 
 #[test]
 fn a_connection_keeps_every_line_across_ten_restarts_of_a_single_process() {
-    let server = echo(&[]);
+    single_process_restarts(&[]);
+}
+
+/// `--local`: connections as tasks on the core's thread (`Baton::serve_local`).
+#[test]
+fn a_local_connection_keeps_every_line_across_ten_restarts_of_a_single_process() {
+    single_process_restarts(&["--local"]);
+}
+
+fn single_process_restarts(args: &[&str]) {
+    let server = echo(args);
     let client = Client::start(server.addr);
     let mut order = vec![server.pid];
     let mut pid = server.pid;
@@ -139,7 +149,16 @@ fn a_connection_keeps_every_line_across_ten_restarts_of_a_single_process() {
 
 #[test]
 fn a_connection_keeps_every_line_across_ten_restarts_of_a_supervising_process() {
-    let server = echo(&["--workers", "1"]);
+    supervised_restarts(&[]);
+}
+
+#[test]
+fn a_local_connection_keeps_every_line_across_ten_restarts_of_a_supervising_process() {
+    supervised_restarts(&["--local"]);
+}
+
+fn supervised_restarts(args: &[&str]) {
+    let server = echo(&[&["--workers", "1"], args].concat());
     let mut order = server.workers_ready(1, 1);
     let client = Client::start(server.addr);
     for generation in 2..=11 {
@@ -181,21 +200,29 @@ fn connections_of_two_workers_keep_every_line_across_restarts() {
 #[test]
 fn connections_run_on_the_global_executors_threads() {
     let server = echo(&[]);
+    let thread = serving_thread(&server);
+    // The core runs on the main thread; the connection on one of smol's.
+    assert!(!thread.is_empty() && thread != "main", "{thread:?}");
+    let threads = common::status_field(server.pid, "Threads");
+    assert!(threads >= 2, "{threads} threads");
+}
+
+#[test]
+fn local_connections_run_on_the_cores_thread() {
+    let server = echo(&["--local"]);
+    assert_eq!(serving_thread(&server), "main");
+}
+
+/// The name of the thread that answers a new connection's `?thread`.
+fn serving_thread(server: &Server) -> String {
     let stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     (&stream).write_all(b"?thread\n").unwrap();
     let mut answer = String::new();
     reader.read_line(&mut answer).unwrap();
-    let thread = answer
-        .trim_end()
-        .split("thread ")
-        .nth(1)
-        .unwrap_or_default();
-    // The core runs on the main thread; the connection on one of smol's.
-    assert!(!thread.is_empty() && thread != "main", "{answer:?}");
-    let threads = common::status_field(server.pid, "Threads");
-    assert!(threads >= 2, "{threads} threads");
+    let thread = answer.trim_end().split("thread ").nth(1);
+    thread.unwrap_or_default().to_owned()
 }
 
 #[test]

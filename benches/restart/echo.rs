@@ -1,5 +1,6 @@
-//! The core's I/O path: baton's `examples/echo.rs` (the core alone, its connections on smol's
-//! global executor, reading and writing `baton::Stream`) against the same line echo on tokio
+//! The core's I/O path: baton's `examples/echo.rs` (the core alone, reading and writing
+//! `baton::Stream`; its connections on smol's global executor, and with `--local` on the
+//! core's own thread, `Baton::serve_local`) against the same line echo on tokio
 //! `current_thread` (`benches/tokio-peer/src/bin/echo.rs`). 32 connections ping-pong one line
 //! at a time. Per round and server: lines per second of server CPU (200,000 lines), and, when
 //! `perf` is installed, syscalls per echoed line besides epoll waits (20,000 lines, counted with
@@ -18,8 +19,8 @@ const CONNECTIONS: usize = 32;
 const CPU_LINES: usize = 200_000;
 const SYSCALL_LINES: usize = 20_000;
 
-/// The two servers: baton's echo (the core alone) and tokio's.
-pub fn flavors(root: &Path) -> [Flavor; 2] {
+/// The servers: baton's echo (the core alone) both ways, and tokio's (last).
+pub fn flavors(root: &Path) -> [Flavor; 3] {
     crate::release_build(
         root,
         &["--no-default-features", "--example", "echo"],
@@ -37,15 +38,17 @@ pub fn flavors(root: &Path) -> [Flavor; 2] {
         None,
         "the tokio echo",
     );
+    let baton = |name, args: &[&str]| Flavor {
+        name,
+        binary: root.join("target/release/examples/echo"),
+        prefix: "baton",
+        args: args.iter().map(|a| a.to_string()).collect(),
+        addr: "127.0.0.1:0",
+        features: "",
+    };
     [
-        Flavor {
-            name: "baton echo",
-            binary: root.join("target/release/examples/echo"),
-            prefix: "baton",
-            args: Vec::new(),
-            addr: "127.0.0.1:0",
-            features: "",
-        },
+        baton("baton echo", &[]),
+        baton("baton echo --local", &["--local"]),
         Flavor {
             name: "tokio echo",
             binary: root.join("benches/tokio-peer/target/release/echo"),
@@ -158,8 +161,8 @@ fn median_range(values: &[f64]) -> String {
 /// The section, as Markdown.
 pub fn scenarios(root: &Path, runs: usize, cpu: Option<usize>) -> String {
     let flavors = flavors(root);
-    let mut per_cpu: [Vec<f64>; 2] = Default::default();
-    let mut per_line: [Vec<f64>; 2] = Default::default();
+    let mut per_cpu: [Vec<f64>; 3] = Default::default();
+    let mut per_line: [Vec<f64>; 3] = Default::default();
     for (run, index) in crate::interleaved(runs, flavors.len()) {
         eprintln!(
             "[bench] echo run {}/{runs}: {}",
@@ -170,27 +173,35 @@ pub fn scenarios(root: &Path, runs: usize, cpu: Option<usize>) -> String {
         per_cpu[index].push(cpu_rate);
         per_line[index].extend(syscalls);
     }
-    let ratios: Vec<f64> = per_cpu[0]
-        .iter()
-        .zip(&per_cpu[1])
-        .map(|(baton, peer)| if *peer > 0.0 { baton / peer } else { 0.0 })
-        .collect();
+    let ratios = |baton: &[f64]| -> Vec<f64> {
+        baton
+            .iter()
+            .zip(&per_cpu[2])
+            .map(|(baton, peer)| if *peer > 0.0 { baton / peer } else { 0.0 })
+            .collect()
+    };
     let mut out = String::from(
         "\n## The core's I/O: line echo, 32 ping-pong connections\n\n\
          | | lines per server CPU-second (thousands) | ratio to tokio (per round) | syscalls per line besides epoll waits |\n\
          |---|---|---|---|\n",
     );
     let thousands = |v: &[f64]| median_range(&v.iter().map(|x| x / 1000.0).collect::<Vec<_>>());
-    out.push_str(&format!(
-        "| baton echo (core alone, smol's global executor) | {} | {} | {} |\n",
-        thousands(&per_cpu[0]),
-        median_range(&ratios),
-        median_range(&per_line[0])
-    ));
+    let rows = [
+        "baton echo (core alone, smol's global executor)",
+        "baton echo --local (core alone, tasks on the core's thread)",
+    ];
+    for (index, row) in rows.iter().enumerate() {
+        out.push_str(&format!(
+            "| {row} | {} | {} | {} |\n",
+            thousands(&per_cpu[index]),
+            median_range(&ratios(&per_cpu[index])),
+            median_range(&per_line[index])
+        ));
+    }
     out.push_str(&format!(
         "| tokio echo (current_thread) | {} | 1.00 | {} |\n",
-        thousands(&per_cpu[1]),
-        median_range(&per_line[1])
+        thousands(&per_cpu[2]),
+        median_range(&per_line[2])
     ));
     out.push_str(&format!(
         "\n{runs} interleaved rounds; medians (ranges). Syscalls need `perf` (Debian's linux-perf); \

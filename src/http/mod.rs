@@ -17,7 +17,6 @@
 
 pub(crate) mod codec;
 pub(crate) mod conn;
-mod driver;
 #[cfg(feature = "async-h1")]
 pub(crate) mod h1;
 pub mod lean;
@@ -292,6 +291,6 @@ impl Server {
             async_h1: options.async_h1,
             events: baton.events(),
         };
-        driver::drive(baton.serve(program), executor).await
+        baton.serve_local(program, executor).await
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`driver`] | a serving thread that runs the core and a local executor, and waits on `edge` itself when idle |
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
 //! | [`deadline`] | idle connections' coarse deadlines in one heap per server thread, one sweeper |
 //! | [`ready`] | no syscall on a source that said `EAGAIN` until the reactor reports it |
@@ -15,6 +16,7 @@
 pub(crate) mod datagram;
 #[cfg(feature = "http")]
 pub(crate) mod deadline;
+pub(crate) mod driver;
 pub(crate) mod edge;
 pub(crate) mod ready;
 pub(crate) mod stream;

@@ -224,7 +224,6 @@ impl Edge {
         BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), None))
     }
 
-    #[cfg(feature = "http")]
     /// Makes the calling thread the one that takes the epoll's events ([`Edge::wait`]),
     /// instead of async-io's reactor (`on`; it needs the notifier, made here the first time),
     /// or gives them back to the reactor.
@@ -246,7 +245,6 @@ impl Edge {
         Ok(())
     }
 
-    #[cfg(feature = "http")]
     /// Blocks until there are events (or [`Edge::notify`]), calls `woke` (the waiter is no
     /// longer waiting: the wakers about to run need not notify it), then takes them as
     /// [`Edge::poll_now`] does; how many connection events there were.
@@ -254,7 +252,6 @@ impl Edge {
         BUFFERS.with(|buffers| self.poll_into(&mut buffers.borrow_mut(), Some(woke)))
     }
 
-    #[cfg(feature = "http")]
     /// Wakes the thread blocked in [`Edge::wait`], if one is (else its next wait returns at
     /// once).
     pub(crate) fn notify(&self) {

@@ -1,5 +1,5 @@
-//! The HTTP server's thread, driving itself: the core's future and the connections' tasks run
-//! here, and when neither has anything to do the thread waits on the connections' epoll
+//! A serving thread that drives itself ([`crate::Baton::serve_local`], which the HTTP server
+//! uses): the core's future and the connections' tasks run here, and when neither has anything to do the thread waits on the connections' epoll
 //! itself (`epoll_wait`, nothing else), as tokio's does.
 //!
 //! Waiting in async-io's reactor instead costs four more syscalls around each wait (its
@@ -74,7 +74,7 @@ impl Woken {
 /// Runs `core` (the core's serving future) and `executor`'s tasks on this thread until `core`
 /// is done, waiting on the connections' epoll when idle (see the module's notes). Without an
 /// epoll (or its notifier), the executor runs beside `core` in `block_on` as any future does.
-pub(super) async fn drive<T>(
+pub(crate) async fn drive<T>(
     core: impl Future<Output = T>,
     executor: Rc<LocalExecutor<'static>>,
 ) -> T {
@@ -128,8 +128,11 @@ pub(super) async fn drive<T>(
                     false => return Poll::Pending,
                 }
             }
-            let looked = match edge.poll_now() {
-                Ok(0) if !woken.any() => {
+            // Busy: a look between tasks. Idle: the wait itself (one `epoll_wait`, which
+            // returns at once if events are there).
+            let looked = match woken.any() {
+                true => edge.poll_now(),
+                false => {
                     woken.waiting.store(true, SeqCst);
                     // Not waiting from the moment the wait returns: the wakers of the events
                     // it brings run on this thread, and need not write the notifier.
@@ -142,7 +145,6 @@ pub(super) async fn drive<T>(
                         false => edge.wait(&woke),
                     }
                 }
-                other => other,
             };
             if let Err(error) = looked {
                 woken.failed.store(true, SeqCst);
