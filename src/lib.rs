@@ -68,6 +68,8 @@ mod handoff;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod io;
 mod listener;
 mod program;

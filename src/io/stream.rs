@@ -214,6 +214,27 @@ impl Stream {
         self.conn.poll_read(cx, buf)
     }
 
+    /// [`Stream::poll_read`] into storage not yet initialised (a runtime's read buffer, as
+    /// hyper's): what it returns, `n`, is the count of bytes written at the start of `buf`.
+    pub fn poll_read_uninit(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        if self.flags.load(Ordering::Acquire) != 0 {
+            // Held bytes (or the moved error) first, through an initialised copy: rare.
+            let mut held = vec![0u8; buf.len().min(64 * 1024)];
+            if let Some(read) = self.before_socket(&mut held) {
+                return Poll::Ready(read.inspect(|&n| {
+                    for (to, from) in buf.iter_mut().zip(&held[..n]) {
+                        to.write(*from);
+                    }
+                }));
+            }
+        }
+        self.conn.poll_read_uninit(cx, buf)
+    }
+
     /// Writes from `buf`, or registers `cx` for the next edge if the socket is full.
     pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.flags.load(Ordering::Acquire) & MOVED != 0 {

@@ -539,6 +539,29 @@ impl Conn {
     /// looks at the slot per read that finds something.
     fn read(&self, cx: Option<&Context<'_>>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let len = buf.len();
+        self.read_with(cx, len, || self.read_now(buf))
+    }
+
+    /// [`Conn::read`] into storage not yet initialised: `recv` writes what it returns.
+    pub(crate) fn poll_read_uninit(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        let len = buf.len();
+        let flags = rustix::net::RecvFlags::empty();
+        self.read_with(Some(cx), len, || {
+            Ok(rustix::net::recv(&self.fd, &mut *buf, flags)?.0.0.len())
+        })
+    }
+
+    /// The readiness rule of [`Conn::read`] around `recv`, a read of at most `len` bytes.
+    fn read_with(
+        &self,
+        cx: Option<&Context<'_>>,
+        len: usize,
+        mut recv: impl FnMut() -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
             let tick = {
                 let mut slots = self.edge.slots();
@@ -551,7 +574,7 @@ impl Conn {
                 }
                 direction.tick
             };
-            let read = self.read_now(buf);
+            let read = recv();
             let short = matches!(read, Ok(n) if n > 0 && n < len);
             let drained = matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             if short || drained {

@@ -1,0 +1,94 @@
+//! A hyper service restarted by baton: `GET /hello` answers `Hello from <pid>!`, over HTTP/1.1
+//! and HTTP/2 without TLS (h2c) on the same port. `kill -HUP <pid>` (or `--pid-file` and
+//! `baton::reload`) restarts it: idle HTTP/1 connections move to the new process, HTTP/2 ones
+//! get a GOAWAY, nothing is refused or reset. `GET /slow?ms=N` answers after N milliseconds
+//! (a request in flight across a restart).
+//!
+//! Run with: `cargo run --features hyper --example hyper [-- --addr 127.0.0.1:8080
+//! --workers 2 --pid-file P --drain-timeout 5s]`, then
+//! `curl http://127.0.0.1:8080/hello` or `curl --http2-prior-knowledge http://127.0.0.1:8080/hello`.
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton::Baton;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+
+async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let pid = std::process::id();
+    let text = match request.uri().path() {
+        "/hello" => format!("Hello from {pid}!\n"),
+        "/slow" => {
+            let ms = request
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(100);
+            // (One line, for a test to know the request arrived.)
+            eprintln!("hyper[{pid}]: in flight: /slow");
+            async_io::Timer::after(Duration::from_millis(ms)).await;
+            format!("slow from {pid}\n")
+        }
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from("not found\n")));
+            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+            return Ok(response);
+        }
+    };
+    Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+fn main() -> ExitCode {
+    let mut addr = "127.0.0.1:8080".to_owned();
+    let mut workers = None;
+    let mut pid_file = None;
+    let mut drain_timeout = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next() else {
+            return usage(&format!("{flag} needs a value"));
+        };
+        match flag.as_str() {
+            "--addr" => addr = value,
+            "--workers" => match value.parse() {
+                Ok(n) => workers = Some(n),
+                Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
+            },
+            "--pid-file" => pid_file = Some(value.into()),
+            "--drain-timeout" => match value.strip_suffix("ms").map(str::parse) {
+                Some(Ok(ms)) => drain_timeout = Some(Duration::from_millis(ms)),
+                _ => return usage(&format!("--drain-timeout {value:?}: expected 500ms")),
+            },
+            _ => return usage(&format!("unknown option {flag}")),
+        }
+    }
+    let baton = match Baton::bind(&addr) {
+        Ok(baton) => baton,
+        Err(error) => return usage(&format!("hyper: {error}")),
+    };
+    let mut config = baton.config().clone();
+    config.workers = workers.or(config.workers);
+    config.pid_file = pid_file.or(config.pid_file);
+    config.drain_timeout = drain_timeout.unwrap_or(config.drain_timeout);
+    let service = hyper::service::service_fn(answer);
+    match smol::block_on(baton::hyper::serve(baton.with_config(config), service)) {
+        Ok(report) if report.is_clean() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("hyper: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!(
+        "{message}\nusage: hyper [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
+         [--drain-timeout 500ms]"
+    );
+    ExitCode::from(2)
+}

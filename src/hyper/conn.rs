@@ -1,0 +1,319 @@
+//! One connection under hyper: which protocol (the HTTP/2 preface or not), then HTTP/1.1,
+//! moved to the successor at the drain once no request is in flight, or HTTP/2, drained with
+//! a GOAWAY. Every request is counted for the drain while it runs and until its body is
+//! written; one still unanswered when the drain is cut gets a 503 (HTTP/1) or a refused
+//! stream (HTTP/2), never a silent close.
+
+use std::cell::Cell;
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use smol::future::FutureExt as _;
+
+use super::Shared;
+use super::rt::Io;
+use crate::{Busy, Drain, Stream};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The kind an HTTP/1 connection moves under, between requests, with hyper's read buffer.
+pub(super) const HTTP1: &str = "baton-hyper-http1";
+/// The kind of a connection that moved before its first bytes told the protocol.
+pub(super) const UNKNOWN: &str = "baton-hyper";
+
+/// What an HTTP/2 client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a connection whose protocol is not known yet: reads until its first bytes tell.
+pub(super) async fn serve<S, B>(shared: Rc<Shared<S>>, stream: Stream, drain: Drain)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut before = Vec::new();
+    let mut chunk = [0u8; PREFACE.len()];
+    loop {
+        let seen = before.len().min(PREFACE.len());
+        if before[..seen] != PREFACE[..seen] {
+            return http1(shared, Io::new(stream, before), drain).await;
+        }
+        if seen == PREFACE.len() {
+            return http2(shared, Io::new(stream, before), drain).await;
+        }
+        let read = async { Some(stream.read(&mut chunk[..PREFACE.len() - seen]).await) };
+        let drained = async {
+            drain.wait().await;
+            None
+        };
+        match read.or(drained).await {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(n)) => before.extend_from_slice(&chunk[..n]),
+            // Nothing asked yet: the successor reads on (else the close is a clean one).
+            None => {
+                let _ = drain
+                    .hand_over(&stream, UNKNOWN, &serde_json::Value::Null, &before)
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// Requests of one connection in flight, and its task waiting for none.
+#[derive(Default)]
+pub(super) struct Flight {
+    count: Cell<usize>,
+    idle: Cell<Option<Waker>>,
+    /// A request was answered 503 at the cut: the connection closes after it.
+    cut: Cell<bool>,
+}
+
+/// One request in flight: counted for the drain and its connection until dropped.
+struct InFlight {
+    flight: Rc<Flight>,
+    _busy: Busy,
+}
+
+impl InFlight {
+    fn new(flight: &Rc<Flight>, drain: &Drain) -> InFlight {
+        flight.count.set(flight.count.get() + 1);
+        InFlight {
+            flight: flight.clone(),
+            _busy: drain.busy(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let left = self.flight.count.get() - 1;
+        self.flight.count.set(left);
+        if left == 0 {
+            if let Some(waker) = self.flight.idle.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The application's service, counting each request (see [`InFlight`]) and answering for it
+/// at the cut.
+pub(super) struct Counted<S> {
+    service: Rc<S>,
+    drain: Drain,
+    flight: Rc<Flight>,
+    http2: bool,
+}
+
+impl<S, B> Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body<B>>, BoxError>>>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::new(&self.flight, &self.drain);
+        let answer = self.service.call(request);
+        let (drain, flight, http2) = (self.drain.clone(), self.flight.clone(), self.http2);
+        Box::pin(async move {
+            let answered = async { Some(answer.await) };
+            let cut = async {
+                drain.cut().await;
+                None
+            };
+            match answered.or(cut).await {
+                Some(Ok(response)) => Ok(response.map(|body| Body {
+                    inner: Some(Box::pin(body)),
+                    cut: None,
+                    in_flight: Some(in_flight),
+                })),
+                Some(Err(error)) => Err(error.into()),
+                // A client may retry a refused stream: it was never processed.
+                None if http2 => {
+                    let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                    Err(refused)
+                }
+                None => {
+                    flight.cut.set(true);
+                    Ok(cut_response(in_flight))
+                }
+            }
+        })
+    }
+}
+
+/// The answer to a request the drain cut before its response started.
+fn cut_response<B>(in_flight: InFlight) -> Response<Body<B>> {
+    let text = "the server is restarting or shutting down: retry\n";
+    let mut response = Response::new(Body {
+        inner: None,
+        cut: Some(Bytes::from_static(text.as_bytes())),
+        in_flight: Some(in_flight),
+    });
+    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::CONNECTION, "close".parse().unwrap());
+    headers.insert(hyper::header::RETRY_AFTER, "1".parse().unwrap());
+    response
+}
+
+/// A response body: the application's, or the cut's text; its request counts as in flight
+/// until the body's end is written (or the body is dropped).
+pub struct Body<B> {
+    inner: Option<Pin<Box<B>>>,
+    cut: Option<Bytes>,
+    in_flight: Option<InFlight>,
+}
+
+impl<B> std::fmt::Debug for Body<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("cut", &self.inner.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> HttpBody for Body<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
+            Some(inner) => match inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame.map(|f| f.map_err(Into::into)),
+            },
+            None => this.cut.take().map(|text| Ok(Frame::data(text))),
+        };
+        if !matches!(frame, Some(Ok(_))) {
+            this.in_flight = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => self.cut.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.cut) {
+            (Some(inner), _) => inner.size_hint(),
+            (None, Some(text)) => SizeHint::with_exact(text.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// HTTP/1.1 until the drain, then, once no request is in flight, the connection (with
+/// whatever hyper read and did not use) moves to the successor; without one it finishes
+/// with keep-alive off.
+pub(super) async fn http1<S, B>(shared: Rc<Shared<S>>, io: Io, drain: Drain)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let flight = Rc::new(Flight::default());
+    let service = Counted {
+        service: shared.service.clone(),
+        drain: drain.clone(),
+        flight: flight.clone(),
+        http2: false,
+    };
+    let mut conn = shared.http1.serve_connection(io, service);
+    let mut drained = pin!(drain.wait());
+    let (mut draining, mut asked) = (false, false);
+    let ended = poll_fn(|cx| {
+        if !draining && drained.as_mut().poll(cx).is_ready() {
+            draining = true;
+        }
+        if draining && !asked {
+            match flight.count.get() {
+                0 => {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    asked = true;
+                }
+                _ => flight.idle.set(Some(cx.waker().clone())),
+            }
+        }
+        conn.poll_without_shutdown(cx)
+    })
+    .await;
+    if ended.is_err() || !asked || flight.cut.get() {
+        // The client closed, the connection failed, or it was told to close.
+        return;
+    }
+    let parts = conn.into_parts();
+    let io = parts.io;
+    let held = [&parts.read_buf[..], io.unread(), &io.stream.take_held()].concat();
+    let moved = drain
+        .hand_over(&io.stream, HTTP1, &serde_json::Value::Null, &held)
+        .await;
+    if moved.is_err() {
+        // No successor takes it: what the client sends next is answered here, and closes.
+        let mut last = shared.http1.clone();
+        last.keep_alive(false);
+        let rest = Counted {
+            service: shared.service.clone(),
+            drain: drain.clone(),
+            flight,
+            http2: false,
+        };
+        let _ = last.serve_connection(Io::new(io.stream, held), rest).await;
+    }
+}
+
+/// HTTP/2 until the drain, then a graceful GOAWAY (the last stream id at the maximum, then
+/// the real one): streams already open finish, the client sends new ones elsewhere.
+pub(super) async fn http2<S, B>(shared: Rc<Shared<S>>, io: Io, drain: Drain)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let service = Counted {
+        service: shared.service.clone(),
+        drain: drain.clone(),
+        flight: Rc::new(Flight::default()),
+        http2: true,
+    };
+    let mut conn = pin!(shared.http2.serve_connection(io, service));
+    let mut drained = pin!(drain.wait());
+    let mut draining = false;
+    let _ = poll_fn(|cx| {
+        if !draining && drained.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+}

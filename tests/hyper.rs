@@ -1,0 +1,341 @@
+//! `examples/hyper.rs` (a hyper service on baton, feature `hyper`) across restarts, in a
+//! single process and with two workers: HTTP/1 keep-alive clients keep their connections
+//! and lose nothing; HTTP/2 clients that retry what a GOAWAY refused (as Go's and hyper's
+//! pooled clients do) lose nothing; a request longer than the drain timeout is counted as cut
+//! and answered 503 (HTTP/1) or refused (HTTP/2), never closed in silence.
+
+mod common;
+
+use std::error::Error as _;
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::{Client, DEADLINE, Server, example};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http2::SendRequest;
+use smol::Async;
+use smol::io::{AsyncRead, AsyncWrite};
+
+fn hyper_server(args: &[&str]) -> Server {
+    let mut command = Command::new(example("hyper"));
+    command.args(["--addr", "127.0.0.1:0"]).args(args);
+    Server::start(command)
+}
+
+/// Waits until `progress` grew by `more` answers.
+fn more_answered(server: &Server, progress: &AtomicU64, more: u64) {
+    let seen = progress.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while progress.load(Ordering::Relaxed) < seen + more {
+        assert!(std::time::Instant::now() < deadline, "{}", server.dump());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Restarts `server` (a single process, or the supervising process of `workers`) `times`
+/// times, each once the clients got 40 more answers, and lets them get 40 more after.
+fn restarts(server: &Server, workers: usize, times: u64, progress: &AtomicU64) {
+    let mut pid = server.pid;
+    if workers > 0 {
+        server.workers_ready(1, workers);
+    }
+    for generation in 2..2 + times {
+        more_answered(server, progress, 40);
+        match workers {
+            0 => pid = server.restart(pid),
+            n => {
+                server.restart_workers(generation);
+                server.workers_ready(generation, n);
+            }
+        }
+    }
+    more_answered(server, progress, 40);
+}
+
+fn http1_keep_alive_across_restarts(workers: usize) {
+    let args = match workers {
+        0 => vec![],
+        n => vec!["--workers".to_owned(), n.to_string()],
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = hyper_server(&args);
+    let (stop, progress) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, progress, addr) = (stop.clone(), progress.clone(), server.addr);
+            std::thread::spawn(move || -> Result<(usize, Vec<u32>), String> {
+                let mut client = Client::new(addr);
+                let mut pids = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = client.get("/hello").map_err(|e| format!("{e:?}"))?;
+                    let pid = reply.pid().ok_or(format!("{reply:?}"))?;
+                    if reply.status != 200 || pids.last() != Some(&pid) {
+                        pids.push(pid);
+                    }
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok((client.connects, pids))
+            })
+        })
+        .collect();
+    restarts(&server, workers, 5, &progress);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let (connects, pids) = client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a request failed: {e}\n{}", server.dump()));
+        assert_eq!(connects, 1, "the client reconnected: {pids:?}");
+        assert!(pids.len() >= 2, "answered only by {pids:?}");
+    }
+}
+
+#[test]
+fn http1_keep_alive_clients_keep_their_connections_across_restarts() {
+    http1_keep_alive_across_restarts(0);
+}
+
+#[test]
+fn http1_keep_alive_clients_keep_their_connections_across_restarts_of_two_workers() {
+    http1_keep_alive_across_restarts(2);
+}
+
+/// hyper's `Read`/`Write` over an async-io socket, for the test's HTTP/2 client.
+struct Io(Async<TcpStream>);
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut chunk = [0u8; 16 * 1024];
+        let room = buf.remaining().min(chunk.len());
+        match Pin::new(&mut self.0).poll_read(cx, &mut chunk[..room]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&chunk[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+#[derive(Clone)]
+struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    fn execute(&self, future: F) {
+        smol::spawn(future).detach();
+    }
+}
+
+async fn connect_h2(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+    let socket = Async::<TcpStream>::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(Exec, Io(socket))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    smol::spawn(async move {
+        let _ = connection.await;
+    })
+    .detach();
+    Ok(sender)
+}
+
+/// The HTTP/2 error a stream ended with, if any.
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// What a pooled client retries on a new connection: a request never sent, a stream above a
+/// GOAWAY's last id, or one refused before processing.
+fn retriable(error: &hyper::Error) -> bool {
+    error.is_canceled()
+        || h2_error(error).is_some_and(|e| {
+            e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR))
+        })
+}
+
+/// One request; `Ok(None)` if it may be retried on a new connection.
+async fn get_h2(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<Option<(u16, String)>, String> {
+    if sender.ready().await.is_err() {
+        return Ok(None);
+    }
+    let request = hyper::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await;
+            let body = body.map_err(|e| format!("body: {e}"))?.to_bytes();
+            Ok(Some((status, String::from_utf8_lossy(&body).into_owned())))
+        }
+        Err(error) if retriable(&error) => Ok(None),
+        Err(error) => Err(format!("{error:?}")),
+    }
+}
+
+fn http2_across_restarts(workers: usize) {
+    let args = match workers {
+        0 => vec![],
+        n => vec!["--workers".to_owned(), n.to_string()],
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = hyper_server(&args);
+    let (stop, progress) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, progress, addr) = (stop.clone(), progress.clone(), server.addr);
+            std::thread::spawn(move || -> Result<(u64, u64, usize), String> {
+                smol::block_on(async {
+                    let (mut answered, mut retried, mut pids) = (0, 0, Vec::new());
+                    let mut sender = connect_h2(addr).await?;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some((status, body)) = get_h2(&mut sender, addr, "/hello").await?
+                        else {
+                            retried += 1;
+                            sender = connect_h2(addr).await?;
+                            continue;
+                        };
+                        if status != 200 {
+                            return Err(format!("{status} {body}"));
+                        }
+                        let pid = body.trim_end().rsplit(' ').next().unwrap_or_default();
+                        if pids.last().map(String::as_str) != Some(pid) {
+                            pids.push(pid.to_owned());
+                        }
+                        answered += 1;
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        async_io::Timer::after(Duration::from_millis(2)).await;
+                    }
+                    Ok((answered, retried, pids.len()))
+                })
+            })
+        })
+        .collect();
+    restarts(&server, workers, 5, &progress);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let (answered, retried, pids) = client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a request failed: {e}\n{}", server.dump()));
+        assert!(answered > 10, "{answered} answered");
+        assert!(
+            pids >= 2,
+            "answered by {pids} processes ({retried} retried)"
+        );
+    }
+}
+
+#[test]
+fn http2_clients_that_retry_what_a_goaway_refused_lose_nothing_across_restarts() {
+    http2_across_restarts(0);
+}
+
+#[test]
+fn http2_clients_lose_nothing_across_restarts_of_two_workers() {
+    http2_across_restarts(2);
+}
+
+/// A request slower than the drain timeout: cut, counted, and answered 503 with
+/// `Connection: close` over HTTP/1.
+#[test]
+fn an_http1_request_cut_by_the_drain_timeout_gets_a_503_and_is_counted() {
+    let server = hyper_server(&["--drain-timeout", "300ms"]);
+    let mut client = Client::new(server.addr);
+    client
+        .send_only(&format!(
+            "GET /slow?ms=10000 HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.addr
+        ))
+        .unwrap();
+    server.wait_in_flight("/slow", 1);
+    server.restart(server.pid);
+    let reply = client.receive().expect("an answer, not a close");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(reply.closes(), "{reply:?}");
+    server.wait_line(&format!(
+        "baton[{}]: exiting: 1 requests cut by the drain timeout",
+        server.pid
+    ));
+}
+
+/// The same over HTTP/2: the stream is refused (the client may retry it), and counted.
+#[test]
+fn an_http2_request_cut_by_the_drain_timeout_is_refused_and_counted() {
+    let server = hyper_server(&["--drain-timeout", "300ms"]);
+    let addr = server.addr;
+    let request = std::thread::spawn(move || {
+        smol::block_on(async {
+            let mut sender = connect_h2(addr).await?;
+            sender.ready().await.map_err(|e| format!("{e}"))?;
+            let request = hyper::Request::get(format!("http://{addr}/slow?ms=10000"))
+                .body(Empty::new())
+                .unwrap();
+            match sender.send_request(request).await {
+                Ok(response) => Err(format!("answered {}", response.status())),
+                Err(error) => Ok(h2_error(&error).and_then(|e| e.reason())),
+            }
+        })
+    });
+    server.wait_in_flight("/slow", 1);
+    server.restart(server.pid);
+    let reason = request.join().unwrap().unwrap();
+    assert_eq!(reason, Some(h2::Reason::REFUSED_STREAM));
+    server.wait_line(&format!(
+        "baton[{}]: exiting: 1 requests cut by the drain timeout",
+        server.pid
+    ));
+}
