@@ -17,8 +17,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let pid = std::process::id();
+async fn answer(request: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = match request.uri().path() {
         "/hello" => format!("Hello from {pid}!\n"),
         "/slow" => {
@@ -74,7 +73,8 @@ fn main() -> ExitCode {
     config.workers = workers.or(config.workers);
     config.pid_file = pid_file.or(config.pid_file);
     config.drain_timeout = drain_timeout.unwrap_or(config.drain_timeout);
-    let service = hyper::service::service_fn(answer);
+    let pid = std::process::id();
+    let service = hyper::service::service_fn(move |request| answer(request, pid));
     match smol::block_on(baton::hyper::serve(baton.with_config(config), service)) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

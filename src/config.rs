@@ -144,6 +144,6 @@ pub(crate) mod timing {
     /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
     /// deadline fires up to this much late when others fell due just before it (see
     /// `deadline`).
-    #[cfg(feature = "http")]
+    #[cfg(any(feature = "http", feature = "hyper"))]
     pub(crate) const DEADLINE_GRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 }

@@ -124,46 +124,85 @@ where
 {
     type Response = Response<Body<B>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body<B>>, BoxError>>>>;
+    type Future = Answer<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::new(&self.flight, &self.drain);
-        let answer = self.service.call(request);
-        let (drain, flight, http2) = (self.drain.clone(), self.flight.clone(), self.http2);
-        Box::pin(async move {
-            let answered = async { Some(answer.await) };
-            let cut = async {
-                drain.cut().await;
-                None
-            };
-            match answered.or(cut).await {
-                Some(Ok(response)) => Ok(response.map(|body| Body {
-                    inner: Some(Box::pin(body)),
+        Answer {
+            in_flight: Some(InFlight::new(&self.flight, &self.drain)),
+            answer: Box::pin(self.service.call(request)),
+            cut: None,
+            drain: self.drain.clone(),
+            http2: self.http2,
+        }
+    }
+}
+
+/// The application's answer to one request, or the cut's. (`Unpin`, as hyper needs to take
+/// an HTTP/1 connection back: the application's future is boxed.)
+pub struct Answer<F> {
+    answer: Pin<Box<F>>,
+    /// The drain's cut, made only if the answer has to be waited for.
+    cut: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    drain: Drain,
+    in_flight: Option<InFlight>,
+    http2: bool,
+}
+
+impl<F> std::fmt::Debug for Answer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(answered) = this.answer.as_mut().poll(cx) {
+            let in_flight = this.in_flight.take();
+            return Poll::Ready(match answered {
+                Ok(response) => Ok(response.map(|body| Body {
+                    inner: Some(body),
                     cut: None,
-                    in_flight: Some(in_flight),
+                    in_flight,
                 })),
-                Some(Err(error)) => Err(error.into()),
-                // A client may retry a refused stream: it was never processed.
-                None if http2 => {
-                    let refused: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
-                    Err(refused)
+                Err(error) => Err(error.into()),
+            });
+        }
+        let drain = &this.drain;
+        let cut = this.cut.get_or_insert_with(|| {
+            let drain = drain.clone();
+            Box::pin(async move { drain.cut().await })
+        });
+        if cut.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let in_flight = this.in_flight.take();
+        Poll::Ready(match (this.http2, in_flight) {
+            // A client may retry a refused stream: it was never processed.
+            (true, _) => Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM))),
+            (false, in_flight) => {
+                if let Some(in_flight) = &in_flight {
+                    in_flight.flight.cut.set(true);
                 }
-                None => {
-                    flight.cut.set(true);
-                    Ok(cut_response(in_flight))
-                }
+                Ok(cut_response(in_flight))
             }
         })
     }
 }
 
 /// The answer to a request the drain cut before its response started.
-fn cut_response<B>(in_flight: InFlight) -> Response<Body<B>> {
+fn cut_response<B>(in_flight: Option<InFlight>) -> Response<Body<B>> {
     let text = "the server is restarting or shutting down: retry\n";
     let mut response = Response::new(Body {
         inner: None,
         cut: Some(Bytes::from_static(text.as_bytes())),
-        in_flight: Some(in_flight),
+        in_flight,
     });
     *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();
@@ -172,12 +211,15 @@ fn cut_response<B>(in_flight: InFlight) -> Response<Body<B>> {
     response
 }
 
-/// A response body: the application's, or the cut's text; its request counts as in flight
-/// until the body's end is written (or the body is dropped).
-pub struct Body<B> {
-    inner: Option<Pin<Box<B>>>,
-    cut: Option<Bytes>,
-    in_flight: Option<InFlight>,
+pin_project_lite::pin_project! {
+    /// A response body: the application's, or the cut's text; its request counts as in
+    /// flight until the body's end is written (or the body is dropped).
+    pub struct Body<B> {
+        #[pin]
+        inner: Option<B>,
+        cut: Option<Bytes>,
+        in_flight: Option<InFlight>,
+    }
 }
 
 impl<B> std::fmt::Debug for Body<B> {
@@ -200,16 +242,16 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = match &mut this.inner {
-            Some(inner) => match inner.as_mut().poll_frame(cx) {
+        let this = self.project();
+        let frame = match this.inner.as_pin_mut() {
+            Some(inner) => match inner.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(frame) => frame.map(|f| f.map_err(Into::into)),
             },
             None => this.cut.take().map(|text| Ok(Frame::data(text))),
         };
         if !matches!(frame, Some(Ok(_))) {
-            this.in_flight = None;
+            *this.in_flight = None;
         }
         Poll::Ready(frame)
     }
@@ -227,6 +269,39 @@ where
             (None, Some(text)) => SizeHint::with_exact(text.len() as u64),
             (None, None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// The drain notice as a connection's task checks it each time it runs: an atomic load, and
+/// the notice's waker registered again only when the task's waker is another one.
+struct Notice {
+    drain: Drain,
+    wait: Pin<Box<dyn Future<Output = ()>>>,
+    registered: Option<Waker>,
+}
+
+impl Notice {
+    fn new(drain: &Drain) -> Notice {
+        Notice {
+            drain: drain.clone(),
+            wait: Box::pin(drain.wait()),
+            registered: None,
+        }
+    }
+
+    fn arrived(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.drain.is_draining() {
+            return true;
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return false;
+        }
+        self.registered = Some(cx.waker().clone());
+        self.wait.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -248,12 +323,10 @@ where
         http2: false,
     };
     let mut conn = shared.http1.serve_connection(io, service);
-    let mut drained = pin!(drain.wait());
+    let mut notice = Notice::new(&drain);
     let (mut draining, mut asked) = (false, false);
     let ended = poll_fn(|cx| {
-        if !draining && drained.as_mut().poll(cx).is_ready() {
-            draining = true;
-        }
+        draining = draining || notice.arrived(cx);
         if draining && !asked {
             match flight.count.get() {
                 0 => {
@@ -306,10 +379,10 @@ where
         http2: true,
     };
     let mut conn = pin!(shared.http2.serve_connection(io, service));
-    let mut drained = pin!(drain.wait());
+    let mut notice = Notice::new(&drain);
     let mut draining = false;
     let _ = poll_fn(|cx| {
-        if !draining && drained.as_mut().poll(cx).is_ready() {
+        if !draining && notice.arrived(cx) {
             draining = true;
             conn.as_mut().graceful_shutdown();
         }

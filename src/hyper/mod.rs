@@ -67,10 +67,12 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let executor = Rc::new(LocalExecutor::new());
+    let timer = rt::Timer::default();
+    executor.spawn(timer.clone().sweep()).detach();
     let mut http1 = http1::Builder::new();
-    http1.timer(rt::Timer);
+    http1.timer(timer.clone());
     let mut http2 = http2::Builder::new(rt::Exec(executor.clone()));
-    http2.timer(rt::Timer);
+    http2.timer(timer);
     let program = Hyper {
         shared: Rc::new(Shared {
             service: Rc::new(service),
