@@ -58,9 +58,9 @@ fn main() -> ExitCode {
                 Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
             },
             "--pid-file" => pid_file = Some(value.into()),
-            "--drain-timeout" => match value.strip_suffix("ms").map(str::parse) {
-                Some(Ok(ms)) => drain_timeout = Some(Duration::from_millis(ms)),
-                _ => return usage(&format!("--drain-timeout {value:?}: expected 500ms")),
+            "--drain-timeout" => match parse_duration(&value) {
+                Some(timeout) => drain_timeout = Some(timeout),
+                None => return usage(&format!("--drain-timeout {value:?}: expected 5s or 500ms")),
             },
             _ => return usage(&format!("unknown option {flag}")),
         }
@@ -85,10 +85,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `5s` or `500ms`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    match text.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => text
+            .strip_suffix('s')?
+            .parse()
+            .ok()
+            .map(Duration::from_secs),
+    }
+}
+
 fn usage(message: &str) -> ExitCode {
     eprintln!(
         "{message}\nusage: hyper [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
-         [--drain-timeout 500ms]"
+         [--drain-timeout 5s]"
     );
     ExitCode::from(2)
 }

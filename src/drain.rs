@@ -150,11 +150,27 @@ impl Drain {
 
     /// Completes once this serving round has started draining (at once if it has). The
     /// future is `Send + Sync + 'static`: await it on any thread.
+    /// Polling it again is an atomic load while the task's waker stays the same (a
+    /// connection's task may poll it beside every read).
     pub fn wait(&self) -> impl std::future::Future<Output = ()> + Send + Sync + use<> {
-        let started = self.0.started.1.clone();
+        let shared = self.0.clone();
         async move {
-            // The channel never carries a message: recv returns only when it is closed.
-            let _ = started.recv().await;
+            let started = shared.started.1.clone();
+            // The channel never carries a message: recv returns only when it is closed,
+            // after `draining` is set.
+            let mut closed = std::pin::pin!(started.recv());
+            let mut registered: Option<std::task::Waker> = None;
+            std::future::poll_fn(|cx| {
+                if shared.draining.load(Ordering::SeqCst) {
+                    return std::task::Poll::Ready(());
+                }
+                if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    return std::task::Poll::Pending;
+                }
+                registered = Some(cx.waker().clone());
+                closed.as_mut().poll(cx).map(|_| ())
+            })
+            .await
         }
     }
 

@@ -4,7 +4,8 @@
 //! for only the supervising-process comparison, `-- --websocket` for only WebSockets across
 //! restarts, `-- --layers` for only the layers (baton's two handler paths, the peer and a raw
 //! epoll server, with instructions, allocations and syscalls per request), `-- --echo` for only
-//! the core's I/O (baton's line echo against tokio's), `-- --soak` for the soak).
+//! the core's I/O (baton's line echo against tokio's), `-- --hyper` for only hyper on baton
+//! against hyper on tokio (feature `hyper`), `-- --soak` for the soak).
 //!
 //! Builds the servers with the same release profile (baton, which hands keep-alive connections
 //! to its successor; baton closing them instead, `--no-hand-over`; baton on async-h1's codec;
@@ -16,6 +17,7 @@
 //! restart in `target/bench/restart.svg`.
 
 mod echo;
+mod hyper;
 mod layers;
 mod load;
 mod procs;
@@ -126,6 +128,14 @@ fn main() {
         println!("Machine: {}.\n{echo}", machine());
         return;
     }
+    if std::env::args().any(|a| a == "--hyper") {
+        // Only hyper on baton against hyper on tokio.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = cores >= 2 && procs::pin_self(1);
+        let section = hyper::scenarios(&root, &plan, pinned.then_some(0));
+        println!("Machine: {}.\n{section}", machine());
+        return;
+    }
     let flavors = build(&root);
     if std::env::args().any(|a| a == "--websocket") {
         // Only WebSockets across restarts.
@@ -198,12 +208,15 @@ fn main() {
     println!("{tls}");
     let echo = echo::scenarios(&root, plan.runs.max(3), server_cpu);
     println!("{echo}");
+    let hyper = hyper::scenarios(&root, &plan, server_cpu);
+    println!("{hyper}");
     let mut full = table.clone();
     full.push_str(&layers);
     full.push_str(&two_cores);
     full.push_str(&websockets);
     full.push_str(&tls);
     full.push_str(&echo);
+    full.push_str(&hyper);
     std::fs::write(out.join("report.md"), &full).expect("write report.md");
     eprintln!(
         "[bench] done in {:.0?}; wrote {}",

@@ -41,7 +41,8 @@ where
     B::Error: Into<BoxError>,
 {
     let mut before = Vec::new();
-    let mut chunk = [0u8; PREFACE.len()];
+    // (The first read usually tells: a request line, or the whole preface.)
+    let mut chunk = [0u8; 1024];
     loop {
         let seen = before.len().min(PREFACE.len());
         if before[..seen] != PREFACE[..seen] {
@@ -50,7 +51,7 @@ where
         if seen == PREFACE.len() {
             return http2(shared, Io::new(stream, before), drain).await;
         }
-        let read = async { Some(stream.read(&mut chunk[..PREFACE.len() - seen]).await) };
+        let read = async { Some(stream.read(&mut chunk).await) };
         let drained = async {
             drain.wait().await;
             None
@@ -272,39 +273,6 @@ where
     }
 }
 
-/// The drain notice as a connection's task checks it each time it runs: an atomic load, and
-/// the notice's waker registered again only when the task's waker is another one.
-struct Notice {
-    drain: Drain,
-    wait: Pin<Box<dyn Future<Output = ()>>>,
-    registered: Option<Waker>,
-}
-
-impl Notice {
-    fn new(drain: &Drain) -> Notice {
-        Notice {
-            drain: drain.clone(),
-            wait: Box::pin(drain.wait()),
-            registered: None,
-        }
-    }
-
-    fn arrived(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.drain.is_draining() {
-            return true;
-        }
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            return false;
-        }
-        self.registered = Some(cx.waker().clone());
-        self.wait.as_mut().poll(cx).is_ready()
-    }
-}
-
 /// HTTP/1.1 until the drain, then, once no request is in flight, the connection (with
 /// whatever hyper read and did not use) moves to the successor; without one it finishes
 /// with keep-alive off.
@@ -323,10 +291,10 @@ where
         http2: false,
     };
     let mut conn = shared.http1.serve_connection(io, service);
-    let mut notice = Notice::new(&drain);
+    let mut notice = pin!(drain.wait());
     let (mut draining, mut asked) = (false, false);
     let ended = poll_fn(|cx| {
-        draining = draining || notice.arrived(cx);
+        draining = draining || notice.as_mut().poll(cx).is_ready();
         if draining && !asked {
             match flight.count.get() {
                 0 => {
@@ -379,10 +347,10 @@ where
         http2: true,
     };
     let mut conn = pin!(shared.http2.serve_connection(io, service));
-    let mut notice = Notice::new(&drain);
+    let mut notice = pin!(drain.wait());
     let mut draining = false;
     let _ = poll_fn(|cx| {
-        if !draining && notice.arrived(cx) {
+        if !draining && notice.as_mut().poll(cx).is_ready() {
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
