@@ -2,23 +2,47 @@
 //! and HTTP/2 without TLS (h2c) on the same port. `kill -HUP <pid>` (or `--pid-file` and
 //! `baton::reload`) restarts it: idle HTTP/1 connections move to the new process, HTTP/2 ones
 //! get a GOAWAY, nothing is refused or reset. `GET /slow?ms=N` answers after N milliseconds
-//! (a request in flight across a restart).
+//! (a request in flight across a restart). `GET /upgrade` with `Connection: upgrade` and
+//! `Upgrade: echo` switches the connection (HTTP/1, through hyper's `upgrade::on`) to a line
+//! echo, `<pid>: <line>`, until the drain notice: then it says `<pid>: goodbye` and closes.
 //!
 //! Run with: `cargo run --features hyper --example hyper [-- --addr 127.0.0.1:8080
 //! --workers 2 --pid-file P --drain-timeout 5s]`, then
 //! `curl http://127.0.0.1:8080/hello` or `curl --http2-prior-knowledge http://127.0.0.1:8080/hello`.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use baton::Baton;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::rt::{Read, ReadBuf, Write};
+use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
 
-async fn answer(request: Request<Incoming>, pid: u32) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    mut request: Request<Incoming>,
+    pid: u32,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = match request.uri().path() {
+        "/upgrade" => {
+            let upgrade = hyper::upgrade::on(&mut request);
+            smol::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    line_echo(upgraded, pid).await;
+                }
+            })
+            .detach();
+            let mut response = Response::new(Full::default());
+            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(hyper::header::CONNECTION, "upgrade".parse().unwrap());
+            headers.insert(hyper::header::UPGRADE, "echo".parse().unwrap());
+            return Ok(response);
+        }
         "/hello" => format!("Hello from {pid}!\n"),
         "/slow" => {
             let ms = request
@@ -39,6 +63,50 @@ async fn answer(request: Request<Incoming>, pid: u32) -> Result<Response<Full<By
         }
     };
     Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Answers each line `<pid>: <line>` until the drain notice, then says goodbye and closes.
+async fn line_echo(mut io: Upgraded, pid: u32) {
+    let drain = baton::drain();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = async {
+            let mut buf = ReadBuf::new(&mut chunk);
+            let read = poll_fn(|cx| Pin::new(&mut io).poll_read(cx, buf.unfilled())).await;
+            Some(read.map(|()| buf.filled().len()))
+        };
+        let drained = async {
+            drain.wait().await;
+            None
+        };
+        let answer = match smol::future::or(read, drained).await {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(n)) => {
+                pending.extend_from_slice(&chunk[..n]);
+                let mut answer = Vec::new();
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    answer.extend_from_slice(format!("{pid}: ").as_bytes());
+                    answer.extend_from_slice(&line);
+                }
+                answer
+            }
+            None => format!("{pid}: goodbye\n").into_bytes(),
+        };
+        let mut written = 0;
+        while written < answer.len() {
+            let write = poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &answer[written..]));
+            match write.await {
+                Ok(n) if n > 0 => written += n,
+                _ => return,
+            }
+        }
+        if drain.is_draining() {
+            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            return;
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -339,3 +339,67 @@ fn an_http2_request_cut_by_the_drain_timeout_is_refused_and_counted() {
         server.pid
     ));
 }
+
+/// A connection upgraded through hyper's `upgrade::on` is the application's: at a restart it
+/// gets the drain notice (the example's line echo says goodbye and closes), and the old
+/// process then exits without cutting anything.
+fn upgraded_across_a_restart(workers: usize) {
+    use std::io::{BufRead, BufReader, Write};
+    let args = match workers {
+        0 => vec![],
+        n => vec!["--workers".to_owned(), n.to_string()],
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = hyper_server(&args);
+    let serving = match workers {
+        0 => vec![server.pid],
+        n => server.workers_ready(1, n),
+    };
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let head =
+        "GET /upgrade HTTP/1.1\r\nHost: test\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+    (&stream).write_all(head.as_bytes()).unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line:?}");
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    (&stream).write_all(b"hi\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let (pid, text) = line.trim_end().split_once(": ").expect("an answer");
+    assert_eq!(text, "hi");
+    let pid: u32 = pid.parse().unwrap();
+    assert!(serving.contains(&pid), "{pid} not among {serving:?}");
+    match workers {
+        0 => {
+            server.restart(pid);
+        }
+        n => {
+            server.restart_workers(2);
+            server.workers_ready(2, n);
+        }
+    }
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, format!("{pid}: goodbye\n"));
+    line.clear();
+    assert_eq!(reader.read_line(&mut line).unwrap(), 0, "{line:?}");
+    server.wait_line(&format!(
+        "baton[{pid}]: exiting: 0 requests cut by the drain timeout, 0 connections dropped"
+    ));
+}
+
+#[test]
+fn an_upgraded_connection_gets_the_drain_notice_at_a_restart() {
+    upgraded_across_a_restart(0);
+}
+
+#[test]
+fn an_upgraded_connection_gets_the_drain_notice_at_a_restart_of_two_workers() {
+    upgraded_across_a_restart(2);
+}

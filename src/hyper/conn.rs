@@ -290,7 +290,9 @@ where
         flight: flight.clone(),
         http2: false,
     };
-    let mut conn = shared.http1.serve_connection(io, service);
+    let keep_open = io.keep_open.clone();
+    // (With upgrades: an upgraded connection goes to the service's `hyper::upgrade::on`.)
+    let mut conn = shared.http1.serve_connection(io, service).with_upgrades();
     let mut notice = pin!(drain.wait());
     let (mut draining, mut asked) = (false, false);
     let ended = poll_fn(|cx| {
@@ -298,20 +300,25 @@ where
         if draining && !asked {
             match flight.count.get() {
                 0 => {
+                    // Ended by this, the connection keeps its socket open, to move.
+                    keep_open.store(true, std::sync::atomic::Ordering::SeqCst);
                     Pin::new(&mut conn).graceful_shutdown();
                     asked = true;
                 }
                 _ => flight.idle.set(Some(cx.waker().clone())),
             }
         }
-        conn.poll_without_shutdown(cx)
+        Pin::new(&mut conn).poll(cx)
     })
     .await;
     if ended.is_err() || !asked || flight.cut.get() {
         // The client closed, the connection failed, or it was told to close.
         return;
     }
-    let parts = conn.into_parts();
+    // `None`: upgraded, the application's now.
+    let Some(parts) = conn.into_parts() else {
+        return;
+    };
     let io = parts.io;
     let held = [&parts.read_buf[..], io.unread(), &io.stream.take_held()].concat();
     let moved = drain
@@ -327,7 +334,8 @@ where
             flight,
             http2: false,
         };
-        let _ = last.serve_connection(Io::new(io.stream, held), rest).await;
+        let rest = last.serve_connection(Io::new(io.stream, held), rest);
+        let _ = rest.with_upgrades().await;
     }
 }
 

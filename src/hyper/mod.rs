@@ -19,8 +19,9 @@
 //! core, each connection's task and HTTP/2's stream tasks, on one local executor; hyper's
 //! timer is async-io's. The service need not be `Send`.
 //!
-//! Not yet: TLS listeners (h2 by ALPN) and HTTP upgrades (WebSocket) through hyper; a
-//! `tls:` listener's connections are closed with a warning.
+//! HTTP upgrades go through hyper's `hyper::upgrade::on`: the upgraded connection is the
+//! application's, which hears of the drain from [`crate::drain()`]. Not yet: TLS listeners
+//! (h2 by ALPN); a `tls:` listener's connections are closed with a warning.
 
 mod conn;
 mod rt;

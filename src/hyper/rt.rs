@@ -28,6 +28,8 @@ pub(super) struct Io {
     pub(super) before: Vec<u8>,
     /// How much of `before` hyper has read.
     pub(super) used: usize,
+    /// hyper's shutdown at the end of the connection leaves the socket as it is: it moves.
+    pub(super) keep_open: Arc<AtomicBool>,
 }
 
 impl Io {
@@ -36,6 +38,7 @@ impl Io {
             stream,
             before,
             used: 0,
+            keep_open: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -87,6 +90,9 @@ impl hyper::rt::Write for Io {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.keep_open.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(self.stream.shutdown_write())
     }
 }
