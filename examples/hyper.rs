@@ -9,6 +9,8 @@
 //! Run with: `cargo run --features hyper --example hyper [-- --addr 127.0.0.1:8080
 //! --workers 2 --pid-file P --drain-timeout 5s]`, then
 //! `curl http://127.0.0.1:8080/hello` or `curl --http2-prior-knowledge http://127.0.0.1:8080/hello`.
+//! With `--features hyper,tls`, `--addr tls:127.0.0.1:8443 --tls-cert cert.pem --tls-key
+//! key.pem` serves HTTPS, HTTP/2 chosen by ALPN (`curl --cacert ca.pem https://...`).
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -110,7 +112,8 @@ async fn line_echo(mut io: Upgraded, pid: u32) {
 }
 
 fn main() -> ExitCode {
-    let mut addr = "127.0.0.1:8080".to_owned();
+    let mut addrs = Vec::new();
+    let mut tls_files: (Option<String>, Option<String>) = (None, None);
     let mut workers = None;
     let mut pid_file = None;
     let mut drain_timeout = None;
@@ -120,7 +123,9 @@ fn main() -> ExitCode {
             return usage(&format!("{flag} needs a value"));
         };
         match flag.as_str() {
-            "--addr" => addr = value,
+            "--addr" => addrs.push(value),
+            "--tls-cert" => tls_files.0 = Some(value),
+            "--tls-key" => tls_files.1 = Some(value),
             "--workers" => match value.parse() {
                 Ok(n) => workers = Some(n),
                 Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
@@ -133,7 +138,10 @@ fn main() -> ExitCode {
             _ => return usage(&format!("unknown option {flag}")),
         }
     }
-    let baton = match Baton::bind(&addr) {
+    if addrs.is_empty() {
+        addrs.push("127.0.0.1:8080".to_owned());
+    }
+    let baton = match Baton::bind_all(&addrs) {
         Ok(baton) => baton,
         Err(error) => return usage(&format!("hyper: {error}")),
     };
@@ -143,7 +151,16 @@ fn main() -> ExitCode {
     config.drain_timeout = drain_timeout.unwrap_or(config.drain_timeout);
     let pid = std::process::id();
     let service = hyper::service::service_fn(move |request| answer(request, pid));
-    match smol::block_on(baton::hyper::serve(baton.with_config(config), service)) {
+    let server = baton::hyper::Server::new(baton.with_config(config));
+    let server = match tls_files {
+        (None, None) => server,
+        #[cfg(feature = "tls")]
+        (Some(certificate), Some(key)) => server.tls_files(certificate, key),
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => return usage("--tls-cert and --tls-key need the `tls` feature"),
+        _ => return usage("--tls-cert and --tls-key go together"),
+    };
+    match smol::block_on(server.serve(service)) {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => {
@@ -167,8 +184,8 @@ fn parse_duration(text: &str) -> Option<Duration> {
 
 fn usage(message: &str) -> ExitCode {
     eprintln!(
-        "{message}\nusage: hyper [--addr HOST:PORT] [--workers N] [--pid-file PATH] \
-         [--drain-timeout 5s]"
+        "{message}\nusage: hyper [--addr HOST:PORT|tls:HOST:PORT]... [--tls-cert PEM --tls-key PEM] \
+         [--workers N] [--pid-file PATH] [--drain-timeout 5s]"
     );
     ExitCode::from(2)
 }

@@ -8,63 +8,14 @@ mod common;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::authority::Authority;
 use common::{DEADLINE, Scratch, Server, Signal, example, read_reply, signal, wait_gone};
-use futures_rustls::rustls::{self, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType, SerialNumber};
-
-/// A CA, and leaf certificates for 127.0.0.1 signed by it.
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    root: rustls::pki_types::CertificateDer<'static>,
-}
-
-impl Authority {
-    fn new() -> Authority {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root = params.self_signed(&key).unwrap().der().clone();
-        Authority {
-            issuer: Issuer::new(params, key),
-            root,
-        }
-    }
-
-    /// Writes a leaf certificate with `serial` and its key as PEM files; returns the DER.
-    fn leaf(&self, serial: u64, cert: &Path, key: &Path) -> Vec<u8> {
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.serial_number = Some(SerialNumber::from(serial));
-        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
-        // Written beside and renamed into place, as a deploy does.
-        std::fs::write(cert.with_extension("new"), leaf.pem()).unwrap();
-        std::fs::rename(cert.with_extension("new"), cert).unwrap();
-        std::fs::write(key.with_extension("new"), leaf_key.serialize_pem()).unwrap();
-        std::fs::rename(key.with_extension("new"), key).unwrap();
-        leaf.der().to_vec()
-    }
-
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
+use futures_rustls::rustls::{self, ClientConfig, ClientConnection, StreamOwned};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 

@@ -147,7 +147,9 @@ pub(super) fn load_tls(
     }
     #[cfg(feature = "tls")]
     match files {
-        Some((certificate, key)) => super::tls::acceptor(certificate, key).map(Some),
+        Some((certificate, key)) => {
+            super::tls::acceptor(certificate, key, &[b"http/1.1"]).map(Some)
+        }
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "a tls: listener needs a certificate and key (Server::tls_files)",

@@ -1,5 +1,5 @@
 //! TLS for listeners requested as `tls:host:port` (cargo feature `tls`): rustls with the ring
-//! provider, TLS 1.2 and 1.3, ALPN `http/1.1`. The certificate chain and key are read from
+//! provider, TLS 1.2 and 1.3, ALPN `http/1.1` (`baton::hyper` offers `h2` first). The certificate chain and key are read from
 //! PEM files when the server starts, so a restart after replacing the files rotates them, and
 //! a successor whose files do not load never reports ready (the old process serves on).
 
@@ -17,8 +17,9 @@ use smol::io::{AsyncRead, AsyncWrite};
 
 use crate::Stream as Conn;
 
-/// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key) into an acceptor.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
+/// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key) into an acceptor
+/// that offers the protocols `alpn`, most preferred first.
+pub(crate) fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> io::Result<TlsAcceptor> {
     let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -40,7 +41,7 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> io::Result<TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| bad("key does not fit the certificate, or is unusable:", key, &e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -341,8 +341,9 @@ where
 
 /// HTTP/2 until the drain, then a graceful GOAWAY (the last stream id at the maximum, then
 /// the real one): streams already open finish, the client sends new ones elsewhere.
-pub(super) async fn http2<S, B>(shared: Rc<Shared<S>>, io: Io, drain: Drain)
+pub(super) async fn http2<S, B, I>(shared: Rc<Shared<S>>, io: I, drain: Drain)
 where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + 'static,
     S::Error: Into<BoxError>,
     B: HttpBody<Data = Bytes> + 'static,
@@ -366,3 +367,55 @@ where
     })
     .await;
 }
+
+/// A TLS connection: the handshake (bounded in time), then HTTP/2 if ALPN chose `h2`, else
+/// HTTP/1.1. A TLS session cannot move to another process: at the drain an HTTP/1 connection
+/// finishes what it is answering and closes (`Connection: close` on a response not yet
+/// started); HTTP/2 gets its GOAWAY as without TLS.
+#[cfg(feature = "tls")]
+pub(super) async fn serve_tls<S, B>(
+    shared: Rc<Shared<S>>,
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: Stream,
+    drain: Drain,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let handshake = async { acceptor.accept(stream).await.ok() };
+    let late = async {
+        async_io::Timer::after(HANDSHAKE_TIMEOUT).await;
+        None
+    };
+    let Some(session) = handshake.or(late).await else {
+        return;
+    };
+    let h2 = session.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = super::rt::FuturesIo(session);
+    if h2 {
+        return http2(shared, io, drain).await;
+    }
+    let service = Counted {
+        service: shared.service.clone(),
+        drain: drain.clone(),
+        flight: Rc::new(Flight::default()),
+        http2: false,
+    };
+    let mut conn = pin!(shared.http1.serve_connection(io, service).with_upgrades());
+    let mut notice = pin!(drain.wait());
+    let mut draining = false;
+    let _ = poll_fn(|cx| {
+        if !draining && notice.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+}
+
+/// How long a TLS handshake may take before its connection is closed.
+#[cfg(feature = "tls")]
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

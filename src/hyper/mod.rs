@@ -20,8 +20,11 @@
 //! timer is async-io's. The service need not be `Send`.
 //!
 //! HTTP upgrades go through hyper's `hyper::upgrade::on`: the upgraded connection is the
-//! application's, which hears of the drain from [`crate::drain()`]. Not yet: TLS listeners
-//! (h2 by ALPN); a `tls:` listener's connections are closed with a warning.
+//! application's, which hears of the drain from [`crate::drain()`].
+//!
+//! With the `tls` feature, `tls:` listeners ([`Server::tls_files`]) offer `h2` and
+//! `http/1.1` by ALPN. A TLS session cannot move: at the drain an HTTP/1 connection over TLS
+//! finishes what it answers and closes; HTTP/2 over TLS gets its GOAWAY as without.
 
 mod conn;
 mod rt;
@@ -37,8 +40,10 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use smol::LocalExecutor;
 
-use crate::event::{Event, Level};
-use crate::{Baton, Connection, Program, Report, Resumed};
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+use crate::{Baton, Connection, ListenerInfo, Program, Report, Resumed};
 
 pub use conn::Body;
 
@@ -53,13 +58,14 @@ struct Shared<S> {
 struct Hyper<S> {
     shared: Rc<Shared<S>>,
     executor: Rc<LocalExecutor<'static>>,
-    events: Rc<dyn Fn(&Event<'_>)>,
+    /// Loaded before this process reports ready, if a listener is a `tls:` one.
+    tls: Rc<RefCell<Option<Acceptor>>>,
 }
 
 /// Serves `service` on `baton`'s listeners until a restart hands over to a successor or a
 /// shutdown signal arrives, then drains (see the module's notes) and returns what the drain
 /// cut short. Blocks its thread while idle: give it a thread of its own (`smol::block_on`
-/// in `main`).
+/// in `main`). The same as `Server::new(baton).serve(service)`.
 pub async fn serve<S, B>(baton: Baton, service: S) -> io::Result<Report>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + 'static,
@@ -67,23 +73,112 @@ where
     B: http_body::Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let executor = Rc::new(LocalExecutor::new());
-    let timer = rt::Timer::default();
-    executor.spawn(timer.clone().sweep()).detach();
-    let mut http1 = http1::Builder::new();
-    http1.timer(timer.clone());
-    let mut http2 = http2::Builder::new(rt::Exec(executor.clone()));
-    http2.timer(timer);
-    let program = Hyper {
-        shared: Rc::new(Shared {
-            service: Rc::new(service),
-            http1,
-            http2,
-        }),
-        executor: executor.clone(),
-        events: baton.events(),
-    };
-    baton.serve_local(program, executor).await
+    Server::new(baton).serve(service).await
+}
+
+/// A hyper service's server on a [`Baton`], with its options.
+pub struct Server {
+    baton: Baton,
+    tls_files: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("tls_files", &self.tls_files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Serves on `baton` (its listeners, settings and hooks).
+    pub fn new(baton: Baton) -> Server {
+        Server {
+            baton,
+            tls_files: None,
+        }
+    }
+
+    /// The PEM certificate chain (leaf first) and private key for `tls:` listeners (cargo
+    /// feature `tls`), which offer `h2` and `http/1.1` by ALPN. The files are read when
+    /// serving starts, in every process: a restart after replacing them rotates the
+    /// certificate, and a successor whose files do not load never reports ready.
+    #[cfg(feature = "tls")]
+    pub fn tls_files(mut self, certificate: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_files = Some((certificate.into(), key.into()));
+        self
+    }
+
+    /// Serves `service` (see [`serve`]).
+    pub async fn serve<S, B>(self, service: S) -> io::Result<Report>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+        S::Error: Into<Box<dyn StdError + Send + Sync>>,
+        B: http_body::Body<Data = Bytes> + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let tls = Rc::new(RefCell::new(None));
+        let loaded = tls.clone();
+        let files = self.tls_files;
+        let baton = self.baton.before_ready(move |listeners| {
+            *loaded.borrow_mut() = load_tls(listeners, files.as_ref())?;
+            Ok(())
+        });
+        let executor = Rc::new(LocalExecutor::new());
+        let timer = rt::Timer::default();
+        executor.spawn(timer.clone().sweep()).detach();
+        let mut http1 = http1::Builder::new();
+        http1.timer(timer.clone());
+        let mut http2 = http2::Builder::new(rt::Exec(executor.clone()));
+        http2.timer(timer);
+        let program = Hyper {
+            shared: Rc::new(Shared {
+                service: Rc::new(service),
+                http1,
+                http2,
+            }),
+            executor: executor.clone(),
+            tls,
+        };
+        baton.serve_local(program, executor).await
+    }
+}
+
+#[cfg(feature = "tls")]
+type Acceptor = futures_rustls::TlsAcceptor;
+/// (Without the `tls` feature there is never an acceptor.)
+#[cfg(not(feature = "tls"))]
+type Acceptor = std::convert::Infallible;
+
+/// The acceptor for `tls:` listeners, offering `h2` then `http/1.1`; `None` if no listener is
+/// one. Files without a `tls:` listener, or such a listener without files (or without the
+/// `tls` feature), are refused before the process reports ready.
+fn load_tls(
+    listeners: &[ListenerInfo],
+    files: Option<&(PathBuf, PathBuf)>,
+) -> io::Result<Option<Acceptor>> {
+    let refuse = |why: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, why.to_owned()));
+    if !listeners.iter().any(|l| l.tls) {
+        return match files {
+            Some(_) => refuse(
+                "a TLS certificate and key are set (hyper::Server::tls_files) but no address is \
+                 a tls: one: add one such as tls:127.0.0.1:8443",
+            ),
+            None => Ok(None),
+        };
+    }
+    #[cfg(feature = "tls")]
+    match files {
+        Some((certificate, key)) => {
+            crate::http::tls::acceptor(certificate, key, &[b"h2", b"http/1.1"]).map(Some)
+        }
+        None => refuse("a tls: listener needs a certificate and key (hyper::Server::tls_files)"),
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = files;
+        refuse("tls: listeners need baton's `tls` feature")
+    }
 }
 
 impl<S, B> Program for Hyper<S>
@@ -95,15 +190,18 @@ where
 {
     fn accepted(&self, connection: Connection) {
         if connection.tls {
-            (self.events)(&Event::Program {
-                level: Level::Warn,
-                source: "hyper",
-                message: &format!(
-                    "closed a connection from {} on a tls: listener: baton::hyper serves \
-                     without TLS",
-                    connection.stream.peer()
-                ),
-            });
+            // (Loaded before ready: a tls: listener without an acceptor never serves.)
+            // (Without the `tls` feature the acceptor type is uninhabited, and Copy.)
+            #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+            let acceptor = self.tls.borrow().clone();
+            #[cfg(not(feature = "tls"))]
+            let _ = acceptor;
+            #[cfg(feature = "tls")]
+            if let Some(acceptor) = acceptor {
+                let shared = self.shared.clone();
+                let task = conn::serve_tls(shared, acceptor, connection.stream, connection.drain);
+                self.executor.spawn(task).detach();
+            }
             return;
         }
         let task = conn::serve(self.shared.clone(), connection.stream, connection.drain);

@@ -97,6 +97,50 @@ impl hyper::rt::Write for Io {
     }
 }
 
+/// A futures-io connection (a TLS session over a [`Stream`]) as hyper reads and writes it.
+#[cfg(feature = "tls")]
+pub(super) struct FuturesIo<T>(pub(super) T);
+
+#[cfg(feature = "tls")]
+impl<T: smol::io::AsyncRead + Unpin> hyper::rt::Read for FuturesIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // (Decrypted into a copy: a session yields at most a record, 16 KiB, at a time.)
+        let mut chunk = [0u8; 16 * 1024];
+        let room = buf.remaining().min(chunk.len());
+        match Pin::new(&mut self.0).poll_read(cx, &mut chunk[..room]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&chunk[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<T: smol::io::AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
 /// HTTP/2's stream tasks, on the serving thread's local executor.
 #[derive(Clone)]
 pub(super) struct Exec(pub(super) Rc<LocalExecutor<'static>>);

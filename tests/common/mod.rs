@@ -16,7 +16,9 @@ use std::time::Duration;
 
 pub use rustix::process::Signal;
 
+pub mod authority;
 pub mod client;
+pub mod h2;
 pub mod load;
 pub mod log;
 pub mod process;
