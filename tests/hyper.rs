@@ -16,6 +16,29 @@ use common::h2::{connect_h2, get_h2, h2_error};
 use common::{Client, DEADLINE, Server, example};
 use http_body_util::Empty;
 
+/// Where the service runs: a single process, a supervising process with two workers, or PID 1
+/// of a new PID namespace (a supervising process with one worker by default).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Model {
+    Single,
+    Workers,
+    Pid1,
+}
+
+/// The example in `model`, and how many workers serve (0: the process itself).
+fn start(model: Model) -> (Server, usize) {
+    let mut command = Command::new(example("hyper"));
+    command.args(["--addr", "127.0.0.1:0"]);
+    match model {
+        Model::Single => (Server::start(command), 0),
+        Model::Workers => {
+            command.args(["--workers", "2"]);
+            (Server::start(command), 2)
+        }
+        Model::Pid1 => (Server::start_in_pid_namespace(command), 1),
+    }
+}
+
 fn hyper_server(args: &[&str]) -> Server {
     let mut command = Command::new(example("hyper"));
     command.args(["--addr", "127.0.0.1:0"]).args(args);
@@ -52,13 +75,8 @@ fn restarts(server: &Server, workers: usize, times: u64, progress: &AtomicU64) {
     more_answered(server, progress, 40);
 }
 
-fn http1_keep_alive_across_restarts(workers: usize) {
-    let args = match workers {
-        0 => vec![],
-        n => vec!["--workers".to_owned(), n.to_string()],
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = hyper_server(&args);
+fn http1_keep_alive_across_restarts(model: Model) {
+    let (server, workers) = start(model);
     let (stop, progress) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -96,21 +114,16 @@ fn http1_keep_alive_across_restarts(workers: usize) {
 
 #[test]
 fn http1_keep_alive_clients_keep_their_connections_across_restarts() {
-    http1_keep_alive_across_restarts(0);
+    http1_keep_alive_across_restarts(Model::Single);
 }
 
 #[test]
 fn http1_keep_alive_clients_keep_their_connections_across_restarts_of_two_workers() {
-    http1_keep_alive_across_restarts(2);
+    http1_keep_alive_across_restarts(Model::Workers);
 }
 
-fn http2_across_restarts(workers: usize) {
-    let args = match workers {
-        0 => vec![],
-        n => vec!["--workers".to_owned(), n.to_string()],
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = hyper_server(&args);
+fn http2_across_restarts(model: Model) {
+    let (server, workers) = start(model);
     let (stop, progress) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -162,12 +175,12 @@ fn http2_across_restarts(workers: usize) {
 
 #[test]
 fn http2_clients_that_retry_what_a_goaway_refused_lose_nothing_across_restarts() {
-    http2_across_restarts(0);
+    http2_across_restarts(Model::Single);
 }
 
 #[test]
 fn http2_clients_lose_nothing_across_restarts_of_two_workers() {
-    http2_across_restarts(2);
+    http2_across_restarts(Model::Workers);
 }
 
 /// A request slower than the drain timeout: cut, counted, and answered 503 with
@@ -224,14 +237,9 @@ fn an_http2_request_cut_by_the_drain_timeout_is_refused_and_counted() {
 /// A connection upgraded through hyper's `upgrade::on` is the application's: at a restart it
 /// gets the drain notice (the example's line echo says goodbye and closes), and the old
 /// process then exits without cutting anything.
-fn upgraded_across_a_restart(workers: usize) {
+fn upgraded_across_a_restart(model: Model) {
     use std::io::{BufRead, BufReader, Write};
-    let args = match workers {
-        0 => vec![],
-        n => vec!["--workers".to_owned(), n.to_string()],
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = hyper_server(&args);
+    let (server, workers) = start(model);
     let serving = match workers {
         0 => vec![server.pid],
         n => server.workers_ready(1, n),
@@ -277,10 +285,17 @@ fn upgraded_across_a_restart(workers: usize) {
 
 #[test]
 fn an_upgraded_connection_gets_the_drain_notice_at_a_restart() {
-    upgraded_across_a_restart(0);
+    upgraded_across_a_restart(Model::Single);
 }
 
 #[test]
 fn an_upgraded_connection_gets_the_drain_notice_at_a_restart_of_two_workers() {
-    upgraded_across_a_restart(2);
+    upgraded_across_a_restart(Model::Workers);
+}
+
+#[test]
+fn http1_keep_alive_http2_and_upgrades_across_restarts_as_pid_1() {
+    http1_keep_alive_across_restarts(Model::Pid1);
+    http2_across_restarts(Model::Pid1);
+    upgraded_across_a_restart(Model::Pid1);
 }
