@@ -43,6 +43,9 @@ where
     let mut before = Vec::new();
     // (The first read usually tells: a request line, or the whole preface.)
     let mut chunk = [0u8; 1024];
+    // Until the drain, or for good if it cannot hand the connection over (a shutdown: what
+    // the client sends is answered here; HTTP/1 then closes).
+    let mut watch_drain = true;
     loop {
         let seen = before.len().min(PREFACE.len());
         if before[..seen] != PREFACE[..seen] {
@@ -53,18 +56,22 @@ where
         }
         let read = async { Some(stream.read(&mut chunk).await) };
         let drained = async {
-            drain.wait().await;
+            match watch_drain {
+                true => drain.wait().await,
+                false => std::future::pending().await,
+            }
             None
         };
         match read.or(drained).await {
             Some(Ok(0) | Err(_)) => return,
             Some(Ok(n)) => before.extend_from_slice(&chunk[..n]),
-            // Nothing asked yet: the successor reads on (else the close is a clean one).
+            // Nothing asked yet: the successor reads on.
             None => {
-                let _ = drain
-                    .hand_over(&stream, UNKNOWN, &serde_json::Value::Null, &before)
-                    .await;
-                return;
+                let state = &serde_json::Value::Null;
+                match drain.hand_over(&stream, UNKNOWN, state, &before).await {
+                    Ok(()) => return,
+                    Err(_) => watch_drain = false,
+                }
             }
         }
     }
