@@ -75,11 +75,16 @@ impl Client {
     /// Waits until `pid` has answered one of this client's lines (what a test would
     /// otherwise sleep for before the next restart).
     fn answered_by(&self, pid: u32) {
+        self.answered_by_one_of(&[pid]);
+    }
+
+    /// Waits until one of `pids` has answered the latest of this client's lines.
+    fn answered_by_one_of(&self, pids: &[u32]) {
         let deadline = std::time::Instant::now() + DEADLINE;
-        while self.latest.load(Ordering::Relaxed) != pid {
+        while !pids.contains(&self.latest.load(Ordering::Relaxed)) {
             assert!(
                 std::time::Instant::now() < deadline && !self.thread.is_finished(),
-                "{pid} answered no line"
+                "none of {pids:?} answered a line"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -179,21 +184,31 @@ fn supervised_restarts(args: &[&str]) {
 #[test]
 fn connections_of_two_workers_keep_every_line_across_restarts() {
     let server = echo(&["--workers", "2"]);
-    let mut all = server.workers_ready(1, 2);
+    let mut generations = vec![server.workers_ready(1, 2)];
     let clients: Vec<Client> = (0..4).map(|_| Client::start(server.addr)).collect();
     for generation in 2..=6 {
-        std::thread::sleep(Duration::from_millis(100));
+        // Each connection answered by this generation before it retires.
+        let current = generations.last().unwrap();
+        clients.iter().for_each(|c| c.answered_by_one_of(current));
         server.restart_workers(generation);
-        all.extend(server.workers_ready(generation, 2));
+        generations.push(server.workers_ready(generation, 2));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    let last = generations.last().unwrap();
+    clients.iter().for_each(|c| c.answered_by_one_of(last));
+    let all: Vec<u32> = generations.concat();
     for client in clients {
         let answers = client.finish();
         for (i, (n, pid)) in answers.iter().enumerate() {
             assert_eq!(*n, i as u64, "a line was lost or repeated");
             assert!(all.contains(pid), "line {n} answered by {pid}");
         }
-        assert!(answers.len() > 20, "{} lines", answers.len());
+        // The connection moved through every generation.
+        for generation in &generations {
+            assert!(
+                answers.iter().any(|(_, pid)| generation.contains(pid)),
+                "no line answered by {generation:?}: {answers:?}"
+            );
+        }
     }
 }
 

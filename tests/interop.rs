@@ -291,7 +291,7 @@ fn the_go_original_hands_over_to_hello_without_a_failed_request() {
     command.env("STANDIN", "go");
     let server = Server::start(command);
     let load = Load::per_request(server.addr, 2);
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(server.pid);
     // The deploy: hello in place of the Go binary, then the Go program's own SIGHUP restart.
     scratch.install("server", &binary(&example("fixture")));
     signal(server.pid, Signal::HUP);
@@ -302,7 +302,7 @@ fn the_go_original_hands_over_to_hello_without_a_failed_request() {
         wait_gone(server.pid, DEADLINE),
         "the Go stand-in still runs"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(hello);
     let stats = load.finish();
     stats.assert_no_failures();
     assert!(
@@ -322,7 +322,7 @@ fn endless_hands_over_to_hello_which_tells_its_parent() {
         .args(["--addr", "127.0.0.1:0"]);
     let server = Server::start(command);
     let load = Load::per_request(server.addr, 2);
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(server.pid);
     scratch.install("server", &binary(&example("fixture")));
     signal(server.pid, Signal::HUP);
     let hello = successor_listening(&server, server.pid);
@@ -335,7 +335,7 @@ fn endless_hands_over_to_hello_which_tells_its_parent() {
         wait_gone(server.pid, DEADLINE),
         "the endless stand-in still runs"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(hello);
     let stats = load.finish();
     stats.assert_no_failures();
     assert!(stats.pids.contains(&hello), "{:?}", stats.pids);
@@ -348,7 +348,7 @@ fn hello_hands_over_to_a_go_successor_that_cannot_report_ready() {
     command.args(["--addr", "127.0.0.1:0", "--ready-after", "300ms"]);
     let server = Server::start(command);
     let load = Load::per_request(server.addr, 2);
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(server.pid);
     let me = std::env::current_exe().unwrap();
     scratch.install("server", &binary(&me));
     let started = Instant::now();
@@ -360,7 +360,7 @@ fn hello_hands_over_to_a_go_successor_that_cannot_report_ready() {
         "taken for ready before the settle time"
     );
     assert!(wait_gone(server.pid, DEADLINE), "hello still runs");
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_served_by(go);
     let stats = load.finish();
     stats.assert_no_failures();
     assert!(stats.pids.contains(&go), "{:?}", stats.pids);
