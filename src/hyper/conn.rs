@@ -123,6 +123,36 @@ pub(super) struct Counted<S> {
     http2: bool,
 }
 
+impl<S> Counted<S> {
+    fn new(shared: &Shared<S>, drain: &Drain, flight: Rc<Flight>, http2: bool) -> Counted<S> {
+        Counted {
+            service: shared.service.clone(),
+            drain: drain.clone(),
+            flight,
+            http2,
+        }
+    }
+}
+
+/// Runs a connection to its end, starting its graceful shutdown (`shutdown`) once the drain
+/// starts.
+async fn until_drained<C: Future>(
+    mut conn: Pin<&mut C>,
+    drain: &Drain,
+    mut shutdown: impl FnMut(Pin<&mut C>),
+) -> C::Output {
+    let mut notice = pin!(drain.wait());
+    let mut draining = false;
+    poll_fn(|cx| {
+        if !draining && notice.as_mut().poll(cx).is_ready() {
+            draining = true;
+            shutdown(conn.as_mut());
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
+}
+
 impl<S, B> Service<Request<Incoming>> for Counted<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + 'static,
@@ -291,12 +321,7 @@ where
     B::Error: Into<BoxError>,
 {
     let flight = Rc::new(Flight::default());
-    let service = Counted {
-        service: shared.service.clone(),
-        drain: drain.clone(),
-        flight: flight.clone(),
-        http2: false,
-    };
+    let service = Counted::new(&shared, &drain, flight.clone(), false);
     let keep_open = io.keep_open.clone();
     // (With upgrades: an upgraded connection goes to the service's `hyper::upgrade::on`.)
     let mut conn = shared.http1.serve_connection(io, service).with_upgrades();
@@ -335,12 +360,7 @@ where
         // No successor takes it: what the client sends next is answered here, and closes.
         let mut last = shared.http1.clone();
         last.keep_alive(false);
-        let rest = Counted {
-            service: shared.service.clone(),
-            drain: drain.clone(),
-            flight,
-            http2: false,
-        };
+        let rest = Counted::new(&shared, &drain, flight, false);
         let rest = last.serve_connection(Io::new(io.stream, held), rest);
         let _ = rest.with_upgrades().await;
     }
@@ -356,23 +376,9 @@ where
     B: HttpBody<Data = Bytes> + 'static,
     B::Error: Into<BoxError>,
 {
-    let service = Counted {
-        service: shared.service.clone(),
-        drain: drain.clone(),
-        flight: Rc::new(Flight::default()),
-        http2: true,
-    };
-    let mut conn = pin!(shared.http2.serve_connection(io, service));
-    let mut notice = pin!(drain.wait());
-    let mut draining = false;
-    let _ = poll_fn(|cx| {
-        if !draining && notice.as_mut().poll(cx).is_ready() {
-            draining = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
+    let service = Counted::new(&shared, &drain, Rc::default(), true);
+    let conn = pin!(shared.http2.serve_connection(io, service));
+    let _ = until_drained(conn, &drain, |conn| conn.graceful_shutdown()).await;
 }
 
 /// A TLS connection: the handshake (bounded in time), then HTTP/2 if ALPN chose `h2`, else
@@ -404,23 +410,9 @@ pub(super) async fn serve_tls<S, B>(
     if h2 {
         return http2(shared, io, drain).await;
     }
-    let service = Counted {
-        service: shared.service.clone(),
-        drain: drain.clone(),
-        flight: Rc::new(Flight::default()),
-        http2: false,
-    };
-    let mut conn = pin!(shared.http1.serve_connection(io, service).with_upgrades());
-    let mut notice = pin!(drain.wait());
-    let mut draining = false;
-    let _ = poll_fn(|cx| {
-        if !draining && notice.as_mut().poll(cx).is_ready() {
-            draining = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
+    let service = Counted::new(&shared, &drain, Rc::default(), false);
+    let conn = pin!(shared.http1.serve_connection(io, service).with_upgrades());
+    let _ = until_drained(conn, &drain, |conn| conn.graceful_shutdown()).await;
 }
 
 /// How long a TLS handshake may take before its connection is closed.
