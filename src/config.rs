@@ -109,12 +109,6 @@ pub(crate) mod timing {
     /// for room: a connection that cannot move in time is closed here instead, and a state
     /// that cannot is not sent (the successor starts cold).
     pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
-    /// How long a closing connection waits for the client to close its side.
-    #[cfg(feature = "http")]
-    pub(crate) const LINGER: Duration = Duration::from_secs(2);
-    /// How long an error response may take to write before the connection is dropped.
-    #[cfg(feature = "http")]
-    pub(crate) const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
     /// At a drain's cut, how long the cut connections get to say so (a 503, a reset).
     pub(crate) const CUT_GRACE: Duration = Duration::from_millis(200);
     /// How long a failed successor's exit status is waited for after its pipe closed.
@@ -144,6 +138,5 @@ pub(crate) mod timing {
     /// How often at most idle connections' deadlines (keep-alive, first head) are swept: a
     /// deadline fires up to this much late when others fell due just before it (see
     /// `deadline`).
-    #[cfg(any(feature = "http", feature = "hyper"))]
     pub(crate) const DEADLINE_GRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 }

@@ -144,6 +144,7 @@ pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
 #[cfg(feature = "http")]
 pub use http::{Server, lean, websocket};
 pub use io::datagram::Datagrams;
+pub use io::deadline::{Deadline, Deadlines};
 pub use io::stream::Stream;
 pub use listener::ListenerInfo;
 pub use program::{Connection, Program, Resumed};

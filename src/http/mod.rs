@@ -37,8 +37,8 @@ use std::time::Duration;
 use http_types::{Request, Response};
 use smol::LocalExecutor;
 
+use crate::Deadlines;
 use crate::baton::Baton;
-use crate::io::deadline::Deadlines;
 use crate::report::Report;
 pub use options::Options;
 

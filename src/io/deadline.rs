@@ -28,9 +28,13 @@ thread_local! {
     static SHARED: RefCell<Option<Rc<Deadlines>>> = const { RefCell::new(None) };
 }
 
-/// The deadlines of one server thread.
+/// The deadlines of one serving thread: install its sweeper
+/// ([`Deadlines::install`]) as a task on the thread's executor (the one given to
+/// [`crate::Baton::serve_local`]), and every [`Deadline`] made on that thread is an entry in
+/// one heap, checked at most once a 50 ms grain, instead of an async-io timer. The HTTP server
+/// does this for its keep-alive and first-head timeouts.
 #[derive(Default)]
-pub(crate) struct Deadlines {
+pub struct Deadlines {
     /// (when, slot, generation). An entry of a dropped or re-armed deadline is stale: it stays
     /// until due, or until stale entries outnumber live ones (see [`Deadlines::compact`]).
     heap: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
@@ -59,7 +63,7 @@ struct Slot {
 impl Deadlines {
     /// Makes deadlines on this thread coarse; returns the sweeper to run as a task on it.
     /// Dropping the sweeper (with its executor) makes them ordinary timers again.
-    pub(crate) fn install() -> impl Future<Output = ()> {
+    pub fn install() -> impl Future<Output = ()> {
         let shared = Rc::new(Deadlines::default());
         SHARED.with(|s| *s.borrow_mut() = Some(shared.clone()));
         let installed = Installed(shared.clone());
@@ -225,8 +229,27 @@ impl Drop for Installed {
     }
 }
 
-/// A deadline that can be moved, like async-io's `Timer::at` (which it is without a sweeper).
-pub(crate) struct Deadline(Kind);
+/// A deadline that can be moved, like async-io's `Timer::at` (which it is on a thread without
+/// a [`Deadlines`] sweeper): a future that completes once `at` has passed, up to a grain
+/// (50 ms) late. For idle timeouts counted in seconds, armed and moved for every request:
+/// arming one is a heap push, no syscall and no wake-up of another thread. Not `Send`: it
+/// belongs to the thread that made it.
+pub struct Deadline(Kind);
+
+impl std::fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let coarse = matches!(self.0, Kind::Coarse { .. });
+        f.debug_struct("Deadline").field("coarse", &coarse).finish()
+    }
+}
+
+impl std::fmt::Debug for Deadlines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadlines")
+            .field("live", &self.live.get())
+            .finish()
+    }
+}
 
 enum Kind {
     Coarse {
@@ -241,7 +264,8 @@ enum Kind {
 }
 
 impl Deadline {
-    pub(crate) fn at(at: Instant) -> Deadline {
+    /// Completes once `at` has passed.
+    pub fn at(at: Instant) -> Deadline {
         match SHARED.with(|s| s.borrow().clone()) {
             Some(shared) => Deadline(Kind::Coarse {
                 shared,
@@ -253,7 +277,8 @@ impl Deadline {
         }
     }
 
-    pub(crate) fn set_at(&mut self, when: Instant) {
+    /// Moves it to `when` (earlier or later).
+    pub fn set_at(&mut self, when: Instant) {
         match &mut self.0 {
             Kind::Coarse { at, queued, .. } => {
                 *at = when;

@@ -5,16 +5,14 @@
 //! |---|---|
 //! | [`driver`] | a serving thread that runs the core and a local executor, and waits on `edge` itself when idle |
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
-//! | [`deadline`] | idle connections' coarse deadlines in one heap per server thread, one sweeper |
+//! | [`deadline`] | `Deadline`: idle connections' coarse deadlines in one heap per serving thread, one sweeper (`Deadlines`) |
 //! | [`ready`] | no syscall on a source that said `EAGAIN` until the reactor reports it |
 //! | [`datagram`] | [`datagram::Datagrams`], a UDP listener as a program gets it, on `edge` |
 //! | [`stream`] | [`stream::Stream`], the public connection: a socket on `edge`, the bytes a predecessor held first, its count for the drain |
 //!
 //! `edge` is Linux's epoll; the crate builds on Linux only (see `lib.rs`).
 
-// Only the HTTP server arms deadlines today.
 pub(crate) mod datagram;
-#[cfg(feature = "http")]
 pub(crate) mod deadline;
 pub(crate) mod driver;
 pub(crate) mod edge;

@@ -27,10 +27,10 @@ use async_io::Timer;
 use http_types::{Request, Response, StatusCode};
 use smol::future::FutureExt as _;
 
+use crate::Deadline;
 use crate::drain::{Busy, Drain};
 use crate::http::codec::{self, Framing, Reject};
 use crate::http::stream::Stream;
-use crate::io::deadline::Deadline;
 
 mod body;
 mod buf;

@@ -10,7 +10,10 @@ use http_types::{Method, Response, StatusCode};
 use smol::future::FutureExt as _;
 use smol::io::AsyncReadExt as _;
 
-use crate::config::timing::{ERROR_WRITE_TIMEOUT, LINGER};
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
+/// How long an error response may take to write before the connection is dropped.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::http::codec;
 use crate::http::stream::Stream;
 
