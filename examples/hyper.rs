@@ -117,6 +117,7 @@ fn main() -> ExitCode {
     let mut workers = None;
     let mut pid_file = None;
     let mut drain_timeout = None;
+    let mut max_connections = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else {
@@ -131,6 +132,10 @@ fn main() -> ExitCode {
                 Err(_) => return usage(&format!("--workers {value:?}: expected a number")),
             },
             "--pid-file" => pid_file = Some(value.into()),
+            "--max-connections" => match value.parse() {
+                Ok(n) => max_connections = Some(n),
+                Err(_) => return usage(&format!("--max-connections {value:?}: expected a number")),
+            },
             "--drain-timeout" => match parse_duration(&value) {
                 Some(timeout) => drain_timeout = Some(timeout),
                 None => return usage(&format!("--drain-timeout {value:?}: expected 5s or 500ms")),
@@ -149,6 +154,7 @@ fn main() -> ExitCode {
     config.workers = workers.or(config.workers);
     config.pid_file = pid_file.or(config.pid_file);
     config.drain_timeout = drain_timeout.unwrap_or(config.drain_timeout);
+    config.max_connections = max_connections.unwrap_or(config.max_connections);
     let pid = std::process::id();
     let service = hyper::service::service_fn(move |request| answer(request, pid));
     let server = baton::hyper::Server::new(baton.with_config(config));
@@ -185,7 +191,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 fn usage(message: &str) -> ExitCode {
     eprintln!(
         "{message}\nusage: hyper [--addr HOST:PORT|tls:HOST:PORT]... [--tls-cert PEM --tls-key PEM] \
-         [--workers N] [--pid-file PATH] [--drain-timeout 5s]"
+         [--workers N] [--pid-file PATH] [--drain-timeout 5s] [--max-connections N]"
     );
     ExitCode::from(2)
 }

@@ -299,3 +299,74 @@ fn http1_keep_alive_http2_and_upgrades_across_restarts_as_pid_1() {
     http2_across_restarts(Model::Pid1);
     upgraded_across_a_restart(Model::Pid1);
 }
+
+/// SIGTERM while connections wait in the listen queue (each serving process at its connection
+/// limit, holding an idle keep-alive connection): each queued request is answered, whether
+/// its bytes came before the signal or after it (when the shutdown had accepted its
+/// connection already), the idle connection closed, nothing reset; the process then exits
+/// clean and what comes after is refused.
+fn a_shutdown_answers_what_waits_in_the_queue(model: Model) {
+    use std::io::Write;
+    let workers = match model {
+        Model::Workers => 2,
+        _ => 0,
+    };
+    let mut command = Command::new(example("hyper"));
+    command.args(["--addr", "127.0.0.1:0", "--max-connections", "1"]);
+    if workers > 0 {
+        command.args(["--workers", "2"]);
+    }
+    let mut server = Server::start(command);
+    if workers > 0 {
+        server.workers_ready(1, workers);
+    }
+    let mut idle = Vec::new();
+    let mut full = std::collections::HashSet::new();
+    while full.len() < workers.max(1) {
+        let mut client = Client::new(server.addr);
+        full.insert(client.get("/hello").unwrap().pid().unwrap());
+        idle.push(client);
+    }
+    let request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut queued: Vec<TcpStream> = (0..10)
+        .map(|n| {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            if n % 2 == 0 {
+                stream.write_all(request).unwrap();
+            }
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            stream
+        })
+        .collect();
+    common::signal(server.pid, common::Signal::TERM);
+    // (Sent once the shutdown's drain has started.)
+    server.wait_line("draining");
+    for stream in queued.iter_mut().skip(1).step_by(2) {
+        stream.write_all(request).unwrap();
+    }
+    for stream in &mut queued {
+        let reply = common::read_reply(&mut std::io::BufReader::new(stream));
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200),
+            "{model:?}: a queued connection got {reply:?}\n{}",
+            server.dump()
+        );
+    }
+    // The idle keep-alive connections were closed, not kept until the drain timeout.
+    assert_eq!(server.wait_exit(DEADLINE), Some(0), "{}", server.dump());
+    drop(idle);
+    assert_eq!(
+        common::get(server.addr, "/hello").map(|r| r.status),
+        Err(common::Failure::Refused)
+    );
+}
+
+#[test]
+fn a_shutdown_answers_what_waits_in_the_queue_in_the_single_process() {
+    a_shutdown_answers_what_waits_in_the_queue(Model::Single);
+}
+
+#[test]
+fn a_shutdown_answers_what_waits_in_the_queue_with_workers() {
+    a_shutdown_answers_what_waits_in_the_queue(Model::Workers);
+}

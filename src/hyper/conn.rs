@@ -356,8 +356,9 @@ where
     let moved = drain
         .hand_over(&io.stream, HTTP1, &serde_json::Value::Null, &held)
         .await;
-    if moved.is_err() {
-        // No successor takes it: what the client sends next is answered here, and closes.
+    // No successor takes it (a shutdown, say): a request already arriving is answered here,
+    // and the connection closes; an idle one closes now, as any server's at its shutdown.
+    if moved.is_err() && !held.is_empty() {
         let mut last = shared.http1.clone();
         last.keep_alive(false);
         let rest = Counted::new(&shared, &drain, flight, false);
