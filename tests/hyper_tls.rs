@@ -182,3 +182,47 @@ fn http2_over_tls_loses_nothing_across_restarts() {
 fn http2_over_tls_loses_nothing_across_restarts_of_two_workers() {
     http2_over_tls_across_restarts(2);
 }
+
+/// SIGTERM while TLS connections wait in the listen queue (the process at its connection
+/// limit): each is accepted by the shutdown, shakes hands, and its request is answered before
+/// it closes, never closed unread.
+#[test]
+fn a_shutdown_answers_tls_connections_that_wait_in_the_queue() {
+    use std::io::{BufReader, Write};
+    let setup = start("hyper-tls-queue", &["--max-connections", "1"]);
+    let server = &setup.server;
+    let config = setup.authority.client();
+    let connect = |addr| {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let name = futures_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let session = futures_rustls::rustls::ClientConnection::new(config.clone(), name).unwrap();
+        futures_rustls::rustls::StreamOwned::new(session, tcp)
+    };
+    let request = b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // The one connection the process takes: served once, then idle.
+    let mut idle = connect(server.addr);
+    idle.write_all(request).unwrap();
+    let reply = common::read_reply(&mut BufReader::new(&mut idle)).unwrap();
+    assert_eq!(reply.status, 200);
+    let addr = server.addr;
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let mut stream = connect(addr);
+            std::thread::spawn(move || {
+                // (The handshake waits for the accept: at the shutdown.)
+                stream.write_all(request).map_err(|e| e.to_string())?;
+                common::read_reply(&mut BufReader::new(&mut stream)).map_err(|e| format!("{e:?}"))
+            })
+        })
+        .collect();
+    common::signal(server.pid, common::Signal::TERM);
+    for thread in queued {
+        let reply = thread.join().unwrap();
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200),
+            "a queued TLS connection got {reply:?}\n{}",
+            server.dump()
+        );
+    }
+}

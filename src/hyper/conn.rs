@@ -412,6 +412,14 @@ pub(super) async fn serve_tls<S, B>(
         return http2(shared, io, drain).await;
     }
     let service = Counted::new(&shared, &drain, Rc::default(), false);
+    if drain.is_draining() {
+        // Accepted from the queue at a shutdown: its first request is answered, then it
+        // closes (a graceful shutdown now would close it before it is read).
+        let mut last = shared.http1.clone();
+        last.keep_alive(false);
+        let _ = last.serve_connection(io, service).with_upgrades().await;
+        return;
+    }
     let conn = pin!(shared.http1.serve_connection(io, service).with_upgrades());
     let _ = until_drained(conn, &drain, |conn| conn.graceful_shutdown()).await;
 }
