@@ -1,7 +1,8 @@
 //! The restart machines: a process that serves and replaces itself (the single-process model,
 //! or a worker told by its supervising process), and a supervising process that keeps the
-//! PID and the sockets while its workers come and go. [`Setup`] is what [`crate::Baton`]
-//! hands to either.
+//! PID and the sockets while its workers come and go. Both run one loop over the same phases
+//! ([`drive`]), and ask one table what a signal does ([`role`]). [`Setup`] is what
+//! [`crate::Baton`] hands to either.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -15,6 +16,7 @@ use crate::listener::{Listener, ListenerInfo};
 use crate::signals::Signals;
 
 mod carried;
+pub(crate) mod drive;
 pub(crate) mod role;
 pub(crate) mod single;
 pub(crate) mod supervising;

@@ -1,16 +1,17 @@
 //! What a server does once it serves, as phases:
 //!
 //! ```text
-//! start ─> Serving ──SIGHUP/SIGUSR2──> Upgrading ──ready (SIGHUP)──> Draining ──> Report
+//! start ─> Serving ──SIGHUP/SIGUSR2──> Restarting ──ready (SIGHUP)──> Draining ──> Report
 //!             ^                            │  failed, or ready (SIGUSR2)    │
 //!             └────────────────────────────┘                                │
 //!             └───────────────────── the successor exited ──────────────────┘
 //! ```
 //!
-//! The core's serving loop, for any [`Program`], one file per phase: `start` runs the
+//! The phases of the core's serving process, for any [`Program`], driven by the restart
+//! machines' one loop ([`super::drive`]), one file per phase: `start` runs the
 //! program's checks ([`crate::Baton::before_ready`]), writes the pid file, takes the
 //! predecessor's state and reports ready; `serving` is the select loop of both `Serving` and
-//! `Upgrading` (accept, relayed connections, signals, control messages, and, while upgrading,
+//! `Restarting` (accept, relayed connections, signals, control messages, and, while upgrading,
 //! the successor's readiness); `upgrade` starts a successor and acts on its outcome;
 //! `draining` stops accepting and waits for the program's work under the drain timer;
 //! `inbound` takes what older processes relay. What a signal does is the role's table's
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use async_io::Timer;
 use smol::future::FutureExt as _;
 
+use super::drive::{self, Machine, Step};
 use super::role::{self, Action, Role};
 use super::{Setup, announce};
 use crate::config::Config;
@@ -57,14 +59,9 @@ mod upgrade;
 use inbound::{Inbound, forward_inbound, receive_any, relayed};
 use start::start;
 
-/// Where the server is.
-enum Phase {
-    Serving,
-    /// A successor is starting; this process serves meanwhile.
-    Upgrading(Upgrade),
-    Draining(Draining),
-    Done(Report),
-}
+/// Where the server is (see [`super::drive`]): restarting while a successor starts, which
+/// this process serves beside meanwhile.
+type Phase = Step<Upgrade, Draining>;
 
 /// A successor on its way up, and what to do once it is ready.
 struct Upgrade {
@@ -137,19 +134,28 @@ pub(crate) async fn run(setup: Setup, program: Rc<dyn Program>) -> io::Result<Re
     };
     let phases = async {
         let mut process = start(setup, program, edge).await?;
-        let mut phase = Phase::Serving;
-        let report = loop {
-            phase = match phase {
-                Phase::Serving => process.serving(None).await?,
-                Phase::Upgrading(upgrade) => process.serving(Some(upgrade)).await?,
-                Phase::Draining(draining) => process.draining(draining).await,
-                Phase::Done(report) => break report,
-            };
-        };
-        process.hooks.exiting(&report).await;
-        Ok(report)
+        drive::drive(&mut process, Step::Serving).await
     };
     phases.or(edge_failed).await
+}
+
+/// The phases of a process that serves and replaces itself, or a worker: `serving` (and
+/// `upgrade`), `draining`.
+impl Machine for Process {
+    type Restart = Upgrade;
+    type Drain = Draining;
+
+    async fn serving(&mut self, upgrade: Option<Upgrade>) -> io::Result<Phase> {
+        Process::serving(self, upgrade).await
+    }
+
+    async fn draining(&mut self, draining: Draining) -> Phase {
+        Process::draining(self, draining).await
+    }
+
+    async fn ending(&mut self, report: &Report) {
+        self.hooks.exiting(report).await;
+    }
 }
 
 /// The application's state as a message for the successor; an event says so when the state

@@ -81,7 +81,7 @@ impl Process {
             action @ (Action::Restart | Action::Spawn) => {
                 return self
                     .upgrade(action == Action::Restart)
-                    .map(Phase::Upgrading);
+                    .map(Phase::Restarting);
             }
             // A successor still starting is killed with its task.
             Action::Shutdown | Action::StopNow => {

@@ -44,6 +44,7 @@ use crate::signals::{Command, Signal, Signals};
 use crate::supervisor::Supervisor;
 
 use super::carried::{Carried, CarriedWorker};
+use super::drive::{self, Machine, Step};
 use super::role::{self, Action, Phase, Role};
 use super::{Alone, Setup};
 
@@ -91,9 +92,12 @@ struct Starting {
 
 /// Runs the supervising process until a shutdown signal has drained every worker.
 pub(crate) async fn supervise(setup: Setup) -> io::Result<Report> {
-    let executor = LocalExecutor::new();
-    let mut supervising = Supervising::start(setup)?;
-    let run = supervising.run(&executor);
+    let executor = Rc::new(LocalExecutor::new());
+    let mut supervising = Supervising::start(setup, executor.clone())?;
+    let run = async {
+        let first = supervising.first_step()?;
+        drive::drive(&mut supervising, first).await
+    };
     let tasks = async {
         loop {
             executor.tick().await;
@@ -103,6 +107,8 @@ pub(crate) async fn supervise(setup: Setup) -> io::Result<Report> {
 }
 
 struct Supervising {
+    /// Where the workers' start-up tasks run (beside the phases, on this thread).
+    executor: Rc<LocalExecutor<'static>>,
     listeners: Vec<Listener>,
     exec: Exec,
     config: Config,
@@ -130,7 +136,7 @@ struct Supervising {
 }
 
 impl Supervising {
-    fn start(setup: Setup) -> io::Result<Supervising> {
+    fn start(setup: Setup, executor: Rc<LocalExecutor<'static>>) -> io::Result<Supervising> {
         // The program's checks (certificates, say) run here too, so a broken set fails at
         // start-up, not in every worker (each worker runs them itself, so a restart picks up
         // new files).
@@ -157,6 +163,7 @@ impl Supervising {
         let notify = Supervisor::new(config.pid_file.clone());
         let count = config.workers.unwrap_or(1).max(1);
         let mut supervising = Supervising {
+            executor,
             count,
             listeners,
             exec,
@@ -214,62 +221,17 @@ impl Supervising {
         Ok(())
     }
 
-    async fn run(&mut self, executor: &LocalExecutor<'static>) -> io::Result<Report> {
-        let mut starting: Option<Starting> = None;
+    /// Where the first phase starts: the first generation starting, or, resumed after an
+    /// exec, serving with the workers it had.
+    fn first_step(&mut self) -> io::Result<Step<Starting, Signal>> {
         if self.workers.is_empty() {
             let all = (0..self.count).collect();
-            starting = Some(self.start_workers(executor, all, false)?);
-        } else {
-            // Resumed after an exec: systemd heard READY before it; collect what exited since.
-            self.reap();
+            let first = self.start_workers(&self.executor, all, false)?;
+            return Ok(Step::Restarting(first));
         }
-        let signal = loop {
-            match self.next_wake(&mut starting).await {
-                Wake::Reap => self.reap(),
-                Wake::Respawn(slot) => self.respawn(executor, slot),
-                Wake::Replaced(at, outcome) => {
-                    let replacement = self.replacing.swap_remove(at);
-                    self.started(replacement.restart, &replacement.slots, outcome);
-                }
-                Wake::Started(outcome) => {
-                    let Some(started) = starting.take() else {
-                        continue;
-                    };
-                    if self.started(started.restart, &started.slots, outcome) {
-                        if let Err(error) = self.reexec().await {
-                            (self.emit)(&Event::ReexecFailed { error: &error });
-                        }
-                    }
-                }
-                Wake::Signal(signal) => {
-                    let (signal, command) = signal?;
-                    if command != Command::Reap {
-                        (self.emit)(&Event::Signal { signal });
-                    }
-                    let phase = match &starting {
-                        Some(starting) if starting.restart => Phase::Restarting,
-                        _ => Phase::Serving,
-                    };
-                    match role::action(Role::Supervising, phase, command) {
-                        Action::Reap => self.reap(),
-                        Action::Shutdown | Action::StopNow => break signal,
-                        Action::Ignore(reason) => (self.emit)(&Event::Ignored { signal, reason }),
-                        // (A supervising process takes no SIGUSR2: the table says so.)
-                        Action::Restart | Action::Spawn => {
-                            if let Some(next) = self.restart(executor) {
-                                starting = Some(next);
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        // Workers still starting are killed with their tasks.
-        drop(starting);
-        self.replacing.clear();
-        let report = self.shutdown(signal).await;
-        self.hooks.exiting(&report).await;
-        Ok(report)
+        // Resumed after an exec: systemd heard READY before it; collect what exited since.
+        self.reap();
+        Ok(Step::Serving)
     }
 
     /// Waits for the next thing the supervising loop acts on: a signal, the generation
@@ -361,6 +323,72 @@ impl Supervising {
                 None
             }
         }
+    }
+}
+
+/// The phases of a supervising process: serving (workers come and go, a restart starts the
+/// next generation, `workers`), then the shutdown's drain (`shutdown`).
+impl Machine for Supervising {
+    type Restart = Starting;
+    type Drain = Signal;
+
+    async fn serving(
+        &mut self,
+        mut starting: Option<Starting>,
+    ) -> io::Result<Step<Starting, Signal>> {
+        let executor = self.executor.clone();
+        loop {
+            match self.next_wake(&mut starting).await {
+                Wake::Reap => self.reap(),
+                Wake::Respawn(slot) => self.respawn(&executor, slot),
+                Wake::Replaced(at, outcome) => {
+                    let replacement = self.replacing.swap_remove(at);
+                    self.started(replacement.restart, &replacement.slots, outcome);
+                }
+                Wake::Started(outcome) => {
+                    let Some(started) = starting.take() else {
+                        continue;
+                    };
+                    if self.started(started.restart, &started.slots, outcome) {
+                        if let Err(error) = self.reexec().await {
+                            (self.emit)(&Event::ReexecFailed { error: &error });
+                        }
+                    }
+                    return Ok(Step::Serving);
+                }
+                Wake::Signal(signal) => {
+                    let (signal, command) = signal?;
+                    if command != Command::Reap {
+                        (self.emit)(&Event::Signal { signal });
+                    }
+                    let phase = match &starting {
+                        Some(starting) if starting.restart => Phase::Restarting,
+                        _ => Phase::Serving,
+                    };
+                    match role::action(Role::Supervising, phase, command) {
+                        Action::Reap => self.reap(),
+                        // (Workers still starting are killed with their tasks, dropped here.)
+                        Action::Shutdown | Action::StopNow => return Ok(Step::Draining(signal)),
+                        Action::Ignore(reason) => (self.emit)(&Event::Ignored { signal, reason }),
+                        // (A supervising process takes no SIGUSR2: the table says so.)
+                        Action::Restart | Action::Spawn => {
+                            if let Some(next) = self.restart(&executor) {
+                                return Ok(Step::Restarting(next));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn draining(&mut self, signal: Signal) -> Step<Starting, Signal> {
+        self.replacing.clear();
+        Step::Done(self.shutdown(signal).await)
+    }
+
+    async fn ending(&mut self, report: &Report) {
+        self.hooks.exiting(report).await;
     }
 }
 
