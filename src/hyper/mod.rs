@@ -1,12 +1,12 @@
 //! hyper services on baton (feature `hyper`): a hyper 1.x [`Service`] served on the core,
-//! HTTP/1.1 and HTTP/2 without TLS (h2c, told apart by the HTTP/2 connection preface) on the
-//! same listeners, restarted with zero downtime.
+//! HTTP/1.1 and HTTP/2 (without TLS: h2c, told apart by the HTTP/2 connection preface; with
+//! it: by ALPN) on the same listeners, restarted with zero downtime.
 //!
 //! At a restart's drain:
 //! - an idle HTTP/1 keep-alive connection moves to the successor with the bytes hyper read
 //!   and had not used (any size, up to `Config::max_held_bytes`); a busy one moves once its
-//!   response is written. Without a successor that takes it, it answers what comes next with
-//!   `Connection: close`;
+//!   response is written. Where no successor takes it (a shutdown), a request already
+//!   arriving is answered with `Connection: close`, and an idle connection closes;
 //! - an HTTP/2 connection gets hyper's graceful GOAWAY (the last stream id at the maximum,
 //!   then the real one): open streams finish, and the client sends new ones to a new
 //!   connection, which the successor accepts;
@@ -17,7 +17,8 @@
 //!
 //! Everything runs on the thread that awaits [`serve`] ([`crate::Baton::serve_local`]): the
 //! core, each connection's task and HTTP/2's stream tasks, on one local executor; hyper's
-//! timer is async-io's. The service need not be `Send`.
+//! timer (the header read timeout it arms per request) is one heap swept by a task there.
+//! The service need not be `Send`.
 //!
 //! HTTP upgrades go through hyper's `hyper::upgrade::on`: the upgraded connection is the
 //! application's, which hears of the drain from [`crate::drain()`].
@@ -29,8 +30,10 @@
 mod conn;
 mod rt;
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -39,9 +42,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
 use smol::LocalExecutor;
-
-use std::cell::RefCell;
-use std::path::PathBuf;
 
 use crate::{Baton, Connection, ListenerInfo, Program, Report, Resumed};
 

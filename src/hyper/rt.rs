@@ -1,6 +1,7 @@
 //! hyper's runtime, on the core: the connection as hyper's `Read`/`Write` (baton's [`Stream`],
-//! with the bytes read before hyper took it first), an executor for HTTP/2's streams on the
-//! serving thread's local executor, and a timer on async-io.
+//! with the bytes read before hyper took it first; or a TLS session over one), an executor
+//! for HTTP/2's streams on the serving thread's local executor, and a timer: one heap swept
+//! by a task on that thread.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
