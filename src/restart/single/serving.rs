@@ -1,4 +1,4 @@
-//! `Serving` and `Upgrading`: the select loop that accepts, takes relayed connections and
+//! `Serving` and `Restarting`: the select loop that accepts, takes relayed connections and
 //! signals, and (while upgrading) waits for the successor.
 
 use super::*;
@@ -15,7 +15,7 @@ enum Wake {
 }
 
 impl Process {
-    /// `Serving` (no upgrade) and `Upgrading`: accept and serve until something changes the
+    /// `Serving` (no restart under way) and `Restarting`: accept and serve until something changes the
     /// phase.
     pub(super) async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
         if !self.datagrams_given {
