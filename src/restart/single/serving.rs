@@ -15,8 +15,8 @@ enum Wake {
 }
 
 impl Process {
-    /// `Serving` (no restart under way) and `Restarting`: accept and serve until something changes the
-    /// phase.
+    /// `Serving` (no restart under way) and `Restarting`: accept and serve until something
+    /// changes the phase.
     pub(super) async fn serving(&mut self, mut upgrade: Option<Upgrade>) -> io::Result<Phase> {
         if !self.datagrams_given {
             self.give_datagrams();
