@@ -303,3 +303,33 @@ fn a_websocket_over_tls_echoes_and_closes_with_1012_on_restart() {
     let reply = say(&mut again, "again");
     assert_eq!(reply.to_text().unwrap(), format!("{next}: again"));
 }
+
+/// SIGTERM while TLS connections wait in the listen queue (the process at its connection
+/// limit, holding an idle keep-alive connection): each is accepted by the shutdown, shakes
+/// hands, and its request is answered before it closes, never closed unread.
+#[test]
+fn a_shutdown_answers_tls_connections_that_wait_in_the_queue() {
+    let setup = setup("tls-queue");
+    let server = hello_tls(&setup, &["--max-connections", "1"]);
+    let config = setup.authority.client();
+    let mut idle = connect(server.addr, &config).unwrap();
+    assert_eq!(get(&mut idle, "/hello").unwrap().status, 200);
+    let addr = server.addr;
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let mut stream = connect(addr, &config).unwrap();
+            // (The handshake waits for the accept: at the shutdown.)
+            std::thread::spawn(move || get(&mut stream, "/hello").map_err(|e| format!("{e:?}")))
+        })
+        .collect();
+    signal(server.pid, Signal::TERM);
+    for thread in queued {
+        let reply = thread.join().unwrap();
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200),
+            "a queued TLS connection got {reply:?}\n{}",
+            server.dump()
+        );
+    }
+    drop(idle);
+}
