@@ -370,3 +370,37 @@ fn a_shutdown_answers_what_waits_in_the_queue_in_the_single_process() {
 fn a_shutdown_answers_what_waits_in_the_queue_with_workers() {
     a_shutdown_answers_what_waits_in_the_queue(Model::Workers);
 }
+
+/// SIGTERM while HTTP/2 connections wait in the listen queue: each connection's first
+/// request is answered (its stream was opened before the GOAWAY's last id), none refused.
+#[test]
+fn a_shutdown_answers_http2_connections_that_wait_in_the_queue() {
+    let mut command = Command::new(example("hyper"));
+    command.args(["--addr", "127.0.0.1:0", "--max-connections", "1"]);
+    let server = Server::start(command);
+    let mut idle = Client::new(server.addr);
+    assert_eq!(idle.get("/hello").unwrap().status, 200);
+    let addr = server.addr;
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let socket = TcpStream::connect(addr).unwrap();
+            std::thread::spawn(move || {
+                smol::block_on(async {
+                    let socket = smol::Async::new(socket).map_err(|e| e.to_string())?;
+                    let mut sender = common::h2::handshake_h2(socket).await?;
+                    get_h2(&mut sender, addr, "/hello").await
+                })
+            })
+        })
+        .collect();
+    common::signal(server.pid, common::Signal::TERM);
+    for thread in queued {
+        let answer = thread.join().unwrap();
+        assert!(
+            matches!(&answer, Ok(Some((200, _)))),
+            "a queued HTTP/2 connection got {answer:?}\n{}",
+            server.dump()
+        );
+    }
+    drop(idle);
+}

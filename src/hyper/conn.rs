@@ -84,6 +84,8 @@ pub(super) struct Flight {
     idle: Cell<Option<Waker>>,
     /// A request was answered 503 at the cut: the connection closes after it.
     cut: Cell<bool>,
+    /// Requests the connection has taken so far.
+    started: Cell<u64>,
 }
 
 /// One request in flight: counted for the drain and its connection until dropped.
@@ -95,6 +97,7 @@ struct InFlight {
 impl InFlight {
     fn new(flight: &Rc<Flight>, drain: &Drain) -> InFlight {
         flight.count.set(flight.count.get() + 1);
+        flight.started.set(flight.started.get() + 1);
         InFlight {
             flight: flight.clone(),
             _busy: drain.busy(),
@@ -377,10 +380,33 @@ where
     B: HttpBody<Data = Bytes> + 'static,
     B::Error: Into<BoxError>,
 {
-    let service = Counted::new(&shared, &drain, Rc::default(), true);
-    let conn = pin!(shared.http2.serve_connection(io, service));
+    let flight = Rc::new(Flight::default());
+    let service = Counted::new(&shared, &drain, flight.clone(), true);
+    let mut conn = pin!(shared.http2.serve_connection(io, service));
+    if drain.is_draining() {
+        // Accepted from the queue at a shutdown: the GOAWAY waits for the connection's first
+        // stream (or a moment), which it then counts in, so that it is answered, not refused
+        // with nowhere left to retry it.
+        let mut late = pin!(async_io::Timer::after(FIRST_STREAM_WAIT));
+        let ended = poll_fn(|cx| {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            let taken = flight.started.get() > 0;
+            match taken || late.as_mut().poll(cx).is_ready() {
+                true => Poll::Ready(false),
+                false => Poll::Pending,
+            }
+        });
+        if ended.await {
+            return;
+        }
+    }
     let _ = until_drained(conn, &drain, |conn| conn.graceful_shutdown()).await;
 }
+
+/// How long an HTTP/2 connection accepted at a shutdown may take to open its first stream.
+const FIRST_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A TLS connection: the handshake (bounded in time), then HTTP/2 if ALPN chose `h2`, else
 /// HTTP/1.1. A TLS session cannot move to another process: at the drain an HTTP/1 connection
