@@ -100,13 +100,19 @@ pub(crate) async fn drive<T>(
     let (core_waker, tasks_waker) = (flag(false), flag(true));
     let mut core = pin!(core);
     // Runs ready tasks when polled, a few at a time between looks at the connections (see
-    // `TASKS_BETWEEN_IO_CHECKS`); else leaves its waker with the executor.
+    // `TASKS_BETWEEN_IO_CHECKS`); else leaves its waker with the executor. Ready tasks run
+    // through `try_tick` (no ticker made and dropped per task); only when none is ready does
+    // `tick` register a ticker, and wait.
     let mut tasks = pin!(async {
         loop {
-            for _ in 0..TASKS_BETWEEN_IO_CHECKS {
-                executor.tick().await;
+            let mut ran = 0;
+            while ran < TASKS_BETWEEN_IO_CHECKS && executor.try_tick() {
+                ran += 1;
             }
-            smol::future::yield_now().await;
+            match ran == TASKS_BETWEEN_IO_CHECKS {
+                true => smol::future::yield_now().await,
+                false => executor.tick().await,
+            }
         }
     });
     let done = std::future::poll_fn(|cx| {
