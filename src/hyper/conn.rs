@@ -362,10 +362,10 @@ where
     // No successor takes it (a shutdown, say): a request already arriving is answered here,
     // and the connection closes; an idle one closes now, as any server's at its shutdown.
     if moved.is_err() && !held.is_empty() {
-        let mut last = shared.http1.clone();
-        last.keep_alive(false);
         let rest = Counted::new(&shared, &drain, flight, false);
-        let rest = last.serve_connection(Io::new(io.stream, held), rest);
+        let rest = shared
+            .http1_last
+            .serve_connection(Io::new(io.stream, held), rest);
         let _ = rest.with_upgrades().await;
     }
 }
@@ -441,9 +441,8 @@ pub(super) async fn serve_tls<S, B>(
     if drain.is_draining() {
         // Accepted from the queue at a shutdown: its first request is answered, then it
         // closes (a graceful shutdown now would close it before it is read).
-        let mut last = shared.http1.clone();
-        last.keep_alive(false);
-        let _ = last.serve_connection(io, service).with_upgrades().await;
+        let last = shared.http1_last.serve_connection(io, service);
+        let _ = last.with_upgrades().await;
         return;
     }
     let conn = pin!(shared.http1.serve_connection(io, service).with_upgrades());

@@ -51,6 +51,8 @@ pub use conn::Body;
 struct Shared<S> {
     service: Rc<S>,
     http1: http1::Builder,
+    /// `http1` with keep-alive off: for a connection that answers what arrives, then closes.
+    http1_last: http1::Builder,
     http2: http2::Builder<rt::Exec>,
 }
 
@@ -129,12 +131,15 @@ impl Server {
         executor.spawn(timer.clone().sweep()).detach();
         let mut http1 = http1::Builder::new();
         http1.timer(timer.clone());
+        let mut http1_last = http1.clone();
+        http1_last.keep_alive(false);
         let mut http2 = http2::Builder::new(rt::Exec(executor.clone()));
         http2.timer(timer);
         let program = Hyper {
             shared: Rc::new(Shared {
                 service: Rc::new(service),
                 http1,
+                http1_last,
                 http2,
             }),
             executor: executor.clone(),
