@@ -1,6 +1,7 @@
 //! A serving thread that drives itself ([`crate::Baton::serve_local`], which the HTTP server
-//! uses): the core's future and the connections' tasks run here, and when neither has anything to do the thread waits on the connections' epoll
-//! itself (`epoll_wait`, nothing else), as tokio's does.
+//! uses): the core's future and the connections' tasks run here, and when neither has
+//! anything to do the thread waits on the connections' epoll itself (`epoll_wait`, nothing
+//! else), as tokio's does.
 //!
 //! Waiting in async-io's reactor instead costs four more syscalls around each wait (its
 //! timerfd set and re-armed, its notifier read and re-armed) and a re-arm of the epoll's own
