@@ -160,6 +160,12 @@ impl Baton {
         Ok(Baton { setup })
     }
 
+    /// What this hands a restart machine (the phases' unit tests drive one in-process).
+    #[cfg(test)]
+    pub(crate) fn into_setup(self) -> Setup {
+        self.setup
+    }
+
     /// The first TCP listener's address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.setup.listeners.iter().find_map(|l| match l.local {

@@ -54,6 +54,8 @@ mod draining;
 mod inbound;
 mod serving;
 mod start;
+#[cfg(test)]
+mod tests;
 mod upgrade;
 
 use inbound::{Inbound, forward_inbound, receive_any, relayed};
