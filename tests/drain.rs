@@ -54,11 +54,13 @@ fn a_thread_the_server_does_not_run_sees_the_drain_of_a_worker() {
 fn a_stream_made_on_another_thread_ends_at_the_drain(server: Server, workers: bool) {
     let serving = common::serving_pid(server.addr);
     let addr = server.addr;
+    let seen = common::Seen::default();
+    let seen_there = seen.clone();
     let reader = std::thread::spawn(move || {
-        let ids = common::event_stream(addr, "/events-elsewhere", None);
+        let ids = common::event_stream_seen(addr, "/events-elsewhere", None, &seen_there);
         (ids, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(450));
+    seen.wait_more(3);
     let restarted = Instant::now();
     restart(&server, serving, workers);
     let (ids, ended) = reader.join().unwrap();

@@ -171,7 +171,7 @@ fn the_count_never_repeats_or_skips_across_fifty_fast_restarts() {
     for _ in 0..50 {
         pid = server.restart(pid);
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    common::served_by(addr, pid);
     stop.store(true, Ordering::Relaxed);
     let counts = client.join().unwrap();
     let wrong: Vec<(usize, u64)> = counts

@@ -440,22 +440,26 @@ fn server_sent_events_continue_across_five_restarts_without_a_gap_or_a_repeat() 
     let addr = server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopping = stop.clone();
+    let seen = common::Seen::default();
+    let arriving = seen.clone();
     let client = std::thread::spawn(move || {
         let (mut ids, mut streams) = (Vec::new(), 0);
         while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-            ids.extend(common::event_stream(addr, "/events", ids.last().copied()));
+            let last = ids.last().copied();
+            ids.extend(common::event_stream_seen(addr, "/events", last, &arriving));
             streams += 1;
         }
         (ids, streams)
     });
     let mut pid = server.pid;
+    // Each process sends a few events before it is replaced.
     for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(350));
+        seen.wait_more(3);
         let next = server.restart(pid);
         assert!(wait_gone(pid, DEADLINE));
         pid = next;
     }
-    std::thread::sleep(Duration::from_millis(350));
+    seen.wait_more(3);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     // The last stream ends with one more restart.
     server.restart(pid);

@@ -134,7 +134,7 @@ fn a_request_cut_by_a_shutdown_says_the_server_is_shutting_down() {
             server.workers_ready(1, 1);
         }
         let slow = std::thread::spawn(move || common::get(addr, "/slow?ms=10000"));
-        std::thread::sleep(Duration::from_millis(200));
+        server.wait_in_flight("/slow", 1);
         signal(server.pid, Signal::TERM);
         let reply = slow.join().unwrap().expect("a reply");
         assert_eq!(reply.status, 503, "--workers {workers}");

@@ -253,6 +253,8 @@ fn messages_read_ahead_of_the_answers_move_with_the_socket() {
         writer.write_all(&rest).unwrap();
         sent
     });
+    let seen = common::Seen::default();
+    let arriving = seen.clone();
     let answers = std::thread::spawn(move || {
         let mut got = Vec::new();
         // Until the close the final shutdown sends.
@@ -260,6 +262,7 @@ fn messages_read_ahead_of_the_answers_move_with_the_socket() {
             let text = String::from_utf8(payload).unwrap();
             let (pid, n) = text.split_once(": ").expect("pid: n");
             got.push((pid.parse::<u32>().unwrap(), n.parse::<u64>().unwrap()));
+            arriving.add(1);
             if got.len() as u64 >= 40_000 {
                 break;
             }
@@ -267,17 +270,19 @@ fn messages_read_ahead_of_the_answers_move_with_the_socket() {
         got
     });
     let mut pid = server.pid;
+    // Each process answers a few bursts before it is replaced.
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(150));
+        seen.wait_more(100);
         let successor = server.restart(pid);
         assert!(wait_gone(pid, DEADLINE), "{}", server.dump());
         pid = successor;
     }
-    std::thread::sleep(Duration::from_millis(150));
+    seen.wait_more(100);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sender.join().unwrap();
-    // Let the last answers arrive, then end the reader by closing the server.
-    std::thread::sleep(Duration::from_millis(300));
+    // The last answers arrive (a missing one fails here, named below), then the server's
+    // close ends the reader.
+    seen.reaches(sent as usize);
     signal(pid, Signal::TERM);
     let got = answers.join().unwrap();
     let numbers: Vec<u64> = got.iter().map(|a| a.1).collect();

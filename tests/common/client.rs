@@ -258,6 +258,61 @@ fn read_chunked(stream: &mut impl BufRead) -> Result<Vec<u8>, Failure> {
 /// carried, in order; panics unless it ended cleanly (the zero-length chunk, the last event
 /// whole).
 pub fn event_stream(addr: std::net::SocketAddr, path: &str, last: Option<u64>) -> Vec<u64> {
+    event_stream_seen(addr, path, last, &Seen::default())
+}
+
+/// A count that one thread advances as things arrive (events, answers) and another waits on,
+/// instead of sleeping while they accumulate.
+#[derive(Clone, Debug, Default)]
+pub struct Seen(Arc<(Mutex<usize>, Condvar)>);
+
+impl Seen {
+    /// `n` more have arrived.
+    pub fn add(&self, n: usize) {
+        *self.0.0.lock().unwrap() += n;
+        self.0.1.notify_all();
+    }
+
+    /// How many have arrived.
+    pub fn count(&self) -> usize {
+        *self.0.0.lock().unwrap()
+    }
+
+    /// Waits until `n` more than now have arrived; panics after [`DEADLINE`].
+    pub fn wait_more(&self, n: usize) {
+        self.wait_until(self.count() + n);
+    }
+
+    /// Waits until `target` have arrived in all; panics after [`DEADLINE`].
+    pub fn wait_until(&self, target: usize) {
+        assert!(
+            self.reaches(target),
+            "{} of {target} arrived within {DEADLINE:?}",
+            self.count()
+        );
+    }
+
+    /// Waits up to [`DEADLINE`] for `target` to have arrived in all; whether they did.
+    pub fn reaches(&self, target: usize) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        let mut count = self.0.0.lock().unwrap();
+        while *count < target {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            count = self.0.1.wait_timeout(count, left).unwrap().0;
+        }
+        true
+    }
+}
+
+/// [`event_stream`], adding each event to `seen` as it arrives.
+pub fn event_stream_seen(
+    addr: std::net::SocketAddr,
+    path: &str,
+    last: Option<u64>,
+    seen: &Seen,
+) -> Vec<u64> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -290,6 +345,7 @@ pub fn event_stream(addr: std::net::SocketAddr, path: &str, last: Option<u64>) -
         let mut chunk = vec![0u8; size + 2];
         reader.read_exact(&mut chunk).unwrap();
         text.extend_from_slice(&chunk[..size]);
+        seen.add(chunk.windows(4).filter(|w| w == b"id: ").count());
     }
     let text = String::from_utf8(text).unwrap();
     assert!(text.ends_with("\n\n"), "the last event is cut: {text:?}");
