@@ -497,7 +497,16 @@ fn a_successor_that_cannot_be_executed_never_takes_the_service_down(workers: &st
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&path);
     scratch.install("hello", &binary());
-    let good = reload();
+    // Another test's fork may still hold the new file open for writing for a moment (the
+    // kernel then refuses to execute it: ETXTBSY); the restart is asked again until then.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let good = loop {
+        let good = reload();
+        let busy = String::from_utf8_lossy(&good.stderr).contains("Text file busy");
+        if !busy || std::time::Instant::now() > deadline {
+            break good;
+        }
+    };
     assert!(good.status.success(), "{good:?}\n{}", server.dump());
     workers_ready(&server, 2, count);
     no_zombies(server.pid);
