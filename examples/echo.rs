@@ -22,13 +22,11 @@
 
 use std::future::Future;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton::{Baton, Connection, Datagrams, Drain, Program, Resumed, Stream};
-use smol::LocalExecutor;
 
 /// What every connection of the process shares.
 struct Echo {
@@ -37,7 +35,7 @@ struct Echo {
     /// Lines answered, carried across restarts.
     count: Arc<AtomicU64>,
     /// Where connections run (`--local`: the core's thread), else smol's global executor.
-    local: Option<Rc<LocalExecutor<'static>>>,
+    local: Option<baton::Local>,
 }
 
 impl Program for Echo {
@@ -284,7 +282,7 @@ fn main() -> ExitCode {
         .on_inherit_state(move |state| taken.store(state.as_u64().unwrap_or(0), Ordering::Relaxed));
     // (The kind lives as long as the process.)
     let kind: &'static str = Box::leak(options.kind.into_boxed_str());
-    let local = options.local.then(|| Rc::new(LocalExecutor::new()));
+    let local = options.local.then(baton::Local::new);
     let echo = Echo {
         kind,
         count,

@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::handoff::Exec;
 use crate::hooks::Hooks;
+use crate::io::local::Local;
 use crate::listener::{Address, Inheritance, Listener, ListenerInfo, Origin};
 use crate::program::Program;
 use crate::report::Report;
@@ -391,7 +392,7 @@ impl Baton {
         }
     }
 
-    /// Serves as [`Baton::serve`] does, and runs `executor`'s tasks on this thread beside the
+    /// Serves as [`Baton::serve`] does, and runs `local`'s tasks on this thread beside the
     /// core: a program that spawns its connections there (from [`Program::accepted`] and
     /// [`Program::resumed`], which run on this thread) gets tokio `current_thread`'s shape.
     /// When neither the core nor a task has anything to do, this thread waits on the
@@ -401,11 +402,7 @@ impl Baton {
     /// thread switch and no syscall besides its reads and writes. Give it a thread of its own
     /// (`smol::block_on` in `main`), not a task on an executor other tasks share: it blocks that
     /// thread while it waits. Streams still work from other threads' tasks too.
-    pub async fn serve_local(
-        self,
-        program: impl Program,
-        executor: Rc<smol::LocalExecutor<'static>>,
-    ) -> io::Result<Report> {
-        crate::io::driver::drive(self.serve(program), executor).await
+    pub async fn serve_local(self, program: impl Program, local: Local) -> io::Result<Report> {
+        crate::io::driver::drive(self.serve(program), local).await
     }
 }

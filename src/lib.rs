@@ -145,6 +145,7 @@ pub use http::conn::{UpgradeReceiver, Upgraded, upgrade};
 pub use http::{Server, lean, websocket};
 pub use io::datagram::Datagrams;
 pub use io::deadline::{Deadline, Deadlines};
+pub use io::local::Local;
 pub use io::stream::Stream;
 pub use listener::ListenerInfo;
 pub use program::{Connection, Program, Resumed};

@@ -35,7 +35,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use http_types::{Request, Response};
-use smol::LocalExecutor;
 
 use crate::Deadlines;
 use crate::baton::Baton;
@@ -279,7 +278,7 @@ impl Server {
         });
         // Connections' readiness comes from the core's edge (see `crate::Stream`), their
         // idle timeouts from one sweeper (see `deadline`).
-        let executor = Rc::new(LocalExecutor::new());
+        let executor = crate::io::local::Local::new();
         executor.spawn(Deadlines::install()).detach();
         let program = program::Http {
             executor: executor.clone(),

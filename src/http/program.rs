@@ -8,7 +8,6 @@ use std::io;
 use std::rc::Rc;
 
 use http_types::{Request, Response};
-use smol::LocalExecutor;
 
 use super::Resume;
 use super::conn;
@@ -19,7 +18,7 @@ use crate::program::{Connection, Program, Resumed};
 
 /// What every connection of the server shares: the handlers and the settings.
 pub(super) struct Http<F> {
-    pub(super) executor: Rc<LocalExecutor<'static>>,
+    pub(super) executor: crate::io::local::Local,
     pub(super) handler: Rc<F>,
     pub(super) lean: Option<super::lean::Handler>,
     pub(super) resumers: Vec<(String, Resume)>,

@@ -41,7 +41,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use smol::LocalExecutor;
 
 use crate::{Baton, Connection, ListenerInfo, Program, Report, Resumed};
 
@@ -59,7 +58,7 @@ struct Shared<S> {
 /// The program: each connection a task on the serving thread's executor.
 struct Hyper<S> {
     shared: Rc<Shared<S>>,
-    executor: Rc<LocalExecutor<'static>>,
+    executor: crate::Local,
     /// Loaded before this process reports ready, if a listener is a `tls:` one.
     tls: Rc<RefCell<Option<Acceptor>>>,
 }
@@ -126,7 +125,7 @@ impl Server {
             *loaded.borrow_mut() = load_tls(listeners, files.as_ref())?;
             Ok(())
         });
-        let executor = Rc::new(LocalExecutor::new());
+        let executor = crate::Local::new();
         let timer = rt::Timer::default();
         executor.spawn(timer.clone().sweep()).detach();
         let mut http1 = http1::Builder::new();

@@ -8,7 +8,6 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use smol::future::FutureExt as _;
 
 use hyper::rt::{ReadBufCursor, Sleep};
-use smol::LocalExecutor;
 
 use crate::Stream;
 use crate::config::timing::DEADLINE_GRAIN as GRAIN;
@@ -144,7 +142,7 @@ impl<T: smol::io::AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
 
 /// HTTP/2's stream tasks, on the serving thread's local executor.
 #[derive(Clone)]
-pub(super) struct Exec(pub(super) Rc<LocalExecutor<'static>>);
+pub(super) struct Exec(pub(super) crate::Local);
 
 impl<F> hyper::rt::Executor<F> for Exec
 where
@@ -378,7 +376,7 @@ mod tests {
 
     #[test]
     fn sleeps_fire_once_due_and_a_reset_moves_one() {
-        let executor = LocalExecutor::new();
+        let executor = smol::LocalExecutor::new();
         let timer = Timer::default();
         executor.spawn(timer.clone().sweep()).detach();
         smol::block_on(executor.run(async {

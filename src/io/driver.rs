@@ -13,16 +13,15 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use smol::LocalExecutor;
 use smol::future::FutureExt as _;
 
 use crate::config::timing::TASKS_BETWEEN_IO_CHECKS;
 use crate::io::edge::Edge;
+use crate::io::local::Local;
 
 /// What was woken since it last ran, and whether the thread waits on the epoll.
 struct Woken {
@@ -35,7 +34,7 @@ struct Woken {
     outer: Mutex<Option<Waker>>,
 }
 
-/// The waker of the core's future (`tasks: false`) or of the executor (`true`).
+/// The waker of the core's future (`tasks: false`) or of the local tasks (`true`).
 struct Flag {
     woken: Arc<Woken>,
     tasks: bool,
@@ -72,16 +71,16 @@ impl Woken {
     }
 }
 
-/// Runs `core` (the core's serving future) and `executor`'s tasks on this thread until `core`
+/// Runs `core` (the core's serving future) and `local`'s tasks on this thread until `core`
 /// is done, waiting on the connections' epoll when idle (see the module's notes). Without an
-/// epoll (or its notifier), the executor runs beside `core` in `block_on` as any future does.
-pub(crate) async fn drive<T>(
-    core: impl Future<Output = T>,
-    executor: Rc<LocalExecutor<'static>>,
-) -> T {
+/// epoll (or its notifier), the tasks run beside `core` in `block_on` as any future does.
+pub(crate) async fn drive<T>(core: impl Future<Output = T>, local: Local) -> T {
     let driven = Edge::global().and_then(|edge| edge.set_thread_driven(true).map(|()| edge));
     let Ok(edge) = driven.cloned() else {
-        let tasks = async move { executor.run(std::future::pending::<T>()).await };
+        let tasks = async move {
+            local.run_forever(TASKS_BETWEEN_IO_CHECKS).await;
+            unreachable!("runs for ever")
+        };
         return core.or(tasks).await;
     };
     let woken = Arc::new(Woken {
@@ -100,22 +99,6 @@ pub(crate) async fn drive<T>(
     };
     let (core_waker, tasks_waker) = (flag(false), flag(true));
     let mut core = pin!(core);
-    // Runs ready tasks when polled, a few at a time between looks at the connections (see
-    // `TASKS_BETWEEN_IO_CHECKS`); else leaves its waker with the executor. Ready tasks run
-    // through `try_tick` (no ticker made and dropped per task); only when none is ready does
-    // `tick` register a ticker, and wait.
-    let mut tasks = pin!(async {
-        loop {
-            let mut ran = 0;
-            while ran < TASKS_BETWEEN_IO_CHECKS && executor.try_tick() {
-                ran += 1;
-            }
-            match ran == TASKS_BETWEEN_IO_CHECKS {
-                true => smol::future::yield_now().await,
-                false => executor.tick().await,
-            }
-        }
-    });
     let done = std::future::poll_fn(|cx| {
         loop {
             if woken.core.swap(false, SeqCst) {
@@ -124,8 +107,13 @@ pub(crate) async fn drive<T>(
                     return Poll::Ready(out);
                 }
             }
+            // Ready tasks, a few at a time between looks at the connections (see
+            // `TASKS_BETWEEN_IO_CHECKS`); with none ready, the queue keeps the waker.
             if woken.tasks.swap(false, SeqCst) {
-                let _ = tasks.as_mut().poll(&mut Context::from_waker(&tasks_waker));
+                let mut cx = Context::from_waker(&tasks_waker);
+                if local.run(&mut cx, TASKS_BETWEEN_IO_CHECKS).is_ready() {
+                    woken.tasks.store(true, SeqCst);
+                }
             }
             if woken.failed.load(SeqCst) {
                 // The core hears of the failure and stops; until then, park in `block_on`.

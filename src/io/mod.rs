@@ -4,6 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`driver`] | a serving thread that runs the core and a local executor, and waits on `edge` itself when idle |
+//! | [`local`] | [`local::Local`], the serving thread's tasks in one queue it runs between looks at `edge` |
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
 //! | [`deadline`] | `Deadline`: idle connections' coarse deadlines in one heap per serving thread, one sweeper (`Deadlines`) |
 //! | [`ready`] | no syscall on a source that said `EAGAIN` until the reactor reports it |
@@ -16,6 +17,7 @@ pub(crate) mod datagram;
 pub(crate) mod deadline;
 pub(crate) mod driver;
 pub(crate) mod edge;
+pub(crate) mod local;
 pub(crate) mod ready;
 pub(crate) mod stream;
 
