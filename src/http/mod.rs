@@ -250,7 +250,7 @@ impl Server {
 
     /// Serves until a restart hands over to a successor or a shutdown signal arrives, then
     /// drains and returns what the drain cut short (see [`Baton::serve`]). Runs on one
-    /// thread: every connection is a task on a local executor inside this future, and when
+    /// thread: every connection is a task on a `Local` inside this future, and when
     /// there is nothing to do the future blocks that thread in `epoll_wait` on the
     /// connections' epoll (async-io's reactor runs on its own thread meanwhile, for signals
     /// and timers). Give it a thread of its own (`smol::block_on` in `main`, as the examples

@@ -16,7 +16,7 @@
 //!   (`REFUSED_STREAM`, which a client may retry: it was never processed) (HTTP/2).
 //!
 //! Everything runs on the thread that awaits [`serve`] ([`crate::Baton::serve_local`]): the
-//! core, each connection's task and HTTP/2's stream tasks, on one local executor; hyper's
+//! core, each connection's task and HTTP/2's stream tasks, on one `Local`; hyper's
 //! timer (the header read timeout it arms per request) is one heap swept by a task there.
 //! The service need not be `Send`.
 //!

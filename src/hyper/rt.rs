@@ -1,6 +1,6 @@
 //! hyper's runtime, on the core: the connection as hyper's `Read`/`Write` (baton's [`Stream`],
 //! with the bytes read before hyper took it first; or a TLS session over one), an executor
-//! for HTTP/2's streams on the serving thread's local executor, and a timer: one heap swept
+//! for HTTP/2's streams on the serving thread's `Local`, and a timer: one heap swept
 //! by a task on that thread.
 
 use std::cmp::Reverse;
@@ -140,7 +140,7 @@ impl<T: smol::io::AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<T> {
     }
 }
 
-/// HTTP/2's stream tasks, on the serving thread's local executor.
+/// HTTP/2's stream tasks, on the serving thread's `Local`.
 #[derive(Clone)]
 pub(super) struct Exec(pub(super) crate::Local);
 

@@ -3,7 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`driver`] | a serving thread that runs the core and a local executor, and waits on `edge` itself when idle |
+//! | [`driver`] | a serving thread that runs the core and a [`local::Local`], and waits on `edge` itself when idle |
 //! | [`local`] | [`local::Local`], the serving thread's tasks in one queue it runs between looks at `edge` |
 //! | [`edge`] | plain TCP connections (and listeners) in an edge-triggered epoll of their own, registered once |
 //! | [`deadline`] | `Deadline`: idle connections' coarse deadlines in one heap per serving thread, one sweeper (`Deadlines`) |
