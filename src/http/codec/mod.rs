@@ -584,40 +584,60 @@ impl ResponseHead<'_> {
     }
 
     fn status_line(&self, out: &mut Vec<u8>) {
-        // The server's own version, whatever the request's (RFC 9110 §2.5).
-        out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(out, u64::from(self.status));
-        out.push(b' ');
-        out.extend_from_slice(self.reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // The server's own version, whatever the request's (RFC 9110 §2.5). The commonest
+        // lines whole, in one copy.
+        let whole: &[u8] = match (self.status, self.reason) {
+            (200, "OK") => b"HTTP/1.1 200 OK\r\n",
+            (204, "No Content") => b"HTTP/1.1 204 No Content\r\n",
+            (304, "Not Modified") => b"HTTP/1.1 304 Not Modified\r\n",
+            (404, "Not Found") => b"HTTP/1.1 404 Not Found\r\n",
+            _ => {
+                out.extend_from_slice(b"HTTP/1.1 ");
+                push_decimal(out, u64::from(self.status));
+                out.push(b' ');
+                out.extend_from_slice(self.reason.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                return;
+            }
+        };
+        out.extend_from_slice(whole);
     }
 
-    /// After the fields: a `date` unless they had one, the framing, the blank line.
+    /// After the fields: a `date` unless they had one, the framing, the blank line (the
+    /// framing and the blank line written out in one copy).
     fn finish(&self, has_date: bool, out: &mut Vec<u8>) {
         if !has_date {
             out.extend_from_slice(b"date: ");
             date::push_now(out);
             out.extend_from_slice(b"\r\n");
         }
+        let mut tail = Tail::default();
         match self.length {
             Length::Known(n) => {
-                out.extend_from_slice(b"content-length: ");
-                push_decimal(out, n);
-                out.extend_from_slice(b"\r\n");
+                tail.push(b"content-length: ");
+                tail.push_decimal(n);
+                tail.push(b"\r\n");
             }
-            Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Length::Chunked => tail.push(b"transfer-encoding: chunked\r\n"),
             Length::Omitted | Length::UntilClose => {}
         }
         if self.close {
-            out.extend_from_slice(b"connection: close\r\n");
+            tail.push(b"connection: close\r\n");
         } else if self.minor == 0 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+            tail.push(b"connection: keep-alive\r\n");
         }
-        out.extend_from_slice(b"\r\n");
+        tail.push(b"\r\n");
+        out.extend_from_slice(tail.as_slice());
     }
 }
 
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let (digits, at) = decimal(n);
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n`'s decimal digits: they start at the index returned.
+fn decimal(mut n: u64) -> ([u8; 20], usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -625,10 +645,41 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         digits[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return (digits, at);
         }
     }
-    out.extend_from_slice(&digits[at..]);
+}
+
+/// The end of a response head, gathered on the stack: the framing field, `connection`, the
+/// blank line (at most 16 + 20 + 2 + 24 + 2 bytes).
+struct Tail {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for Tail {
+    fn default() -> Tail {
+        Tail {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl Tail {
+    fn push(&mut self, part: &[u8]) {
+        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+    }
+
+    fn push_decimal(&mut self, n: u64) {
+        let (digits, at) = decimal(n);
+        self.push(&digits[at..]);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Appends a lowercase hexadecimal number (chunk sizes).

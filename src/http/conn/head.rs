@@ -109,8 +109,9 @@ fn try_lean(
     if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
         return None;
     }
-    let (path, query) = match head.target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    // A byte loop: targets are short, and `split_once`'s char search costs more.
+    let (path, query) = match head.target.bytes().position(|b| b == b'?') {
+        Some(at) => (&head.target[..at], Some(&head.target[at + 1..])),
         None => (head.target, None),
     };
     let request = crate::http::lean::Request {
