@@ -412,3 +412,80 @@ fn the_bare_lf_scan_agrees_with_the_plain_one() {
         assert_eq!(has_bare_lf(&head), plain(&head), "{head:?}");
     }
 }
+
+/// The check that looks only where lines end agrees with a scan of every byte, on heads built
+/// from every choice of CRLF or bare LF for each line (blank lines before the request line
+/// too), and on heads whose bytes were replaced at random by CR, LF or a letter: whatever
+/// httparse completes, a bare LF in it is refused.
+#[test]
+fn a_bare_lf_is_found_wherever_a_line_ends() {
+    let plain = |h: &[u8]| (0..h.len()).any(|i| h[i] == b'\n' && (i == 0 || h[i - 1] != b'\r'));
+    let lines: [&[u8]; 4] = [
+        b"GET /a?b HTTP/1.1",
+        b"Host: x",
+        b"A: 1 ",
+        b"Content-Length: 0",
+    ];
+    for fields in 1..lines.len() {
+        for leading in 0..3usize {
+            // One bit per line end: the leading blank lines, the request line, each field, the
+            // blank line that ends the head.
+            let ends = leading + fields + 2;
+            for bare in 0..1u32 << ends {
+                let mut head = Vec::new();
+                let mut end = 0;
+                let mut push_end = |head: &mut Vec<u8>| {
+                    head.extend_from_slice(if bare >> end & 1 == 1 { b"\n" } else { b"\r\n" });
+                    end += 1;
+                };
+                for _ in 0..leading {
+                    push_end(&mut head);
+                }
+                for line in &lines[..=fields] {
+                    head.extend_from_slice(line);
+                    push_end(&mut head);
+                }
+                push_end(&mut head);
+                let mut storage = no_headers();
+                let parsed = parse_head(&head, &mut storage, 8192);
+                let text = String::from_utf8_lossy(&head).escape_debug().to_string();
+                if bare == 0 {
+                    assert!(matches!(parsed, Ok(Some(_))), "{text}");
+                } else {
+                    assert!(
+                        matches!(parsed, Err(Reject::BadRequest("bare LF line ending"))),
+                        "{text}"
+                    );
+                }
+            }
+        }
+    }
+    let valid = b"GET /a HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 22\r\n\r\n";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut completed = 0;
+    for _ in 0..20_000 {
+        let mut head = valid.to_vec();
+        for _ in 0..3 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state >> 8) as usize % head.len();
+            head[at] = [b'\r', b'\n', b'a', b' '][(state & 3) as usize];
+        }
+        let mut fields = no_headers();
+        let mut request = httparse::Request::new(&mut []);
+        if let Ok(httparse::Status::Complete(len)) =
+            request.parse_with_uninit_headers(&head, &mut fields)
+        {
+            completed += 1;
+            let head = &head[..len];
+            assert_eq!(
+                head_has_bare_lf(head, request.headers),
+                plain(head),
+                "{}",
+                String::from_utf8_lossy(head).escape_debug()
+            );
+        }
+    }
+    assert!(completed > 1000, "only {completed} heads were complete");
+}
