@@ -229,6 +229,32 @@ fn formats_http_dates() {
     );
 }
 
+/// The `Date` written now is the wall clock's second (the coarse clock may trail it by a
+/// tick, so the second before is allowed too).
+#[test]
+fn the_date_written_is_now() {
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    for _ in 0..3 {
+        let before = second();
+        let mut out = Vec::new();
+        date::push_now(&mut out);
+        let after = second();
+        let written = (before - 1..=after).find(|&s| out == date::format(s));
+        assert!(
+            written.is_some(),
+            "{} is not between {} and {}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&date::format(before - 1)),
+            String::from_utf8_lossy(&date::format(after))
+        );
+    }
+}
+
 /// A small deterministic generator: the property tests below repeat exactly.
 struct Rng(u64);
 
