@@ -729,10 +729,9 @@ pub(crate) mod date {
         static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
 
-    /// The wall clock's whole seconds. On Linux the coarse clock (the time of the last tick,
-    /// a few milliseconds behind at most: plenty for a header that shows seconds), read
-    /// without the counter `SystemTime::now` reads and without its `Duration` arithmetic.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    /// The wall clock's whole seconds from the coarse clock (the time of the last tick, a few
+    /// milliseconds behind at most: plenty for a header that shows seconds), read without the
+    /// counter `SystemTime::now` reads and without its `Duration` arithmetic.
     fn seconds() -> u64 {
         // Through libc rather than rustix: rustix finds the vDSO itself and faults under
         // valgrind, which the benchmark counts instructions with.
@@ -744,13 +743,6 @@ pub(crate) mod date {
         // clock id is a constant the kernel knows; on any failure `now` stays zero.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
         u64::try_from(now.tv_sec).unwrap_or(0)
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn seconds() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
 
     /// Appends the current time as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
