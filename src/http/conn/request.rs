@@ -16,14 +16,24 @@ pub(super) fn ascii_value<'v>(value: &'v [u8], what: &'static str) -> Result<&'v
         .ok_or(Reject::BadRequest(what))
 }
 
-/// Per-connection state for building requests cheaply: the `Url` of the last Host is reused
-/// (cloned, then path and query set) instead of parsing a formatted string each time, and the
-/// last request's whole `Url` is cloned as it is when the next asks for the same target (a
-/// keep-alive client polling one resource, say), skipping the path's parse.
-pub(super) struct Requests {
+/// The `Url`s last made on this thread, shared by its connections (a `Url` is a function of
+/// the Host and the target alone): the `Url` of the last Host is reused (cloned, then path and
+/// query set) instead of parsing a formatted string each time, and the last request's whole
+/// `Url` is cloned as it is when the next asks for the same target (a keep-alive client
+/// polling one resource, or a client opening a connection per request), skipping the parse.
+#[derive(Default)]
+struct Urls {
     base: Option<(Vec<u8>, Url)>,
     /// The last origin-form target and the `Url` it made (under `base`'s Host).
     last: Option<(String, Url)>,
+}
+
+thread_local! {
+    static URLS: std::cell::RefCell<Urls> = std::cell::RefCell::default();
+}
+
+/// Per-connection state for building requests cheaply: the addresses as text, made once.
+pub(super) struct Requests {
     peer: Address,
     local: Address,
     /// The two addresses as requests report them, made for the first request that needs
@@ -34,8 +44,6 @@ pub(super) struct Requests {
 impl Requests {
     pub(super) fn new(peer: Address, local: Address) -> Requests {
         Requests {
-            base: None,
-            last: None,
             peer,
             local,
             texts: None,
@@ -59,21 +67,18 @@ impl Requests {
             "PATCH" => Method::Patch,
             other => Method::from_str(other).map_err(|_| Reject::NotImplemented("method"))?,
         };
-        let Requests {
-            base,
-            last,
-            peer,
-            local,
-            texts,
-        } = self;
+        let Requests { peer, local, texts } = self;
         let (peer_text, local_text) =
             texts.get_or_insert_with(|| (address_text(peer, true), address_text(local, false)));
         let host = head.host.unwrap_or(local_text.as_bytes());
-        let same_host = base.as_ref().is_some_and(|(cached, _)| cached == host);
-        let url = match last {
-            Some((target, url)) if same_host && target == head.target => url.clone(),
-            _ => url(base, last, host, head.target, method)?,
-        };
+        let url = URLS.with(|urls| {
+            let Urls { base, last } = &mut *urls.borrow_mut();
+            let same_host = base.as_ref().is_some_and(|(cached, _)| cached == host);
+            match last {
+                Some((target, url)) if same_host && target == head.target => Ok(url.clone()),
+                _ => url(base, last, host, head.target, method),
+            }
+        })?;
         let mut request = Request::new(method, url);
         request.set_version(Some(if head.minor == 0 {
             Version::Http1_0
@@ -225,33 +230,41 @@ mod tests {
     }
 
     /// The last target's `Url` is reused only for the same target under the same Host; any
-    /// other target or Host builds its own.
+    /// other target or Host builds its own, on one connection or across two that share the
+    /// thread's `Url`s (a request without Host is under its own connection's local address).
     #[test]
     fn a_repeated_target_gets_the_same_url_and_nothing_else_does() {
         let peer = Address::Tcp("1.2.3.4:5".parse().unwrap());
-        let mut requests = Requests::new(peer, Address::Tcp("127.0.0.1:80".parse().unwrap()));
-        let url = |requests: &mut Requests, target, host| {
-            requests
-                .build(&head(target, host))
-                .unwrap()
-                .url()
-                .to_string()
+        let mut connections = [80, 81].map(|port| {
+            let local = Address::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+            Requests::new(peer.clone(), local)
+        });
+        let url = |requests: &mut Requests, target, host: Option<&'static [u8]>| {
+            let mut head = head(target, b"");
+            head.host = host;
+            requests.build(&head).unwrap().url().to_string()
         };
         let cases = [
-            ("/a?x=1", &b"one"[..], "http://one/a?x=1"),
-            ("/a?x=1", b"one", "http://one/a?x=1"),
-            ("/a?x=2", b"one", "http://one/a?x=2"),
-            ("/a", b"one", "http://one/a"),
-            ("/a", b"two:8080", "http://two:8080/a"),
-            ("/a", b"one", "http://one/a"),
-            ("http://three/b", b"one", "http://three/b"),
-            ("/a", b"one", "http://one/a"),
+            (0, "/a?x=1", Some(&b"one"[..]), "http://one/a?x=1"),
+            (0, "/a?x=1", Some(b"one"), "http://one/a?x=1"),
+            (1, "/a?x=1", Some(b"one"), "http://one/a?x=1"),
+            (1, "/a?x=2", Some(b"one"), "http://one/a?x=2"),
+            (0, "/a?x=2", Some(b"one"), "http://one/a?x=2"),
+            (0, "/a", Some(b"one"), "http://one/a"),
+            (1, "/a", Some(b"two:8080"), "http://two:8080/a"),
+            (0, "/a", Some(b"one"), "http://one/a"),
+            (0, "http://three/b", Some(b"one"), "http://three/b"),
+            (1, "/a", Some(b"one"), "http://one/a"),
+            (0, "/a", None, "http://127.0.0.1/a"),
+            (1, "/a", None, "http://127.0.0.1:81/a"),
+            (1, "/a", None, "http://127.0.0.1:81/a"),
+            (0, "/a", None, "http://127.0.0.1/a"),
         ];
-        for (target, host, expected) in cases {
+        for (connection, target, host, expected) in cases {
             assert_eq!(
-                url(&mut requests, target, host),
+                url(&mut connections[connection], target, host),
                 expected,
-                "{target} {host:?}"
+                "{connection} {target} {host:?}"
             );
         }
     }
