@@ -9,7 +9,8 @@
 //! - user-space instructions per keep-alive request (valgrind's callgrind), and heap
 //!   allocations per request (valgrind's DHAT), under the same keep-alive load (64
 //!   connections) for `SHORT` and for `LONG`: the difference in the count over the
-//!   difference in requests answered, so start-up and shutdown cancel.
+//!   difference in requests answered, so start-up and shutdown cancel; and instructions per
+//!   connection the same way with a connection per request (16 clients).
 //!
 //! A count whose tool is missing (no `perf`, no `valgrind`) shows as "-".
 
@@ -92,8 +93,9 @@ pub fn scenarios(flavors: &[Flavor], plan: &Plan, cpu: Option<usize>) -> String 
         counted.push(Counts {
             syscalls_ka: syscalls(flavor, Mode::KeepAlive, 64, cpu),
             syscalls_pr: syscalls(flavor, Mode::PerRequest, 16, cpu),
-            instructions: valgrind_difference(flavor, Tool::Callgrind),
-            allocations: valgrind_difference(flavor, Tool::Dhat),
+            instructions: valgrind_difference(flavor, Tool::Callgrind, Mode::KeepAlive, 64),
+            instructions_pr: valgrind_difference(flavor, Tool::Callgrind, Mode::PerRequest, 16),
+            allocations: valgrind_difference(flavor, Tool::Dhat, Mode::KeepAlive, 64),
         });
     }
     render(flavors, &timed, &counted, plan.runs)
@@ -117,6 +119,8 @@ struct Counts {
     /// Per connection (one request each).
     syscalls_pr: Option<BTreeMap<String, f64>>,
     instructions: Option<f64>,
+    /// Per connection (one request each).
+    instructions_pr: Option<f64>,
     allocations: Option<f64>,
 }
 
@@ -184,20 +188,25 @@ enum Tool {
 }
 
 /// Per request: (count in the `LONG` run − count in the `SHORT` run) / (requests answered
-/// in the one − in the other).
-fn valgrind_difference(flavor: &Flavor, tool: Tool) -> Option<f64> {
-    let (short, short_requests) = under_valgrind(flavor, tool, SHORT)?;
-    let (long, long_requests) = under_valgrind(flavor, tool, LONG)?;
+/// in the one − in the other), under `mode` load from `clients`.
+fn valgrind_difference(flavor: &Flavor, tool: Tool, mode: Mode, clients: usize) -> Option<f64> {
+    let (short, short_requests) = under_valgrind(flavor, tool, (mode, clients), SHORT)?;
+    let (long, long_requests) = under_valgrind(flavor, tool, (mode, clients), LONG)?;
     let requests = long_requests
         .checked_sub(short_requests)
         .filter(|&n| n > 0)?;
     Some((long - short) / requests as f64)
 }
 
-/// Runs `flavor` under valgrind's `tool` with keep-alive load (64 connections) for `load`,
-/// stops it with SIGTERM, and returns the tool's total (instructions executed by callgrind,
-/// heap blocks allocated by DHAT) and the requests answered.
-fn under_valgrind(flavor: &Flavor, tool: Tool, load: Duration) -> Option<(f64, usize)> {
+/// Runs `flavor` under valgrind's `tool` with `mode` load from `clients` for `load`, stops it
+/// with SIGTERM, and returns the tool's total (instructions executed by callgrind, heap
+/// blocks allocated by DHAT) and the requests answered.
+fn under_valgrind(
+    flavor: &Flavor,
+    tool: Tool,
+    (mode, clients): (Mode, usize),
+    load: Duration,
+) -> Option<(f64, usize)> {
     let out = scratch(&format!(
         "valgrind-{}-{}.out",
         flavor.prefix,
@@ -223,7 +232,7 @@ fn under_valgrind(flavor: &Flavor, tool: Tool, load: Duration) -> Option<(f64, u
         return None;
     }
     let server = Running::start_wrapped(flavor, None, "valgrind", &tool_args);
-    let outcome = load_for(server.addr, None, Mode::KeepAlive, 64, load, |_| {});
+    let outcome = load_for(server.addr, None, mode, clients, load, |_| {});
     let answered = outcome.samples.len();
     procs::kill(server.pid, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -277,8 +286,9 @@ fn render(
         "Timed rows: median (min–max) of {runs} interleaved run(s), servers pinned as above. \
          Counted rows: once per server (syscalls from the kernel's tracepoints with `perf \
          stat`; instructions and heap allocations with valgrind, under keep-alive load with \
-         64 connections: the difference between a {LONG:?} and a {SHORT:?} run over the \
-         difference in requests). Ratios against the tokio peer.\n"
+         64 connections, or a connection per request from 16 clients where the row says so: \
+         the difference between a {LONG:?} and a {SHORT:?} run over the difference in \
+         requests). Ratios against the tokio peer.\n"
     );
     let names: Vec<&str> = flavors.iter().map(|f| f.name).collect();
     let _ = writeln!(
@@ -351,10 +361,15 @@ fn render(
             ratios(&medians)
         );
     }
-    let counted_rows: [(&str, Pick, usize); 4] = [
+    let counted_rows: [(&str, Pick, usize); 5] = [
         (
             "keep-alive: user-space instructions per request ↓",
             |c| c.instructions,
+            0,
+        ),
+        (
+            "connection per request, 16 clients: user-space instructions per connection ↓",
+            |c| c.instructions_pr,
             0,
         ),
         (
