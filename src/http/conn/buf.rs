@@ -124,7 +124,9 @@ impl ReadBuf {
 
 impl Drop for ReadBuf {
     fn drop(&mut self) {
-        if self.data.len() != FIRST_READ_BUFFER {
+        // Only a buffer of exactly the first size is kept, however it came (a moved
+        // connection's held bytes may sit in a larger allocation), so the bound holds.
+        if self.data.len() != FIRST_READ_BUFFER || self.data.capacity() != FIRST_READ_BUFFER {
             return;
         }
         let data = std::mem::take(&mut self.data);
@@ -269,5 +271,9 @@ mod tests {
         SPARE.with(|spare| spare.borrow_mut().clear());
         drop(grown);
         assert_eq!(spare(), 0, "a grown buffer is freed");
+        let mut held = Vec::with_capacity(64 * 1024);
+        held.resize(FIRST_READ_BUFFER, b'h');
+        drop(ReadBuf::with(held));
+        assert_eq!(spare(), 0, "held bytes in a larger allocation are freed");
     }
 }
