@@ -29,6 +29,9 @@ use crate::{Plan, interleaved, load_for, per_cpu_second, report};
 /// How long the load runs in the short and the long valgrind run.
 const SHORT: Duration = Duration::from_secs(1);
 const LONG: Duration = Duration::from_secs(3);
+/// Rounds of the short and the long run of the http-types floor.
+const FLOOR_SHORT: u64 = 10_000;
+const FLOOR_LONG: u64 = 40_000;
 /// How long each syscall count runs its load.
 const COUNTED: Duration = Duration::from_millis(1500);
 
@@ -98,7 +101,18 @@ pub fn scenarios(flavors: &[Flavor], plan: &Plan, cpu: Option<usize>) -> String 
             allocations: valgrind_difference(flavor, Tool::Dhat, Mode::KeepAlive, 64),
         });
     }
-    render(flavors, &timed, &counted, plan.runs)
+    eprintln!("[bench] layers, counting: the http-types floor");
+    let floor = Floor {
+        instructions: floor_difference(&flavors[0], Tool::Callgrind),
+        allocations: floor_difference(&flavors[0], Tool::Dhat),
+    };
+    render(flavors, &timed, &counted, &floor, plan.runs)
+}
+
+/// What the http-types objects of one request cost alone (`fixture http-types-floor`).
+struct Floor {
+    instructions: Option<f64>,
+    allocations: Option<f64>,
 }
 
 fn key(tag: &str, what: &str) -> &'static str {
@@ -212,25 +226,7 @@ fn under_valgrind(
         flavor.prefix,
         load.as_millis()
     ));
-    let tool_args = match tool {
-        Tool::Callgrind => vec![
-            "--tool=callgrind".to_owned(),
-            format!("--callgrind-out-file={}", out.display()),
-        ],
-        Tool::Dhat => vec![
-            "--tool=dhat".to_owned(),
-            format!("--dhat-out-file={}", out.display()),
-        ],
-    };
-    let available = Command::new("valgrind")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        return None;
-    }
+    let tool_args = valgrind_args(tool, &out)?;
     let server = Running::start_wrapped(flavor, None, "valgrind", &tool_args);
     let outcome = load_for(server.addr, None, mode, clients, load, |_| {});
     let answered = outcome.samples.len();
@@ -240,22 +236,10 @@ fn under_valgrind(
         std::thread::sleep(Duration::from_millis(20));
     }
     let total = match tool {
-        Tool::Callgrind => {
-            // The last `summary:` or `totals:` line: instructions of all threads.
-            let text = std::fs::read_to_string(&out).ok()?;
-            text.lines()
-                .filter_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
-                .filter_map(|n| n.split_whitespace().next()?.parse::<f64>().ok())
-                .next_back()
-        }
+        Tool::Callgrind => callgrind_total(&out),
         Tool::Dhat => {
-            // "==pid== Total:     1,234 bytes in 56 blocks"
             server.wait_count("Total:", 1);
-            server.lines().iter().find_map(|l| {
-                let rest = l.split("Total:").nth(1)?;
-                let blocks = rest.split(" in ").nth(1)?.split_whitespace().next()?;
-                blocks.replace(',', "").parse::<f64>().ok()
-            })
+            server.lines().iter().find_map(|l| dhat_blocks(l))
         }
     };
     let _ = std::fs::remove_file(&out);
@@ -268,6 +252,76 @@ fn under_valgrind(
     Some((total?, answered))
 }
 
+/// valgrind's arguments for `tool`, writing its output to `out`; `None` without valgrind.
+fn valgrind_args(tool: Tool, out: &Path) -> Option<Vec<String>> {
+    let available = Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        return None;
+    }
+    Some(match tool {
+        Tool::Callgrind => vec![
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}", out.display()),
+        ],
+        Tool::Dhat => vec![
+            "--tool=dhat".to_owned(),
+            format!("--dhat-out-file={}", out.display()),
+        ],
+    })
+}
+
+/// Instructions of all threads in callgrind's output `out`: its last `summary:` or
+/// `totals:` line.
+fn callgrind_total(out: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(out).ok()?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
+        .filter_map(|n| n.split_whitespace().next()?.parse::<f64>().ok())
+        .next_back()
+}
+
+/// Heap blocks allocated, from DHAT's `==pid== Total:     1,234 bytes in 56 blocks` line.
+fn dhat_blocks(line: &str) -> Option<f64> {
+    let rest = line.split("Total:").nth(1)?;
+    let blocks = rest.split(" in ").nth(1)?.split_whitespace().next()?;
+    blocks.replace(',', "").parse::<f64>().ok()
+}
+
+/// The http-types floor (`fixture http-types-floor`, tests/fixture/floor.rs) of `flavor`'s
+/// binary under `tool`, per request: the difference between its long and its short run over
+/// the difference in rounds.
+fn floor_difference(flavor: &Flavor, tool: Tool) -> Option<f64> {
+    let count = |rounds: u64| -> Option<f64> {
+        let out = scratch(&format!("valgrind-floor-{rounds}.out"));
+        let args = valgrind_args(tool, &out)?;
+        let output = Command::new("valgrind")
+            .args(&args)
+            .arg(&flavor.binary)
+            .args(["http-types-floor", &rounds.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run valgrind");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "the http-types floor under valgrind failed: {stderr}"
+        );
+        let total = match tool {
+            Tool::Callgrind => callgrind_total(&out),
+            Tool::Dhat => stderr.lines().find_map(dhat_blocks),
+        };
+        let _ = std::fs::remove_file(&out);
+        total
+    };
+    let (short, long) = (count(FLOOR_SHORT)?, count(FLOOR_LONG)?);
+    Some((long - short) / (FLOOR_LONG - FLOOR_SHORT) as f64)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/layers");
     std::fs::create_dir_all(&dir).expect("create target/bench/layers");
@@ -278,6 +332,7 @@ fn render(
     flavors: &[Flavor],
     timed: &[BTreeMap<&str, Vec<f64>>],
     counted: &[Counts],
+    floor: &Floor,
     runs: usize,
 ) -> String {
     let mut out = String::from("\n## The layers: handler paths, the peer, the limit\n\n");
@@ -401,6 +456,11 @@ fn render(
             ratios(&values)
         );
     }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        floor_line(floor, &counted[0], &counted[1], &counted[peer])
+    );
     for (what, pick) in [
         (
             "Syscalls per keep-alive request",
@@ -429,6 +489,40 @@ fn render(
         }
     }
     out
+}
+
+/// The http-types floor against the http-types path (`baton`), the lean path and the peer.
+fn floor_line(floor: &Floor, baton: &Counts, lean: &Counts, peer: &Counts) -> String {
+    let (Some(objects), Some(blocks)) = (floor.instructions, floor.allocations) else {
+        return "The http-types floor: not counted (no `valgrind`).".to_owned();
+    };
+    let mut line = format!(
+        "The http-types floor (`fixture http-types-floor`: one keep-alive request's http-types \
+         objects and the fixture's handler, no server): {objects:.0} user-space instructions \
+         and {blocks:.2} heap allocations per request"
+    );
+    if let (Some(total), Some(lean), Some(peer)) =
+        (baton.instructions, lean.instructions, peer.instructions)
+    {
+        let _ = write!(
+            line,
+            "; {:.2}x the peer's whole request. The http-types path beyond it: {:.0} \
+             instructions (the lean path in all: {lean:.0}); at best, floor + lean = {:.2}x \
+             the peer",
+            objects / peer,
+            total - objects,
+            (objects + lean) / peer
+        );
+    }
+    if let Some(total) = baton.allocations {
+        let _ = write!(
+            line,
+            "; allocations beyond it: {:.2} per request",
+            total - blocks
+        );
+    }
+    line.push('.');
+    line
 }
 
 /// One counted figure of a server.
