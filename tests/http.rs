@@ -532,3 +532,31 @@ fn content_types_are_the_handlers_own() {
     );
     assert_eq!(missing.header("content-length"), Some("0"));
 }
+
+/// The benchmark's http-types floor (`fixture http-types-floor ROUNDS`) runs its rounds
+/// through the fixture's own `/hello` route (it fails on any answer but 200) and reads every
+/// body out; a round count it cannot read is refused with the usage.
+#[test]
+fn the_http_types_floor_answers_every_round_through_the_route() {
+    let run = |rounds: &str| {
+        std::process::Command::new(common::example("fixture"))
+            .args(["http-types-floor", rounds])
+            .output()
+            .expect("run the fixture")
+    };
+    let out = run("25");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let written: usize = stdout
+        .strip_prefix("25 rounds, ")
+        .and_then(|rest| rest.trim().strip_suffix(" bytes"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+    // Each round: the status, the body's length, the fields and the body itself.
+    let body = "Hello from 1!\n".len();
+    assert!(written >= 25 * (200 + 2 * body), "{written} bytes");
+    let bad = run("many");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("http-types-floor ROUNDS"), "{stderr}");
+}
