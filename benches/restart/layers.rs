@@ -10,7 +10,11 @@
 //!   allocations per request (valgrind's DHAT), under the same keep-alive load (64
 //!   connections) for `SHORT` and for `LONG`: the difference in the count over the
 //!   difference in requests answered, so start-up and shutdown cancel; and instructions per
-//!   connection the same way with a connection per request (16 clients).
+//!   connection the same way with a connection per request (16 clients);
+//! - the http-types floor: instructions and allocations of one request's http-types objects
+//!   and the fixture's handler with no server (`fixture http-types-floor ROUNDS`,
+//!   tests/fixture/floor.rs; two round counts, the difference over the rounds), set against
+//!   the http-types path, the lean path and the peer.
 //!
 //! A count whose tool is missing (no `perf`, no `valgrind`) shows as "-".
 
