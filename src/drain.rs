@@ -240,7 +240,7 @@ impl Drain {
             stream.sharing();
         }
         let max_held = self.0.max_held.load(Ordering::Relaxed);
-        let state = state.to_string();
+        let state = crate::json::text(state);
         let sent = relay
             .send(crate::handoff::relay::Message::Connection {
                 sockets: &sockets,

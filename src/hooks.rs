@@ -99,14 +99,14 @@ impl Hooks {
     pub(crate) fn state(&self) -> Option<Vec<u8>> {
         self.give
             .as_ref()
-            .map(|give| give().to_string().into_bytes())
+            .map(|give| crate::json::text(&give()).into_bytes())
     }
 
     /// Passes on the previous process's state (if the application takes it). A state that
     /// is not JSON is an error that says so.
     pub(crate) fn inherit(&self, state: &[u8]) -> Result<(), String> {
         if let Some(take) = &self.take {
-            let value = serde_json::from_slice(state)
+            let value = crate::json::parse(state)
                 .map_err(|e| format!("the state is not valid JSON: {e}"))?;
             take(value);
         }

@@ -71,6 +71,7 @@ pub mod http;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 mod io;
+mod json;
 mod listener;
 mod program;
 mod reap;

@@ -84,7 +84,7 @@ impl Description {
     pub(crate) fn parse_all(value: &str) -> io::Result<Vec<Description>> {
         const SHAPE: &str =
             r#"{"addr":"127.0.0.1:8080","fd":3,"filename":"..."} or an array of them"#;
-        let json: serde_json::Value = serde_json::from_str(value).map_err(|e| {
+        let json = crate::json::parse(value).map_err(|e| {
             invalid(
                 format!("{LISTENER_ENV} is not valid JSON (expected {SHAPE})"),
                 e,
@@ -174,9 +174,10 @@ impl Description {
     /// listener, an array otherwise.
     pub(crate) fn to_json_all(all: &[Description]) -> String {
         match all {
-            [one] => one.to_value().to_string(),
-            many => serde_json::Value::Array(many.iter().map(Description::to_value).collect())
-                .to_string(),
+            [one] => crate::json::text(&one.to_value()),
+            many => crate::json::text(&serde_json::Value::Array(
+                many.iter().map(Description::to_value).collect(),
+            )),
         }
     }
 }
@@ -187,8 +188,9 @@ fn fd_number(value: &serde_json::Value, key: &str) -> io::Result<RawFd> {
         .and_then(|n| RawFd::try_from(n).ok())
         .filter(|&n| n >= 0)
         .ok_or_else(|| {
+            let got = crate::json::text(value);
             invalid_msg(format!(
-                "{LISTENER_ENV}: \"{key}\" must be a non-negative integer fd number, got {value}"
+                "{LISTENER_ENV}: \"{key}\" must be a non-negative integer fd number, got {got}"
             ))
         })
 }

@@ -38,42 +38,33 @@ pub(crate) struct Carried<F> {
 impl Carried<RawFd> {
     /// The JSON text (the workers' fds as numbers).
     pub(crate) fn to_json(&self) -> String {
-        let workers: Vec<serde_json::Value> = self
-            .workers
-            .iter()
-            .map(|w| entry(w, serde_json::json!(w.control)))
-            .collect();
-        let retiring: Vec<serde_json::Value> = self
-            .retiring
-            .iter()
-            .map(|w| entry(w, serde_json::json!(w.control)))
-            .collect();
-        serde_json::json!({
-            "version": VERSION,
-            "generation": self.generation,
-            "workers": workers,
-            "retiring": retiring,
-        })
-        .to_string()
+        let workers = self.workers.iter().map(|w| entry(w, Some(w.control)));
+        let retiring = self.retiring.iter().map(|w| entry(w, w.control));
+        let mut object = serde_json::Map::new();
+        object.insert("version".into(), VERSION.into());
+        object.insert("generation".into(), self.generation.into());
+        object.insert("workers".into(), workers.collect());
+        object.insert("retiring".into(), retiring.collect());
+        crate::json::text(&object.into())
     }
 }
 
-/// One worker as the JSON text carries it (a retiring one's `slot` is null).
-fn entry<F>(worker: &CarriedWorker<F>, control_fd: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "pid": worker.pid,
-        "control_fd": control_fd,
-        "generation": worker.generation,
-        "slot": worker.slot,
-    })
+/// One worker as the JSON text carries it (a retiring one's `slot` is null). Built field by
+/// field rather than with `json!`, which would serialise each `Value` once more.
+fn entry<F>(worker: &CarriedWorker<F>, control_fd: Option<RawFd>) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    object.insert("pid".into(), worker.pid.into());
+    object.insert("control_fd".into(), control_fd.into());
+    object.insert("generation".into(), worker.generation.into());
+    object.insert("slot".into(), worker.slot.into());
+    object.into()
 }
 
 impl Carried<OwnedFd> {
     /// Parses the text and claims each worker's control channel (checked first).
     pub(crate) fn parse(text: &str) -> io::Result<Carried<OwnedFd>> {
         let bad = |what: &str| invalid_msg(format!("{SUPERVISOR_ENV}: {what}"));
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(&format!("not valid JSON: {e}")))?;
+        let json = crate::json::parse(text).map_err(|e| bad(&format!("not valid JSON: {e}")))?;
         let number = |value: &serde_json::Value, key: &str| {
             value
                 .get(key)

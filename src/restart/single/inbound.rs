@@ -68,7 +68,7 @@ pub(super) fn relayed(
                     streams,
                     kind,
                     // (Written by the predecessor's encoder: JSON, unless it was malformed.)
-                    serde_json::from_str(&state).unwrap_or_default(),
+                    crate::json::parse(&state).unwrap_or_default(),
                     drain.clone(),
                     emit.clone(),
                 )),
