@@ -135,22 +135,38 @@ pub fn parse_number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, S
         .map_err(|_| format!("{flag} {text:?}: expected a whole number"))
 }
 
-/// `250ms`, `5s`, `2m`, or a bare number of seconds.
+/// `250ms`, `5s`, `1.5m`, or a bare number of seconds. Read in whole nanoseconds, without
+/// floating point (whose parser would be the largest function of the binary's options).
 pub fn parse_duration(flag: &str, text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{flag} {text:?}: expected a duration like 500ms, 5s or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
+    let expected = || format!("{flag} {text:?}: expected a duration like 500ms, 5s or 2m");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(expected());
+    }
+    let nanos_per_unit: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
         _ => return Err(format!("{flag} {text:?}: unit must be ms, s or m")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{flag} {text:?}: {e}"))
+    let too_long = || format!("{flag} {text:?}: too long a duration");
+    let whole: u128 = match whole {
+        "" => 0,
+        digits => digits.parse().map_err(|_| too_long())?,
+    };
+    // Digits past the nanosecond do not count (at most 11 are needed, for minutes).
+    let mut nanos = whole.checked_mul(nanos_per_unit).ok_or_else(too_long)?;
+    let mut scale = nanos_per_unit;
+    for digit in fraction.bytes().take(12) {
+        scale /= 10;
+        nanos = nanos.saturating_add(u128::from(digit - b'0') * scale);
+    }
+    let seconds = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
+    Ok(Duration::new(seconds, (nanos % 1_000_000_000) as u32))
 }
 
 /// `hello reload --pid-file P [--timeout D]`: a restart that answers.
@@ -247,5 +263,40 @@ fn main() -> ExitCode {
         Ok(report) if report.is_clean() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(error) => fail(&format!("hello: {error}"), 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_read_to_the_nanosecond_and_bad_ones_named() {
+        let ok = |text| parse_duration("--drain-timeout", text).unwrap();
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok("5"), Duration::from_secs(5));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("2."), Duration::from_secs(2));
+        assert_eq!(ok("0.1m"), Duration::from_secs(6));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("0.0000000019s"), Duration::from_nanos(1));
+        assert_eq!(ok("1.0000000001m"), Duration::new(60, 6));
+        assert_eq!(ok("0ms"), Duration::ZERO);
+        let bad = |text| parse_duration("--drain-timeout", text).unwrap_err();
+        for text in ["", "s", ".", "1..5s", "1.5.5s", "-1s"] {
+            assert!(bad(text).contains("expected a duration like"), "{text:?}");
+        }
+        for text in ["1.5x", "5sec", "1h"] {
+            assert!(bad(text).contains("unit must be ms, s or m"), "{text:?}");
+        }
+        for text in [
+            "99999999999999999999999m",
+            "1000000000000000000000000000000000000000s",
+        ] {
+            assert!(bad(text).contains("too long a duration"), "{text:?}");
+        }
+        assert!(bad("1x").starts_with("--drain-timeout \"1x\""));
     }
 }
