@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::authority::Authority;
-use common::{DEADLINE, Scratch, Server, Signal, example, read_reply, signal, wait_gone};
+use common::{DEADLINE, Scratch, Seen, Server, Signal, example, read_reply, signal, wait_gone};
 use futures_rustls::rustls::{self, ClientConfig, ClientConnection, StreamOwned};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
@@ -85,6 +85,15 @@ fn serves_https_with_alpn_http_1_1() {
     let _ = &setup.scratch;
 }
 
+/// Sets its flag when dropped: client threads looping on it stop even when the test panics.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn restart_rotates_the_certificate_without_failures() {
     let setup = setup("tls-rotate");
@@ -97,9 +106,13 @@ fn restart_rotates_the_certificate_without_failures() {
     });
     // Keep-alive clients in a loop across the rotation.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers as they come, so that each restart happens with requests going on both sides
+    // of it (however fast a restart is next to a handshake).
+    let answered = Seen::default();
     let mut clients = Vec::new();
     for _ in 0..3 {
         let (stop, config, addr) = (stop.clone(), config.clone(), server.addr);
+        let answered = answered.clone();
         clients.push(std::thread::spawn(move || {
             let (mut ok, mut failed) = (0, Vec::new());
             let mut stream: Option<Tls> = None;
@@ -117,6 +130,7 @@ fn restart_rotates_the_certificate_without_failures() {
                 match get(s, "/hello") {
                     Ok(reply) if reply.status == 200 => {
                         ok += 1;
+                        answered.add(1);
                         if reply.closes() {
                             stream = None;
                         }
@@ -130,10 +144,15 @@ fn restart_rotates_the_certificate_without_failures() {
             (ok, failed)
         }));
     }
+    // (The clients stop however this test ends.)
+    let _stop_clients = StopOnDrop(stop.clone());
+    answered.wait_until(6);
     let rotated = setup.authority.leaf(2, &setup.cert, &setup.key);
     let next = server.restart(server.pid);
     assert!(wait_gone(server.pid, DEADLINE));
+    answered.wait_more(6);
     let next2 = server.restart(next);
+    answered.wait_more(6);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for client in clients {
@@ -141,7 +160,7 @@ fn restart_rotates_the_certificate_without_failures() {
         assert!(failed.is_empty(), "failed requests: {failed:?}");
         total += ok;
     }
-    assert!(total > 10);
+    assert!(total >= 18, "{total} answers");
     let mut stream = connect(server.addr, &config).unwrap();
     assert_eq!(get(&mut stream, "/hello").unwrap().pid(), Some(next2));
     let now = presented(&stream);
