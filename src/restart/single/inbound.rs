@@ -63,12 +63,16 @@ pub(super) fn relayed(
                 .zip(held)
                 .map(|(fd, held)| Ok(Stream::register(fd)?.holding(held).counted(drain.work())))
                 .collect();
-            match streams {
-                Ok(streams) => program.resumed(Resumed::new(
+            // (Written by the predecessor's encoder as JSON. Text that is not JSON came from
+            // something else: the program is not handed a state it would take for the
+            // connection's, and the connection is lost, and said.)
+            let state = crate::json::parse(&state)
+                .map_err(|e| io::Error::other(format!("its state is not JSON ({e})")));
+            match streams.and_then(|streams| Ok((streams, state?))) {
+                Ok((streams, state)) => program.resumed(Resumed::new(
                     streams,
                     kind,
-                    // (Written by the predecessor's encoder: JSON, unless it was malformed.)
-                    crate::json::parse(&state).unwrap_or_default(),
+                    state,
                     drain.clone(),
                     emit.clone(),
                 )),

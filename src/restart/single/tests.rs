@@ -226,8 +226,9 @@ fn a_worker_whose_supervising_process_is_gone_drains_and_exits() {
 }
 
 /// Start-up takes what the predecessor relays before its state: a connection of a kind the
-/// program resumes is served with its held bytes first; one of a kind it does not know is
-/// closed with a warning that names the kind, and counted lost, so the report is not clean.
+/// program resumes is served with its held bytes first; one of a kind it does not know, or
+/// whose state is not JSON, is closed with a warning that says so, and counted lost, so the
+/// report is not clean.
 #[test]
 fn relayed_connections_are_resumed_by_kind_or_counted_lost() {
     let _turn = turn();
@@ -235,7 +236,12 @@ fn relayed_connections_are_resumed_by_kind_or_counted_lost() {
     let predecessor = Relay::new(ours).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut clients = Vec::new();
-    for (kind, held) in [("line", &b"hello"[..]), ("renamed", b"")] {
+    let relayed = [
+        ("line", &b"hello"[..], "null"),
+        ("renamed", b"", "null"),
+        ("line", b"", "{\"line\": 1"),
+    ];
+    for (kind, held, state) in relayed {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_read_timeout(Some(DEADLINE)).unwrap();
         let (served, _) = listener.accept().unwrap();
@@ -243,7 +249,7 @@ fn relayed_connections_are_resumed_by_kind_or_counted_lost() {
         let message = Message::Connection {
             sockets: &sockets,
             kind,
-            state: "null",
+            state,
             max_held: 1024,
         };
         smol::block_on(predecessor.send(message)).unwrap();
@@ -259,15 +265,22 @@ fn relayed_connections_are_resumed_by_kind_or_counted_lost() {
     let n = clients[0].read(&mut answer).unwrap();
     assert_eq!(&answer[..n], b"resumed: hello");
     assert_eq!(read_to_close(&mut clients[1]), "");
+    assert_eq!(read_to_close(&mut clients[2]), "");
     worker.tell(Message::Quit(Signal::Term));
     let (report, events) = worker.end();
-    assert_eq!(report.lost, 1, "{report:?}\n{events:#?}");
+    assert_eq!(report.lost, 2, "{report:?}\n{events:#?}");
     assert_eq!(report.cut_by, None, "{report:?}");
     assert!(!report.is_clean());
     assert!(
         events
             .iter()
             .any(|e| e.contains("kind \"renamed\"") && e.contains("was closed")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("kind \"line\"") && e.contains("its state is not JSON")),
         "{events:#?}"
     );
 }
