@@ -178,9 +178,12 @@ fn lines_in_flight_cross_restarts(model: Model, args: &[&str]) {
     let addr = echo.server.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Each client's own count too: the last wait is for every one of them to have kept going.
+    let each: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
+        std::sync::Arc::new((0..4).map(|_| Default::default()).collect());
     let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, progress) = (stop.clone(), progress.clone());
+        .map(|i| {
+            let (stop, progress, each) = (stop.clone(), progress.clone(), each.clone());
             std::thread::spawn(move || -> Result<u64, String> {
                 let mut line = Line::connect(addr);
                 let mut sent = 0u64;
@@ -196,6 +199,7 @@ fn lines_in_flight_cross_restarts(model: Model, args: &[&str]) {
                     }
                     answered += 1;
                     progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    each[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Ok(answered)
@@ -207,6 +211,10 @@ fn lines_in_flight_cross_restarts(model: Model, args: &[&str]) {
         echo.restart();
     }
     more_answered(&progress, 20);
+    for count in each.iter() {
+        let so_far = count.load(std::sync::atomic::Ordering::Relaxed);
+        more_answered(count, 21u64.saturating_sub(so_far));
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for client in clients {
         let answered = client
