@@ -6,8 +6,8 @@
 //! each relay and on the control channel, only to learn `EAGAIN`; and the first poll after a
 //! delivered readiness event reports it again, so each accepted connection was followed by
 //! two `accept4` calls returning `EAGAIN` instead of one. [`Readiness`] remembers that a
-//! source said `EAGAIN` and asks the reactor (no syscall) until it reports the source ready
-//! (relays, the control channel, and listeners the connections' epoll cannot watch, see
+//! source said `EAGAIN` and makes no syscall until the source's registration with the reactor
+//! wakes (relays, the control channel, and listeners the connections' epoll cannot watch, see
 //! `edge`); [`Gate`] does the same for a source whose syscall is hidden (async-signal's
 //! stream), by polling it only once its own waker fired.
 
@@ -17,39 +17,69 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// Whether a non-blocking source may have something: true until an attempt says
-/// `WouldBlock`, then false until the reactor reports it readable. (An atomic, so that a
-/// relay can be shared with other threads; only one task receives on a source at a time.)
+/// `WouldBlock`, then false until the source's registration with the reactor fires. (Atomics,
+/// so that a relay can be shared with other threads; only one task receives on a source at a
+/// time.)
+///
+/// The reactor is asked with a waker of the source's own, and any wake-up of it leads to an
+/// attempt; `poll_readable`'s answer alone is not trusted. async-io counts an event delivered
+/// in the reactor round during which the waker was registered as stale: registered from the
+/// serving thread while async-io's own thread waits in that round, a message that arrives then
+/// wakes the waker but `poll_readable` goes on saying `Pending`, and every new registration
+/// made during the next round repeats it. A relay's connections then waited, unread, until
+/// some unrelated wake-up fell between two rounds: up to tens of milliseconds under load, or
+/// until the next restart forwarded the relay (seen as 30-60 ms stalls of every moved
+/// connection in one restart of ten).
 #[derive(Debug)]
-pub(crate) struct Readiness(AtomicBool);
+pub(crate) struct Readiness {
+    ready: AtomicBool,
+    /// The source's own waker: `woken` once the reactor woke it (true at first: nothing is
+    /// registered yet), `task` the waker of the task that polls the source.
+    source: Arc<Woken>,
+}
 
 impl Default for Readiness {
     fn default() -> Readiness {
-        Readiness(AtomicBool::new(true))
+        Readiness {
+            ready: AtomicBool::new(true),
+            source: Arc::default(),
+        }
     }
 }
 
 impl Readiness {
-    /// Runs `attempt` if the source may be ready; on `WouldBlock`, waits with `readable`
-    /// (async-io's `poll_readable` of the same source) and tries again once it fires.
+    /// Runs `attempt` if the source may be ready; on `WouldBlock`, registers with `readable`
+    /// (async-io's `poll_readable` of the same source) and tries again once that registration
+    /// wakes (or `readable` says ready).
     pub(crate) fn poll<T>(
         &self,
         cx: &mut Context<'_>,
         mut readable: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
         mut attempt: impl FnMut() -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
-        loop {
-            if !self.0.load(Ordering::Relaxed) {
-                match readable(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => self.0.store(true, Ordering::Relaxed),
-                }
+        if !self.ready.load(Ordering::Relaxed) {
+            self.source.set_task(cx.waker());
+            // (After storing the task's waker: a wake-up between the two is not lost.)
+            if !self.source.woken.swap(false, Ordering::SeqCst) {
+                // Registered, and not woken since: nothing to try.
+                return Poll::Pending;
             }
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        loop {
             match attempt() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.0.store(false, Ordering::Relaxed)
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return Poll::Ready(other),
+            }
+            self.ready.store(false, Ordering::Relaxed);
+            self.source.set_task(cx.waker());
+            self.source.woken.store(false, Ordering::SeqCst);
+            let waker = Waker::from(self.source.clone());
+            match readable(&mut Context::from_waker(&waker)) {
+                // Registered: the source's waker says when to try again.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => self.ready.store(true, Ordering::Relaxed),
             }
         }
     }
@@ -75,6 +105,16 @@ impl Default for Woken {
     }
 }
 
+impl Woken {
+    /// `waker` is the one to wake when this fires (kept if it would wake the same task).
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
 impl Wake for Woken {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -95,12 +135,7 @@ impl Gate {
         cx: &mut Context<'_>,
         inner: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        {
-            let mut task = self.0.task.lock().unwrap_or_else(|e| e.into_inner());
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
+        self.0.set_task(cx.waker());
         // After storing the task's waker: a wake-up between the two is not lost.
         if !self.0.woken.swap(false, Ordering::SeqCst) {
             return Poll::Pending;
@@ -162,30 +197,108 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 3);
     }
 
-    #[test]
-    fn readiness_tries_again_only_once_readable() {
-        let readiness = Readiness::default();
-        let tries = Cell::new(0);
-        let readable = Cell::new(false);
-        let cx = &mut Context::from_waker(Waker::noop());
-        let mut poll = || {
+    /// A source as async-io shows it: `poll_readable` keeps the waker it is given, and the
+    /// reactor wakes it on an event, whether or not `poll_readable` then says ready (an event
+    /// in the round the waker was registered in counts as stale there).
+    #[derive(Default)]
+    struct Source {
+        registered: std::cell::RefCell<Option<Waker>>,
+        says_ready: Cell<bool>,
+        tries: Cell<usize>,
+        has_message: Cell<bool>,
+    }
+
+    impl Source {
+        fn poll(&self, readiness: &Readiness, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             readiness.poll(
                 cx,
-                |_| match readable.replace(false) {
-                    true => Poll::Ready(Ok(())),
-                    false => Poll::Pending,
+                |cx| {
+                    *self.registered.borrow_mut() = Some(cx.waker().clone());
+                    match self.says_ready.replace(false) {
+                        true => Poll::Ready(Ok(())),
+                        false => Poll::Pending,
+                    }
                 },
                 || {
-                    tries.set(tries.get() + 1);
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    self.tries.set(self.tries.get() + 1);
+                    match self.has_message.replace(false) {
+                        true => Ok(()),
+                        false => Err(io::ErrorKind::WouldBlock.into()),
+                    }
                 },
             )
-        };
-        assert!(poll().is_pending());
-        assert!(poll().is_pending());
-        assert_eq!(tries.get(), 1, "after WouldBlock no attempt until readable");
-        readable.set(true);
-        assert!(poll().is_pending());
-        assert_eq!(tries.get(), 2);
+        }
+
+        /// The reactor delivers an event: the registered waker is woken (and dropped).
+        fn fire(&self) {
+            self.registered
+                .borrow_mut()
+                .take()
+                .expect("registered")
+                .wake();
+        }
+    }
+
+    /// The task's waker, counting its wake-ups.
+    struct Task(AtomicUsize);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn readiness_tries_again_only_once_the_source_fires() {
+        let (readiness, source) = (Readiness::default(), Source::default());
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        let waker = Waker::from(task.clone());
+        let cx = &mut Context::from_waker(&waker);
+        assert!(source.poll(&readiness, cx).is_pending());
+        assert!(source.poll(&readiness, cx).is_pending());
+        assert_eq!(
+            source.tries.get(),
+            1,
+            "after WouldBlock no attempt until it fires"
+        );
+        source.has_message.set(true);
+        source.fire();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert!(source.poll(&readiness, cx).is_ready());
+        assert_eq!(source.tries.get(), 2);
+    }
+
+    /// The class of the hand-over stalls: the reactor wakes the registration, but asked again
+    /// `poll_readable` says `Pending` (a stale tick to async-io). The message is taken anyway.
+    #[test]
+    fn readiness_tries_when_the_source_fires_even_if_poll_readable_says_pending() {
+        let (readiness, source) = (Readiness::default(), Source::default());
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(source.poll(&readiness, cx).is_pending());
+        source.has_message.set(true);
+        source.fire();
+        assert!(
+            source.poll(&readiness, cx).is_ready(),
+            "woken, the message is taken without poll_readable's Ready"
+        );
+        // Empty again: one attempt, then registered again.
+        assert!(source.poll(&readiness, cx).is_pending());
+        assert_eq!(source.tries.get(), 3);
+        assert!(source.registered.borrow().is_some(), "registered again");
+    }
+
+    /// `poll_readable` saying ready at registration (an event of a newer round) is tried at
+    /// once.
+    #[test]
+    fn readiness_tries_again_when_poll_readable_says_ready() {
+        let (readiness, source) = (Readiness::default(), Source::default());
+        let cx = &mut Context::from_waker(Waker::noop());
+        source.says_ready.set(true);
+        assert!(source.poll(&readiness, cx).is_pending());
+        assert_eq!(
+            source.tries.get(),
+            2,
+            "tried again after the ready registration"
+        );
     }
 }
