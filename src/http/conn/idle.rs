@@ -8,6 +8,9 @@ use super::*;
 /// only when it fires, and when the last request was done.
 pub(crate) struct Idle<'a, D> {
     drain_started: Pin<&'a mut D>,
+    /// The loop hands an idle connection over at a drain (else it closes it, after the
+    /// grace).
+    moves: bool,
     timer: Deadline,
     /// When `timer` fires.
     armed: Instant,
@@ -15,10 +18,12 @@ pub(crate) struct Idle<'a, D> {
 }
 
 impl<'a, D: Future<Output = ()>> Idle<'a, D> {
-    /// `drain_started` is the connection's pinned `Drain::started()`; `first_head`, when the
+    /// `drain_started` is the connection's pinned `Drain::started()`; `moves`, whether the
+    /// loop hands an idle connection to the successor when it can; `first_head`, when the
     /// first request head is due (see [`Idle::wait`]).
     pub(crate) fn new(
         drain_started: Pin<&'a mut D>,
+        moves: bool,
         options: &Options,
         first_head: Option<Instant>,
     ) -> Self {
@@ -26,6 +31,7 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
         let armed = first_head.unwrap_or(since + options.keep_alive_timeout);
         Idle {
             drain_started,
+            moves,
             timer: Deadline::at(armed),
             armed,
             since,
@@ -50,6 +56,7 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
     ) -> Waited {
         let Idle {
             drain_started,
+            moves,
             timer,
             armed,
             since,
@@ -65,8 +72,10 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
             if !drain.is_draining() {
                 drain_started.as_mut().await;
             }
-            // With a relay the connection moves at once; no request can race a close.
-            if !relayable(io, drain) {
+            // With a relay the connection moves at once; no request can race a close. A loop
+            // that does not move connections (async-h1's) closes, and a request sent
+            // meanwhile would meet a reset: it waits the grace first.
+            if !(*moves && relayable(io, drain)) {
                 Timer::after(options.idle_grace).await;
             }
             Waited::Close

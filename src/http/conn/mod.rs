@@ -127,7 +127,7 @@ pub(crate) async fn serve<F, Fut>(
         }),
     };
     let drain_started = std::pin::pin!(drain.wait());
-    let mut idle = Idle::new(drain_started, &options, first_head);
+    let mut idle = Idle::new(drain_started, true, &options, first_head);
     while let Some((work, in_flight)) = conn.next(&mut idle).await {
         let after = match work {
             Work::Full(next) => conn.answer(next, in_flight, &*handler).await,
