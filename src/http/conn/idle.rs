@@ -38,6 +38,17 @@ impl<'a, D: Future<Output = ()>> Idle<'a, D> {
         }
     }
 
+    /// Whether the loop still hands this connection over at a drain.
+    pub(crate) fn moves(&self) -> bool {
+        self.moves
+    }
+
+    /// The connection stays here (its hand-over failed): at a drain it closes after the idle
+    /// grace, as without a successor.
+    pub(crate) fn stay(&mut self) {
+        self.moves = false;
+    }
+
     /// A request is done: the keep-alive timeout counts from now.
     pub(crate) fn restart(&mut self) {
         self.since = Instant::now();
@@ -139,4 +150,66 @@ pub(super) async fn hand_over(io: &Stream, drain: &Drain, pending: &[u8]) -> boo
     // (Bounded: a successor that stops reading its relay does not hold this connection.)
     let sent = drain.hand_over(stream, KEEP_ALIVE, &serde_json::Value::Null, pending);
     sent.await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// An idle connection whose hand-over fails at a drain (the successor's end of the relay
+    /// is gone) stays, and closes as it would without a successor: after the idle grace, so a
+    /// request sent as the drain starts is answered (with `Connection: close`), not reset.
+    #[test]
+    fn an_idle_connection_whose_hand_over_fails_answers_a_racing_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let drain = Drain::new();
+        let (ours, theirs) = crate::handoff::relay::pair().unwrap();
+        drop(theirs);
+        let relay = crate::handoff::relay::Relay::new(ours).unwrap();
+        drain.set_relay(std::sync::Arc::new(relay), 1024);
+        let serving = drain.clone();
+        let server = std::thread::spawn(move || {
+            let incoming = Incoming {
+                stream: Stream::Plain(crate::io::stream::for_tests(server)),
+                peer: crate::Address::Tcp(peer),
+                local: crate::Address::Tcp(addr),
+                tls: None,
+                pending: Vec::new(),
+                fresh: false,
+            };
+            let handler =
+                Rc::new(|_: http_types::Request| async { Ok(http_types::Response::from("hello")) });
+            let events: Rc<dyn Fn(&crate::Event<'_>)> = Rc::new(|_: &crate::Event<'_>| {});
+            let options = Options::from(&crate::http::Options::default());
+            smol::block_on(serve(incoming, handler, None, serving, options, events));
+        });
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // One request answered: the connection is idle.
+        client.write_all(request).unwrap();
+        let mut first = [0u8; 1024];
+        let n = client.read(&mut first).unwrap();
+        let first = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+        assert!(first.starts_with("http/1.1 200"), "{first:?}");
+        assert!(!first.contains("connection: close"), "{first:?}");
+        // The drain starts while it is idle: the hand-over fails; a request is on its way.
+        assert!(drain.can_hand_over());
+        drain.start(false);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        client.write_all(request).unwrap();
+        let mut received = String::new();
+        let read = client.read_to_string(&mut received);
+        server.join().unwrap();
+        read.expect("answered, not reset");
+        let received = received.to_ascii_lowercase();
+        assert!(received.starts_with("http/1.1 200"), "{received:?}");
+        assert!(received.contains("connection: close"), "{received:?}");
+        assert!(!drain.can_hand_over(), "the failed relay is not used again");
+    }
 }

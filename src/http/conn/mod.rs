@@ -208,7 +208,7 @@ impl Connection<'_> {
         // A pipelined request may already be buffered; otherwise wait for one.
         // Draining with a relay to the successor: this connection is at a request boundary,
         // so it moves there, with whatever the client already sent.
-        if drain.is_draining() && hand_over(io, drain, self.buf.pending()).await {
+        if drain.is_draining() && idle.moves() && hand_over(io, drain, self.buf.pending()).await {
             return None;
         }
         if self.buf.pending().is_empty() && !drain.is_draining() && self.eager.try_now(io) {
@@ -243,9 +243,17 @@ impl Connection<'_> {
                     return None;
                 }
                 Waited::Close => {
-                    // Idle when a drain started: hand over if possible, else close.
-                    if drain.is_draining() {
-                        hand_over(io, drain, self.buf.pending()).await;
+                    // Idle when a drain started: hand over if possible, else close (the wait
+                    // had its grace then).
+                    if drain.is_draining() && idle.moves() && relayable(io, drain) {
+                        if hand_over(io, drain, self.buf.pending()).await {
+                            return None;
+                        }
+                        // Refused, or the relay failed: it stays, and closes as it would
+                        // without a successor, after the grace (a request sent meanwhile is
+                        // answered, not met by a reset).
+                        idle.stay();
+                        continue;
                     }
                     return None;
                 }
@@ -254,7 +262,7 @@ impl Connection<'_> {
         // The last check before this process commits to a request: a drain that started
         // while it waited moves the connection now, with what it sent. From here the request
         // counts as in flight (a drain hands its state over only after it).
-        if drain.is_draining() && hand_over(io, drain, self.buf.pending()).await {
+        if drain.is_draining() && idle.moves() && hand_over(io, drain, self.buf.pending()).await {
             return None;
         }
         let in_flight = self.drain.busy();
