@@ -57,19 +57,24 @@ pub(super) fn relayed(
 ) {
     let resume =
         |fds: Vec<std::os::fd::OwnedFd>, kind: String, state: String, held: Vec<Vec<u8>>| {
+            // (Written by the predecessor's encoder as JSON. Text that is not JSON came from
+            // something else: the program is not handed a state it would take for the
+            // connection's; the connection, never registered here, is lost, and said.)
+            let state = match crate::json::parse(&state) {
+                Ok(state) => state,
+                Err(e) => {
+                    let why = format!("its state is not JSON ({e})");
+                    return drain.lose(&**emit, &kind, None, &why);
+                }
+            };
             // Non-blocking already (the flag belongs to the open file each shares).
             let streams: io::Result<Vec<Stream>> = fds
                 .into_iter()
                 .zip(held)
                 .map(|(fd, held)| Ok(Stream::register(fd)?.holding(held).counted(drain.work())))
                 .collect();
-            // (Written by the predecessor's encoder as JSON. Text that is not JSON came from
-            // something else: the program is not handed a state it would take for the
-            // connection's, and the connection is lost, and said.)
-            let state = crate::json::parse(&state)
-                .map_err(|e| io::Error::other(format!("its state is not JSON ({e})")));
-            match streams.and_then(|streams| Ok((streams, state?))) {
-                Ok((streams, state)) => program.resumed(Resumed::new(
+            match streams {
+                Ok(streams) => program.resumed(Resumed::new(
                     streams,
                     kind,
                     state,
