@@ -193,7 +193,7 @@ async fn write_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
 
     /// A response larger than the buffer cap arrives whole, and the buffer stops at the cap.
     #[test]
@@ -248,43 +248,13 @@ mod tests {
     /// drain starts is answered (with `Connection: close`), not met by a reset.
     #[test]
     fn a_request_racing_the_drain_is_answered_though_a_relay_exists() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let drain = Drain::new();
-        let (ours, _theirs) = crate::handoff::relay::pair().unwrap();
-        let relay = crate::handoff::relay::Relay::new(ours).unwrap();
-        drain.set_relay(Arc::new(relay), 1024);
-        let serving = drain.clone();
-        let server = std::thread::spawn(move || {
+        let drain = crate::http::conn::a_request_races_the_drain(true, |server, _, _, drain| {
             let stream = Stream::Plain(crate::io::stream::for_tests(server));
             let handler = Rc::new(|_: Request| async { Ok(Response::from("hello")) });
             let events: Rc<dyn Fn(&crate::Event<'_>)> = Rc::new(|_: &crate::Event<'_>| {});
             let options = Options::from(&crate::http::Options::default());
-            smol::block_on(serve(stream, handler, serving, options, events));
+            smol::block_on(serve(stream, handler, drain, options, events));
         });
-        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        // One request answered: the connection is idle, its socket read empty.
-        client.write_all(request).unwrap();
-        let mut first = [0u8; 1024];
-        let n = client.read(&mut first).unwrap();
-        let first = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
-        assert!(first.starts_with("http/1.1 200"), "{first:?}");
-        assert!(!first.contains("connection: close"), "{first:?}");
-        // The drain starts while it is idle; the next request is already on its way.
-        assert!(drain.can_hand_over());
-        drain.start(false);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        client.write_all(request).unwrap();
-        let mut received = String::new();
-        let read = client.read_to_string(&mut received);
-        server.join().unwrap();
-        read.expect("answered, not reset");
-        let received = received.to_ascii_lowercase();
-        assert!(received.starts_with("http/1.1 200"), "{received:?}");
-        assert!(received.contains("connection: close"), "{received:?}");
+        assert!(drain.can_hand_over(), "the relay itself still works");
     }
 }

@@ -152,34 +152,71 @@ pub(super) async fn hand_over(io: &Stream, drain: &Drain, pending: &[u8]) -> boo
     sent.await.is_ok()
 }
 
+/// A request racing a drain, for the connection loops' tests: a client on a connection that
+/// `serve` serves on its own thread (given the accepted socket, the client's and the
+/// listener's addresses, and the drain) has one request answered keep-alive; then the drain
+/// starts while the connection is idle, with a relay set (`relay_alive`: the successor's end
+/// kept, else gone), and a second request follows 20 ms later. It must be answered with
+/// `Connection: close`, not reset. Returns the drain.
+#[cfg(test)]
+pub(crate) fn a_request_races_the_drain(
+    relay_alive: bool,
+    serve: impl FnOnce(std::net::TcpStream, std::net::SocketAddr, std::net::SocketAddr, Drain)
+    + Send
+    + 'static,
+) -> Drain {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let (server, peer) = listener.accept().unwrap();
+    let drain = Drain::new();
+    let (ours, theirs) = crate::handoff::relay::pair().unwrap();
+    let _theirs = relay_alive.then_some(theirs);
+    let relay = crate::handoff::relay::Relay::new(ours).unwrap();
+    drain.set_relay(std::sync::Arc::new(relay), 1024);
+    let serving = drain.clone();
+    let server = std::thread::spawn(move || serve(server, peer, addr, serving));
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One request answered: the connection is idle, its socket read empty.
+    client.write_all(request).unwrap();
+    let mut first = [0u8; 1024];
+    let n = client.read(&mut first).unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first:?}");
+    assert!(!first.contains("connection: close"), "{first:?}");
+    // The drain starts while it is idle; the next request is already on its way.
+    assert!(drain.can_hand_over());
+    drain.start(false);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    client.write_all(request).unwrap();
+    let mut received = String::new();
+    let read = client.read_to_string(&mut received);
+    server.join().unwrap();
+    read.expect("answered, not reset");
+    let received = received.to_ascii_lowercase();
+    assert!(received.starts_with("http/1.1 200"), "{received:?}");
+    assert!(received.contains("connection: close"), "{received:?}");
+    drain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read as _, Write as _};
 
     /// An idle connection whose hand-over fails at a drain (the successor's end of the relay
     /// is gone) stays, and closes as it would without a successor: after the idle grace, so a
     /// request sent as the drain starts is answered (with `Connection: close`), not reset.
     #[test]
     fn an_idle_connection_whose_hand_over_fails_answers_a_racing_request() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = std::net::TcpStream::connect(addr).unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let (server, peer) = listener.accept().unwrap();
-        let drain = Drain::new();
-        let (ours, theirs) = crate::handoff::relay::pair().unwrap();
-        drop(theirs);
-        let relay = crate::handoff::relay::Relay::new(ours).unwrap();
-        drain.set_relay(std::sync::Arc::new(relay), 1024);
-        let serving = drain.clone();
-        let server = std::thread::spawn(move || {
+        let drain = a_request_races_the_drain(false, |server, peer, local, drain| {
             let incoming = Incoming {
                 stream: Stream::Plain(crate::io::stream::for_tests(server)),
                 peer: crate::Address::Tcp(peer),
-                local: crate::Address::Tcp(addr),
+                local: crate::Address::Tcp(local),
                 tls: None,
                 pending: Vec::new(),
                 fresh: false,
@@ -188,28 +225,8 @@ mod tests {
                 Rc::new(|_: http_types::Request| async { Ok(http_types::Response::from("hello")) });
             let events: Rc<dyn Fn(&crate::Event<'_>)> = Rc::new(|_: &crate::Event<'_>| {});
             let options = Options::from(&crate::http::Options::default());
-            smol::block_on(serve(incoming, handler, None, serving, options, events));
+            smol::block_on(serve(incoming, handler, None, drain, options, events));
         });
-        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        // One request answered: the connection is idle.
-        client.write_all(request).unwrap();
-        let mut first = [0u8; 1024];
-        let n = client.read(&mut first).unwrap();
-        let first = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
-        assert!(first.starts_with("http/1.1 200"), "{first:?}");
-        assert!(!first.contains("connection: close"), "{first:?}");
-        // The drain starts while it is idle: the hand-over fails; a request is on its way.
-        assert!(drain.can_hand_over());
-        drain.start(false);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        client.write_all(request).unwrap();
-        let mut received = String::new();
-        let read = client.read_to_string(&mut received);
-        server.join().unwrap();
-        read.expect("answered, not reset");
-        let received = received.to_ascii_lowercase();
-        assert!(received.starts_with("http/1.1 200"), "{received:?}");
-        assert!(received.contains("connection: close"), "{received:?}");
         assert!(!drain.can_hand_over(), "the failed relay is not used again");
     }
 }

@@ -43,6 +43,9 @@ mod upgrade;
 use body::{BodyState, Inbound};
 use buf::{EagerRead, ReadBuf};
 use head::{HeadError, Next, next_request};
+// (async-h1's loop has the same test.)
+#[cfg(all(test, feature = "async-h1"))]
+pub(crate) use idle::a_request_races_the_drain;
 pub(crate) use idle::{Idle, KEEP_ALIVE, Waited};
 use idle::{hand_over, relayable};
 use request::Requests;
